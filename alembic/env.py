@@ -1,0 +1,59 @@
+"""Alembic's environment: the URL comes from the project's settings, never from alembic.ini.
+
+`invoke` (app/ops/migrations.py) hands the URL in through the config's main option, with `%`
+doubled for configparser. Run as the bare `alembic` command, the URL is read from the settings of
+APP_ENV (default `dev`), exactly as `invoke --env` would read them.
+"""
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from app.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+# Only the bare `alembic` command line configures logging; invoke sets up its own output.
+if config.cmd_opts is not None and config.config_file_name is not None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def database_url():
+    url = config.get_main_option("sqlalchemy.url")
+    if url:
+        return url
+    from app.settings import load_settings
+    return load_settings().database_url
+
+
+def configure_options(dialect_name: str) -> dict:
+    return {
+        "target_metadata": target_metadata,
+        # SQLite cannot ALTER most things; batch mode recreates the table so future ALTERs work.
+        "render_as_batch": dialect_name == "sqlite",
+        "compare_type": True,
+    }
+
+
+def run_migrations_offline() -> None:
+    url = database_url()
+    dialect = url.get_backend_name() if hasattr(url, "get_backend_name") else url.split(":")[0]
+    context.configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"},
+                      **configure_options(dialect.split("+")[0]))
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connectable = create_engine(database_url(), poolclass=pool.NullPool)
+    with connectable.connect() as connection:
+        context.configure(connection=connection, **configure_options(connection.dialect.name))
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

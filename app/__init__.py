@@ -1,0 +1,1 @@
+"""The Medical Image Diagnostics API's database: its models, settings and release-safety operations."""

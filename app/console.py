@@ -1,0 +1,119 @@
+"""What the user sees: messages on stderr, tables and JSON on stdout, progress bars on a terminal.
+
+On a terminal, rich draws tables and progress bars; piped (cron, CI) the output is plain text
+and progress is silent. rich is imported only when a terminal is there to draw on, which keeps
+`invoke status` in a pipeline fast.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from datetime import datetime
+from typing import Callable, Iterator, Sequence
+
+from app.ops.report import Reporter
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def human_age(created_at: str, now: datetime) -> str:
+    seconds = max(0, int((now - datetime.fromisoformat(created_at)).total_seconds()))
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds // length}{unit} ago"
+    return f"{seconds}s ago"
+
+
+class Console(Reporter):
+    def __init__(self, out=None, err=None):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self._progress = None
+        self._depth = 0
+
+    @property
+    def interactive(self) -> bool:
+        return self.err.isatty()
+
+    # -- messages --------------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        print(message, file=self.err, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"WARNING: {message}", file=self.err, flush=True)
+
+    def say(self, message: str = "") -> None:
+        print(message, file=self.out, flush=True)
+
+    def json(self, data) -> None:
+        self.say(json.dumps(data, indent=2))
+
+    # -- progress --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        if not self.interactive:
+            yield lambda n: None
+            return
+        from rich.console import Console as RichConsole
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TransferSpeedColumn)
+
+        if self._progress is None:
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
+                                      console=RichConsole(file=self.err), transient=False)
+            self._progress.start()
+        self._depth += 1
+        task = self._progress.add_task(description, total=total)
+        try:
+            yield lambda n: self._progress.advance(task, n)
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._progress.stop()
+                self._progress = None
+
+    # -- tables ----------------------------------------------------------------------------
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        if self.out.isatty():
+            from rich.console import Console as RichConsole
+            from rich.table import Table
+
+            table = Table(title=title, title_justify="left")
+            for column in columns:
+                table.add_column(column)
+            for row in rows:
+                table.add_row(*row)
+            RichConsole(file=self.out).print(table)
+            return
+        widths = [max(len(str(c)) for c in col) for col in zip(columns, *rows)]
+        self.say(title)
+        for row in (columns, *rows):
+            self.say("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+    def fields(self, title: str, pairs: Sequence[tuple[str, str]]) -> None:
+        if self.out.isatty():
+            from rich.console import Console as RichConsole
+            from rich.table import Table
+
+            table = Table(title=title, title_justify="left", show_header=False)
+            table.add_column(style="bold")
+            table.add_column()
+            for key, value in pairs:
+                table.add_row(key, value)
+            RichConsole(file=self.out).print(table)
+            return
+        width = max(len(k) for k, _ in pairs)
+        self.say(title)
+        for key, value in pairs:
+            self.say(f"  {key.ljust(width)}  {value}")

@@ -1,0 +1,1 @@
+"""Release-safety operations: backups, migrations and their guards. Library code: it never prints."""

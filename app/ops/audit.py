@@ -1,0 +1,47 @@
+"""The audit trail: one small JSON object per migrate, rollback, restore or break-glass.
+
+Events live in the backup store beside the backups, not in the database, so restoring the
+database cannot erase them. One object per event (never an appended file) works the same on
+local disk and in object stores, and two runs can never overwrite each other's records.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import socket
+from datetime import datetime, timezone
+
+from app.ops.storage import open_storage
+
+AUDIT_SUFFIX = ".audit.json"
+
+
+def who() -> dict:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def record(settings, *, action: str, now: datetime, outcome: str, **details) -> dict:
+    event = {"action": action, "env": settings.env, "database": settings.masked_database_url,
+             "at": now.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+             "outcome": outcome, **who(), **details}
+    name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{AUDIT_SUFFIX}"
+    open_storage(settings).put_bytes(name, (json.dumps(event, sort_keys=True) + "\n").encode())
+    return event
+
+
+def read_events(settings) -> list[dict]:
+    """The environment's audit trail, newest first."""
+    storage = open_storage(settings)
+    events = []
+    for name in sorted(storage.list(AUDIT_SUFFIX), reverse=True):
+        try:
+            events.append(json.loads(storage.get_bytes(name)))
+        except (ValueError, OSError):
+            events.append({"action": "unreadable", "object": name})
+    return events

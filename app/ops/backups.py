@@ -1,0 +1,206 @@
+"""Backups: take one, read it back, describe it in a manifest; list, find and verify them.
+
+Data flows one way: dumper -> zstd -> SHA-256 -> store -> read back -> manifest. The manifest
+is written last, so a backup without one (interrupted, or failed its read-back) is never listed.
+The manifest holds no secret: the database URL in it has its password masked.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Callable
+
+from app.ops.dumpers import dumper_for
+from app.ops.errors import BackupFailed, ConfigError
+from app.ops.storage import open_storage
+from app.ops.streams import CountingWriter, HashingWriter, compressor, decompress_into
+
+MANIFEST_SUFFIX = ".manifest.json"
+TOOL_NAME = "mida-db-tasks 1.0"
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class BackupManifest:
+    id: str
+    env: str
+    engine: str
+    database: str
+    created_at: str
+    revision: str | None
+    size: int
+    raw_size: int
+    sha256: str
+    artifact: str
+    location: str
+    format: str
+    reason: str
+    label: str | None = None
+    duration_seconds: float | None = None
+    tool: str = TOOL_NAME
+    versions: dict = field(default_factory=dict)
+    verified: bool = True
+    verified_at: str | None = None
+    verify_error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "BackupManifest":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromisoformat(self.created_at)
+
+
+def new_backup_id(now: datetime) -> str:
+    # Sortable by time; the random tail keeps two backups in one second apart.
+    return f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def iso(now: datetime) -> str:
+    return now.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
+                label: str | None = None, server_version_num: int | None = None,
+                progress: Progress | None = None,
+                readback_progress: Progress | None = None) -> BackupManifest:
+    """Dump, compress, hash and store; read the stored artifact back whole; then write the
+    manifest. Any failure removes what this call stored and raises BackupFailed."""
+    storage = open_storage(settings)
+    dumper = dumper_for(settings)
+    if server_version_num is not None:
+        dumper.check_tools(server_version_num)
+    backup_id = new_backup_id(now)
+    artifact = backup_id + dumper.suffix
+    started = time.monotonic()
+    try:
+        with storage.writer(artifact) as out:
+            hashed = HashingWriter(out)
+            with compressor(hashed) as zstd_stream:
+                counted = CountingWriter(zstd_stream, progress or (lambda n: None))
+                dumper.dump(counted)
+        _read_back(storage, dumper, artifact, hashed.sha256.hexdigest(), counted.size,
+                   readback_progress)
+    except BaseException as exc:
+        storage.delete(artifact)
+        if isinstance(exc, OSError):
+            raise BackupFailed(f"writing backup {backup_id} to {storage.location(artifact)} "
+                               f"failed: {exc.strerror or exc}; nothing was changed") from None
+        raise
+    manifest = BackupManifest(
+        id=backup_id, env=settings.env, engine=dumper.engine, database=settings.masked_database_url,
+        created_at=iso(now), revision=revision, size=hashed.size, raw_size=counted.size,
+        sha256=hashed.sha256.hexdigest(), artifact=artifact, location=storage.location(artifact),
+        format=dumper.format, reason=reason, label=label,
+        duration_seconds=round(time.monotonic() - started, 3), versions=dict(dumper.versions),
+        verified=True, verified_at=iso(now))
+    try:
+        storage.put_bytes(backup_id + MANIFEST_SUFFIX, manifest.to_json().encode())
+    except BaseException:
+        storage.delete(artifact)
+        raise
+    return manifest
+
+
+def _read_back(storage, dumper, artifact: str, sha256: str, raw_size: int,
+               progress: Progress | None) -> None:
+    """Read the stored artifact back whole: its checksum, its zstd frame, and the dumper's own
+    check of every byte inside it (pg_restore, or SQLite's integrity check)."""
+    import zstandard
+
+    result = {}
+
+    def feed(sink) -> None:
+        counted = CountingWriter(sink)
+        with storage.reader(artifact) as source:
+            result["sha256"] = decompress_into(source, counted, progress or (lambda n: None))
+        result["raw_size"] = counted.size
+
+    try:
+        dumper.read_back(feed)
+    except zstandard.ZstdError as exc:
+        raise BackupFailed(f"backup {artifact} does not decompress: {exc}") from None
+    if result.get("sha256") != sha256:
+        raise BackupFailed(f"backup {artifact} does not match its SHA-256 checksum "
+                           f"(expected {sha256}, read {result.get('sha256')})")
+    if result.get("raw_size") != raw_size:
+        raise BackupFailed(f"backup {artifact} holds {result.get('raw_size')} bytes, "
+                           f"expected {raw_size}")
+
+
+def list_backups(settings) -> list[BackupManifest]:
+    """The environment's backups, newest first. An unreadable manifest is skipped, not fatal."""
+    storage = open_storage(settings)
+    manifests = []
+    for name in storage.list(MANIFEST_SUFFIX):
+        try:
+            manifest = BackupManifest.from_json(storage.get_bytes(name).decode())
+        except (ValueError, TypeError, OSError):
+            continue
+        if manifest.env == settings.env:
+            manifests.append(manifest)
+    return sorted(manifests, key=lambda m: (m.created_at, m.id), reverse=True)
+
+
+def find_backup(settings, backup_id: str | None) -> BackupManifest:
+    backups = list_backups(settings)
+    if backup_id is None:
+        if not backups:
+            raise ConfigError(f"env '{settings.env}' has no backups yet: take one with "
+                              "`invoke backup`")
+        return backups[0]
+    matches = [m for m in backups if m.id == backup_id] or \
+              [m for m in backups if m.id.startswith(backup_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ConfigError(f"backup '{backup_id}' is not among env '{settings.env}' backups: "
+                          "`invoke backups` lists them")
+    raise ConfigError(f"backup id '{backup_id}' is ambiguous ({len(matches)} match): "
+                      "give more of it")
+
+
+def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
+                  progress: Progress | None = None) -> BackupManifest:
+    """Check the stored artifact against its manifest and read it back whole. The manifest
+    records the outcome either way, so a backup found broken is never chosen as verified."""
+    storage = open_storage(settings)
+    dumper = dumper_for(settings) if manifest.engine == _engine_of(settings) else None
+    if dumper is None:
+        raise ConfigError(f"backup {manifest.id} is a {manifest.engine} backup but env "
+                          f"'{settings.env}' is configured for {_engine_of(settings)}")
+    if not storage.exists(manifest.artifact):
+        error = f"backup {manifest.id} has lost its artifact {manifest.location}"
+        _record_verification(storage, manifest, now, error)
+        raise BackupFailed(error)
+    try:
+        _read_back(storage, dumper, manifest.artifact, manifest.sha256, manifest.raw_size,
+                   progress)
+    except BackupFailed as exc:
+        _record_verification(storage, manifest, now, str(exc))
+        raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None
+    _record_verification(storage, manifest, now, None)
+    return manifest
+
+
+def _record_verification(storage, manifest: BackupManifest, now: datetime,
+                         error: str | None) -> None:
+    manifest.verified = error is None
+    manifest.verified_at = iso(now)
+    manifest.verify_error = error
+    storage.put_bytes(manifest.id + MANIFEST_SUFFIX, manifest.to_json().encode())
+
+
+def _engine_of(settings) -> str:
+    from app.settings import engine_kind
+    return engine_kind(settings.database_url)

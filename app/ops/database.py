@@ -1,0 +1,66 @@
+"""Talking to the target database directly: does it exist, can we reach it, what server is it.
+
+Every connection error becomes one `DatabaseUnreachable` sentence with the password masked.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from app.ops.errors import DatabaseUnreachable
+from app.settings import engine_kind, mask_url
+
+
+def sqlite_path(url) -> Path | None:
+    """The SQLite file behind `url`, or None for an in-memory database."""
+    if not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def database_exists(url) -> bool:
+    """False only for an SQLite file not created yet: there is nothing to back up."""
+    if engine_kind(url) == "sqlite":
+        path = sqlite_path(url)
+        return path is not None and path.is_file() and path.stat().st_size > 0
+    return True
+
+
+@contextlib.contextmanager
+def connect(url):
+    """A short-lived connection; never creates an SQLite file that is not there."""
+    from sqlalchemy import create_engine, pool
+    from sqlalchemy.exc import DBAPIError
+
+    if engine_kind(url) == "sqlite" and not database_exists(url):
+        raise DatabaseUnreachable(f"SQLite database {url.database} does not exist yet: run "
+                                  "`invoke migrate` to create it")
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        try:
+            conn = engine.connect()
+        except DBAPIError as exc:
+            raise DatabaseUnreachable(
+                f"cannot connect to {mask_url(url)}: {_first_line(exc.orig)}; check the "
+                "server is running and the env's database settings") from None
+        with conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def server_version_num(conn) -> int:
+    from sqlalchemy import text
+    return int(conn.execute(text("SHOW server_version_num")).scalar())
+
+
+def database_size(conn) -> int | None:
+    from sqlalchemy import text
+    if conn.dialect.name == "postgresql":
+        return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar())
+    return None
+
+
+def _first_line(error) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

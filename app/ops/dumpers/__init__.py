@@ -1,0 +1,14 @@
+"""Dumpers: one per database engine. Each dumps the database to a byte stream and reads such a
+stream back to prove it whole; none knows where the bytes are stored."""
+from __future__ import annotations
+
+from app.settings import engine_kind
+
+
+def dumper_for(settings):
+    url = settings.database_url
+    if engine_kind(url) == "sqlite":
+        from app.ops.dumpers.sqlite import SqliteDumper
+        return SqliteDumper(url)
+    from app.ops.dumpers.postgres import PostgresDumper
+    return PostgresDumper(url, settings.pg_bin_dir)

@@ -1,0 +1,196 @@
+"""Alembic through its Python API: the scripts on disk and the database's state.
+
+`Migrations(settings)` answers current, heads, pending (in apply order) and the downgrade path,
+and runs upgrade, downgrade, stamp, merge and revision. Alembic's own errors become ConfigError
+(a bad revision) or MigrationFailed (the migration itself).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TextIO
+
+from app.ops.database import connect, database_exists
+from app.ops.errors import ConfigError, MigrationFailed
+from app.settings import PROJECT_ROOT
+
+ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+RELATIVE_RE = re.compile(r"^-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Revision:
+    id: str
+    message: str
+    path: str
+    down_revision: str | tuple | None
+
+    @classmethod
+    def of(cls, script) -> "Revision":
+        return cls(script.revision, (script.doc or "").strip(), script.path, script.down_revision)
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.message})" if self.message else self.id
+
+
+class Migrations:
+    def __init__(self, settings, stdout: TextIO | None = None):
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        self.settings = settings
+        self.url = settings.database_url
+        kwargs = {"stdout": stdout} if stdout is not None else {}
+        self.config = Config(str(ALEMBIC_INI), **kwargs)
+        # configparser would read a lone % as interpolation: double it so any password survives.
+        self.config.set_main_option(
+            "sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
+        self.script = ScriptDirectory.from_config(self.config)
+
+    # -- reading state ---------------------------------------------------------------------
+    def heads(self) -> list[str]:
+        return list(self.script.get_heads())
+
+    def single_head(self) -> str:
+        heads = self.heads()
+        if len(heads) > 1:
+            raise ConfigError(f"the migrations have {len(heads)} heads ({', '.join(heads)}): "
+                              "join them with `invoke merge` before migrating")
+        return heads[0] if heads else None
+
+    def current(self) -> str | None:
+        """The database's revision; None when it has none yet (or does not exist yet)."""
+        if not database_exists(self.url):
+            return None
+        from alembic.runtime.migration import MigrationContext
+
+        with connect(self.url) as conn:
+            heads = MigrationContext.configure(conn).get_current_heads()
+        if len(heads) > 1:
+            raise ConfigError(f"the database is stamped with several revisions "
+                              f"({', '.join(heads)}): see README, troubleshooting")
+        return heads[0] if heads else None
+
+    def resolve(self, revision: str) -> str | None:
+        """A full revision id for `revision` (an id, a unique prefix, head or base)."""
+        if revision == "base":
+            return None
+        if revision in ("head", "heads"):
+            return self.single_head()
+        from alembic.script.revision import RevisionError
+        from alembic.util import CommandError
+
+        try:
+            script = self.script.get_revision(revision)
+        except (CommandError, RevisionError) as exc:
+            raise ConfigError(f"revision '{revision}' is unknown ({exc}): `invoke history` "
+                              "lists the revisions") from None
+        if script is None:
+            raise ConfigError(f"revision '{revision}' is unknown: `invoke history` lists them")
+        return script.revision
+
+    def describe(self, revision: str | None) -> str:
+        return str(Revision.of(self.script.get_revision(revision))) if revision else "base"
+
+    def pending(self, current: str | None, target: str | None) -> list[Revision]:
+        """Revisions an upgrade from `current` to `target` applies, in apply order."""
+        if target is None or target == current:
+            return []
+        from alembic.script.revision import RevisionError
+        from alembic.util import CommandError
+
+        try:
+            scripts = list(self.script.iterate_revisions(target, current or "base"))
+        except (CommandError, RevisionError):
+            raise ConfigError(f"revision {target} is not ahead of the database's revision "
+                              f"{current}: use `invoke rollback --to {target}` to go back") from None
+        return [Revision.of(s) for s in reversed(scripts)]
+
+    def downgrade_target(self, current: str | None, to: str) -> tuple[str | None, list[Revision]]:
+        """Resolve rollback's `--to` (-N, a revision id or base) against `current`; return the
+        target and the revisions undone, in the order they are undone."""
+        steps: list[Revision] = []
+        match = RELATIVE_RE.match(to)
+        if match:
+            wanted = int(match.group(1))
+            if wanted < 1:
+                raise ConfigError(f"--to {to} goes nowhere: use -1 or more, a revision or base")
+            cursor = current
+            while len(steps) < wanted and cursor is not None:
+                script = self.script.get_revision(cursor)
+                if isinstance(script.down_revision, (tuple, list)):
+                    raise ConfigError(f"revision {cursor} is a merge point: roll back to an "
+                                      "explicit revision id instead of a relative step")
+                steps.append(Revision.of(script))
+                cursor = script.down_revision
+            if len(steps) < wanted:
+                raise ConfigError(f"--to {to} goes below base: the database is only "
+                                  f"{len(steps)} revision(s) above base")
+            return cursor, steps
+        target = self.resolve(to)
+        if target == current:
+            return target, []
+        undone = self.pending(target, current) if current else None
+        if undone is None:
+            raise ConfigError(f"the database is at base: there is nothing to roll back to {to}")
+        # pending() names what an upgrade target..current applies; a rollback undoes it backwards.
+        return target, list(reversed(undone))
+
+    # -- changing state --------------------------------------------------------------------
+    def upgrade(self, target: str | None) -> None:
+        from alembic import command
+        self._run(command.upgrade, target or "head", "upgrade")
+
+    def downgrade(self, target: str | None) -> None:
+        from alembic import command
+        self._run(command.downgrade, target or "base", "downgrade")
+
+    def upgrade_sql(self, current: str | None, target: str) -> str:
+        """Offline mode over exactly current..target: Alembic alone cannot know `current`."""
+        import io
+
+        from alembic import command
+
+        buffer = io.StringIO()
+        self.config.output_buffer = buffer
+        try:
+            command.upgrade(self.config, f"{current}:{target}" if current else target, sql=True)
+        finally:
+            self.config.output_buffer = None
+        return buffer.getvalue()
+
+    def stamp(self, revision: str) -> None:
+        from alembic import command
+        target = self.resolve(revision)
+        self._run(command.stamp, target or "base", "stamp")
+
+    def _run(self, fn, target: str, verb: str) -> None:
+        from alembic.util import CommandError
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            fn(self.config, target)
+        except CommandError as exc:
+            raise MigrationFailed(f"alembic {verb} to {target} failed: {exc}") from exc
+        except OperationalError as exc:
+            raise MigrationFailed(f"alembic {verb} to {target} failed: "
+                                  f"{str(exc.orig).strip().splitlines()[0]}") from exc
+        except Exception as exc:
+            raise MigrationFailed(f"alembic {verb} to {target} failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+
+    def history(self) -> None:
+        from alembic import command
+        command.history(self.config, verbose=False, indicate_current=database_exists(self.url))
+
+    def show_heads(self) -> None:
+        from alembic import command
+        command.heads(self.config, verbose=True)
+
+    def merge(self, message: str):
+        from alembic import command
+        heads = self.heads()
+        if len(heads) < 2:
+            raise ConfigError(f"there is nothing to merge: the migrations have one head "
+                              f"({heads[0] if heads else 'none'})")
+        return command.merge(self.config, "heads", message=message)

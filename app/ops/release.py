@@ -1,0 +1,146 @@
+"""migrate and rollback: guards, then a verified backup, then Alembic, then a check of the result.
+
+Nothing changes a schema unless a backup taken in this run was stored and read back whole. A
+database with nothing pending is left alone, without a backup.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from app.ops import audit
+from app.ops.backups import BackupManifest, take_backup
+from app.ops.database import connect, database_exists, server_version_num
+from app.ops.errors import BackupFailed, ConfigError, MigrationFailed
+from app.ops.guards import check_window
+from app.ops.lock import database_lock
+from app.ops.migrations import Migrations, Revision
+from app.ops.report import Reporter
+from app.settings import engine_kind
+
+
+@dataclass
+class RunResult:
+    action: str
+    before: str | None
+    target: str | None
+    steps: list[Revision] = field(default_factory=list)
+    backup: BackupManifest | None = None
+    after: str | None = None
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.steps
+
+
+def migrate(settings, *, revision: str = "head", now: datetime,
+            reporter: Reporter = Reporter(), break_glass: str | None = None) -> RunResult:
+    migrations = Migrations(settings)
+    target = migrations.resolve(revision)
+    return _guarded_run(settings, migrations, "migrate", now, reporter, break_glass,
+                        lambda current: (target, migrations.pending(current, target)),
+                        migrations.upgrade)
+
+
+def rollback(settings, *, to: str = "-1", now: datetime,
+             reporter: Reporter = Reporter(), break_glass: str | None = None) -> RunResult:
+    migrations = Migrations(settings)
+    return _guarded_run(settings, migrations, "rollback", now, reporter, break_glass,
+                        lambda current: migrations.downgrade_target(current, to),
+                        migrations.downgrade)
+
+
+def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
+                 reporter: Reporter, break_glass: str | None, plan, step) -> RunResult:
+    """Window, then lock, then plan (under the lock, so nobody moves the database meanwhile),
+    then backup and the Alembic step; every run that changes something is audited."""
+    check_window(settings, action=action, now=now, break_glass=break_glass, reporter=reporter)
+    started = time.monotonic()
+    with database_lock(settings, action=action, now=now):
+        current = migrations.current()
+        target, steps = plan(current)
+        result = RunResult(action, current, target, steps)
+        if result.nothing_to_do:
+            return result
+        verb = "pending" if action == "migrate" else "to undo"
+        reporter.info(f"{len(steps)} {verb}: " + ", ".join(map(str, steps)))
+        outcome = "failed"
+        try:
+            result.backup = backup_before_change(
+                settings, now=now, revision=current, reporter=reporter,
+                reason=f"before {action} {current or 'base'} -> {target or 'base'}")
+            _change(step, target, settings, result)
+            _checked(migrations, result)
+            outcome = "succeeded"
+        except BackupFailed:
+            outcome = "backup failed"
+            raise
+        finally:
+            audit.record(settings, action=action, now=now, outcome=outcome,
+                         from_revision=current, to_revision=target,
+                         backup_id=result.backup.id if result.backup else None,
+                         duration_seconds=round(time.monotonic() - started, 3),
+                         break_glass=break_glass)
+    return result
+
+
+def upgrade_sql(settings, revision: str = "head") -> str:
+    """The SQL of exactly the pending range, from the database's current revision."""
+    migrations = Migrations(settings)
+    target = migrations.resolve(revision)
+    current = migrations.current()
+    if not migrations.pending(current, target):
+        return f"-- Nothing pending: the database is at {current or 'base'}."
+    return migrations.upgrade_sql(current, target)
+
+
+def backup_on_demand(settings, *, now: datetime, label: str | None,
+                     reporter: Reporter = Reporter()) -> BackupManifest:
+    current = Migrations(settings).current()
+    manifest = backup_before_change(settings, now=now, revision=current, reporter=reporter,
+                                    reason="on demand", label=label)
+    if manifest is None:
+        raise ConfigError(f"database {settings.masked_database_url} does not exist yet: "
+                          "there is nothing to back up")
+    return manifest
+
+
+def backup_before_change(settings, *, now: datetime, revision: str | None, reason: str,
+                         reporter: Reporter, label: str | None = None) -> BackupManifest | None:
+    url = settings.database_url
+    if not database_exists(url):
+        reporter.info(f"database {settings.masked_database_url} does not exist yet: "
+                      "there is nothing to back up")
+        return None
+    version = None
+    if engine_kind(url) == "postgresql":
+        with connect(url) as conn:
+            version = server_version_num(conn)
+    with reporter.progress("dumping") as dumped:
+        with reporter.progress("reading back") as read_back:
+            return take_backup(settings, reason=reason, revision=revision, now=now, label=label,
+                               server_version_num=version, progress=dumped,
+                               readback_progress=read_back)
+
+
+def _change(step, target, settings, result: RunResult) -> None:
+    try:
+        step(target)
+    except MigrationFailed as exc:
+        raise MigrationFailed(f"{exc}. {restore_hint(settings, result.backup)}") from exc
+
+
+def restore_hint(settings, backup: BackupManifest | None) -> str:
+    if backup is None:
+        return "No backup was taken: the database did not exist before this run"
+    return (f"Backup {backup.id} was taken before it; restore it with: "
+            f"invoke restore --env={settings.env} --backup={backup.id}")
+
+
+def _checked(migrations: Migrations, result: RunResult) -> None:
+    result.after = migrations.current()
+    if result.after != result.target:
+        raise MigrationFailed(
+            f"after the {result.action} the database is at {result.after or 'base'}, not at "
+            f"the target {result.target or 'base'}. {restore_hint(migrations.settings, result.backup)}")

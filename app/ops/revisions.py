@@ -1,0 +1,82 @@
+"""`invoke create`: autogenerate a revision from app/models/ and prepare it for human review.
+
+Refuses a vague message (fewer than three words) and an empty autogenerate unless `--empty`;
+warns about operations that drop data and about a downgrade() that does nothing.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.ops.errors import ConfigError
+from app.ops.migrations import Migrations
+
+MIN_WORDS = 3
+DROPPING_OPS = {"DropTableOp": "drops table {}", "DropColumnOp": "drops column {}"}
+
+
+@dataclass
+class CreatedRevision:
+    path: str
+    review: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def create_revision(settings, message: str, *, empty: bool = False) -> CreatedRevision:
+    words = re.findall(r"\w+", message or "")
+    if len(words) < MIN_WORDS:
+        raise ConfigError(f"revision message '{message}' says too little: describe the change in "
+                          f"{MIN_WORDS} words or more, e.g. \"Add phone_number to users\"")
+    from alembic import command
+    from alembic.util import CommandError
+
+    migrations = Migrations(settings)
+    migrations.single_head()
+    seen = {}
+
+    def inspect(context, revision, directives):
+        script = directives[0]
+        seen["upgrade"] = list(_walk(script.upgrade_ops.ops))
+        seen["downgrade_empty"] = script.downgrade_ops.is_empty()
+        if not empty and script.upgrade_ops.is_empty():
+            directives[:] = []  # nothing written: the models match the database
+
+    try:
+        script = command.revision(migrations.config, message=message, autogenerate=not empty,
+                                  process_revision_directives=inspect)
+    except CommandError as exc:
+        raise ConfigError(f"cannot autogenerate: {exc}; run `invoke migrate` first if the "
+                          "database is behind") from None
+    if script is None:
+        raise ConfigError("autogenerate found no difference between app/models/ and the "
+                          "database: nothing to write (use --empty for a hand-written revision)")
+    source = Path(script.path).read_text()
+    warnings = [f"{script.revision}: {DROPPING_OPS[type(op).__name__].format(_name(op))}: "
+                "this destroys data; make sure a backup and a plan to restore it exist"
+                for op in seen.get("upgrade", []) if type(op).__name__ in DROPPING_OPS]
+    if seen.get("downgrade_empty", True):
+        warnings.append(f"{script.revision}: downgrade() does nothing: write it before release, "
+                        "or `invoke rollback` cannot undo this revision")
+    return CreatedRevision(script.path, _functions(source), warnings)
+
+
+def _walk(ops):
+    for op in ops:
+        inner = getattr(op, "ops", None)
+        if inner is not None:
+            yield from _walk(inner)
+        else:
+            yield op
+
+
+def _name(op) -> str:
+    table = getattr(op, "table_name", None)
+    column = getattr(op, "column_name", None)
+    return f"{table}.{column}" if column else str(table)
+
+
+def _functions(source: str) -> str:
+    """The upgrade() and downgrade() bodies: what a reviewer has to read."""
+    start = source.find("def upgrade()")
+    return source[start:].rstrip() if start >= 0 else source

@@ -1,0 +1,51 @@
+"""`invoke status`: one JSON-ready snapshot of an environment, cheap enough to run from cron.
+
+Everything here is read-only: no connection creates a database, nothing is written.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from app.ops.backups import BackupManifest, list_backups
+from app.ops.migrations import Migrations
+
+
+def backup_item(manifest: BackupManifest) -> dict:
+    """A backup as `invoke backups --json` and `status --json` show it."""
+    return {
+        "id": manifest.id, "env": manifest.env, "created_at": manifest.created_at,
+        "revision": manifest.revision, "size": manifest.size, "sha256": manifest.sha256,
+        "location": manifest.location, "engine": manifest.engine, "raw_size": manifest.raw_size,
+        "verified": manifest.verified, "verified_at": manifest.verified_at,
+        "reason": manifest.reason, "label": manifest.label,
+        "duration_seconds": manifest.duration_seconds,
+    }
+
+
+def window_status(settings, now: datetime) -> dict | None:
+    spec = settings.get("MAINTENANCE_WINDOW")
+    if not spec:
+        return None
+    from app.ops.guards import load_window
+    window = load_window(settings)
+    next_open = window.next_open(now)
+    return {"open": window.is_open(now), "next_open": next_open.isoformat() if next_open else None,
+            "spec": spec, "timezone": str(window.tz)}
+
+
+def collect_status(settings, now: datetime) -> dict:
+    migrations = Migrations(settings)
+    heads = migrations.heads()
+    current = migrations.current()
+    pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
+    backups = list_backups(settings)
+    return {
+        "env": settings.env,
+        "database": settings.masked_database_url,
+        "current": current,
+        "heads": heads,
+        "pending": [r.id for r in pending],
+        "last_backup": backup_item(backups[0]) if backups else None,
+        "production": settings.production,
+        "window": window_status(settings, now),
+    }

@@ -1,0 +1,146 @@
+"""Settings: which environment, which database, where backups go.
+
+`load_settings(env)` layers, highest first: the process environment, `.env.NAME`, `.env`
+(python-dotenv reads the files; nothing is written back into `os.environ`). It returns a frozen
+`Settings`. Nothing here is read at import time, and nothing here connects to anything.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from app.ops.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ENV = "dev"
+PRODUCTION_NAMES = {"prod", "production"}
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in TRUE_WORDS
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    values: Mapping[str, str] = field(repr=False)
+    root: Path = PROJECT_ROOT
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self.values.get(name)
+        return default if value is None or value == "" else value
+
+    @property
+    def production(self) -> bool:
+        # Fail closed: either signal is enough.
+        return _truthy(self.get("PRODUCTION")) or self.env.lower() in PRODUCTION_NAMES
+
+    @property
+    def database_url(self):
+        """The SQLAlchemy URL object (never a string, so the password is never rendered)."""
+        return build_database_url(self)
+
+    @property
+    def masked_database_url(self) -> str:
+        return mask_url(self.database_url)
+
+    @property
+    def pg_bin_dir(self) -> str | None:
+        return self.get("PG_BIN_DIR")
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.path(self.get("BACKUP_DIR", "backups"))
+
+    @property
+    def backup_storage(self) -> str:
+        kind = self.get("BACKUP_STORAGE", "local").lower()
+        if kind not in {"local", "s3"}:
+            raise ConfigError(f"BACKUP_STORAGE '{kind}' is not supported: use local or s3")
+        return kind
+
+    def path(self, value: str) -> Path:
+        """A path setting, relative to the project root so every working directory agrees."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+
+def known_environments(root: Path, environ: Mapping[str, str]) -> list[str]:
+    names = {DEFAULT_ENV}
+    for f in root.glob(".env.*"):
+        suffix = f.name[len(".env."):]
+        if suffix and suffix != "example" and f.is_file():
+            names.add(suffix)
+    if environ.get("APP_ENV"):
+        names.add(environ["APP_ENV"])
+    return sorted(names)
+
+
+def resolve_env_name(env: str | None, environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    return env or environ.get("APP_ENV") or DEFAULT_ENV
+
+
+def load_settings(env: str | None = None, environ: Mapping[str, str] | None = None,
+                  root: Path = PROJECT_ROOT) -> Settings:
+    from dotenv import dotenv_values
+
+    environ = dict(os.environ if environ is None else environ)
+    name = resolve_env_name(env, environ)
+    env_file = root / f".env.{name}"
+    known = known_environments(root, environ)
+    # A typo must never fall back to another environment's database.
+    if not (name == DEFAULT_ENV or name == environ.get("APP_ENV") or env_file.is_file()):
+        raise ConfigError(
+            f"environment '{name}' is not configured (no {env_file.name} file and APP_ENV is not "
+            f"'{name}'): known environments are {', '.join(known)}")
+    values: dict[str, str] = {}
+    for layer in (root / ".env", env_file):
+        if layer.is_file():
+            values.update({k: v for k, v in dotenv_values(layer).items() if v is not None})
+    values.update(environ)
+    return Settings(env=name, values=values, root=root)
+
+
+def build_database_url(settings: Settings):
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if settings.get("DATABASE_URL"):
+        try:
+            return make_url(settings.get("DATABASE_URL"))
+        except ArgumentError:
+            raise ConfigError(
+                f"DATABASE_URL for env '{settings.env}' is not a valid SQLAlchemy URL: "
+                "use e.g. postgresql://user@host:5432/dbname or sqlite:///path.db") from None
+    if _truthy(settings.get("USE_SQLITE")) or (
+            not settings.get("POSTGRES_SERVER") and settings.env == DEFAULT_ENV):
+        return URL.create("sqlite", database=str(settings.path(
+            settings.get("SQLITE_PATH", f"{settings.env}.db"))))
+    if not settings.get("POSTGRES_SERVER"):
+        raise ConfigError(
+            f"no database is configured for env '{settings.env}': set DATABASE_URL, "
+            "USE_SQLITE=True, or POSTGRES_SERVER/POSTGRES_USER/POSTGRES_DB")
+    port = settings.get("POSTGRES_PORT", "5432")
+    if not port.isdigit():
+        raise ConfigError(f"POSTGRES_PORT '{port}' is not a port number")
+    # URL.create keeps the password as data: no quoting, so any character survives.
+    return URL.create("postgresql+psycopg2", username=settings.get("POSTGRES_USER"),
+                      password=settings.get("POSTGRES_PASSWORD"),
+                      host=settings.get("POSTGRES_SERVER"), port=int(port),
+                      database=settings.get("POSTGRES_DB"))
+
+
+def mask_url(url) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def engine_kind(url) -> str:
+    """'postgresql' or 'sqlite'; anything else is refused here, once."""
+    backend = url.get_backend_name()
+    if backend in {"postgresql", "sqlite"}:
+        return backend
+    raise ConfigError(f"database backend '{backend}' is not supported: use postgresql or sqlite")

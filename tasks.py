@@ -1,0 +1,223 @@
+"""Release-safety tasks for the Medical Image Diagnostics API's database.
+
+Each task parses its options, makes one call into `app`, and prints the result. Errors from the
+`app.ops.errors` family become one line and the contract's exit code, here and nowhere else.
+Only invoke is imported at module level so that `invoke --list` stays fast; each task imports
+what it needs.
+"""
+import functools
+from datetime import datetime, timezone
+
+from invoke import Collection, Exit
+from invoke import task as invoke_task
+
+ENV_HELP = "environment to act on (default: APP_ENV, else dev); settings come from .env.ENV"
+
+
+def task(*args, **kwargs):
+    """invoke's @task, with `--env` help added and OpsError turned into a message and exit code."""
+    def wrap(body):
+        @functools.wraps(body)
+        def run(c, *a, **kw):
+            from app.ops.errors import OpsError
+            try:
+                return body(c, *a, **kw)
+            except OpsError as exc:
+                raise Exit(f"ERROR: {exc}", code=int(exc.exit_code)) from None
+            except KeyboardInterrupt:
+                raise Exit("ERROR: interrupted; nothing further was done", code=130) from None
+        kwargs.setdefault("help", {}).setdefault("env", ENV_HELP)
+        return invoke_task(**kwargs)(run)
+    return wrap(args[0]) if args and callable(args[0]) else wrap
+
+
+def _now() -> datetime:
+    # The one place that reads the clock; library code takes `now` as an argument.
+    return datetime.now(timezone.utc)
+
+
+def _settings(env):
+    from app.settings import load_settings
+    return load_settings(env)
+
+
+def _console():
+    from app.console import Console
+    return Console()
+
+
+@task(help={"json": "print the contract's JSON object instead of a table"})
+def status(c, env=None, json=False):
+    """Show the database, its revision, pending migrations, newest backup and window."""
+    from app.console import human_age, human_size
+    from app.ops.status import collect_status
+
+    console = _console()
+    now = _now()
+    info = collect_status(_settings(env), now)
+    if json:
+        return console.json(info)
+    last = info["last_backup"]
+    window = info["window"]
+    console.fields(f"Environment {info['env']}" + (" (PRODUCTION)" if info["production"] else ""), [
+        ("database", info["database"]),
+        ("current", info["current"] or "base (no revision yet)"),
+        ("heads", ", ".join(info["heads"]) or "-"),
+        ("pending", ", ".join(info["pending"]) or "none"),
+        ("last backup", "none" if last is None else
+         f"{last['id']}, {human_age(last['created_at'], now)}, {human_size(last['size'])}, "
+         f"{'verified' if last['verified'] else 'NOT VERIFIED'}, {last['location']}"),
+        ("production", "yes" if info["production"] else "no"),
+        ("window", "not configured" if window is None else
+         ("open" if window["open"] else "closed") + f", next opening {window['next_open']}"),
+    ])
+
+
+@task(help={"revision": "target revision (default: head)",
+            "sql": "print the SQL of the pending migrations and change nothing",
+            "break_glass": "run in production outside the window; REASON goes to the audit log"})
+def migrate(c, env=None, revision="head", sql=False, break_glass=None):
+    """Back up, then upgrade the database to head (or --revision)."""
+    from app.ops import release
+
+    console = _console()
+    settings = _settings(env)
+    if sql:
+        return console.say(release.upgrade_sql(settings, revision))
+    console.info(f"env {settings.env}: {settings.masked_database_url}")
+    result = release.migrate(settings, revision=revision, now=_now(), reporter=console,
+                             break_glass=break_glass)
+    _report_run(console, result)
+
+
+@task(help={"to": "where to go: -N steps (default -1), a revision id, or base",
+            "break_glass": "run in production outside the window; REASON goes to the audit log"})
+def rollback(c, env=None, to="-1", break_glass=None):
+    """Back up, then downgrade the database (one step by default)."""
+    from app.ops import release
+
+    console = _console()
+    settings = _settings(env)
+    console.info(f"env {settings.env}: {settings.masked_database_url}")
+    result = release.rollback(settings, to=to, now=_now(), reporter=console,
+                              break_glass=break_glass)
+    _report_run(console, result)
+
+
+def _report_run(console, result):
+    from app.console import human_size
+
+    if result.nothing_to_do:
+        where = result.before or "base"
+        verb = "migrate" if result.action == "migrate" else "roll back"
+        return console.say(f"Nothing to {verb}: the database is at {where}. No backup taken.")
+    if result.backup:
+        console.say(f"Backup {result.backup.id} ({human_size(result.backup.size)}, verified) "
+                    f"at {result.backup.location}")
+    console.say(f"{result.action.capitalize()} done: {result.before or 'base'} -> "
+                f"{result.after or 'base'}")
+
+
+@task(help={"label": "a note stored in the backup's manifest"})
+def backup(c, env=None, label=None):
+    """Take a verified backup now."""
+    from app.console import human_size
+    from app.ops.release import backup_on_demand
+
+    console = _console()
+    settings = _settings(env)
+    manifest = backup_on_demand(settings, now=_now(), label=label, reporter=console)
+    console.say(f"Backup {manifest.id}: {human_size(manifest.size)} "
+                f"(from {human_size(manifest.raw_size)}), revision {manifest.revision or 'base'}, "
+                f"sha256 {manifest.sha256}, verified, at {manifest.location}")
+
+
+@task(help={"json": "print a JSON array, newest first"})
+def backups(c, env=None, json=False):
+    """List the environment's backups, newest first."""
+    from app.console import human_age, human_size
+    from app.ops.backups import list_backups
+    from app.ops.status import backup_item
+
+    console = _console()
+    items = list_backups(_settings(env))
+    if json:
+        return console.json([backup_item(m) for m in items])
+    if not items:
+        return console.say("No backups yet.")
+    now = _now()
+    console.table("Backups, newest first",
+                  ["id", "age", "revision", "size", "verified", "reason", "location"],
+                  [[m.id, human_age(m.created_at, now), m.revision or "base", human_size(m.size),
+                    "yes" if m.verified else "NO", m.label or m.reason, m.location]
+                   for m in items])
+
+
+@task(help={"backup": "the backup's id (default: the newest)",
+            "restore_test": "also restore into a scratch database and compare (not built yet)"})
+def verify(c, env=None, backup=None, restore_test=False):
+    """Check a backup's checksum and that it reads back whole."""
+    from app.ops.backups import find_backup, verify_backup
+
+    console = _console()
+    settings = _settings(env)
+    if restore_test:
+        raise Exit("ERROR: --restore-test is not available in this version yet", code=2)
+    manifest = find_backup(settings, backup)
+    with console.progress("verifying", total=manifest.size) as advance:
+        verify_backup(settings, manifest, now=_now(), progress=advance)
+    console.say(f"Backup {manifest.id} is intact: sha256 {manifest.sha256} matches and "
+                "the archive reads back whole.")
+
+
+@task(positional=["message"],
+      help={"message": "what the revision does, in three words or more",
+            "empty": "write an empty revision to fill in by hand"})
+def create(c, message, env=None, empty=False):
+    """Autogenerate a revision from app/models/ and show it for review."""
+    from app.ops.revisions import create_revision
+
+    console = _console()
+    created = create_revision(_settings(env), message, empty=empty)
+    console.say(f"Created {created.path}")
+    console.say(created.review)
+    for warning in created.warnings:
+        console.warn(warning)
+
+
+@task
+def history(c, env=None):
+    """Show the revisions, oldest at the bottom, marking the database's current one."""
+    from app.ops.migrations import Migrations
+    Migrations(_settings(env)).history()
+
+
+@task
+def heads(c, env=None):
+    """Show the head revisions (more than one needs `invoke merge`)."""
+    from app.ops.migrations import Migrations
+    Migrations(_settings(env)).show_heads()
+
+
+@task(help={"message": "the merge revision's message"})
+def merge(c, env=None, message="merge heads"):
+    """Join several heads into one with a merge revision."""
+    from app.ops.migrations import Migrations
+    script = Migrations(_settings(env)).merge(message)
+    _console().say(f"Created merge revision {script.revision} at {script.path}")
+
+
+@task(positional=["rev"], help={"rev": "the revision to record (an id, head or base)"})
+def stamp(c, rev, env=None):
+    """Record REV as the database's revision without running any migration."""
+    from app.ops.migrations import Migrations
+
+    migrations = Migrations(_settings(env))
+    before = migrations.current()
+    migrations.stamp(rev)
+    _console().say(f"Stamped: {before or 'base'} -> {migrations.current() or 'base'} "
+                   "(no migration ran)")
+
+
+ns = Collection(status, migrate, rollback, backup, backups, verify, create, history, heads,
+                merge, stamp)
