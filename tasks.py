@@ -85,6 +85,7 @@ def migrate(c, env=None, revision="head", sql=False, break_glass=None):
     if sql:
         return console.say(release.upgrade_sql(settings, revision))
     console.info(f"env {settings.env}: {settings.masked_database_url}")
+    console.show_migration_log()
     result = release.migrate(settings, revision=revision, now=_now(), reporter=console,
                              break_glass=break_glass)
     _report_run(console, result)
@@ -99,6 +100,7 @@ def rollback(c, env=None, to="-1", break_glass=None):
     console = _console()
     settings = _settings(env)
     console.info(f"env {settings.env}: {settings.masked_database_url}")
+    console.show_migration_log()
     result = release.rollback(settings, to=to, now=_now(), reporter=console,
                               break_glass=break_glass)
     _report_run(console, result)
@@ -219,5 +221,24 @@ def stamp(c, rev, env=None):
                    "(no migration ran)")
 
 
+@task(help={"json": "print a JSON array, newest first"})
+def audit(c, env=None, json=False):
+    """Show the audit trail of migrate, rollback, restore and break-glass, newest first."""
+    from app.ops.audit import read_events
+
+    console = _console()
+    events = read_events(_settings(env))
+    if json:
+        return console.json(events)
+    if not events:
+        return console.say("No audited runs yet.")
+    console.table("Audit trail, newest first",
+                  ["when", "action", "outcome", "from", "to", "backup", "who", "break glass"],
+                  [[e.get("at", "?"), e.get("action", "?"), e.get("outcome", "?"),
+                    e.get("from_revision") or "base", e.get("to_revision") or "base",
+                    e.get("backup_id") or "-", f"{e.get('user', '?')}@{e.get('host', '?')}",
+                    e.get("break_glass") or ""] for e in events])
+
+
 ns = Collection(status, migrate, rollback, backup, backups, verify, create, history, heads,
-                merge, stamp)
+                merge, stamp, audit)

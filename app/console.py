@@ -58,6 +58,19 @@ class Console(Reporter):
     def json(self, data) -> None:
         self.say(json.dumps(data, indent=2))
 
+    def show_migration_log(self) -> None:
+        """Alembic reports each revision it runs through logging: show those lines."""
+        import logging
+
+        handler = logging.StreamHandler(self.err)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        # "Running upgrade a -> b" is news; "Context impl ..." at every connection is not.
+        handler.addFilter(lambda record: record.getMessage().startswith("Running "))
+        log = logging.getLogger("alembic.runtime.migration")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
     # -- progress --------------------------------------------------------------------------
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:

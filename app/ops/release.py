@@ -62,6 +62,10 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
         target, steps = plan(current)
         result = RunResult(action, current, target, steps)
         if result.nothing_to_do:
+            if break_glass:
+                audit.record(settings, action=action, now=now, outcome="nothing to do",
+                             from_revision=current, to_revision=target, backup_id=None,
+                             duration_seconds=0.0, break_glass=break_glass)
             return result
         verb = "pending" if action == "migrate" else "to undo"
         reporter.info(f"{len(steps)} {verb}: " + ", ".join(map(str, steps)))

@@ -1,0 +1,162 @@
+"""Shared fixtures: a copy of the project to run `invoke` in, and real PostgreSQL databases.
+
+PostgreSQL comes from TEST_DATABASE_URL (a role that may create roles and databases), else the
+local server on 127.0.0.1:5432 as `postgres`. Each test gets its own non-superuser role that
+owns its own database, with a password full of awkward characters. Under CI=true a missing
+server fails the tests that need it instead of skipping them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+AWKWARD_PASSWORD = "p@ss:w/o%rd#1 'q' \"dq\" \\ end"
+DEFAULT_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+# Settings that must not leak from the developer's shell into a test's invoke run.
+CLEARED = ("APP_ENV", "DATABASE_URL", "USE_SQLITE", "SQLITE_PATH", "PRODUCTION", "BACKUP_DIR",
+           "BACKUP_STORAGE", "MAINTENANCE_WINDOW", "MAINTENANCE_TIMEZONE", "PG_BIN_DIR")
+
+
+def admin_url():
+    from sqlalchemy.engine import make_url
+    return make_url(os.environ.get("TEST_DATABASE_URL", DEFAULT_ADMIN_URL))
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """An AUTOCOMMIT engine on the server's maintenance database."""
+    from sqlalchemy import create_engine, pool, text
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(admin_url(), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        message = f"PostgreSQL is not reachable at {admin_url().render_as_string()}: {exc.orig}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield engine
+    engine.dispose()
+
+
+@dataclass
+class PgDatabase:
+    url: object      # SQLAlchemy URL of the owner role, password included
+    name: str
+    role: str
+    admin: object
+
+    def sql(self, statement: str, **params):
+        """Run one statement as the owner; return all rows (or None)."""
+        from sqlalchemy import create_engine, pool, text
+        engine = create_engine(self.url, poolclass=pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(statement), params)
+                return result.fetchall() if result.returns_rows else None
+        finally:
+            engine.dispose()
+
+    def tables(self) -> set[str]:
+        return {r[0] for r in self.sql(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+    def revision(self):
+        if "alembic_version" not in self.tables():
+            return None
+        rows = self.sql("SELECT version_num FROM alembic_version")
+        return rows[0][0] if rows else None
+
+    def columns(self, table: str) -> list[str]:
+        return [r[0] for r in self.sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = :t "
+            "ORDER BY ordinal_position", t=table)]
+
+
+@pytest.fixture
+def pg_database(pg_admin):
+    """A fresh database owned by a fresh non-superuser role (LOGIN CREATEDB) with an awkward
+    password; dropped afterwards."""
+    from sqlalchemy import text
+
+    suffix = secrets.token_hex(4)
+    role, name = f"mida_owner_{suffix}", f"mida_test_{suffix}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN CREATEDB PASSWORD :pw'),
+                     {"pw": AWKWARD_PASSWORD})
+        conn.execute(text(f'CREATE DATABASE "{name}" OWNER "{role}"'))
+    url = admin_url().set(username=role, password=AWKWARD_PASSWORD, database=name)
+    yield PgDatabase(url, name, role, pg_admin)
+    with pg_admin.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": name})
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+
+
+@dataclass
+class Project:
+    """A copy of the project, as a fresh clone would be, to run `invoke` in as a user does."""
+    root: Path
+
+    def env_file(self, name: str, **settings: str) -> Path:
+        path = self.root / f".env.{name}"
+        path.write_text("".join(f"{k}={_dotenv_quote(v)}\n" for k, v in settings.items()))
+        return path
+
+    def run(self, *args: str, env: dict | None = None, input: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        environ = {k: v for k, v in os.environ.items() if k not in CLEARED
+                   and not k.startswith("POSTGRES_")}
+        environ.update(env or {})
+        return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=self.root,
+                              env=environ, input=input, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def backups(self, env_name: str = "dev", env: dict | None = None) -> list[dict]:
+        result = self.run("backups", f"--env={env_name}", "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def backup_files(self, env_name: str = "dev") -> set[str]:
+        folder = self.root / "backups" / env_name
+        return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def _dotenv_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    root = tmp_path / "project"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    root.mkdir()
+    for name in ("app", "alembic"):
+        shutil.copytree(REPO / name, root / name, ignore=ignore)
+    for name in ("tasks.py", "alembic.ini"):
+        shutil.copy2(REPO / name, root / name)
+    (root / "backups").mkdir()
+    (root / "backups" / ".gitkeep").touch()
+    return Project(root)
+
+
+def pg_env(db: PgDatabase, **extra: str) -> dict:
+    """Process environment that points an invoke run at `db` through POSTGRES_* settings."""
+    url = db.url
+    env = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
+           "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
+           "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
+    env.update(extra)
+    return env
