@@ -221,6 +221,37 @@ def stamp(c, rev, env=None):
                    "(no migration ran)")
 
 
+@task(help={"backup": "the backup's id (default: the newest verified, not a safety backup)",
+            "yes": "do not ask for confirmation (needed without a terminal)"})
+def restore(c, env=None, backup=None, yes=False):
+    """Restore a backup over the database (after verifying it and a safety backup)."""
+    import sys
+
+    from app.console import human_age, human_size
+    from app.ops import restore as restoring
+
+    console = _console()
+    settings = _settings(env)
+    plan = restoring.plan_restore(settings, backup)
+    now = _now()
+    b = plan.backup
+    console.fields("Restore", [
+        ("backup", f"{b.id}, taken {human_age(b.created_at, now)} ({b.created_at})"),
+        ("revision", b.revision or "base"), ("size", human_size(b.size)), ("reason", b.reason),
+        ("replaces", f"{settings.masked_database_url}, now at {plan.current or 'base'}")])
+    ask = input if sys.stdin.isatty() and sys.stdout.isatty() else None
+    restoring.confirm(plan, yes=yes, ask=ask)
+    result = restoring.run_restore(settings, plan, now=now, reporter=console)
+    console.say(f"Restored backup {b.id} in {result.seconds:.1f} s: the database is at "
+                f"{result.revision or 'base'}.")
+    if result.safety:
+        console.say(f"Safety backup {result.safety.id} holds what was there before; undo with: "
+                    f"invoke restore --env={settings.env} --backup={result.safety.id} --yes")
+    if result.kept_database:
+        console.say(f"The previous database is kept as {result.kept_database}: drop it with "
+                    f"`dropdb {result.kept_database}` once you are satisfied.")
+
+
 @task(help={"json": "print a JSON array, newest first"})
 def audit(c, env=None, json=False):
     """Show the audit trail of migrate, rollback, restore and break-glass, newest first."""
@@ -241,4 +272,4 @@ def audit(c, env=None, json=False):
 
 
 ns = Collection(status, migrate, rollback, backup, backups, verify, create, history, heads,
-                merge, stamp, audit)
+                merge, stamp, restore, audit)

@@ -16,7 +16,8 @@ from typing import Callable
 from app.ops.dumpers import dumper_for
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.storage import open_storage
-from app.ops.streams import CountingWriter, HashingWriter, compressor, decompress_into
+from app.ops.streams import (CountingWriter, HashingWriter, TeeWriter, compressor,
+                             decompress_into)
 
 MANIFEST_SUFFIX = ".manifest.json"
 TOOL_NAME = "mida-db-tasks 1.0"
@@ -113,15 +114,16 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
 
 
 def _read_back(storage, dumper, artifact: str, sha256: str, raw_size: int,
-               progress: Progress | None) -> None:
+               progress: Progress | None, extract_to=None) -> None:
     """Read the stored artifact back whole: its checksum, its zstd frame, and the dumper's own
-    check of every byte inside it (pg_restore, or SQLite's integrity check)."""
+    check of every byte inside it (pg_restore, or SQLite's integrity check). With `extract_to`,
+    the decompressed bytes are also written there in the same pass (restore uses them)."""
     import zstandard
 
     result = {}
 
     def feed(sink) -> None:
-        counted = CountingWriter(sink)
+        counted = CountingWriter(TeeWriter(sink, extract_to) if extract_to else sink)
         with storage.reader(artifact) as source:
             result["sha256"] = decompress_into(source, counted, progress or (lambda n: None))
         result["raw_size"] = counted.size
@@ -171,7 +173,7 @@ def find_backup(settings, backup_id: str | None) -> BackupManifest:
 
 
 def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
-                  progress: Progress | None = None) -> BackupManifest:
+                  progress: Progress | None = None, extract_to=None) -> BackupManifest:
     """Check the stored artifact against its manifest and read it back whole. The manifest
     records the outcome either way, so a backup found broken is never chosen as verified."""
     storage = open_storage(settings)
@@ -185,7 +187,7 @@ def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
         raise BackupFailed(error)
     try:
         _read_back(storage, dumper, manifest.artifact, manifest.sha256, manifest.raw_size,
-                   progress)
+                   progress, extract_to)
     except BackupFailed as exc:
         _record_verification(storage, manifest, now, str(exc))
         raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None

@@ -57,6 +57,21 @@ class CountingWriter:
         pass
 
 
+class TeeWriter:
+    """Writes everything to two streams: a checker and a file, in one pass over the data."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def write(self, data) -> int:
+        self.first.write(data)
+        self.second.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def compressor(target: BinaryIO):
     """A zstd stream writer onto `target`; closing it finishes the frame, not the target."""
     import zstandard

@@ -123,6 +123,28 @@ class PostgresDumper:
                                    f"{_last_line(errors)}")
 
 
+    def restore(self, archive_path: str, database: str, jobs: int = 1) -> None:
+        """pg_restore a seekable custom-format archive into the (empty) `database`, in `jobs`
+        parallel workers, stopping at the first error."""
+        argv = [self.tool("pg_restore"), "--exit-on-error", f"--jobs={max(1, jobs)}",
+                f"--dbname={database}", archive_path]
+        env = self.environment()
+        env["PGDATABASE"] = database
+        # Settings a database owner may set for its own sessions; they speed up index builds.
+        env["PGOPTIONS"] = "-c maintenance_work_mem=256MB -c synchronous_commit=off"
+        with tempfile.TemporaryFile() as errors:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=errors, env=env)
+            try:
+                status = proc.wait()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            if status != 0:
+                raise BackupFailed(f"pg_restore into {database} failed (exit status {status}): "
+                                   f"{_last_line(errors)}")
+
+
 def _last_line(stream) -> str:
     stream.seek(0)
     lines = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()

@@ -1,0 +1,169 @@
+"""Restoring PostgreSQL by swapping databases: build the restored copy beside the live one,
+then swap names in one transaction.
+
+Until the swap the live database is never touched, so a restore that fails or is killed leaves
+it exactly as it was (a killed run leaves a `__restoring_` database, which the next restore drops).
+The swap is two renames in one transaction: the old database stays under a dated name until the
+engineer drops it. The new database gets the old one's encoding, locale, grants, settings,
+comment and connection limit, so its own properties survive. Everything here works for a role
+that owns its database and may create databases; no superuser needed.
+
+Why not `pg_restore --clean` into the live database: a table added by a later migration survives
+it, a foreign key from such a table makes the restore fail halfway, and it cannot run in parallel.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from app.ops.errors import BackupFailed, GuardRefused
+from app.ops.lock import MAINTENANCE_DATABASE
+
+RESTORING = "__restoring_"
+KEPT = "__pre_restore_"
+MAX_NAME = 63  # PostgreSQL's identifier limit, in bytes
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def derived_name(database: str, marker: str, stamp: str) -> str:
+    tail = f"{marker}{stamp}"
+    base = database.encode()[: MAX_NAME - len(tail.encode())].decode("utf-8", "ignore")
+    return base + tail
+
+
+@dataclass
+class DatabaseProperties:
+    oid: int
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    conn_limit: int
+    acl: list[str] | None
+    comment: str | None
+    settings: list[str]
+
+
+class DatabaseSwap:
+    """Operations on the server level, over a connection to the maintenance database."""
+
+    def __init__(self, url):
+        self.url = url
+        self.database = url.database
+
+    def _run(self, statements, params=None, fetch=False):
+        from sqlalchemy import text
+
+        from app.ops.database import connect
+
+        with connect(self.url.set(database=MAINTENANCE_DATABASE)) as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if isinstance(statements, str):
+                result = conn.execute(text(statements), params or {})
+                return result.fetchall() if fetch else None
+            with conn.begin():
+                for statement in statements:
+                    conn.execute(text(statement))
+
+    def properties(self) -> DatabaseProperties:
+        rows = self._run(
+            "SELECT d.oid, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), "
+            "d.datcollate, d.datctype, d.datconnlimit, d.datacl::text[], "
+            "shobj_description(d.oid, 'pg_database'), "
+            "(SELECT s.setconfig FROM pg_db_role_setting s "
+            " WHERE s.setdatabase = d.oid AND s.setrole = 0) "
+            "FROM pg_database d WHERE d.datname = :name", {"name": self.database}, fetch=True)
+        if not rows:
+            raise BackupFailed(f"database {self.database} does not exist on the server")
+        r = rows[0]
+        return DatabaseProperties(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] or [])
+
+    def check_can_swap(self, current_user: str, props: DatabaseProperties) -> None:
+        if props.owner != current_user:
+            raise GuardRefused(f"restore must run as the owner of database {self.database} "
+                               f"({props.owner}), not as {current_user}")
+        others = self.other_sessions(self.database)
+        if others:
+            raise GuardRefused(f"{len(others)} other session(s) are connected to "
+                               f"{self.database} ({', '.join(sorted(set(others)))}): stop the "
+                               "API and other clients, then run restore again")
+
+    def other_sessions(self, database: str) -> list[str]:
+        rows = self._run("SELECT usename || '@' || coalesce(host(client_addr), 'local') || ' ' || "
+                         "coalesce(application_name, '') FROM pg_stat_activity "
+                         "WHERE datname = :d AND pid <> pg_backend_pid()", {"d": database},
+                         fetch=True)
+        return [r[0].strip() for r in rows]
+
+    def drop_stale(self) -> list[str]:
+        """Drop half-built copies a killed restore left behind (we hold the lock: none is live)."""
+        rows = self._run("SELECT datname FROM pg_database WHERE datname LIKE :p",
+                         {"p": self.database.replace("_", r"\_") + r"\_\_restoring\_%"},
+                         fetch=True)
+        for (name,) in rows:
+            self.drop(name)
+        return [r[0] for r in rows]
+
+    def create_like(self, name: str, props: DatabaseProperties) -> None:
+        # Utility statements take no bind parameters: quote the literals ourselves.
+        self._run(f"CREATE DATABASE {quote(name)} TEMPLATE template0 "
+                  f"ENCODING {_literal(props.encoding)} LC_COLLATE {_literal(props.collate)} "
+                  f"LC_CTYPE {_literal(props.ctype)}")
+
+    def copy_properties(self, name: str, props: DatabaseProperties) -> None:
+        """Give the new database the old one's grants, settings, comment and limit."""
+        target = quote(name)
+        statements = []
+        if props.acl is not None:
+            statements.append(f"REVOKE ALL ON DATABASE {target} FROM PUBLIC")
+            for entry in props.acl:
+                statements.extend(_grants(entry, target))
+        for setting in props.settings:
+            key, _, value = setting.partition("=")
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
+                statements.append(f"ALTER DATABASE {target} SET {key} = {_literal(value)}")
+        if props.comment is not None:
+            statements.append(f"COMMENT ON DATABASE {target} IS {_literal(props.comment)}")
+        if props.conn_limit != -1:
+            statements.append(f"ALTER DATABASE {target} CONNECTION LIMIT {int(props.conn_limit)}")
+        for statement in statements:
+            self._run(statement)
+
+    def swap(self, new: str, kept: str) -> None:
+        others = self.other_sessions(self.database)
+        if others:
+            raise BackupFailed(f"clients connected to {self.database} during the restore "
+                               f"({', '.join(sorted(set(others)))}); nothing was swapped")
+        self._run([f"ALTER DATABASE {quote(self.database)} RENAME TO {quote(kept)}",
+                   f"ALTER DATABASE {quote(new)} RENAME TO {quote(self.database)}"])
+
+    def drop(self, name: str) -> None:
+        self._run(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+ACL_RE = re.compile(r'^(?P<grantee>"(?:[^"]|"")*"|[^=]*)=(?P<privs>[a-zA-Z*]*)/')
+PRIVILEGES = {"C": "CREATE", "T": "TEMPORARY", "c": "CONNECT"}
+
+
+def _grants(entry: str, target: str) -> list[str]:
+    """GRANT statements reproducing one aclitem of a database (e.g. `api=c/owner`)."""
+    match = ACL_RE.match(entry)
+    if not match:
+        return []
+    grantee = match.group("grantee")
+    grantee = "PUBLIC" if grantee == "" else (grantee if grantee.startswith('"')
+                                               else quote(grantee))
+    privs = match.group("privs")
+    out = []
+    for i, letter in enumerate(privs):
+        if letter in PRIVILEGES:
+            option = " WITH GRANT OPTION" if privs[i + 1:i + 2] == "*" else ""
+            out.append(f"GRANT {PRIVILEGES[letter]} ON DATABASE {target} TO {grantee}{option}")
+    return out
