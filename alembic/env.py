@@ -48,6 +48,13 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = create_engine(database_url(), poolclass=pool.NullPool)
     with connectable.connect() as connection:
+        # Production sets lock_timeout/statement_timeout (app/ops/migrations.py): a migration
+        # that waits on a busy table fails fast instead of stalling the API queued behind it.
+        timeouts = config.attributes.get("postgres_timeouts") or {}
+        if timeouts and connection.dialect.name == "postgresql":
+            for name, value in timeouts.items():
+                connection.exec_driver_sql(f"SET {name} = '{value}'")
+            connection.commit()
         context.configure(connection=connection, **configure_options(connection.dialect.name))
         with context.begin_transaction():
             context.run_migrations()

@@ -42,6 +42,7 @@ class BackupManifest:
     reason: str
     label: str | None = None
     duration_seconds: float | None = None
+    database_size: int | None = None
     tool: str = TOOL_NAME
     versions: dict = field(default_factory=dict)
     verified: bool = True
@@ -73,6 +74,7 @@ def iso(now: datetime) -> str:
 
 def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
                 label: str | None = None, server_version_num: int | None = None,
+                database_size: int | None = None,
                 progress: Progress | None = None,
                 readback_progress: Progress | None = None) -> BackupManifest:
     """Dump, compress, hash and store; read the stored artifact back whole; then write the
@@ -104,6 +106,7 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
         sha256=hashed.sha256.hexdigest(), artifact=artifact, location=storage.location(artifact),
         format=dumper.format, reason=reason, label=label,
         duration_seconds=round(time.monotonic() - started, 3), versions=dict(dumper.versions),
+        database_size=database_size,
         verified=True, verified_at=iso(now))
     try:
         storage.put_bytes(backup_id + MANIFEST_SUFFIX, manifest.to_json().encode())

@@ -49,3 +49,71 @@ def check_window(settings, *, action: str, now: datetime, break_glass: str | Non
     raise GuardRefused(f"{action} on production env '{settings.env}' is refused outside the "
                        f"maintenance window: it next opens {when}; use --break-glass REASON "
                        "in an emergency")
+
+
+def review_pending(settings, steps, *, action: str, break_glass: str | None,
+                   reporter: Reporter) -> None:
+    """Warn about risky operations; a pending migration whose downgrade() does nothing is
+    refused in production (there would be no rollback plan) unless break-glass."""
+    from app.ops.review import downgrade_does_nothing, risky_operations
+
+    if action != "migrate":
+        return
+    for step in steps:
+        for finding in risky_operations(step.path, step.id):
+            reporter.warn(str(finding))
+    empty = [step.id for step in steps if downgrade_does_nothing(step.path)]
+    if not empty:
+        return
+    message = (f"revision(s) {', '.join(empty)} have a downgrade() that does nothing, so "
+               "`invoke rollback` could not undo them")
+    if settings.production and not break_glass:
+        raise GuardRefused(f"{message}: write the downgrade, or use --break-glass REASON")
+    reporter.warn(message)
+
+
+def check_staging_first(settings, target: str | None, migrations) -> None:
+    """REQUIRE_STAGING_FIRST=ENV, in production: the target must be where ENV already is (or
+    below it). Fails closed: if ENV cannot be read, production does not go first."""
+    staging_env = settings.get("REQUIRE_STAGING_FIRST")
+    if not (settings.production and staging_env) or target is None:
+        return
+    from app.ops.errors import OpsError
+    from app.ops.migrations import Migrations
+    from app.settings import load_settings
+
+    try:
+        staging = Migrations(load_settings(staging_env, environ=None, root=settings.root))
+        reached = staging.current()
+    except OpsError as exc:
+        raise GuardRefused(f"REQUIRE_STAGING_FIRST={staging_env}: cannot read {staging_env}'s "
+                           f"revision ({exc}); refusing to go first") from None
+    behind = reached is None or target not in {
+        s.revision for s in migrations.script.iterate_revisions(reached, "base")}
+    if behind:
+        raise GuardRefused(f"revision {target} has not reached env '{staging_env}' yet (it is at "
+                           f"{reached or 'base'}): migrate {staging_env} first, test, then "
+                           "production")
+
+
+def check_free_disk(settings, database_size: int | None, reporter: Reporter) -> None:
+    """A local backup needs room: estimate it from the database's size and earlier backups."""
+    import shutil
+
+    from app.ops.backups import list_backups
+
+    if settings.backup_storage != "local" or not database_size:
+        return
+    ratios = [m.size / m.database_size for m in list_backups(settings)[:5]
+              if getattr(m, "database_size", None)]
+    # Without history assume no compression at all: better a false alarm than a full disk.
+    needed = int(database_size * (max(ratios) * 1.5 if ratios else 1.0))
+    folder = settings.backup_dir
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        from app.console import human_size
+        raise GuardRefused(f"not enough free disk for the backup: about {human_size(needed)} "
+                           f"needed, {human_size(free)} free at {folder}; free some space or "
+                           "prune old backups")

@@ -16,6 +16,22 @@ from app.settings import PROJECT_ROOT
 
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 RELATIVE_RE = re.compile(r"^-(\d+)$")
+DURATION_RE = re.compile(r"^\d+\s*(ms|s|min|h)?$")
+LOCK_NOT_AVAILABLE, QUERY_CANCELED = "55P03", "57014"
+
+
+def postgres_timeouts(settings) -> dict[str, str]:
+    """lock_timeout and statement_timeout for production migrations, validated here so a typo
+    is a clear error rather than a failed SET halfway into a release."""
+    if not settings.production:
+        return {}
+    timeouts = {"lock_timeout": settings.get("MIGRATION_LOCK_TIMEOUT", "5s"),
+                "statement_timeout": settings.get("MIGRATION_STATEMENT_TIMEOUT")}
+    for name, value in timeouts.items():
+        if value is not None and not DURATION_RE.match(value.strip()):
+            raise ConfigError(f"MIGRATION_{name.split('_')[0].upper()}_TIMEOUT '{value}' is not "
+                              "a duration: use e.g. 5s, 500ms or 2min")
+    return {k: v.strip().replace(" ", "") for k, v in timeouts.items() if v}
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,7 @@ class Migrations:
         self.config.set_main_option(
             "sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
         self.script = ScriptDirectory.from_config(self.config)
+        self.config.attributes["postgres_timeouts"] = postgres_timeouts(settings)
 
     # -- reading state ---------------------------------------------------------------------
     def heads(self) -> list[str]:
@@ -173,6 +190,19 @@ class Migrations:
         except CommandError as exc:
             raise MigrationFailed(f"alembic {verb} to {target} failed: {exc}") from exc
         except OperationalError as exc:
+            code = getattr(exc.orig, "pgcode", None)
+            statement = " ".join(str(exc.statement or "").split())[:120]
+            if code == LOCK_NOT_AVAILABLE:
+                raise MigrationFailed(
+                    f"the {verb} waited longer than MIGRATION_LOCK_TIMEOUT "
+                    f"({self.config.attributes['postgres_timeouts'].get('lock_timeout')}) for a "
+                    f"lock, running: {statement}; another session holds a lock on that table "
+                    "(see pg_locks / pg_stat_activity): nothing was changed, retry when it is "
+                    "quiet") from exc
+            if code == QUERY_CANCELED:
+                raise MigrationFailed(
+                    f"the {verb} ran longer than MIGRATION_STATEMENT_TIMEOUT, running: "
+                    f"{statement}; nothing was changed") from exc
             raise MigrationFailed(f"alembic {verb} to {target} failed: "
                                   f"{str(exc.orig).strip().splitlines()[0]}") from exc
         except Exception as exc:

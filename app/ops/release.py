@@ -8,12 +8,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from app.ops import audit
 from app.ops.backups import BackupManifest, take_backup
-from app.ops.database import connect, database_exists, server_version_num
+from app.ops.database import connect, database_exists, database_size, server_version_num
 from app.ops.errors import BackupFailed, ConfigError, MigrationFailed
-from app.ops.guards import check_window
+from app.ops.guards import check_free_disk, check_staging_first, check_window, review_pending
 from app.ops.lock import database_lock
 from app.ops.migrations import Migrations, Revision
 from app.ops.report import Reporter
@@ -69,6 +70,10 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
             return result
         verb = "pending" if action == "migrate" else "to undo"
         reporter.info(f"{len(steps)} {verb}: " + ", ".join(map(str, steps)))
+        review_pending(settings, steps, action=action, break_glass=break_glass,
+                       reporter=reporter)
+        if action == "migrate":
+            check_staging_first(settings, target, migrations)
         outcome = "failed"
         try:
             result.backup = backup_before_change(
@@ -117,15 +122,21 @@ def backup_before_change(settings, *, now: datetime, revision: str | None, reaso
         reporter.info(f"database {settings.masked_database_url} does not exist yet: "
                       "there is nothing to back up")
         return None
-    version = None
-    if engine_kind(url) == "postgresql":
-        with connect(url) as conn:
-            version = server_version_num(conn)
+    version, size = database_facts(url)
+    check_free_disk(settings, size, reporter)
     with reporter.progress("dumping") as dumped:
         with reporter.progress("reading back") as read_back:
             return take_backup(settings, reason=reason, revision=revision, now=now, label=label,
-                               server_version_num=version, progress=dumped,
-                               readback_progress=read_back)
+                               server_version_num=version, database_size=size,
+                               progress=dumped, readback_progress=read_back)
+
+
+def database_facts(url) -> tuple[int | None, int | None]:
+    """(server_version_num, size in bytes): the server's for PostgreSQL, the file's for SQLite."""
+    if engine_kind(url) == "sqlite":
+        return None, Path(url.database).stat().st_size
+    with connect(url) as conn:
+        return server_version_num(conn), database_size(conn)
 
 
 def _change(step, target, settings, result: RunResult) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from app.ops.errors import ConfigError
 from app.ops.migrations import Migrations
+from app.ops.review import downgrade_does_nothing, risky_operations
 
 MIN_WORDS = 3
-DROPPING_OPS = {"DropTableOp": "drops table {}", "DropColumnOp": "drops column {}"}
 
 
 @dataclass
@@ -33,12 +33,9 @@ def create_revision(settings, message: str, *, empty: bool = False) -> CreatedRe
 
     migrations = Migrations(settings)
     migrations.single_head()
-    seen = {}
 
     def inspect(context, revision, directives):
         script = directives[0]
-        seen["upgrade"] = list(_walk(script.upgrade_ops.ops))
-        seen["downgrade_empty"] = script.downgrade_ops.is_empty()
         if not empty and script.upgrade_ops.is_empty():
             directives[:] = []  # nothing written: the models match the database
 
@@ -51,29 +48,11 @@ def create_revision(settings, message: str, *, empty: bool = False) -> CreatedRe
     if script is None:
         raise ConfigError("autogenerate found no difference between app/models/ and the "
                           "database: nothing to write (use --empty for a hand-written revision)")
-    source = Path(script.path).read_text()
-    warnings = [f"{script.revision}: {DROPPING_OPS[type(op).__name__].format(_name(op))}: "
-                "this destroys data; make sure a backup and a plan to restore it exist"
-                for op in seen.get("upgrade", []) if type(op).__name__ in DROPPING_OPS]
-    if seen.get("downgrade_empty", True):
+    warnings = [str(f) for f in risky_operations(script.path, script.revision)]
+    if downgrade_does_nothing(script.path):
         warnings.append(f"{script.revision}: downgrade() does nothing: write it before release, "
                         "or `invoke rollback` cannot undo this revision")
-    return CreatedRevision(script.path, _functions(source), warnings)
-
-
-def _walk(ops):
-    for op in ops:
-        inner = getattr(op, "ops", None)
-        if inner is not None:
-            yield from _walk(inner)
-        else:
-            yield op
-
-
-def _name(op) -> str:
-    table = getattr(op, "table_name", None)
-    column = getattr(op, "column_name", None)
-    return f"{table}.{column}" if column else str(table)
+    return CreatedRevision(script.path, _functions(Path(script.path).read_text()), warnings)
 
 
 def _functions(source: str) -> str:
