@@ -252,6 +252,27 @@ def restore(c, env=None, backup=None, yes=False):
                     f"`dropdb {result.kept_database}` once you are satisfied.")
 
 
+@task(help={"dry_run": "list what would be deleted, delete nothing"})
+def prune(c, env=None, dry_run=False):
+    """Delete backups beyond BACKUP_KEEP_LAST / BACKUP_KEEP_DAYS (never the newest verified)."""
+    from app.console import human_size
+    from app.ops.prune import apply_prune, plan_prune
+
+    console = _console()
+    settings = _settings(env)
+    plan = plan_prune(settings, _now())
+    console.say(f"Retention: {plan.rules}.")
+    if not plan.delete:
+        return console.say(f"Nothing to prune: {len(plan.keep)} backup(s) kept.")
+    verb = "Would delete" if dry_run else "Deleting"
+    for m in plan.delete:
+        console.say(f"{verb} {m.id} ({m.created_at}, {human_size(m.size)}, {m.reason})")
+    if not dry_run:
+        apply_prune(settings, plan)
+    console.say(f"{len(plan.delete)} {'would go' if dry_run else 'deleted'}, "
+                f"{len(plan.keep)} kept.")
+
+
 @task(help={"json": "print a JSON array, newest first"})
 def audit(c, env=None, json=False):
     """Show the audit trail of migrate, rollback, restore and break-glass, newest first."""
@@ -272,4 +293,4 @@ def audit(c, env=None, json=False):
 
 
 ns = Collection(status, migrate, rollback, backup, backups, verify, create, history, heads,
-                merge, stamp, restore, audit)
+                merge, stamp, restore, prune, audit)

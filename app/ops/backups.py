@@ -43,6 +43,7 @@ class BackupManifest:
     label: str | None = None
     duration_seconds: float | None = None
     database_size: int | None = None
+    row_counts: dict | None = None
     tool: str = TOOL_NAME
     versions: dict = field(default_factory=dict)
     verified: bool = True
@@ -106,7 +107,7 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
         sha256=hashed.sha256.hexdigest(), artifact=artifact, location=storage.location(artifact),
         format=dumper.format, reason=reason, label=label,
         duration_seconds=round(time.monotonic() - started, 3), versions=dict(dumper.versions),
-        database_size=database_size,
+        database_size=database_size, row_counts=dumper.row_counts,
         verified=True, verified_at=iso(now))
     try:
         storage.put_bytes(backup_id + MANIFEST_SUFFIX, manifest.to_json().encode())

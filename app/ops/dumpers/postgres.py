@@ -6,11 +6,13 @@ pg_dump compresses nothing itself (-Z0); zstd does it faster on the way to the s
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from typing import Callable
 
 from app.ops.errors import BackupFailed, ConfigError
@@ -28,6 +30,7 @@ class PostgresDumper:
         self.url = url
         self.bin_dir = bin_dir
         self.versions: dict[str, str] = {}
+        self.row_counts: dict[str, int] | None = None
 
     # -- tools -----------------------------------------------------------------------------
     def tool(self, name: str) -> str:
@@ -82,24 +85,34 @@ class PostgresDumper:
 
     # -- dump and read back ----------------------------------------------------------------
     def dump(self, sink) -> None:
-        """Stream a custom-format archive into `sink`; raise BackupFailed unless pg_dump exits 0."""
-        argv = [self.tool("pg_dump"), "--format=custom", "-Z0", "--no-password"]
-        with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
-                                    env=self.environment())
-            try:
-                while chunk := proc.stdout.read(CHUNK):
-                    sink.write(chunk)
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            finally:
-                proc.stdout.close()
-            status = proc.wait()
-            if status != 0:
-                raise BackupFailed(f"pg_dump failed (exit status {status}): "
-                                   f"{_last_line(errors)}; nothing was changed")
+        """Stream a custom-format archive into `sink`; raise BackupFailed unless pg_dump exits 0.
+
+        pg_dump reads a snapshot exported by a transaction of ours, and that transaction counts
+        every table's rows meanwhile: `row_counts` then describes exactly what the archive holds,
+        which `invoke verify --restore-test` compares a restored copy against."""
+        with exported_snapshot(self.url) as (snapshot, conn):
+            argv = [self.tool("pg_dump"), "--format=custom", "-Z0", "--no-password",
+                    f"--snapshot={snapshot}"]
+            counter = RowCounter(conn)
+            with tempfile.TemporaryFile() as errors:
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
+                                        env=self.environment())
+                counter.start()
+                try:
+                    while chunk := proc.stdout.read(CHUNK):
+                        sink.write(chunk)
+                except BaseException:
+                    proc.kill()
+                    proc.wait()
+                    raise
+                finally:
+                    proc.stdout.close()
+                    counter.join()
+                status = proc.wait()
+                if status != 0:
+                    raise BackupFailed(f"pg_dump failed (exit status {status}): "
+                                       f"{_last_line(errors)}; nothing was changed")
+            self.row_counts = counter.result()
 
     def read_back(self, feed: Callable[[object], None]) -> None:
         """Feed the whole archive to `pg_restore -f /dev/null`, which reads every data block
@@ -143,6 +156,49 @@ class PostgresDumper:
             if status != 0:
                 raise BackupFailed(f"pg_restore into {database} failed (exit status {status}): "
                                    f"{_last_line(errors)}")
+
+
+@contextlib.contextmanager
+def exported_snapshot(url):
+    """A REPEATABLE READ transaction whose snapshot pg_dump can share (--snapshot)."""
+    from sqlalchemy import text
+
+    from app.ops.database import connect
+
+    with connect(url) as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn.execute(text("SELECT pg_export_snapshot()")).scalar(), conn
+
+
+class RowCounter(threading.Thread):
+    """Counts each user table's rows on the snapshot's connection, beside the running dump."""
+
+    def __init__(self, conn):
+        super().__init__(daemon=True)
+        self.conn = conn
+        self.counts: dict[str, int] = {}
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        from sqlalchemy import text
+
+        try:
+            tables = self.conn.execute(text(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1")).scalars().all()
+            for table in tables:
+                self.counts[table] = self.conn.execute(
+                    text(f"SELECT count(*) FROM {table}")).scalar()
+        except Exception as exc:  # reported by result(), in the caller's thread
+            self.error = exc
+
+    def result(self) -> dict[str, int]:
+        if self.error is not None:
+            raise BackupFailed(f"counting rows for the manifest failed: {self.error}")
+        return self.counts
 
 
 def _last_line(stream) -> str:

@@ -27,6 +27,7 @@ class SqliteDumper:
         self.url = url
         self.path = Path(url.database)
         self.versions = {"sqlite": sqlite3.sqlite_version}
+        self.row_counts: dict[str, int] | None = None
 
     def check_tools(self, server_version_num: int | None = None) -> None:
         pass  # the sqlite3 module is the tool, and it is always there
@@ -45,6 +46,7 @@ class SqliteDumper:
             except sqlite3.Error as exc:
                 raise BackupFailed(f"SQLite backup of {self.path} failed: {exc}") from None
             check_integrity(copy)
+            self.row_counts = count_rows(copy)
             with open(copy, "rb") as f:
                 shutil.copyfileobj(f, sink, CHUNK)
 
@@ -69,6 +71,17 @@ def check_integrity(path: Path) -> None:
         raise BackupFailed(f"the SQLite backup does not read back: {exc}") from None
     if result != ["ok"]:
         raise BackupFailed(f"the SQLite backup fails PRAGMA integrity_check: {result[0]}")
+
+
+def count_rows(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name")]
+        return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager
