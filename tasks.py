@@ -156,16 +156,22 @@ def backups(c, env=None, json=False):
 
 
 @task(help={"backup": "the backup's id (default: the newest)",
-            "restore_test": "also restore into a scratch database and compare (not built yet)"})
+            "restore_test": "restore into a scratch database, compare row counts, drop it"})
 def verify(c, env=None, backup=None, restore_test=False):
-    """Check a backup's checksum and that it reads back whole."""
+    """Check a backup's checksum and that it reads back whole (or --restore-test it)."""
     from app.ops.backups import find_backup, verify_backup
 
     console = _console()
     settings = _settings(env)
-    if restore_test:
-        raise Exit("ERROR: --restore-test is not available in this version yet", code=2)
     manifest = find_backup(settings, backup)
+    if restore_test:
+        from app.ops.drills import restore_test as run_restore_test
+
+        result = run_restore_test(settings, manifest, now=_now())
+        console.say(f"Restore test of backup {manifest.id} passed in {result.seconds:.1f} s: "
+                    f"{len(result.counts)} tables, {sum(result.counts.values())} rows, all as "
+                    "recorded. The scratch copy is dropped.")
+        return
     with console.progress("verifying", total=manifest.size) as advance:
         verify_backup(settings, manifest, now=_now(), progress=advance)
     console.say(f"Backup {manifest.id} is intact: sha256 {manifest.sha256} matches and "
@@ -252,6 +258,21 @@ def restore(c, env=None, backup=None, yes=False):
                     f"`dropdb {result.kept_database}` once you are satisfied.")
 
 
+@task
+def rehearse(c, env=None):
+    """Restore the newest backup into a scratch database and run the migrations down and up."""
+    from app.ops.drills import rehearse as run_rehearsal
+
+    console = _console()
+    settings = _settings(env)
+    console.show_migration_log()
+    rehearsal = run_rehearsal(settings, now=_now(), reporter=console)
+    console.table(f"Rehearsal on backup {rehearsal.backup_id} ({rehearsal.outcome})",
+                  ["step", "revision", "seconds"],
+                  [[s.action, s.revision or "base", f"{s.seconds:.2f}"] for s in rehearsal.steps])
+    console.say("The scratch copy is dropped.")
+
+
 @task(help={"dry_run": "list what would be deleted, delete nothing"})
 def prune(c, env=None, dry_run=False):
     """Delete backups beyond BACKUP_KEEP_LAST / BACKUP_KEEP_DAYS (never the newest verified)."""
@@ -293,4 +314,4 @@ def audit(c, env=None, json=False):
 
 
 ns = Collection(status, migrate, rollback, backup, backups, verify, create, history, heads,
-                merge, stamp, restore, prune, audit)
+                merge, stamp, restore, prune, rehearse, audit)

@@ -61,6 +61,18 @@ def database_size(conn) -> int | None:
     return None
 
 
+def postgres_row_counts(conn) -> dict[str, int]:
+    """Exact row counts of every user table, keyed `schema.table`, in conn's snapshot."""
+    from sqlalchemy import text
+
+    tables = conn.execute(text(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg!_%' ESCAPE '!' ORDER BY 1")).scalars().all()
+    return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
+
+
 def _first_line(error) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__

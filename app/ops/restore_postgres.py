@@ -98,11 +98,12 @@ class DatabaseSwap:
                          fetch=True)
         return [r[0].strip() for r in rows]
 
-    def drop_stale(self) -> list[str]:
-        """Drop half-built copies a killed restore left behind (we hold the lock: none is live)."""
-        rows = self._run("SELECT datname FROM pg_database WHERE datname LIKE :p",
-                         {"p": self.database.replace("_", r"\_") + r"\_\_restoring\_%"},
-                         fetch=True)
+    def drop_stale(self, marker: str = RESTORING) -> list[str]:
+        """Drop copies a killed restore (or rehearsal) left behind: `DB<marker>STAMP`."""
+        prefix = derived_name(self.database, marker, "0" * 14)[:-14]
+        rows = self._run("SELECT datname FROM pg_database WHERE left(datname, :n) = :p "
+                         "AND substr(datname, :n + 1) ~ '^[0-9]{14}$'",
+                         {"n": len(prefix), "p": prefix}, fetch=True)
         for (name,) in rows:
             self.drop(name)
         return [r[0] for r in rows]

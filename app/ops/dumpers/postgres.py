@@ -181,17 +181,10 @@ class RowCounter(threading.Thread):
         self.error: Exception | None = None
 
     def run(self) -> None:
-        from sqlalchemy import text
+        from app.ops.database import postgres_row_counts
 
         try:
-            tables = self.conn.execute(text(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
-                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1")).scalars().all()
-            for table in tables:
-                self.counts[table] = self.conn.execute(
-                    text(f"SELECT count(*) FROM {table}")).scalar()
+            self.counts = postgres_row_counts(self.conn)
         except Exception as exc:  # reported by result(), in the caller's thread
             self.error = exc
 

@@ -1,0 +1,295 @@
+"""S3 store: one environment's backups under `<BACKUP_S3_PREFIX>/<env>/` in one bucket.
+
+Same interface as `LocalStorage`. A new object is streamed into a multipart upload, one fixed-size
+part at a time from a single buffer, so memory stays flat whatever the backup's size; the object
+exists only once the upload is completed, and a failed block aborts it so no parts linger (a
+bucket lifecycle rule `AbortIncompleteMultipartUpload` is still wise, for a killed process).
+Every object written carries the configured server-side encryption.
+
+Credentials, region and endpoint follow boto3's own resolution, except that values found in the
+settings (which include the .env files, unlike `os.environ`) are passed to boto3 explicitly.
+Retries are botocore's ("standard" mode). boto3 is imported only when S3 is actually used.
+
+Errors: configuration (missing bucket, credentials missing or rejected, access denied, KMS key,
+unreachable endpoint before any data moved) -> ConfigError (exit 2); a transfer that fails once
+under way -> BackupFailed (exit 4). No botocore exception escapes. A missing key raises
+FileNotFoundError, as the local store does, because callers treat that as "not there".
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+from typing import BinaryIO, Iterator
+
+from app.ops.errors import BackupFailed, ConfigError
+
+PART_SIZE = 16 << 20   # 16 MiB: S3's minimum is 5 MiB; 10,000 parts of this hold ~156 GiB
+MIN_PART_SIZE = 5 << 20
+MAX_PARTS = 10_000
+SSE_VALUES = {"AES256": "AES256", "AWS:KMS": "aws:kms"}
+MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+DENIED = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem", "Forbidden"}
+BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                   "TokenRefreshRequired", "InvalidClientTokenId", "UnrecognizedClientException"}
+WRONG_REGION = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed",
+                "IllegalLocationConstraintException"}
+
+
+class S3Storage:
+    def __init__(self, bucket: str, prefix_folder: str, settings=None, *,
+                 part_size: int = PART_SIZE, max_attempts: int = 5,
+                 connect_timeout: float = 10, read_timeout: float = 120):
+        if bucket.startswith("s3://") or "/" in bucket:
+            raise ConfigError(f"BACKUP_S3_BUCKET '{bucket}' must be a bucket name alone "
+                              "(no s3:// and no path): put a folder in BACKUP_S3_PREFIX")
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
+        self.bucket, self.folder, self.part_size = bucket, prefix_folder.strip("/"), part_size
+        self._get = settings.get if settings is not None else (lambda name, default=None: default)
+        self._sse = self._sse_arguments()  # checked now, so a bad value fails before any work
+        self._config = dict(retries={"mode": "standard", "max_attempts": max_attempts},
+                            connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._s3 = None
+
+    def _sse_arguments(self) -> dict:
+        value, key_id = self._get("BACKUP_S3_SSE"), self._get("BACKUP_S3_KMS_KEY_ID")
+        if value is None:
+            if key_id:  # the user believes the data is KMS-encrypted: it would not be
+                raise ConfigError("BACKUP_S3_KMS_KEY_ID is set but BACKUP_S3_SSE is not: set "
+                                  "BACKUP_S3_SSE=aws:kms to use the key")
+            return {}
+        sse = SSE_VALUES.get(value.strip().upper())
+        if sse is None:
+            raise ConfigError(f"BACKUP_S3_SSE '{value}' is not supported: use AES256 or aws:kms")
+        if key_id and sse != "aws:kms":
+            raise ConfigError(f"BACKUP_S3_KMS_KEY_ID is set but BACKUP_S3_SSE is {sse}: use "
+                              "BACKUP_S3_SSE=aws:kms, or unset the key id")
+        # aws:kms without a key id uses the account's AWS-managed key (aws/s3), as S3 does.
+        return {"ServerSideEncryption": sse, **({"SSEKMSKeyId": key_id} if key_id else {})}
+
+    @property
+    def client(self):
+        if self._s3 is None:
+            import boto3
+            import botocore.session
+            from botocore.config import Config
+            get = self._get
+            with self._errors("connecting to"):
+                core = botocore.session.Session()
+                for var, key in (("AWS_CONFIG_FILE", "config_file"),
+                                 ("AWS_SHARED_CREDENTIALS_FILE", "credentials_file")):
+                    if get(var):
+                        core.set_config_variable(key, get(var))
+                session = boto3.session.Session(
+                    aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
+                    aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
+                    aws_session_token=get("AWS_SESSION_TOKEN"),
+                    region_name=get("AWS_DEFAULT_REGION"), profile_name=get("AWS_PROFILE"),
+                    botocore_session=core)
+                self._s3 = session.client(
+                    "s3", endpoint_url=get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL"),
+                    config=Config(**self._config))
+        return self._s3
+
+    def key(self, name: str) -> str:
+        return f"{self.folder}/{name}" if self.folder else name
+
+    def location(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.key(name)}"
+
+    @contextlib.contextmanager
+    def writer(self, name: str) -> Iterator[BinaryIO]:
+        """Yields a write-only binary stream; the object appears under `name` only if the block
+        succeeds. Anything else aborts the multipart upload, leaving no object and no parts."""
+        upload = _Upload(self, name)
+        try:
+            yield upload
+            upload.finish()
+        except BaseException:
+            upload.abort()
+            raise
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        with self.writer(name) as out:
+            out.write(data)
+
+    def reader(self, name: str) -> BinaryIO:
+        with self._errors("reading", name):
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"]
+        return io.BufferedReader(_Download(self, name, body), buffer_size=1 << 20)
+
+    def get_bytes(self, name: str) -> bytes:
+        with self.reader(name) as source:
+            return source.read()
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.size(name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def size(self, name: str) -> int:
+        with self._errors("reading", name):
+            return self.client.head_object(Bucket=self.bucket, Key=self.key(name))["ContentLength"]
+
+    def list(self, suffix: str = "") -> list[str]:
+        # The trailing "/" and the delimiter keep `backups-old/...` and nested keys out.
+        prefix = f"{self.folder}/" if self.folder else ""
+        names = []
+        with self._errors("listing"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+            for page in pages:
+                names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+        return sorted(n for n in names if n and n.endswith(suffix) and not n.startswith("."))
+
+    def delete(self, name: str) -> None:
+        with self._errors("deleting", name):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+
+    # -- errors ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, action: str, name: str | None = None, midway: bool = False):
+        """Turn botocore's exceptions into one sentence naming the bucket and what to check."""
+        from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
+                                         NoCredentialsError, PartialCredentialsError,
+                                         ProfileNotFound, ParamValidationError)
+        where = self.location(name) if name else f"s3://{self.bucket}/{self.key('')}"
+        b = f"S3 bucket '{self.bucket}'"
+        try:
+            yield
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in MISSING_KEY and name:
+                # HEAD answers a bare 404 for a missing bucket too: tell the two apart.
+                if code != "NoSuchKey":
+                    with self._errors("checking"):
+                        self.client.head_bucket(Bucket=self.bucket)
+                raise FileNotFoundError(errno.ENOENT, "no such object", where) from None
+            if code in {"NoSuchBucket", "404", "NotFound"}:
+                raise ConfigError(f"{b} does not exist: check BACKUP_S3_BUCKET, and "
+                                  "AWS_ENDPOINT_URL or AWS_DEFAULT_REGION") from None
+            if code in DENIED:
+                raise ConfigError(f"access to {b} was denied while {action} {where}: check that "
+                                  "the AWS credentials in use may list, read, write and delete "
+                                  "objects there (and use the KMS key, with aws:kms)") from None
+            if code in BAD_CREDENTIALS:
+                raise ConfigError(f"S3 rejected the AWS credentials for {b} ({code}): check "
+                                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+                                  ) from None
+            if code in WRONG_REGION:
+                raise ConfigError(f"{b} is in another region than the one configured: set "
+                                  "AWS_DEFAULT_REGION to the bucket's region") from None
+            if code.startswith("KMS") or (code == "InvalidArgument" and "KMS" in str(exc)):
+                raise ConfigError(f"S3 refused the KMS key for {b} ({code}): check "
+                                  "BACKUP_S3_KMS_KEY_ID and the key's policy") from None
+            raise BackupFailed(f"{action} {where} failed: S3 answered {code or exc}") from None
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise ConfigError(f"no usable AWS credentials were found for {b} ({exc}): set "
+                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") \
+                from None
+        except ProfileNotFound:
+            raise ConfigError(f"the AWS profile '{self._get('AWS_PROFILE')}' for {b} is not in "
+                              "the AWS config files: check AWS_PROFILE") from None
+        except ParamValidationError as exc:
+            raise ConfigError(f"{b}: {exc}: check BACKUP_S3_BUCKET and BACKUP_S3_PREFIX") \
+                from None
+        except EndpointConnectionError as exc:
+            url = exc.kwargs.get("endpoint_url", "the S3 endpoint")
+            if midway:  # S3 answered before: this is a transfer that broke, not configuration
+                raise BackupFailed(f"{action} {where} failed midway: the connection to {url} "
+                                   "was lost; check the network and retry") from None
+            raise ConfigError(f"the S3 endpoint {url} for {b} cannot be reached: check "
+                              "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the network") from None
+        except BotoCoreError as exc:
+            raise BackupFailed(f"{action} {where} failed: {exc}; check the network and retry") \
+                from None
+
+
+class _Upload(io.RawIOBase):
+    """A write-only stream into one S3 object: a single put for a small object, otherwise a
+    multipart upload fed from one part-sized buffer."""
+
+    def __init__(self, store: S3Storage, name: str):
+        self.store, self.name, self.key = store, name, store.key(name)
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while view:
+            room = self.store.part_size - len(self.buffer)
+            self.buffer += view[:room]
+            view = view[room:]
+            if len(self.buffer) == self.store.part_size:
+                self._send_part()
+        return size
+
+    def _call(self, method: str, **kwargs):
+        s = self.store
+        with s._errors("writing", self.name, midway=self.upload_id is not None):
+            return getattr(s.client, method)(Bucket=s.bucket, Key=self.key, **kwargs)
+
+    def _send_part(self) -> None:
+        if self.upload_id is None:
+            # CRC32 per part, checked by S3, as boto3's own transfer manager does.
+            self.upload_id = self._call("create_multipart_upload", ChecksumAlgorithm="CRC32",
+                                        **self.store._sse)["UploadId"]
+        number = len(self.parts) + 1
+        if number > MAX_PARTS:
+            raise BackupFailed(f"{self.store.location(self.name)} would need more than "
+                               f"{MAX_PARTS} parts of {self.store.part_size} bytes")
+        answer = self._call("upload_part", UploadId=self.upload_id, PartNumber=number,
+                            Body=self.buffer, ChecksumAlgorithm="CRC32")
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"],
+                           **({"ChecksumCRC32": answer["ChecksumCRC32"]}
+                              if "ChecksumCRC32" in answer else {})})
+        self.buffer.clear()
+
+    def finish(self) -> None:
+        if self.upload_id is None:
+            self._call("put_object", Body=bytes(self.buffer), **self.store._sse)
+        else:
+            if self.buffer:
+                self._send_part()
+            self._call("complete_multipart_upload", UploadId=self.upload_id,
+                       MultipartUpload={"Parts": self.parts})
+        self.buffer = bytearray()
+        self.close()
+
+    def abort(self) -> None:
+        self.buffer = bytearray()
+        if self.upload_id is not None:
+            # Best effort: the original error is the one to report, not the abort's.
+            with contextlib.suppress(Exception):
+                self._call("abort_multipart_upload", UploadId=self.upload_id)
+            self.upload_id = None
+        self.close()
+
+
+class _Download(io.RawIOBase):
+    """get_object's streaming body, with its failures turned into BackupFailed."""
+
+    def __init__(self, store: S3Storage, name: str, body):
+        self.store, self.name, self.body = store, name, body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        with self.store._errors("reading", self.name, midway=True):
+            data = self.body.read(len(target))
+        target[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.body.close()
+        super().close()
