@@ -69,7 +69,8 @@ def status(c, env=None, json=False):
          f"{'verified' if last['verified'] else 'NOT VERIFIED'}, {last['location']}"),
         ("production", "yes" if info["production"] else "no"),
         ("window", "not configured" if window is None else
-         ("open" if window["open"] else "closed") + f", next opening {window['next_open']}"),
+         f"open until {window['closes_at']}" if window["open"] else
+         f"closed, next opening {window['next_open'] or 'none configured'}"),
     ])
 
 

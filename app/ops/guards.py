@@ -117,3 +117,56 @@ def check_free_disk(settings, database_size: int | None, reporter: Reporter) -> 
         raise GuardRefused(f"not enough free disk for the backup: about {human_size(needed)} "
                            f"needed, {human_size(free)} free at {folder}; free some space or "
                            "prune old backups")
+
+
+def estimate_run(settings, steps, database_size: int | None) -> tuple[float | None, str]:
+    """Seconds a run will likely take, and how that was worked out: the backup from this env's
+    earlier backups' throughput (bytes of database per second), the migrations from the newest
+    rehearsal's timings where it has them."""
+    from statistics import median
+
+    from app.ops.backups import list_backups
+    from app.ops.drills import past_rehearsals
+
+    rates = [m.database_size / m.duration_seconds for m in list_backups(settings)[:10]
+             if m.database_size and m.duration_seconds]
+    parts, total = [], 0.0
+    if database_size and rates:
+        backup_seconds = database_size / median(rates)
+        total += backup_seconds
+        parts.append(f"backup ~{backup_seconds:.0f} s ({database_size / 1e6:.0f} MB at the "
+                     f"median {median(rates) / 1e6:.0f} MB/s of {len(rates)} earlier backups)")
+    known = {}
+    for rehearsal in reversed(past_rehearsals(settings)):  # newest wins
+        known.update({s["revision"]: s["seconds"] for s in rehearsal.get("steps", [])
+                      if s.get("action") == "upgrade"})
+    timed = [s.id for s in steps if s.id in known]
+    if timed:
+        total += sum(known[r] for r in timed)
+        parts.append(f"migrations ~{sum(known[r] for r in timed):.0f} s from rehearsals of "
+                     f"{len(timed)} of {len(steps)} revision(s)")
+    if not parts:
+        return None, "no earlier backups or rehearsals to estimate from"
+    return total, "; ".join(parts)
+
+
+def check_fit(settings, steps, *, now: datetime, break_glass: str | None,
+              database_size: int | None, reporter: Reporter) -> None:
+    """In production, refuse a run that would likely not finish before the window closes."""
+    if not settings.production or break_glass or not settings.get("MAINTENANCE_WINDOW"):
+        return
+    from datetime import timedelta
+
+    from app.ops.window import describe
+
+    close = load_window(settings).current_close(now)
+    seconds, how = estimate_run(settings, steps, database_size)
+    if seconds is None or close is None:
+        reporter.info(f"run time estimate: unknown ({how})")
+        return
+    reporter.info(f"run time estimate: ~{seconds:.0f} s: {how}")
+    # A margin: estimates from history are medians, and an overrun is worse than waiting a week.
+    if now + timedelta(seconds=seconds * 1.25) > close:
+        raise GuardRefused(f"the run would likely not finish before the window closes at "
+                           f"{describe(close)}: estimated ~{seconds:.0f} s ({how}); wait for a "
+                           "longer window, or use --break-glass REASON")

@@ -14,7 +14,8 @@ from app.ops import audit
 from app.ops.backups import BackupManifest, take_backup
 from app.ops.database import connect, database_exists, database_size, server_version_num
 from app.ops.errors import BackupFailed, ConfigError, MigrationFailed
-from app.ops.guards import check_free_disk, check_staging_first, check_window, review_pending
+from app.ops.guards import (check_fit, check_free_disk, check_staging_first, check_window,
+                            review_pending)
 from app.ops.lock import database_lock
 from app.ops.migrations import Migrations, Revision
 from app.ops.report import Reporter
@@ -74,6 +75,9 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
                        reporter=reporter)
         if action == "migrate":
             check_staging_first(settings, target, migrations)
+        if settings.production and database_exists(settings.database_url):
+            check_fit(settings, steps, now=now, break_glass=break_glass,
+                      database_size=database_facts(settings.database_url)[1], reporter=reporter)
         outcome = "failed"
         try:
             result.backup = backup_before_change(

@@ -29,7 +29,9 @@ def window_status(settings, now: datetime) -> dict | None:
     from app.ops.guards import load_window
     window = load_window(settings)
     next_open = window.next_open(now)
+    closes = window.current_close(now)
     return {"open": window.is_open(now), "next_open": next_open.isoformat() if next_open else None,
+            "closes_at": closes.isoformat() if closes else None,
             "spec": spec, "timezone": str(window.tz)}
 
 

@@ -12,5 +12,11 @@ def open_storage(settings):
         from app.ops.storage.local import LocalStorage
         return LocalStorage(settings.backup_dir / settings.env)
     from app.ops.errors import ConfigError
-    raise ConfigError("BACKUP_STORAGE=s3 is not available in this version yet: use "
-                      "BACKUP_STORAGE=local")
+    from app.ops.storage.s3 import S3Storage
+    bucket = settings.get("BACKUP_S3_BUCKET")
+    if not bucket:
+        raise ConfigError(f"BACKUP_STORAGE=s3 needs BACKUP_S3_BUCKET for env '{settings.env}': "
+                          "set it to the bucket that holds the backups")
+    prefix = (settings.get("BACKUP_S3_PREFIX") or "").strip("/")
+    return S3Storage(bucket.strip(), f"{prefix}/{settings.env}" if prefix else settings.env,
+                     settings)
