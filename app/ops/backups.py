@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Callable
@@ -16,7 +17,8 @@ from typing import Callable
 from app.ops.dumpers import dumper_for
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.storage import open_storage
-from app.ops.streams import (CountingWriter, HashingWriter, TeeWriter, compressor,
+from app.ops.encryption import Encryption, decrypting, encrypting
+from app.ops.streams import (CountingWriter, HashingReader, HashingWriter, TeeWriter, compressor,
                              decompress_into)
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -44,6 +46,8 @@ class BackupManifest:
     duration_seconds: float | None = None
     database_size: int | None = None
     row_counts: dict | None = None
+    encryption: str | None = None
+    recipients: list | None = None
     tool: str = TOOL_NAME
     versions: dict = field(default_factory=dict)
     verified: bool = True
@@ -56,6 +60,9 @@ class BackupManifest:
     @classmethod
     def from_json(cls, text: str) -> "BackupManifest":
         data = json.loads(text)
+        if not isinstance(data, dict) or not all(
+                isinstance(data.get(k), str) for k in ("id", "created_at", "artifact", "sha256")):
+            raise ValueError("not a backup manifest")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -85,16 +92,22 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
     if server_version_num is not None:
         dumper.check_tools(server_version_num)
     backup_id = new_backup_id(now)
-    artifact = backup_id + dumper.suffix
+    encryption = Encryption.from_settings(settings)
+    sealed = encryption is not None and bool(encryption.recipients)
+    if sealed:
+        # Both keys are checked before anything is dumped: the read-back must decrypt.
+        recipients, identities = encryption.parsed_recipients(), encryption.identities(backup_id)
+    artifact = backup_id + dumper.suffix + (".age" if sealed else "")
     started = time.monotonic()
     try:
         with storage.writer(artifact) as out:
             hashed = HashingWriter(out)
-            with compressor(hashed) as zstd_stream:
-                counted = CountingWriter(zstd_stream, progress or (lambda n: None))
-                dumper.dump(counted)
+            with (encrypting(hashed, recipients) if sealed else nullcontext(hashed)) as target:
+                with compressor(target) as zstd_stream:
+                    counted = CountingWriter(zstd_stream, progress or (lambda n: None))
+                    dumper.dump(counted)
         _read_back(storage, dumper, artifact, hashed.sha256.hexdigest(), counted.size,
-                   readback_progress)
+                   readback_progress, identities=identities if sealed else None)
     except BaseException as exc:
         storage.delete(artifact)
         if isinstance(exc, OSError):
@@ -108,6 +121,8 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
         format=dumper.format, reason=reason, label=label,
         duration_seconds=round(time.monotonic() - started, 3), versions=dict(dumper.versions),
         database_size=database_size, row_counts=dumper.row_counts,
+        encryption="age" if sealed else None,
+        recipients=list(encryption.recipients) if sealed else None,
         verified=True, verified_at=iso(now))
     try:
         storage.put_bytes(backup_id + MANIFEST_SUFFIX, manifest.to_json().encode())
@@ -118,18 +133,27 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
 
 
 def _read_back(storage, dumper, artifact: str, sha256: str, raw_size: int,
-               progress: Progress | None, extract_to=None) -> None:
-    """Read the stored artifact back whole: its checksum, its zstd frame, and the dumper's own
-    check of every byte inside it (pg_restore, or SQLite's integrity check). With `extract_to`,
-    the decompressed bytes are also written there in the same pass (restore uses them)."""
+               progress: Progress | None, extract_to=None, identities=None) -> None:
+    """Read the stored artifact back whole: its checksum, its age encryption if any, its zstd
+    frame, and the dumper's own check of every byte inside it (pg_restore, or SQLite's
+    integrity check). With `extract_to`, the decompressed bytes are also written there in the
+    same pass (restore uses them)."""
     import zstandard
 
     result = {}
+    progress = progress or (lambda n: None)
 
     def feed(sink) -> None:
         counted = CountingWriter(TeeWriter(sink, extract_to) if extract_to else sink)
         with storage.reader(artifact) as source:
-            result["sha256"] = decompress_into(source, counted, progress or (lambda n: None))
+            if identities is None:
+                result["sha256"] = decompress_into(source, counted, progress)
+            else:
+                hashed = HashingReader(source, progress)
+                with decrypting(hashed, identities, artifact) as plain:
+                    decompress_into(plain, counted)
+                hashed.drain()
+                result["sha256"] = hashed.sha256.hexdigest()
         result["raw_size"] = counted.size
 
     try:
@@ -189,9 +213,13 @@ def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
         error = f"backup {manifest.id} has lost its artifact {manifest.location}"
         _record_verification(storage, manifest, now, error)
         raise BackupFailed(error)
+    identities = None
+    if manifest.encryption:
+        identities = (Encryption.from_settings(settings) or Encryption((), None)).identities(
+            manifest.id)
     try:
         _read_back(storage, dumper, manifest.artifact, manifest.sha256, manifest.raw_size,
-                   progress, extract_to)
+                   progress, extract_to, identities)
     except BackupFailed as exc:
         _record_verification(storage, manifest, now, str(exc))
         raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None

@@ -39,6 +39,30 @@ class HashingWriter:
         self.target.flush()
 
 
+class HashingReader:
+    """A read-only stream that hashes what is read through it from `source`."""
+
+    def __init__(self, source: BinaryIO, progress: Progress = _no_progress):
+        self.source = source
+        self.sha256 = hashlib.sha256()
+        self.progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.source.read(n)
+        self.sha256.update(data)
+        self.progress(len(data))
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
 class CountingWriter:
     """Counts the uncompressed bytes a dumper produces, for the manifest and the progress bar."""
 

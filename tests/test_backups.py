@@ -1,0 +1,421 @@
+"""app.ops.backups: take, verify, list and find backups, on real SQLite files and on a real
+PostgreSQL database (the `pg_database` fixture, whose role has an awkward password)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+import zstandard
+
+from app.ops.backups import (MANIFEST_SUFFIX, BackupManifest, find_backup, list_backups,
+                             take_backup, verify_backup)
+from app.ops.errors import BackupFailed, ConfigError
+from app.ops.storage import open_storage
+from app.settings import load_settings
+
+T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def make_sqlite(path: Path, rows: int = 50) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)")
+        conn.executemany("INSERT INTO users (id, email) VALUES (?, ?)",
+                         [(i, f"user{i}@example.org") for i in range(rows)])
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES (?)", (FIRST,))
+    conn.close()
+
+
+def sqlite_rows(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT id, email FROM users ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def decompress(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def recompress(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(write_checksum=True).compress(data)
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path):
+    settings = load_settings("dev", environ={}, root=tmp_path)
+    make_sqlite(Path(settings.database_url.database))
+    return settings
+
+
+def backup_folder(settings) -> Path:
+    return settings.backup_dir / settings.env
+
+
+def stored_manifest(settings, backup_id: str) -> BackupManifest:
+    return BackupManifest.from_json(
+        (backup_folder(settings) / (backup_id + MANIFEST_SUFFIX)).read_text())
+
+
+# -- take_backup on SQLite ---------------------------------------------------------------------
+def test_take_backup_sqlite_manifest_fields(sqlite_settings, tmp_path):
+    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0,
+                           label="before release 7")
+    artifact = backup_folder(sqlite_settings) / manifest.artifact
+    assert manifest.id.startswith("20260302T101530Z-")
+    assert manifest.env == "dev"
+    assert manifest.engine == "sqlite"
+    assert manifest.database == sqlite_settings.masked_database_url
+    assert manifest.created_at == "2026-03-02T10:15:30Z"
+    assert datetime.fromisoformat(manifest.created_at) == T0
+    assert manifest.revision == FIRST
+    assert manifest.reason == "manual"
+    assert manifest.label == "before release 7"
+    assert manifest.artifact == manifest.id + ".sqlite3.zst"
+    assert manifest.location == str(artifact)
+    assert manifest.size == artifact.stat().st_size
+    assert manifest.sha256 == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert manifest.verified is True
+    assert manifest.verify_error is None
+    assert manifest.versions.get("sqlite")
+    # The decompressed artifact is the database, with every row.
+    raw = decompress(artifact.read_bytes())
+    assert manifest.raw_size == len(raw)
+    assert raw.startswith(b"SQLite format 3\x00")
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(raw)
+    assert sqlite_rows(copy) == sqlite_rows(Path(sqlite_settings.database_url.database))
+    assert len(sqlite_rows(copy)) == 50
+
+
+def test_take_backup_writes_the_manifest_last_and_matching(sqlite_settings):
+    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    assert sorted(os.listdir(backup_folder(sqlite_settings))) == sorted(
+        [manifest.artifact, manifest.id + MANIFEST_SUFFIX])
+    assert stored_manifest(sqlite_settings, manifest.id) == manifest
+
+
+def test_take_backup_files_are_private(sqlite_settings):
+    previous = os.umask(0o022)
+    try:
+        manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    finally:
+        os.umask(previous)
+    folder = backup_folder(sqlite_settings)
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    for name in (manifest.artifact, manifest.id + MANIFEST_SUFFIX):
+        assert os.stat(folder / name).st_mode & 0o777 == 0o600
+
+
+def test_take_backup_of_missing_sqlite_db_fails_and_stores_nothing(tmp_path):
+    settings = load_settings("dev", environ={}, root=tmp_path)
+    with pytest.raises(BackupFailed):
+        take_backup(settings, reason="manual", revision=None, now=T0)
+    assert list_backups(settings) == []
+    folder = backup_folder(settings)
+    assert not folder.exists() or os.listdir(folder) == []
+    assert not Path(settings.database_url.database).exists()
+
+
+def test_verify_backup_ok_records_verification(sqlite_settings):
+    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    later = T0 + timedelta(hours=2)
+    verified = verify_backup(sqlite_settings, manifest, now=later)
+    assert verified.verified is True
+    assert verified.verify_error is None
+    assert verified.verified_at == "2026-03-02T12:15:30Z"
+    on_disk = stored_manifest(sqlite_settings, manifest.id)
+    assert on_disk.verified is True
+    assert on_disk.verified_at == "2026-03-02T12:15:30Z"
+
+
+def test_verify_backup_extracts_the_database(sqlite_settings, tmp_path):
+    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    target = tmp_path / "extracted.db"
+    with open(target, "wb") as out:
+        verify_backup(sqlite_settings, manifest, now=T0, extract_to=out)
+    assert sqlite_rows(target) == sqlite_rows(Path(sqlite_settings.database_url.database))
+
+
+def corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_artifact_fails_and_is_recorded(sqlite_settings):
+    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    corrupt(backup_folder(sqlite_settings) / manifest.artifact)
+    with pytest.raises(BackupFailed, match=manifest.id):
+        verify_backup(sqlite_settings, manifest, now=T0 + timedelta(minutes=5))
+    on_disk = stored_manifest(sqlite_settings, manifest.id)
+    assert on_disk.verified is False
+    assert on_disk.verify_error
+    assert on_disk.verified_at == "2026-03-02T10:20:30Z"
+    assert [m.verified for m in list_backups(sqlite_settings)] == [False]
+
+
+def test_truncated_artifact_fails(sqlite_settings):
+    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    artifact = backup_folder(sqlite_settings) / manifest.artifact
+    artifact.write_bytes(artifact.read_bytes()[:-20])
+    with pytest.raises(BackupFailed):
+        verify_backup(sqlite_settings, manifest, now=T0)
+    assert stored_manifest(sqlite_settings, manifest.id).verified is False
+
+
+def test_artifact_replaced_by_other_valid_backup_fails_checksum(sqlite_settings):
+    first = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    conn = sqlite3.connect(sqlite_settings.database_url.database)
+    with conn:
+        conn.execute("DELETE FROM users WHERE id > 10")
+    conn.close()
+    second = take_backup(sqlite_settings, reason="manual", revision=FIRST,
+                         now=T0 + timedelta(seconds=1))
+    folder = backup_folder(sqlite_settings)
+    (folder / first.artifact).write_bytes((folder / second.artifact).read_bytes())
+    with pytest.raises(BackupFailed, match="SHA-256|checksum"):
+        verify_backup(sqlite_settings, first, now=T0)
+    assert stored_manifest(sqlite_settings, first.id).verified is False
+    assert stored_manifest(sqlite_settings, second.id).verified is True
+
+
+def test_well_formed_zstd_of_a_broken_database_fails_integrity(sqlite_settings):
+    """The checksum and zstd frame are consistent; only the dumper's own read-back can notice."""
+    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    artifact = backup_folder(sqlite_settings) / manifest.artifact
+    raw = decompress(artifact.read_bytes())
+    broken = raw[:100] + b"\xff" * (len(raw) - 100)  # header survives, pages do not
+    artifact.write_bytes(recompress(broken))
+    manifest.sha256 = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    manifest.size = artifact.stat().st_size
+    manifest.raw_size = len(broken)
+    with pytest.raises(BackupFailed):
+        verify_backup(sqlite_settings, manifest, now=T0)
+    assert stored_manifest(sqlite_settings, manifest.id).verified is False
+
+
+def test_missing_artifact_fails_and_is_recorded(sqlite_settings):
+    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    (backup_folder(sqlite_settings) / manifest.artifact).unlink()
+    with pytest.raises(BackupFailed, match=manifest.id):
+        verify_backup(sqlite_settings, manifest, now=T0)
+    on_disk = stored_manifest(sqlite_settings, manifest.id)
+    assert on_disk.verified is False
+    assert on_disk.verify_error
+
+
+def test_verify_refuses_a_backup_of_another_engine(sqlite_settings):
+    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    manifest.engine = "postgresql"
+    with pytest.raises(ConfigError, match="postgresql"):
+        verify_backup(sqlite_settings, manifest, now=T0)
+
+
+# -- list_backups / find_backup ----------------------------------------------------------------
+def test_list_backups_newest_first(sqlite_settings):
+    times = [T0 + timedelta(days=1), T0, T0 + timedelta(days=2), T0 + timedelta(seconds=1)]
+    taken = {take_backup(sqlite_settings, reason="manual", revision=FIRST, now=t).id: t
+             for t in times}
+    listed = list_backups(sqlite_settings)
+    assert [m.id for m in listed] == sorted(taken, key=taken.get, reverse=True)
+    assert [m.created for m in listed] == sorted(times, reverse=True)
+
+
+def test_list_backups_empty_store(tmp_path):
+    assert list_backups(load_settings("dev", environ={}, root=tmp_path)) == []
+
+
+def test_list_backups_skips_unreadable_manifests(sqlite_settings):
+    good = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    folder = backup_folder(sqlite_settings)
+    (folder / ("20990101T000000Z-aaaaaa" + MANIFEST_SUFFIX)).write_text("{not json")
+    (folder / ("20990101T000000Z-bbbbbb" + MANIFEST_SUFFIX)).write_text('{"id": "x"}')
+    (folder / ("20990101T000000Z-cccccc" + MANIFEST_SUFFIX)).write_bytes(b"\xff\xfe\x00")
+    (folder / ("20990101T000000Z-dddddd" + MANIFEST_SUFFIX)).write_text("")
+    assert [m.id for m in list_backups(sqlite_settings)] == [good.id]
+
+
+@pytest.mark.parametrize("text", ["[]", "null", "42", '"a string"'])
+def test_list_backups_skips_json_that_is_not_an_object(sqlite_settings, text):
+    good = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    folder = backup_folder(sqlite_settings)
+    (folder / ("20990101T000000Z-eeeeee" + MANIFEST_SUFFIX)).write_text(text)
+    assert [m.id for m in list_backups(sqlite_settings)] == [good.id]
+
+
+
+def test_list_backups_survives_a_manifest_with_a_broken_created_at(sqlite_settings):
+    good = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    bad = json.loads(good.to_json())
+    bad["id"], bad["created_at"] = "20990101T000000Z-abcabc", None
+    folder = backup_folder(sqlite_settings)
+    (folder / (bad["id"] + MANIFEST_SUFFIX)).write_text(json.dumps(bad))
+    assert good.id in [m.id for m in list_backups(sqlite_settings)]
+
+def test_list_backups_only_lists_its_own_env(sqlite_settings):
+    good = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    stray = BackupManifest.from_json(good.to_json())
+    stray.id, stray.env = "20990101T000000Z-ffffff", "staging"
+    (backup_folder(sqlite_settings) / (stray.id + MANIFEST_SUFFIX)).write_text(stray.to_json())
+    assert [m.id for m in list_backups(sqlite_settings)] == [good.id]
+
+
+def test_find_backup(sqlite_settings):
+    a = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    b = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0 + timedelta(seconds=1))
+    c = take_backup(sqlite_settings, reason="manual", revision=HEAD, now=T0 + timedelta(days=3))
+    assert find_backup(sqlite_settings, None).id == c.id
+    assert find_backup(sqlite_settings, a.id).id == a.id
+    assert find_backup(sqlite_settings, b.id).id == b.id
+    assert find_backup(sqlite_settings, c.id[:12]).id == c.id  # 20260305T101 is unique
+    assert find_backup(sqlite_settings, b.id[:-2]).id == b.id
+    with pytest.raises(ConfigError, match="nope"):
+        find_backup(sqlite_settings, "nope")
+    with pytest.raises(ConfigError, match="ambiguous"):
+        find_backup(sqlite_settings, "20260302T1015")  # a and b
+
+
+def test_find_backup_exact_id_wins_over_prefix(sqlite_settings):
+    a = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+    longer = BackupManifest.from_json(a.to_json())
+    longer.id = a.id + "x"
+    (backup_folder(sqlite_settings) / (longer.id + MANIFEST_SUFFIX)).write_text(longer.to_json())
+    assert find_backup(sqlite_settings, a.id).id == a.id
+
+
+def test_find_backup_with_no_backups_is_config_error(tmp_path):
+    settings = load_settings("dev", environ={}, root=tmp_path)
+    with pytest.raises(ConfigError, match="no backups"):
+        find_backup(settings, None)
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+def pg_settings(db, root: Path):
+    url = db.url
+    environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
+               "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
+               "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
+    return load_settings("pgtest", environ=environ, root=root)
+
+
+def password_forms(password: str) -> list[str]:
+    return [password, quote(password, safe=""), quote_plus(password),
+            json.dumps(password)[1:-1]]
+
+
+@pytest.fixture
+def pg_settings_with_rows(pg_database, tmp_path):
+    pg_database.sql("CREATE TABLE patients (id serial PRIMARY KEY, name text NOT NULL)")
+    pg_database.sql("INSERT INTO patients (name) SELECT 'patient-marker-' || g "
+                    "FROM generate_series(1, 200) AS g")
+    pg_database.sql("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    pg_database.sql(f"INSERT INTO alembic_version VALUES ('{FIRST}')")
+    return pg_settings(pg_database, tmp_path)
+
+
+def server_version(settings) -> int:
+    from app.ops.database import connect, server_version_num
+    with connect(settings.database_url) as conn:
+        return server_version_num(conn)
+
+
+@pytest.mark.postgres
+def test_take_backup_postgres(pg_database, pg_settings_with_rows):
+    settings = pg_settings_with_rows
+    assert settings.database_url.password == pg_database.url.password
+    version = server_version(settings)
+    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0,
+                           server_version_num=version)
+    artifact = backup_folder(settings) / manifest.artifact
+    assert manifest.engine == "postgresql"
+    assert manifest.env == "pgtest"
+    assert manifest.artifact.endswith(".pgdump.zst")
+    assert manifest.revision == FIRST
+    assert manifest.sha256 == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert manifest.size == artifact.stat().st_size
+    # check_tools ran: the server and tool versions are recorded.
+    assert manifest.versions["server"].split(".")[0] == str(version // 10000)
+    assert manifest.versions["pg_dump"]
+    assert manifest.versions["pg_restore"]
+    raw = decompress(artifact.read_bytes())
+    assert manifest.raw_size == len(raw)
+    assert raw.startswith(b"PGDMP")
+    assert b"patient-marker-200" in raw  # -Z0: the table data is in the archive as is
+    assert verify_backup(settings, manifest, now=T0).verified is True
+
+
+@pytest.mark.postgres
+def test_postgres_manifest_never_holds_the_password(pg_database, pg_settings_with_rows):
+    settings = pg_settings_with_rows
+    password = pg_database.url.password
+    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0,
+                           server_version_num=server_version(settings))
+    assert pg_database.url.username in manifest.database
+    assert pg_database.name in manifest.database
+    text = (backup_folder(settings) / (manifest.id + MANIFEST_SUFFIX)).read_text()
+    for form in password_forms(password):
+        assert form not in manifest.database
+        assert form not in text
+        assert form not in manifest.to_json()
+    assert json.loads(text)["database"] == manifest.database
+
+
+@pytest.mark.postgres
+def test_postgres_archive_truncated_inside_is_refused_by_read_back(pg_database,
+                                                                   pg_settings_with_rows):
+    """A consistent checksum and zstd frame around a cut archive: pg_restore must notice."""
+    settings = pg_settings_with_rows
+    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0,
+                           server_version_num=server_version(settings))
+    artifact = backup_folder(settings) / manifest.artifact
+    raw = decompress(artifact.read_bytes())
+    cut = raw[: len(raw) * 2 // 3]
+    artifact.write_bytes(recompress(cut))
+    manifest.sha256 = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    manifest.size, manifest.raw_size = artifact.stat().st_size, len(cut)
+    with pytest.raises(BackupFailed):
+        verify_backup(settings, manifest, now=T0)
+    assert stored_manifest(settings, manifest.id).verified is False
+
+
+@pytest.mark.postgres
+def test_postgres_corrupt_artifact_fails(pg_settings_with_rows):
+    settings = pg_settings_with_rows
+    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0,
+                           server_version_num=server_version(settings))
+    corrupt(backup_folder(settings) / manifest.artifact)
+    with pytest.raises(BackupFailed):
+        verify_backup(settings, manifest, now=T0)
+    assert stored_manifest(settings, manifest.id).verified is False
+
+
+def test_pg_dump_older_than_server_is_refused_before_anything_runs(tmp_path):
+    environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": "127.0.0.1", "POSTGRES_USER": "nobody",
+               "POSTGRES_PASSWORD": "pw", "POSTGRES_DB": "nothing"}
+    settings = load_settings("pgtest", environ=environ, root=tmp_path)
+    with pytest.raises(ConfigError, match=r"pg_dump .*99"):
+        take_backup(settings, reason="manual", revision=None, now=T0,
+                    server_version_num=990001)
+    folder = backup_folder(settings)
+    assert not folder.exists() or os.listdir(folder) == []
+
+
+def test_missing_pg_bin_dir_tools_is_config_error(tmp_path):
+    environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": "127.0.0.1", "POSTGRES_USER": "nobody",
+               "POSTGRES_DB": "nothing", "PG_BIN_DIR": str(tmp_path / "no-such-bin")}
+    settings = load_settings("pgtest", environ=environ, root=tmp_path)
+    with pytest.raises(ConfigError, match="PG_BIN_DIR"):
+        take_backup(settings, reason="manual", revision=None, now=T0, server_version_num=150000)
+    assert list_backups(settings) == []

@@ -1,0 +1,238 @@
+"""app.ops.migrations: Alembic through its Python API, on real SQLite files in tmp_path."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from app.ops.errors import ConfigError
+from app.ops.migrations import Migrations, Revision
+from app.settings import load_settings
+
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings("dev", environ={}, root=tmp_path)
+
+
+@pytest.fixture
+def migrations(settings):
+    return Migrations(settings)
+
+
+def db_path(settings) -> Path:
+    return Path(settings.database_url.database)
+
+
+def columns(path: Path, table: str) -> list[str]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')]
+    finally:
+        conn.close()
+
+
+def ids(revisions: list[Revision]) -> list[str]:
+    return [r.id for r in revisions]
+
+
+# -- reading scripts and state -----------------------------------------------------------------
+def test_heads(migrations):
+    assert migrations.heads() == [HEAD]
+    assert migrations.single_head() == HEAD
+
+
+def test_current_of_missing_db_is_none_and_creates_nothing(settings, migrations):
+    path = db_path(settings)
+    assert not path.exists()
+    assert migrations.current() is None
+    assert not path.exists()
+    assert list(path.parent.iterdir()) == []
+
+
+def test_current_of_empty_file_is_none(settings, migrations):
+    path = db_path(settings)
+    path.touch()
+    assert migrations.current() is None
+    assert path.stat().st_size == 0
+
+
+def test_current_of_db_without_alembic_table_is_none(settings, migrations):
+    conn = sqlite3.connect(db_path(settings))
+    conn.execute("CREATE TABLE other (id INTEGER)")
+    conn.commit()
+    conn.close()
+    assert migrations.current() is None
+
+
+def test_current_follows_upgrade_and_downgrade(settings, migrations):
+    path = db_path(settings)
+    migrations.upgrade(FIRST)
+    assert migrations.current() == FIRST
+    assert "phone_number" not in columns(path, "users")
+    migrations.upgrade(None)  # head
+    assert migrations.current() == HEAD
+    assert "phone_number" in columns(path, "users")
+    migrations.downgrade(FIRST)
+    assert migrations.current() == FIRST
+    assert "phone_number" not in columns(path, "users")
+    migrations.downgrade(None)  # base
+    assert migrations.current() is None
+    assert columns(path, "users") == []
+
+
+def test_resolve(migrations):
+    assert migrations.resolve(FIRST) == FIRST
+    assert migrations.resolve("a9ef") == FIRST
+    assert migrations.resolve("f8f") == HEAD
+    assert migrations.resolve("head") == HEAD
+    assert migrations.resolve("heads") == HEAD
+    assert migrations.resolve("base") is None
+
+
+@pytest.mark.parametrize("revision", ["deadbeef0000", "zzz", "a9ef987fd631x"])
+def test_resolve_unknown_is_config_error(migrations, revision):
+    with pytest.raises(ConfigError, match=revision):
+        migrations.resolve(revision)
+
+
+def test_describe(migrations):
+    assert migrations.describe(None) == "base"
+    assert migrations.describe(FIRST) == f"{FIRST} (Create users table)"
+    assert "phone_number" in migrations.describe(HEAD)
+
+
+# -- pending and downgrade plans ---------------------------------------------------------------
+def test_pending_in_apply_order(migrations):
+    assert ids(migrations.pending(None, HEAD)) == [FIRST, HEAD]
+    assert ids(migrations.pending(FIRST, HEAD)) == [HEAD]
+    assert ids(migrations.pending(None, FIRST)) == [FIRST]
+    assert migrations.pending(HEAD, HEAD) == []
+    assert migrations.pending(None, None) == []
+    first = migrations.pending(None, HEAD)[0]
+    assert first.message == "Create users table"
+    assert first.down_revision is None
+    assert first.path.endswith("a9ef987fd631_create_users_table.py")
+
+
+def test_pending_backwards_is_config_error(migrations):
+    with pytest.raises(ConfigError):
+        migrations.pending(HEAD, FIRST)
+
+
+def test_downgrade_target_relative(migrations):
+    target, undone = migrations.downgrade_target(HEAD, "-1")
+    assert (target, ids(undone)) == (FIRST, [HEAD])
+    target, undone = migrations.downgrade_target(HEAD, "-2")
+    assert (target, ids(undone)) == (None, [HEAD, FIRST])
+    target, undone = migrations.downgrade_target(FIRST, "-1")
+    assert (target, ids(undone)) == (None, [FIRST])
+
+
+@pytest.mark.parametrize("current,to", [(HEAD, "-3"), (FIRST, "-2"), (None, "-1")])
+def test_downgrade_target_below_base_is_config_error(migrations, current, to):
+    with pytest.raises(ConfigError, match="below base"):
+        migrations.downgrade_target(current, to)
+
+
+def test_downgrade_target_zero_steps_is_config_error(migrations):
+    with pytest.raises(ConfigError):
+        migrations.downgrade_target(HEAD, "-0")
+
+
+def test_downgrade_target_base(migrations):
+    target, undone = migrations.downgrade_target(HEAD, "base")
+    assert (target, ids(undone)) == (None, [HEAD, FIRST])
+    target, undone = migrations.downgrade_target(FIRST, "base")
+    assert (target, ids(undone)) == (None, [FIRST])
+
+
+def test_downgrade_target_revision_id_and_prefix(migrations):
+    target, undone = migrations.downgrade_target(HEAD, FIRST)
+    assert (target, ids(undone)) == (FIRST, [HEAD])
+    target, undone = migrations.downgrade_target(HEAD, "a9ef")
+    assert (target, ids(undone)) == (FIRST, [HEAD])
+
+
+def test_downgrade_target_current_is_nothing_to_undo(migrations):
+    assert migrations.downgrade_target(HEAD, HEAD) == (HEAD, [])
+    assert migrations.downgrade_target(None, "base") == (None, [])
+
+
+def test_downgrade_target_from_base_to_a_revision_is_config_error(migrations):
+    with pytest.raises(ConfigError):
+        migrations.downgrade_target(None, FIRST)
+
+
+def test_downgrade_target_ahead_of_current_is_config_error(migrations):
+    # "Rolling back" from FIRST to HEAD would be an upgrade.
+    with pytest.raises(ConfigError):
+        migrations.downgrade_target(FIRST, HEAD)
+
+
+def test_downgrade_target_unknown_revision_is_config_error(migrations):
+    with pytest.raises(ConfigError, match="nosuchrev"):
+        migrations.downgrade_target(HEAD, "nosuchrev")
+
+
+# -- offline SQL -------------------------------------------------------------------------------
+def test_upgrade_sql_from_current_only(settings, migrations):
+    sql = migrations.upgrade_sql(FIRST, HEAD)
+    assert "phone_number" in sql
+    assert "CREATE TABLE users" not in sql
+    assert f"'{HEAD}'" in sql
+    assert not db_path(settings).exists()
+
+
+def test_upgrade_sql_from_base_has_everything(settings, migrations):
+    sql = migrations.upgrade_sql(None, HEAD)
+    assert "CREATE TABLE users" in sql
+    assert "phone_number" in sql
+    assert sql.index("CREATE TABLE users") < sql.index("phone_number")
+    assert not db_path(settings).exists()
+
+
+def test_upgrade_sql_changes_nothing(settings, migrations):
+    migrations.upgrade(FIRST)
+    before = db_path(settings).read_bytes()
+    sql = migrations.upgrade_sql(migrations.current(), HEAD)
+    assert "phone_number" in sql
+    assert db_path(settings).read_bytes() == before
+    assert migrations.current() == FIRST
+
+
+def test_stamp(settings, migrations):
+    migrations.upgrade(FIRST)
+    migrations.stamp(HEAD)
+    assert migrations.current() == HEAD
+    assert "phone_number" not in columns(db_path(settings), "users")  # stamp runs nothing
+    migrations.stamp("base")
+    assert migrations.current() is None
+
+
+def test_merge_with_one_head_is_config_error(migrations):
+    with pytest.raises(ConfigError, match="nothing to merge"):
+        migrations.merge("merge heads")
+
+
+# -- PostgreSQL, with the fixture's awkward password ----------------------------------------
+@pytest.mark.postgres
+def test_postgres_upgrade_and_current_with_awkward_password(pg_database, tmp_path):
+    url = pg_database.url
+    environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
+               "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
+               "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
+    migrations = Migrations(load_settings("pgtest", environ=environ, root=tmp_path))
+    assert migrations.current() is None
+    migrations.upgrade(FIRST)
+    assert migrations.current() == pg_database.revision() == FIRST
+    migrations.upgrade(None)
+    assert migrations.current() == pg_database.revision() == HEAD
+    assert "phone_number" in pg_database.columns("users")
+    target, undone = migrations.downgrade_target(migrations.current(), "-1")
+    migrations.downgrade(target)
+    assert pg_database.revision() == FIRST
+    assert "phone_number" not in pg_database.columns("users")

@@ -1,0 +1,142 @@
+"""app.ops.storage.local: atomic writes, private permissions, listing, deleting."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from app.ops.errors import ConfigError
+from app.ops.storage import open_storage
+from app.ops.storage.local import LocalStorage
+from app.settings import load_settings
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_object_appears_only_when_the_block_succeeds(tmp_path):
+    store = LocalStorage(tmp_path / "store" / "dev")
+    with store.writer("b1.sqlite3.zst") as out:
+        out.write(b"first half ")
+        out.flush()
+        assert not store.exists("b1.sqlite3.zst")
+        assert not (store.folder / "b1.sqlite3.zst").exists()
+        assert store.list() == []
+        out.write(b"second half")
+    assert store.exists("b1.sqlite3.zst")
+    assert store.get_bytes("b1.sqlite3.zst") == b"first half second half"
+    assert sorted(os.listdir(store.folder)) == ["b1.sqlite3.zst"]
+
+
+def test_partial_is_removed_on_exception(tmp_path):
+    store = LocalStorage(tmp_path / "dev")
+    with pytest.raises(RuntimeError, match="dump died"):
+        with store.writer("b2.sqlite3.zst") as out:
+            out.write(b"x" * 10000)
+            raise RuntimeError("dump died")
+    assert not store.exists("b2.sqlite3.zst")
+    assert os.listdir(store.folder) == []
+
+
+def test_failed_write_keeps_the_previous_object(tmp_path):
+    store = LocalStorage(tmp_path / "dev")
+    store.put_bytes("obj", b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with store.writer("obj") as out:
+            out.write(b"new but incomplete")
+            raise KeyboardInterrupt
+    assert store.get_bytes("obj") == b"old"
+    assert os.listdir(store.folder) == ["obj"]
+
+
+def test_successful_write_replaces_the_previous_object(tmp_path):
+    store = LocalStorage(tmp_path / "dev")
+    store.put_bytes("obj", b"old")
+    store.put_bytes("obj", b"new")
+    assert store.get_bytes("obj") == b"new"
+    assert store.size("obj") == 3
+
+
+def test_file_0600_and_folder_0700_with_umask_022(tmp_path, umask_022):
+    store = LocalStorage(tmp_path / "a" / "b" / "dev")
+    store.put_bytes("secret.zst", b"patient data")
+    assert mode(store.folder / "secret.zst") == 0o600
+    assert mode(store.folder) == 0o700
+    with store.writer("other.zst") as out:
+        out.write(b"more")
+        partial = store.folder / ".other.zst.partial"
+        assert mode(partial) == 0o600
+    assert mode(store.folder / "other.zst") == 0o600
+
+
+def test_existing_open_folder_is_tightened_to_0700(tmp_path, umask_022):
+    folder = tmp_path / "dev"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    assert mode(folder) == 0o755
+    LocalStorage(folder).put_bytes("x", b"1")
+    assert mode(folder) == 0o700
+    assert mode(folder / "x") == 0o600
+
+
+def test_list_ignores_hidden_partial_and_folders_and_filters_suffix(tmp_path):
+    store = LocalStorage(tmp_path / "dev")
+    store.put_bytes("b.manifest.json", b"{}")
+    store.put_bytes("a.manifest.json", b"{}")
+    store.put_bytes("a.sqlite3.zst", b"z")
+    (store.folder / ".c.sqlite3.zst.partial").write_bytes(b"partial")
+    (store.folder / ".gitkeep").write_bytes(b"")
+    (store.folder / "sub.manifest.json").mkdir()
+    assert store.list() == ["a.manifest.json", "a.sqlite3.zst", "b.manifest.json"]
+    assert store.list(".manifest.json") == ["a.manifest.json", "b.manifest.json"]
+
+
+def test_list_of_missing_folder_is_empty_and_creates_nothing(tmp_path):
+    store = LocalStorage(tmp_path / "nothing" / "dev")
+    assert store.list() == []
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_delete(tmp_path):
+    store = LocalStorage(tmp_path / "dev")
+    store.put_bytes("one", b"1")
+    store.put_bytes("two", b"2")
+    store.delete("one")
+    assert not store.exists("one")
+    assert store.list() == ["two"]
+    store.delete("one")  # deleting what is gone is not an error
+    store.delete("never-existed")
+    assert store.list() == ["two"]
+
+
+def test_reader_size_location(tmp_path):
+    store = LocalStorage(tmp_path / "dev")
+    store.put_bytes("obj", b"0123456789")
+    with store.reader("obj") as f:
+        assert f.read() == b"0123456789"
+    assert store.size("obj") == 10
+    assert store.location("obj") == str(tmp_path / "dev" / "obj")
+
+
+def test_open_storage_uses_backup_dir_per_env(tmp_path):
+    settings = load_settings("dev", environ={"BACKUP_DIR": "bk"}, root=tmp_path)
+    store = open_storage(settings)
+    assert isinstance(store, LocalStorage)
+    assert store.folder == tmp_path / "bk" / "dev"
+
+
+def test_open_storage_unknown_kind_is_config_error(tmp_path):
+    settings = load_settings("dev", environ={"BACKUP_STORAGE": "tape"}, root=tmp_path)
+    with pytest.raises(ConfigError, match="tape"):
+        open_storage(settings)
