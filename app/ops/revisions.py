@@ -45,6 +45,8 @@ def create_revision(settings, message: str, *, empty: bool = False) -> CreatedRe
     except CommandError as exc:
         raise ConfigError(f"cannot autogenerate: {exc}; run `invoke migrate` first if the "
                           "database is behind") from None
+    if isinstance(script, list):  # Alembic returns a list of the scripts it wrote
+        script = script[0] if script else None
     if script is None:
         raise ConfigError("autogenerate found no difference between app/models/ and the "
                           "database: nothing to write (use --empty for a hand-written revision)")

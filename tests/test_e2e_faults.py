@@ -1,0 +1,169 @@
+"""End to end with broken client tools: PG_BIN_DIR points at a folder of bash wrappers around the
+real pg_dump and pg_restore that fail, truncate, lie about their version, or record how they were
+called. Whatever goes wrong with the backup, the database must stay where it was.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import AWKWARD_PASSWORD, pg_env
+
+pytestmark = pytest.mark.postgres
+
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+REAL_PG_DUMP = shutil.which("pg_dump") or "/usr/bin/pg_dump"
+REAL_PG_RESTORE = shutil.which("pg_restore") or "/usr/bin/pg_restore"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def shown(result) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def ok(result):
+    assert result.returncode == 0, shown(result)
+    assert "Traceback" not in result.stderr, shown(result)
+    assert AWKWARD_PASSWORD not in result.stdout + result.stderr
+    return result
+
+
+def failed(result, code: int, *fragments: str) -> str:
+    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
+    assert result.returncode == code, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    assert AWKWARD_PASSWORD not in result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, shown(result)
+    for fragment in fragments:
+        assert fragment in errors[0], shown(result)
+    return errors[0]
+
+
+def tools(tmp_path, pg_dump_body: str, *, version: str | None = None) -> Path:
+    """A PG_BIN_DIR: pg_dump answers --version (really, or with `version`) and otherwise logs
+    its call to dump.log and runs `pg_dump_body` ($REAL is the real pg_dump); pg_restore is the
+    real one."""
+    bin_dir = tmp_path / "pg-bin"
+    bin_dir.mkdir()
+    answer = f"echo 'pg_dump (PostgreSQL) {version}'; exit 0" if version else 'exec "$REAL" "$@"'
+    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
+REAL='{REAL_PG_DUMP}'
+LOG='{tmp_path / "dump.log"}'
+if [ "$1" = "--version" ]; then {answer}; fi
+echo "dump $*" >> "$LOG"
+{pg_dump_body}
+""")
+    (bin_dir / "pg_restore").write_text(f"#!/bin/bash\nexec '{REAL_PG_RESTORE}' \"$@\"\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return bin_dir
+
+
+def dump_calls(tmp_path) -> list[str]:
+    log = tmp_path / "dump.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def at_first_revision(project, db) -> tuple[list[dict], set[str]]:
+    """The database at FIRST through the real tools; returns its backups and backup files."""
+    ok(project.run("migrate", "--revision=a9ef987fd631", env=pg_env(db)))
+    assert db.revision() == FIRST
+    return project.backups("pgtest", env=pg_env(db)), non_audit_files(project)
+
+
+def non_audit_files(project) -> set[str]:
+    return {n for n in project.backup_files("pgtest") if not n.endswith(".audit.json")}
+
+
+def last_audit(project) -> dict:
+    folder = project.root / "backups" / "pgtest"
+    return json.loads(sorted(folder.glob("*.audit.json"))[-1].read_text())
+
+
+def assert_untouched(project, db, backups_before, files_before) -> None:
+    assert db.revision() == FIRST
+    assert "phone_number" not in db.columns("users")
+    assert project.backups("pgtest", env=pg_env(db)) == backups_before
+    assert non_audit_files(project) == files_before  # no new artifact, no `.partial`
+
+
+# -- the backup fails: nothing is migrated ---------------------------------------------------
+def test_pg_dump_failing_stops_the_migration(project, pg_database, tmp_path):
+    db = pg_database
+    backups_before, files_before = at_first_revision(project, db)
+    bin_dir = tools(tmp_path, 'echo "pg_dump: error: connection to server lost" >&2\nexit 1')
+    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4,
+           "pg_dump", "connection to server lost")
+    assert len(dump_calls(tmp_path)) == 1
+    assert_untouched(project, db, backups_before, files_before)
+    audit = last_audit(project)
+    assert audit["action"] == "migrate" and audit["outcome"] != "succeeded"
+
+
+def test_a_truncated_dump_that_exits_0_stops_the_migration(project, pg_database, tmp_path):
+    db = pg_database
+    at_first_revision(project, db)
+    db.sql("INSERT INTO users (email, hashed_password, full_name) "
+           "SELECT 'user' || n || '@example.org', md5(n::text), repeat('name ', 20) "
+           "FROM generate_series(1, 500) AS n")
+    ok(project.run("backup", env=pg_env(db)))  # real tools: how big a whole dump is
+    backups_before = project.backups("pgtest", env=pg_env(db))
+    files_before = non_audit_files(project)
+    assert backups_before[0]["raw_size"] > 8000  # so 2000 bytes really is a truncation
+    bin_dir = tools(tmp_path, '"$REAL" "$@" | head -c 2000\nexit 0')
+    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4)
+    assert len(dump_calls(tmp_path)) == 1
+    assert_untouched(project, db, backups_before, files_before)
+    assert db.sql("SELECT count(*) FROM users") == [(500,)]
+
+
+def test_a_pg_dump_older_than_the_server_is_refused_before_anything_runs(project, pg_database,
+                                                                          tmp_path):
+    db = pg_database
+    backups_before, files_before = at_first_revision(project, db)
+    bin_dir = tools(tmp_path, 'exec "$REAL" "$@"', version="9.6.24")
+    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 2, "9.6", "15")
+    assert dump_calls(tmp_path) == []  # the dump mode never ran
+    assert_untouched(project, db, backups_before, files_before)
+
+
+def test_pg_dump_missing_from_pg_bin_dir_is_a_configuration_error(project, pg_database, tmp_path):
+    db = pg_database
+    backups_before, files_before = at_first_revision(project, db)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(empty))), 2, "pg_dump")
+    assert_untouched(project, db, backups_before, files_before)
+
+
+# -- the password's plumbing -----------------------------------------------------------------
+def test_the_password_reaches_pg_dump_only_through_its_environment(project, pg_database,
+                                                                   tmp_path):
+    db = pg_database
+    backups_before, _ = at_first_revision(project, db)
+    record = tmp_path / "record"
+    record.mkdir()
+    bin_dir = tools(tmp_path, f"""
+printf '%s\\0' "$@" > '{record}/argv'
+env -0 > '{record}/environ'
+cat /proc/$$/cmdline > '{record}/cmdline'
+cat /proc/$PPID/cmdline > '{record}/parent_cmdline'
+exec "$REAL" "$@"
+""")
+    ok(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))))
+    assert db.revision() == HEAD
+    assert len(project.backups("pgtest", env=pg_env(db))) == len(backups_before) + 1
+
+    argv = (record / "argv").read_bytes().split(b"\0")[:-1]
+    assert argv, "pg_dump was not called"
+    environ = dict(item.split(b"=", 1) for item in
+                   (record / "environ").read_bytes().split(b"\0") if b"=" in item)
+    assert environ[b"PGPASSWORD"] == AWKWARD_PASSWORD.encode()
+    secret = AWKWARD_PASSWORD.encode()
+    for name in ("argv", "cmdline", "parent_cmdline"):
+        assert secret not in (record / name).read_bytes(), name
+        assert b"p@ss" not in (record / name).read_bytes(), name

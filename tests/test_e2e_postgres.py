@@ -1,0 +1,260 @@
+"""End to end on a real PostgreSQL server: `invoke` runs as a subprocess against a fresh database
+owned by a non-superuser role whose password is full of awkward characters. Every test checks
+the state afterwards: the database's revision, tables and columns, the listed backups, and that
+the password leaked nowhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+from sqlalchemy import create_engine, pool, text
+
+from conftest import AWKWARD_PASSWORD, CLEARED, admin_url, pg_env
+
+pytestmark = pytest.mark.postgres
+
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+PASSWORD_FORMS = (AWKWARD_PASSWORD, quote_plus(AWKWARD_PASSWORD), quote(AWKWARD_PASSWORD, safe=""),
+                  AWKWARD_PASSWORD.split("#")[0])
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def shown(result) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def ok(result):
+    assert result.returncode == 0, shown(result)
+    assert "Traceback" not in result.stderr, shown(result)
+    assert_no_password(result.stdout, result.stderr)
+    return result
+
+
+def failed(result, code: int, *fragments: str) -> str:
+    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
+    assert result.returncode == code, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    assert_no_password(result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, shown(result)
+    for fragment in fragments:
+        assert fragment in errors[0], shown(result)
+    return errors[0]
+
+
+def assert_no_password(*texts: str) -> None:
+    for text_ in texts:
+        for form in PASSWORD_FORMS:
+            assert form not in text_, f"the password leaked ({form!r}) into:\n{text_}"
+
+
+def store(project) -> Path:
+    return project.root / "backups" / "pgtest"
+
+
+def assert_no_password_in_store(project) -> None:
+    for path in store(project).glob("*.json"):
+        assert_no_password(path.read_text())
+
+
+def url_env(db) -> dict:
+    return {"APP_ENV": "pgtest", "DATABASE_URL": db.url.render_as_string(hide_password=False)}
+
+
+def users_columns(db) -> list[str]:
+    return db.columns("users")
+
+
+def start_invoke(project, *args: str, env: dict) -> subprocess.Popen:
+    """Like project.run, but returns at once (in a session of its own, to end it cleanly)."""
+    environ = {k: v for k, v in os.environ.items() if k not in CLEARED
+               and not k.startswith("POSTGRES_")}
+    environ.update(env)
+    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=project.root,
+                            env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def parked_pg_dump(tmp_path) -> tuple[Path, Path, Path]:
+    """A PG_BIN_DIR whose pg_dump says 'started' on one FIFO, then waits for a line on another
+    before running the real pg_dump."""
+    bin_dir = tmp_path / "parked-bin"
+    bin_dir.mkdir()
+    started, go = tmp_path / "started.fifo", tmp_path / "go.fifo"
+    os.mkfifo(started)
+    os.mkfifo(go)
+    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
+if [ "$1" != "--version" ]; then
+  echo started > '{started}'
+  read -r _ < '{go}'
+fi
+exec '{shutil.which("pg_dump")}' "$@"
+""")
+    (bin_dir / "pg_restore").write_text(f"""#!/bin/bash
+exec '{shutil.which("pg_restore")}' "$@"
+""")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return bin_dir, started, go
+
+
+class ScratchDatabase:
+    """An empty database created (and dropped) as the admin, to restore a backup into by hand."""
+
+    def __init__(self, admin):
+        self.admin = admin
+        self.name = f"mida_scratch_{secrets.token_hex(4)}"
+
+    def __enter__(self):
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        return self
+
+    def __exit__(self, *exc):
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+    def sql(self, statement: str):
+        engine = create_engine(admin_url().set(database=self.name), poolclass=pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                return conn.execute(text(statement)).fetchall()
+        finally:
+            engine.dispose()
+
+
+# -- the release round trip, both ways of naming the database --------------------------------
+@pytest.mark.parametrize("settings", ["POSTGRES_settings", "DATABASE_URL"])
+def test_round_trip_with_an_awkward_password(project, pg_database, settings):
+    db = pg_database
+    env = pg_env(db) if settings == "POSTGRES_settings" else url_env(db)
+
+    ok(project.run("migrate", env=env))
+    assert db.revision() == HEAD
+    assert "phone_number" in users_columns(db)
+    assert [i["revision"] for i in project.backups("pgtest", env=env)] == [None]
+
+    info = json.loads(ok(project.run("status", "--json", env=env)).stdout)
+    assert info["env"] == "pgtest"
+    assert info["current"] == HEAD and info["heads"] == [HEAD] and info["pending"] == []
+    assert "***" in info["database"] and db.name in info["database"]
+    assert info["production"] is False
+    assert info["last_backup"]["revision"] is None
+    status_text = ok(project.run("status", env=env)).stdout
+    assert HEAD in status_text and "***" in status_text
+
+    ok(project.run("rollback", env=env))
+    assert db.revision() == FIRST
+    assert "phone_number" not in users_columns(db)
+    assert [i["revision"] for i in project.backups("pgtest", env=env)] == [HEAD, None]
+
+    ok(project.run("migrate", env=env))
+    assert db.revision() == HEAD
+    assert "phone_number" in users_columns(db)
+    items = project.backups("pgtest", env=env)
+    assert [i["revision"] for i in items] == [FIRST, HEAD, None]
+    for item in items:
+        assert Path(item["location"]).is_file()
+        assert item["env"] == "pgtest"
+
+    assert_no_password_in_store(project)
+    assert list(store(project).glob("*.audit.json"))
+
+
+def test_nothing_pending_takes_no_backup(project, pg_database):
+    env = pg_env(pg_database)
+    ok(project.run("migrate", env=env))
+    before = project.backups("pgtest", env=env)
+    result = ok(project.run("migrate", env=env))
+    assert "Nothing" in result.stdout
+    assert project.backups("pgtest", env=env) == before
+    assert pg_database.revision() == HEAD
+
+
+def test_a_backup_restores_by_hand_with_standard_tools(project, pg_database):
+    db = pg_database
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    db.sql("INSERT INTO users (email, hashed_password, phone_number) "
+           "VALUES ('ada@example.org', 'x', '+44 20 7946 0000')")
+    ok(project.run("rollback", env=env))
+    item = project.backups("pgtest", env=env)[0]
+    assert item["revision"] == HEAD
+
+    admin = admin_url()
+    pg_restore = shutil.which("pg_restore")
+    with ScratchDatabase(db.admin) as scratch:
+        restored = subprocess.run(
+            ["bash", "-o", "pipefail", "-c",
+             f'zstd -dc "$1" | {pg_restore} --no-owner -h "$2" -p "$3" -U "$4" -d "$5"', "_",
+             item["location"], admin.host or "127.0.0.1", str(admin.port or 5432),
+             admin.username, scratch.name],
+            capture_output=True, text=True, timeout=120)
+        assert restored.returncode == 0, restored.stderr
+        tables = {r[0] for r in scratch.sql(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert tables == {"users", "alembic_version"}
+        assert scratch.sql("SELECT version_num FROM alembic_version") == [(HEAD,)]
+        assert scratch.sql("SELECT email, phone_number FROM users") == \
+            [("ada@example.org", "+44 20 7946 0000")]
+    # The live database was rolled back meanwhile; the backup did not follow it.
+    assert db.revision() == FIRST
+
+
+# -- refusals --------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", [{"POSTGRES_PORT": "1"},
+                                   {"POSTGRES_SERVER": "no-such-host.invalid"}])
+def test_an_unreachable_server_is_one_line_and_no_backup(project, pg_database, where):
+    env = pg_env(pg_database, **where)
+    failed(project.run("migrate", env=env), 2)
+    assert not any(n.endswith((".zst", ".manifest.json")) for n in project.backup_files("pgtest"))
+    failed(project.run("status", env=env), 2)
+    assert pg_database.revision() is None
+
+
+def test_status_json_of_an_unreachable_server_is_one_line(project, pg_database):
+    failed(project.run("status", "--json", env=pg_env(pg_database, POSTGRES_PORT="1")), 2)
+    assert pg_database.tables() == set()
+
+
+def test_a_second_migrate_is_refused_while_the_first_holds_the_lock(project, pg_database,
+                                                                   tmp_path):
+    """Two real invoke runs: the first is parked inside its pg_dump (a wrapper that waits on a
+    FIFO), so it holds the lock; the second must be refused, told who holds it, and change
+    nothing. Then the first is let go and finishes normally."""
+    db = pg_database
+    ok(project.run("migrate", "--revision=a9ef987fd631", env=pg_env(db)))
+    before = project.backups("pgtest", env=pg_env(db))
+
+    bin_dir, started, go = parked_pg_dump(tmp_path)
+    env = pg_env(db, PG_BIN_DIR=str(bin_dir))
+    started_fd = os.open(started, os.O_RDWR)  # Linux: never blocks, and never reads EOF
+    first = start_invoke(project, "migrate", env=env)
+    try:
+        while not select.select([started_fd], [], [], 1)[0]:
+            assert first.poll() is None, f"the first migrate ended early:\n{first.stderr.read()}"
+        failed(project.run("migrate", env=env), 3, f"pid {first.pid}", db.role)
+        assert db.revision() == FIRST
+        assert "phone_number" not in users_columns(db)
+        with open(go, "w") as release:
+            release.write("go\n")
+        out, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err
+    finally:
+        os.close(started_fd)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert db.revision() == HEAD
+    items = project.backups("pgtest", env=pg_env(db))
+    assert len(items) == len(before) + 1 and items[0]["revision"] == FIRST
