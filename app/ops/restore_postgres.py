@@ -44,7 +44,7 @@ class DatabaseProperties:
     conn_limit: int
     acl: list[str] | None
     comment: str | None
-    settings: list[str]
+    settings: list[tuple[str | None, str]]  # (role or None for everyone, "name=value")
 
 
 class DatabaseSwap:
@@ -72,14 +72,17 @@ class DatabaseSwap:
         rows = self._run(
             "SELECT d.oid, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), "
             "d.datcollate, d.datctype, d.datconnlimit, d.datacl::text[], "
-            "shobj_description(d.oid, 'pg_database'), "
-            "(SELECT s.setconfig FROM pg_db_role_setting s "
-            " WHERE s.setdatabase = d.oid AND s.setrole = 0) "
+            "shobj_description(d.oid, 'pg_database') "
             "FROM pg_database d WHERE d.datname = :name", {"name": self.database}, fetch=True)
         if not rows:
             raise BackupFailed(f"database {self.database} does not exist on the server")
         r = rows[0]
-        return DatabaseProperties(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] or [])
+        # Settings for everyone (setrole 0) and per role inside this database.
+        settings = [(role, item) for role, config in self._run(
+            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, "
+            "s.setconfig FROM pg_db_role_setting s WHERE s.setdatabase = :oid ORDER BY 1 NULLS FIRST",
+            {"oid": r[0]}, fetch=True) for item in config]
+        return DatabaseProperties(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], settings)
 
     def check_can_swap(self, current_user: str, props: DatabaseProperties) -> None:
         if props.owner != current_user:
@@ -99,14 +102,17 @@ class DatabaseSwap:
         return [r[0].strip() for r in rows]
 
     def drop_stale(self, marker: str = RESTORING) -> list[str]:
-        """Drop copies a killed restore (or rehearsal) left behind: `DB<marker>STAMP`."""
+        """Drop copies a killed restore (or rehearsal) left behind: `DB<marker>STAMP`. One that
+        somebody is still connected to belongs to a run in progress (a scratch copy is built
+        outside the lock) and is left alone."""
         prefix = derived_name(self.database, marker, "0" * 14)[:-14]
         rows = self._run("SELECT datname FROM pg_database WHERE left(datname, :n) = :p "
                          "AND substr(datname, :n + 1) ~ '^[0-9]{14}$'",
                          {"n": len(prefix), "p": prefix}, fetch=True)
-        for (name,) in rows:
+        stale = [name for (name,) in rows if not self.other_sessions(name)]
+        for name in stale:
             self.drop(name)
-        return [r[0] for r in rows]
+        return stale
 
     def create_like(self, name: str, props: DatabaseProperties) -> None:
         # Utility statements take no bind parameters: quote the literals ourselves.
@@ -122,10 +128,12 @@ class DatabaseSwap:
             statements.append(f"REVOKE ALL ON DATABASE {target} FROM PUBLIC")
             for entry in props.acl:
                 statements.extend(_grants(entry, target))
-        for setting in props.settings:
+        for role, setting in props.settings:
             key, _, value = setting.partition("=")
-            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
-                statements.append(f"ALTER DATABASE {target} SET {key} = {_literal(value)}")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
+                continue
+            alter = f"ALTER ROLE {quote(role)} IN DATABASE" if role else "ALTER DATABASE"
+            statements.append(f"{alter} {target} SET {key} = {_setting_value(key, value)}")
         if props.comment is not None:
             statements.append(f"COMMENT ON DATABASE {target} IS {_literal(props.comment)}")
         if props.conn_limit != -1:
@@ -147,6 +155,20 @@ class DatabaseSwap:
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+# Settings whose stored value is a list of quoted items, as pg_dump treats them (GUC_LIST_QUOTE):
+# `search_path="$user", public` must come back as two items, not as one odd schema name.
+LIST_SETTINGS = {"search_path", "temp_tablespaces", "session_preload_libraries",
+                 "shared_preload_libraries", "local_preload_libraries", "unix_socket_directories"}
+
+
+def _setting_value(key: str, value: str) -> str:
+    if key.lower() not in LIST_SETTINGS:
+        return _literal(value)
+    items = [m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2).strip()
+             for m in re.finditer(r'\s*(?:"((?:[^"]|"")*)"|([^,]+))\s*(?:,|$)', value)]
+    return ", ".join(_literal(item) for item in items if item != "") or "''"
 
 
 ACL_RE = re.compile(r'^(?P<grantee>"(?:[^"]|"")*"|[^=]*)=(?P<privs>[a-zA-Z*]*)/')

@@ -1,0 +1,757 @@
+"""End to end: `invoke restore` and `invoke verify --restore-test`, run as a user runs them (a
+subprocess in a fresh copy of the project), against a real PostgreSQL server and the embedded
+SQLite default. Every test checks the DATABASE afterwards -- tables, rows, revision, sequence,
+indexes, constraints, the database's own properties, the databases left on the server -- not
+only the exit code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, pool, text
+
+from conftest import AWKWARD_PASSWORD, CLEARED, admin_url, pg_env
+
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+REPORTS_REV = "5e1ea5e0c0de"
+SAFETY_PREFIX = "before restore of "
+PASSWORD_FORMS = (AWKWARD_PASSWORD, AWKWARD_PASSWORD.split("#")[0])
+
+REPORTS_REVISION = f'''"""Add reports table
+
+Revision ID: {REPORTS_REV}
+Revises: {HEAD}
+Create Date: 2024-02-01 10:00:00.000000
+
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "{REPORTS_REV}"
+down_revision = "{HEAD}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "reports",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("finding", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_reports"),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_reports_user_id_users"),
+    )
+    op.create_index("ix_reports_user_id", "reports", ["user_id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_reports_user_id", table_name="reports")
+    op.drop_table("reports")
+'''
+
+
+# -- helpers: results ------------------------------------------------------------------------
+def shown(result) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def assert_no_password(*texts: str) -> None:
+    for text_ in texts:
+        for form in PASSWORD_FORMS:
+            assert form not in text_, f"the password leaked ({form!r}) into:\n{text_}"
+
+
+def ok(result):
+    assert result.returncode == 0, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    assert_no_password(result.stdout, result.stderr)
+    return result
+
+
+def failed(result, code: int, *fragments: str) -> str:
+    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
+    assert result.returncode == code, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    assert_no_password(result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, shown(result)
+    for fragment in fragments:
+        assert fragment in errors[0], shown(result)
+    return errors[0]
+
+
+def safety_id_from(result) -> str:
+    match = re.search(r"Safety backup (\S+) holds", result.stdout)
+    assert match, shown(result)
+    return match.group(1)
+
+
+def ids(items: list[dict]) -> list[str]:
+    return [i["id"] for i in items]
+
+
+def take_backup(project, env_name: str, env: dict | None = None) -> dict:
+    before = set(ids(project.backups(env_name, env=env)))
+    ok(project.run("backup", f"--env={env_name}", env=env))
+    items = project.backups(env_name, env=env)
+    new = [i for i in items if i["id"] not in before]
+    assert len(new) == 1, items
+    assert items[0]["id"] == new[0]["id"], "a backup just taken is not listed first"
+    assert new[0]["reason"] == "on demand" and new[0]["verified"] is True
+    return new[0]
+
+
+def audit_events(project, env_name: str) -> list[dict]:
+    folder = project.root / "backups" / env_name
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.audit.json"))]
+
+
+def start_invoke(project, *args: str, env: dict) -> subprocess.Popen:
+    """Like project.run, but returns at once, in a session (process group) of its own."""
+    environ = {k: v for k, v in os.environ.items() if k not in CLEARED
+               and not k.startswith("POSTGRES_")}
+    environ.update(env)
+    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=project.root,
+                            env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+# -- helpers: PostgreSQL ---------------------------------------------------------------------
+def admin_sql(admin, statement: str, **params):
+    with admin.connect() as conn:
+        result = conn.execute(text(statement), params)
+        return [tuple(r) for r in result.fetchall()] if result.returns_rows else None
+
+
+def sql_in(database: str, statement: str, **params):
+    """Run one statement as the admin in another database (e.g. the kept one)."""
+    engine = create_engine(admin_url().set(database=database), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(statement), params).fetchall()]
+    finally:
+        engine.dispose()
+
+
+def derived_databases(admin, name: str, marker: str = "__") -> list[str]:
+    prefix = name + marker
+    return sorted(r[0] for r in admin_sql(
+        admin, "SELECT datname FROM pg_database WHERE left(datname, :n) = :p",
+        n=len(prefix), p=prefix))
+
+
+def drop_derived(admin, name: str) -> None:
+    for other in derived_databases(admin, name):
+        admin_sql(admin, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+
+
+def pg_state(db) -> dict:
+    """Everything a restore must bring back exactly."""
+    tables = db.tables()
+    state = {
+        "tables": tables,
+        "revision": db.revision(),
+        "users": [tuple(r) for r in db.sql("SELECT * FROM users ORDER BY id")]
+        if "users" in tables else None,
+        "sequence": [tuple(r) for r in db.sql("SELECT last_value, is_called FROM users_id_seq")]
+        if "users" in tables else None,
+        "indexes": sorted(tuple(r) for r in db.sql(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")),
+        "constraints": sorted(tuple(r) for r in db.sql(
+            "SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid) "
+            "FROM pg_constraint WHERE connamespace = 'public'::regnamespace")),
+    }
+    return state
+
+
+def db_properties(admin, name: str) -> dict:
+    rows = admin_sql(admin, (
+        "SELECT d.oid, pg_get_userbyid(d.datdba), d.datacl::text[], d.datconnlimit, "
+        "shobj_description(d.oid, 'pg_database'), "
+        "(SELECT s.setconfig FROM pg_db_role_setting s "
+        " WHERE s.setdatabase = d.oid AND s.setrole = 0), "
+        "pg_encoding_to_char(d.encoding), d.datcollate, d.datctype "
+        "FROM pg_database d WHERE d.datname = :n"), n=name)
+    assert rows, f"database {name} does not exist"
+    oid, owner, acl, limit, comment, settings, encoding, collate, ctype = rows[0]
+    return {"oid": oid, "owner": owner, "acl": sorted(acl) if acl is not None else None,
+            "conn_limit": limit, "comment": comment, "settings": sorted(settings or []),
+            "encoding": encoding, "collate": collate, "ctype": ctype}
+
+
+def insert_users(db, *rows: tuple[str, str | None]) -> None:
+    for email, phone in rows:
+        db.sql("INSERT INTO users (email, full_name, hashed_password, phone_number) "
+               "VALUES (:e, :n, 'x', :p)", e=email, n=email.split("@")[0].title(), p=phone)
+
+
+def wait_until_no_sessions(admin, *databases: str, timeout: float = 30) -> None:
+    """Poll the server until the backends of a killed client have gone (the server notices a
+    dead client asynchronously); a condition, not a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = admin_sql(admin, "SELECT datname, application_name FROM pg_stat_activity "
+                                "WHERE (datname = ANY(:d) OR application_name LIKE 'mida %') "
+                                "AND pid <> pg_backend_pid()", d=list(databases))
+        if not rows:
+            return
+        assert time.monotonic() < deadline, f"sessions of the killed run linger: {rows}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def pgdb(pg_database, pg_admin):
+    """pg_database, plus clean-up of every `<name>__...` database a restore (or a drill) leaves
+    or keeps: they belong to the test's role, which pg_database drops afterwards."""
+    yield pg_database
+    drop_derived(pg_admin, pg_database.name)
+
+
+@pytest.fixture
+def reader_role(pgdb, pg_admin):
+    """A second role whose name needs quoting, to grant database privileges to."""
+    name = f"mida reader-{secrets.token_hex(3)}"
+    admin_sql(pg_admin, f'CREATE ROLE "{name}"')
+    yield name
+    drop_derived(pg_admin, pgdb.name)
+    admin_sql(pg_admin, f'REVOKE ALL ON DATABASE "{pgdb.name}" FROM "{name}"')
+    admin_sql(pg_admin, f'DROP ROLE IF EXISTS "{name}"')
+
+
+def pg_bin_dir(tmp_path: Path, pg_restore_body: str, name: str = "bin") -> Path:
+    """A PG_BIN_DIR: a pg_dump that just execs the real one, and a pg_restore wrapper."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "pg_dump").write_text(f"#!/bin/bash\nexec '{shutil.which('pg_dump')}' \"$@\"\n")
+    (folder / "pg_restore").write_text("#!/bin/bash\n" + pg_restore_body)
+    for tool in folder.iterdir():
+        tool.chmod(0o755)
+    return folder
+
+
+# == 1. the release undone by restore ==========================================================
+@pytest.mark.postgres
+def test_restore_undoes_a_release_exactly_and_keeps_the_databases_properties(
+        project, pgdb, pg_admin, reader_role):
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", "+44 20 7946 0000"), ("grace@example.org", None),
+                 ("alan@example.org", "+44 161 496 0000"))
+    db.sql("DELETE FROM users WHERE email = 'grace@example.org'")  # a gap in the ids
+    insert_users(db, ("edsger@example.org", "+31 20 555 0000"))
+
+    # The database's own properties, set by its owner before anything is restored.
+    quoted = f'"{db.name}"'
+    db.sql(f"ALTER DATABASE {quoted} SET work_mem = '8MB'")
+    db.sql(f"ALTER DATABASE {quoted} SET statement_timeout = '90s'")
+    db.sql(f"REVOKE ALL ON DATABASE {quoted} FROM PUBLIC")
+    db.sql(f"GRANT CONNECT ON DATABASE {quoted} TO PUBLIC")
+    db.sql(f'GRANT CONNECT, TEMPORARY ON DATABASE {quoted} TO "{reader_role}" WITH GRANT OPTION')
+    db.sql(f"COMMENT ON DATABASE {quoted} IS 'Patient''s images -- do not drop'")
+    db.sql(f"ALTER DATABASE {quoted} CONNECTION LIMIT 40")
+    props = db_properties(pg_admin, db.name)
+    assert props["acl"] is not None and len(props["acl"]) == 3, props
+    assert props["owner"] == db.role
+
+    backup = take_backup(project, "pgtest", env)
+    assert backup["revision"] == HEAD
+    at_backup = pg_state(db)
+    assert at_backup["tables"] == {"alembic_version", "users"}
+    assert len(at_backup["users"]) == 3
+
+    # The release: users change, a new revision adds `reports` (FOREIGN KEY to users.id).
+    db.sql("UPDATE users SET full_name = 'Changed', phone_number = NULL "
+           "WHERE email = 'ada@example.org'")
+    db.sql("DELETE FROM users WHERE email = 'alan@example.org'")
+    insert_users(db, ("barbara@example.org", "+1 555 0100"), ("donald@example.org", None))
+    (project.root / "alembic" / "versions" / f"{REPORTS_REV}_add_reports_table.py").write_text(
+        REPORTS_REVISION)
+    ok(project.run("migrate", env=env))
+    assert db.revision() == REPORTS_REV
+    db.sql("INSERT INTO reports (user_id, finding) SELECT id, 'nodule ' || email FROM users")
+    assert "reports" in db.tables()
+    backups_before = ids(project.backups("pgtest", env=env))
+
+    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+    assert backup["id"] in result.stdout, shown(result)
+
+    # The database holds exactly what the backup held.
+    after = pg_state(db)
+    assert after["tables"] == {"alembic_version", "users"}
+    assert after["revision"] == HEAD
+    assert after["users"] == at_backup["users"]
+    assert after["sequence"] == at_backup["sequence"]
+    assert after["indexes"] == at_backup["indexes"]
+    assert after["constraints"] == at_backup["constraints"]
+    assert after == at_backup
+    # New rows get ids after the backup's, as they would have then.
+    insert_users(db, ("new@example.org", None))
+    assert db.sql("SELECT id FROM users WHERE email = 'new@example.org'")[0][0] == \
+        at_backup["sequence"][0][0] + 1
+
+    # Its properties survived the swap; its owner too.
+    props_after = db_properties(pg_admin, db.name)
+    assert props_after["oid"] != props["oid"]  # a new database under the old name
+    for key in ("owner", "acl", "settings", "comment", "conn_limit", "encoding", "collate",
+                "ctype"):
+        assert props_after[key] == props[key], (key, props_after[key], props[key])
+    assert props_after["owner"] == db.role
+    assert "work_mem=8MB" in props_after["settings"]
+
+    # The old database is kept, with the release in it; nothing half-built is left.
+    kept = derived_databases(pg_admin, db.name, "__pre_restore_")
+    assert len(kept) == 1, kept
+    assert kept[0] in result.stdout, shown(result)
+    assert {r[0] for r in sql_in(kept[0], "SELECT tablename FROM pg_tables "
+                                          "WHERE schemaname = 'public'")} == \
+        {"alembic_version", "users", "reports"}
+    assert sql_in(kept[0], "SELECT version_num FROM alembic_version") == [(REPORTS_REV,)]
+    assert derived_databases(pg_admin, db.name, "__restoring_") == []
+
+    # The safety backup: named in the output, listed, and it holds the release.
+    safety = safety_id_from(result)
+    items = project.backups("pgtest", env=env)
+    assert set(ids(items)) == set(backups_before) | {safety}
+    item = next(i for i in items if i["id"] == safety)
+    assert item["reason"].startswith(SAFETY_PREFIX) and backup["id"] in item["reason"]
+    assert item["revision"] == REPORTS_REV and item["verified"] is True
+    assert f"--backup={safety}" in result.stdout
+
+    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
+    assert len(events) == 1 and events[0]["outcome"] == "succeeded"
+    assert events[0]["backup_id"] == backup["id"]
+    assert events[0]["from_revision"] == REPORTS_REV and events[0]["to_revision"] == HEAD
+
+
+# == 2. no confirmation ========================================================================
+@pytest.mark.postgres
+def test_restore_without_yes_and_without_a_terminal_is_refused(project, pgdb, pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None))
+    backup = take_backup(project, "pgtest", env)
+    insert_users(db, ("marker@example.org", "+1 555 0199"))
+    before, listed = pg_state(db), project.backups("pgtest", env=env)
+    oid = db_properties(pg_admin, db.name)["oid"]
+
+    result = project.run("restore", f"--backup={backup['id']}", env=env, input="")
+    failed(result, 3, "--yes")
+    assert backup["id"] in result.stdout, "restore must show what it would restore"
+
+    assert pg_state(db) == before
+    assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
+    assert db_properties(pg_admin, db.name)["oid"] == oid
+    assert project.backups("pgtest", env=env) == listed
+    assert derived_databases(pg_admin, db.name) == []
+
+
+# == 3. a corrupt backup is refused before anything is touched =================================
+@pytest.mark.postgres
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
+def test_a_damaged_backup_is_refused_and_nothing_is_touched(project, pgdb, pg_admin, damage):
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None), ("grace@example.org", "+1 555 0101"))
+    backup = take_backup(project, "pgtest", env)
+    artifact = Path(backup["location"])
+    data = artifact.read_bytes()
+    if damage == "truncated":
+        artifact.write_bytes(data[: len(data) // 2])
+    else:
+        middle = len(data) // 2
+        artifact.write_bytes(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:])
+    insert_users(db, ("marker@example.org", None))
+    ok(project.run("stamp", FIRST, env=env))  # the live database moves on, too
+    before, listed = pg_state(db), ids(project.backups("pgtest", env=env))
+    files = {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
+    oid = db_properties(pg_admin, db.name)["oid"]
+
+    failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 4,
+           backup["id"])
+
+    assert pg_state(db) == before
+    assert db.revision() == FIRST
+    assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
+    assert db_properties(pg_admin, db.name)["oid"] == oid
+    assert derived_databases(pg_admin, db.name) == []
+    assert ids(project.backups("pgtest", env=env)) == listed
+    assert {p.name for p in artifact.parent.iterdir()
+            if not p.name.endswith(".audit.json")} == files
+    # The broken backup is now marked as such, and the default choice passes over it.
+    item = next(i for i in project.backups("pgtest", env=env) if i["id"] == backup["id"])
+    assert item["verified"] is False
+
+
+# == 4. killed halfway =========================================================================
+@pytest.mark.postgres
+def test_a_restore_killed_halfway_leaves_the_live_database_as_it_was(project, pgdb, pg_admin,
+                                                                   tmp_path):
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None), ("grace@example.org", None))
+    backup = take_backup(project, "pgtest", env)
+    at_backup = pg_state(db)
+    insert_users(db, ("marker-1@example.org", None), ("marker-2@example.org", None))
+    db.sql("DELETE FROM users WHERE email = 'ada@example.org'")
+    db.sql("CREATE TABLE audit_notes (id serial PRIMARY KEY, note text)")
+    db.sql("INSERT INTO audit_notes (note) VALUES ('live only')")
+    before = pg_state(db)
+    oid = db_properties(pg_admin, db.name)["oid"]
+
+    # pg_restore into the new database: build its schema, tell the test, then wait (forever:
+    # the test kills the run here, halfway through the restore).
+    started, go = tmp_path / "started.fifo", tmp_path / "go.fifo"
+    os.mkfifo(started)
+    os.mkfifo(go)
+    real = shutil.which("pg_restore")
+    bin_dir = pg_bin_dir(tmp_path, f"""
+for arg in "$@"; do
+  case "$arg" in
+    --dbname=*)
+      '{real}' --section=pre-data "$@" || exit $?
+      echo started > '{started}'
+      read -r _ < '{go}'
+      exec '{real}' --section=data --section=post-data "$@" ;;
+  esac
+done
+exec '{real}' "$@"
+""")
+    started_fd = os.open(started, os.O_RDWR)  # Linux: never blocks, and never reads EOF
+    run = start_invoke(project, "restore", "--yes", f"--backup={backup['id']}",
+                       env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    try:
+        while not select.select([started_fd], [], [], 1)[0]:
+            assert run.poll() is None, f"restore ended early:\n{run.communicate()}"
+        restoring = derived_databases(pg_admin, db.name, "__restoring_")
+        assert len(restoring) == 1, restoring
+        # Halfway: the copy has its schema, not its rows; the live database is untouched.
+        assert sql_in(restoring[0], "SELECT count(*) FROM users") == [(0,)]
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+    finally:
+        os.close(started_fd)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        run.stdout.close()
+        run.stderr.close()
+    wait_until_no_sessions(pg_admin, db.name, *restoring)
+
+    assert pg_state(db) == before
+    assert db_properties(pg_admin, db.name)["oid"] == oid
+    assert db.sql("SELECT note FROM audit_notes") == [("live only",)]
+    assert derived_databases(pg_admin, db.name, "__pre_restore_") == []
+    assert derived_databases(pg_admin, db.name, "__restoring_") == restoring  # left behind
+
+    # The next restore drops the stale copy and succeeds.
+    result = ok(project.run("restore", "--yes", env=env))
+    assert restoring[0] in result.stdout + result.stderr, shown(result)
+    assert derived_databases(pg_admin, db.name, "__restoring_") == []
+    assert pg_state(db) == at_backup
+    assert len(derived_databases(pg_admin, db.name, "__pre_restore_")) == 1
+
+
+# == 5. the default choice skips safety backups ================================================
+@pytest.mark.postgres
+def test_two_restores_in_a_row_choose_the_same_backup_not_the_safety_backup(project, pgdb,
+                                                                           pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None))
+    backup_a = take_backup(project, "pgtest", env)
+    state_a = pg_state(db)
+    insert_users(db, ("grace@example.org", None), ("alan@example.org", None))
+    db.sql("UPDATE users SET full_name = 'Countess' WHERE email = 'ada@example.org'")
+    backup_b = take_backup(project, "pgtest", env)
+    state_b = pg_state(db)
+    assert state_a != state_b
+    assert ids(project.backups("pgtest", env=env))[:2] == [backup_b["id"], backup_a["id"]]
+    insert_users(db, ("later@example.org", None))
+
+    first = ok(project.run("restore", "--yes", env=env))
+    assert f"Restored backup {backup_b['id']}" in first.stdout, shown(first)
+    assert pg_state(db) == state_b
+    safety = safety_id_from(first)
+    newest = project.backups("pgtest", env=env)[0]
+    assert newest["id"] == safety and newest["reason"] == SAFETY_PREFIX + backup_b["id"]
+
+    db.sql("DELETE FROM users WHERE email = 'grace@example.org'")
+    second = ok(project.run("restore", "--yes", env=env))
+    assert f"Restored backup {backup_b['id']}" in second.stdout, shown(second)
+    assert safety not in re.sub(r"Safety backup \S+ holds.*", "", second.stdout)
+    assert pg_state(db) == state_b
+    items = project.backups("pgtest", env=env)
+    safeties = [i for i in items if i["reason"].startswith(SAFETY_PREFIX)]
+    assert len(safeties) == 2
+    assert all(i["reason"] == SAFETY_PREFIX + backup_b["id"] for i in safeties)
+    assert len(derived_databases(pg_admin, db.name, "__pre_restore_")) == 2
+
+
+# == 6. SQLite, with a reader at work ==========================================================
+def sqlite_rows(path: Path) -> dict:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = sorted(r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
+        return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
+    finally:
+        conn.close()
+
+
+class Reader(threading.Thread):
+    """Reads the users count and the revision in one read transaction, over and over, on a
+    connection opened before the restore, until told to stop; records every answer and error."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.seen: list[tuple] = []
+        self.errors: list[BaseException] = []
+        self.first = threading.Event()
+        self.stop = threading.Event()
+
+    def read(self, conn) -> tuple:
+        conn.execute("BEGIN")
+        try:
+            count = conn.execute("SELECT count(*) FROM users").fetchone()[0]
+            revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+            extra = conn.execute("SELECT count(*) FROM sqlite_master "
+                                 "WHERE name = 'extra'").fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
+        return count, revision, extra
+
+    def run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+        except BaseException as exc:
+            self.errors.append(exc)
+            self.first.set()
+            return
+        try:
+            while True:
+                stopping = self.stop.is_set()
+                try:
+                    self.seen.append(self.read(conn))
+                except BaseException as exc:
+                    self.errors.append(exc)
+                self.first.set()
+                if stopping:
+                    return
+        finally:
+            conn.close()
+
+
+def test_sqlite_restore_round_trip_with_a_concurrent_reader(project):
+    path = project.root / "dev.db"
+    ok(project.run("migrate"))
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    with conn:
+        conn.executemany("INSERT INTO users (email, full_name, hashed_password, phone_number) "
+                         "VALUES (?, ?, 'x', ?)",
+                         [("ada@example.org", "Ada", "+44 20 7946 0000"),
+                          ("grace@example.org", "Grace", None),
+                          ("alan@example.org", "Alan", "+44 161 496 0000")])
+    conn.close()
+    backup = take_backup(project, "dev")
+    assert backup["revision"] == HEAD
+    at_backup = sqlite_rows(path)
+    assert set(at_backup) == {"alembic_version", "users"} and len(at_backup["users"]) == 3
+
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE users SET full_name = 'Changed' WHERE email = 'ada@example.org'")
+        conn.execute("DELETE FROM users WHERE email = 'alan@example.org'")
+        conn.executemany("INSERT INTO users (email, full_name, hashed_password) VALUES (?, ?, 'x')",
+                         [("b@example.org", "B"), ("c@example.org", "C"), ("d@example.org", "D")])
+        conn.execute("CREATE TABLE extra (id INTEGER PRIMARY KEY, note TEXT)")
+        conn.execute("INSERT INTO extra (note) VALUES ('from a later release')")
+    conn.close()
+    ok(project.run("rollback"))  # the schema moves, too
+    changed = sqlite_rows(path)
+    assert changed["alembic_version"] == [(FIRST,)] and "extra" in changed
+    old, new = (len(changed["users"]), FIRST, 1), (3, HEAD, 0)
+    listed = ids(project.backups("dev"))
+
+    reader = Reader(path)
+    reader.start()
+    try:
+        assert reader.first.wait(30)
+        result = ok(project.run("restore", "--yes", f"--backup={backup['id']}"))
+    finally:
+        reader.stop.set()
+        reader.join(60)
+    assert not reader.is_alive()
+    assert reader.errors == [], reader.errors
+    assert reader.seen[0] == old
+    assert reader.seen[-1] == new
+    assert set(reader.seen) <= {old, new}, set(reader.seen)
+
+    assert sqlite_rows(path) == at_backup
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        check.close()
+
+    safety = safety_id_from(result)
+    items = project.backups("dev")
+    assert set(ids(items)) == set(listed) | {safety}
+    item = next(i for i in items if i["id"] == safety)
+    assert item["reason"] == SAFETY_PREFIX + backup["id"] and item["revision"] == FIRST
+    events = [e for e in audit_events(project, "dev") if e["action"] == "restore"]
+    assert len(events) == 1 and events[0]["outcome"] == "succeeded"
+
+
+# == 7. verify --restore-test ==================================================================
+@pytest.mark.postgres
+def test_verify_restore_test_compares_row_counts_and_drops_the_scratch(project, pgdb, pg_admin,
+                                                                      tmp_path):
+    db = pgdb
+    ok(project.run("migrate", env=pg_env(db)))
+    insert_users(db, ("ada@example.org", None), ("grace@example.org", None),
+                 ("alan@example.org", None))
+    log = tmp_path / "pg_restore.log"
+    bin_dir = pg_bin_dir(tmp_path, f"""
+printf '%s\\n' "$*" >> '{log}'
+exec '{shutil.which("pg_restore")}' "$@"
+""")
+    env = pg_env(db, PG_BIN_DIR=str(bin_dir))
+    backup = take_backup(project, "pgtest", env)
+    assert backup["id"] == project.backups("pgtest", env=env)[0]["id"]
+    before = pg_state(db)
+    log.write_text("")
+
+    result = ok(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env))
+    assert "2 tables" in result.stdout and "4 rows" in result.stdout, shown(result)
+    scratch = [line for line in log.read_text().splitlines() if "--dbname=" in line]
+    assert len(scratch) == 1 and f"--dbname={db.name}__scratch_" in scratch[0], scratch
+    assert derived_databases(pg_admin, db.name) == []
+    assert pg_state(db) == before
+
+    manifest_path = project.root / "backups" / "pgtest" / f"{backup['id']}.manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["row_counts"] == {"public.alembic_version": 1, "public.users": 3}
+    manifest["row_counts"]["public.users"] = 4
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    log.write_text("")
+
+    failed(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env), 4,
+           "public.users")
+    assert any(f"--dbname={db.name}__scratch_" in line for line in log.read_text().splitlines())
+    assert derived_databases(pg_admin, db.name) == []
+    assert pg_state(db) == before
+
+
+# == 8. production, outside any window =========================================================
+@pytest.mark.postgres
+def test_restore_in_production_is_not_gated_by_the_window_and_is_audited(project, pgdb,
+                                                                        pg_admin):
+    db = pgdb
+    ok(project.run("migrate", env=pg_env(db)))
+    insert_users(db, ("ada@example.org", None))
+    prod = pg_env(db, APP_ENV="prod")
+    assert "MAINTENANCE_WINDOW" not in prod
+    info = json.loads(ok(project.run("status", "--json", env=prod)).stdout)
+    assert info["production"] is True and info["window"] is None
+    # rollback is refused here (no window configured): restore must not be.
+    failed(project.run("rollback", env=prod), 3)
+    assert db.revision() == HEAD
+    backup = take_backup(project, "prod", prod)
+    at_backup = pg_state(db)
+    insert_users(db, ("incident@example.org", None))
+
+    result = ok(project.run("restore", "--yes", env=prod))
+    assert f"Restored backup {backup['id']}" in result.stdout, shown(result)
+    assert pg_state(db) == at_backup
+
+    events = [e for e in audit_events(project, "prod") if e["action"] == "restore"]
+    assert len(events) == 1, events
+    event = events[0]
+    assert event["outcome"] == "succeeded" and event["env"] == "prod"
+    assert event["backup_id"] == backup["id"]
+    assert event["safety_backup_id"] == safety_id_from(result)
+    assert event.get("user") and event.get("at")
+    assert_no_password(json.dumps(event))
+    audit_json = json.loads(ok(project.run("audit", "--json", env=prod)).stdout)
+    assert audit_json[0]["action"] == "restore"
+
+
+# == 9. somebody else is connected =============================================================
+@pytest.mark.postgres
+def test_restore_is_refused_while_another_session_is_connected(project, pgdb, pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None))
+    backup = take_backup(project, "pgtest", env)
+    insert_users(db, ("marker@example.org", None))
+    before, listed = pg_state(db), ids(project.backups("pgtest", env=env))
+    oid = db_properties(pg_admin, db.name)["oid"]
+
+    api = create_engine(db.url.update_query_dict({"application_name": "mida-api-worker"}),
+                        poolclass=pool.NullPool)
+    try:
+        with api.connect() as session:
+            session.execute(text("SELECT 1"))
+            failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
+                   "mida-api-worker", db.role)
+            assert session.execute(text("SELECT count(*) FROM users")).scalar() == 2
+    finally:
+        api.dispose()
+
+    assert pg_state(db) == before
+    assert db_properties(pg_admin, db.name)["oid"] == oid
+    assert ids(project.backups("pgtest", env=env)) == listed
+    assert derived_databases(pg_admin, db.name) == []
+
+
+# == 1b. every kind of database setting survives (see also test 1) ============================
+@pytest.mark.postgres
+@pytest.mark.parametrize("setting", ["search_path list", "role in database"])
+def test_every_database_setting_survives_a_restore(project, pgdb, pg_admin, setting):
+    """`ALTER DATABASE ... SET` of a list-valued setting (search_path) and `ALTER ROLE ... IN
+    DATABASE ... SET` are the database's settings too: the restored database must read them back
+    exactly as they were."""
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None))
+    quoted = f'"{db.name}"'
+    if setting == "search_path list":
+        db.sql(f'ALTER DATABASE {quoted} SET search_path = "$user", public')
+    else:
+        db.sql(f'ALTER ROLE "{db.role}" IN DATABASE {quoted} SET work_mem = \'16MB\'')
+    query = ("SELECT coalesce(pg_get_userbyid(s.setrole), '-'), s.setconfig "
+             "FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+             "WHERE d.datname = :n ORDER BY 1")
+    settings = admin_sql(pg_admin, query, n=db.name)
+    assert settings, "the setting did not take"
+    backup = take_backup(project, "pgtest", env)
+    at_backup = pg_state(db)
+    insert_users(db, ("later@example.org", None))
+
+    ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+    assert admin_sql(pg_admin, query, n=db.name) == settings
+    assert pg_state(db) == at_backup
