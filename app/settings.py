@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -17,6 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENV = "dev"
 PRODUCTION_NAMES = {"prod", "production"}
 TRUE_WORDS = {"1", "true", "yes", "on"}
+DURATION_RE = re.compile(r"^\s*\d+\s*(ms|s|min|h)?\s*$")
 
 
 def _truthy(value: str | None) -> bool:
@@ -61,6 +63,16 @@ class Settings:
         if kind not in {"local", "s3"}:
             raise ConfigError(f"BACKUP_STORAGE '{kind}' is not supported: use local or s3")
         return kind
+
+    def duration(self, name: str, default: str | None = None) -> str | None:
+        """A PostgreSQL duration setting (5s, 500ms, 2min), validated so that a typo is a clear
+        error before anything runs, not a failed SET halfway into a release."""
+        value = self.get(name, default)
+        if value is None:
+            return None
+        if not DURATION_RE.match(value.strip()):
+            raise ConfigError(f"{name} '{value}' is not a duration: use e.g. 5s, 500ms or 2min")
+        return value.replace(" ", "")
 
     def path(self, value: str) -> Path:
         """A path setting, relative to the project root so every working directory agrees."""

@@ -150,8 +150,17 @@ def _read_back(storage, dumper, artifact: str, sha256: str, raw_size: int,
                 result["sha256"] = decompress_into(source, counted, progress)
             else:
                 hashed = HashingReader(source, progress)
-                with decrypting(hashed, identities, artifact) as plain:
-                    decompress_into(plain, counted)
+                try:
+                    with decrypting(hashed, identities, artifact) as plain:
+                        decompress_into(plain, counted)
+                except ConfigError:
+                    # "No matching key" is also what a damaged header looks like: only a file
+                    # that still matches its checksum means the key is wrong.
+                    hashed.drain()
+                    if hashed.sha256.hexdigest() != sha256:
+                        raise BackupFailed(f"backup {artifact} does not match its SHA-256 "
+                                           "checksum: it is damaged") from None
+                    raise
                 hashed.drain()
                 result["sha256"] = hashed.sha256.hexdigest()
         result["raw_size"] = counted.size

@@ -11,4 +11,6 @@ def dumper_for(settings):
         from app.ops.dumpers.sqlite import SqliteDumper
         return SqliteDumper(url)
     from app.ops.dumpers.postgres import PostgresDumper
-    return PostgresDumper(url, settings.pg_bin_dir)
+    # The backup must not queue forever behind a session holding an exclusive table lock.
+    return PostgresDumper(url, settings.pg_bin_dir,
+                          lock_timeout=settings.duration("MIGRATION_LOCK_TIMEOUT", "5s"))

@@ -26,9 +26,10 @@ class PostgresDumper:
     suffix = ".pgdump.zst"
     format = "pg_dump custom (-Fc -Z0), zstd-compressed"
 
-    def __init__(self, url, bin_dir: str | None = None):
+    def __init__(self, url, bin_dir: str | None = None, lock_timeout: str | None = None):
         self.url = url
         self.bin_dir = bin_dir
+        self.lock_timeout = lock_timeout
         self.versions: dict[str, str] = {}
         self.row_counts: dict[str, int] | None = None
 
@@ -90,9 +91,11 @@ class PostgresDumper:
         pg_dump reads a snapshot exported by a transaction of ours, and that transaction counts
         every table's rows meanwhile: `row_counts` then describes exactly what the archive holds,
         which `invoke verify --restore-test` compares a restored copy against."""
-        with exported_snapshot(self.url) as (snapshot, conn):
+        with exported_snapshot(self.url, self.lock_timeout) as (snapshot, conn):
             argv = [self.tool("pg_dump"), "--format=custom", "-Z0", "--no-password",
                     f"--snapshot={snapshot}"]
+            if self.lock_timeout:
+                argv.append(f"--lock-wait-timeout={self.lock_timeout}")
             counter = RowCounter(conn)
             with tempfile.TemporaryFile() as errors:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
@@ -159,7 +162,7 @@ class PostgresDumper:
 
 
 @contextlib.contextmanager
-def exported_snapshot(url):
+def exported_snapshot(url, lock_timeout: str | None):
     """A REPEATABLE READ transaction whose snapshot pg_dump can share (--snapshot)."""
     from sqlalchemy import text
 
@@ -168,6 +171,8 @@ def exported_snapshot(url):
     with connect(url) as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
+            if lock_timeout:
+                conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": lock_timeout})
             yield conn.execute(text("SELECT pg_export_snapshot()")).scalar(), conn
 
 

@@ -1,26 +1,26 @@
 """S3 store: one environment's backups under `<BACKUP_S3_PREFIX>/<env>/` in one bucket.
 
-Same interface as `LocalStorage`. A new object is streamed into a multipart upload, one fixed-size
-part at a time from a single buffer, so memory stays flat whatever the backup's size; the object
-exists only once the upload is completed, and a failed block aborts it so no parts linger (a
-bucket lifecycle rule `AbortIncompleteMultipartUpload` is still wise, for a killed process).
-Every object written carries the configured server-side encryption.
+Same interface as `LocalStorage`. A new object streams into a multipart upload, one fixed-size
+part at a time from one buffer, so memory stays flat whatever the size; the object exists only
+once the upload completes, and a failed block aborts it, leaving no parts (a lifecycle rule
+`AbortIncompleteMultipartUpload` still covers a killed process). Every object written carries
+the configured server-side encryption. Credentials, region and endpoint follow boto3's own
+resolution, but values in the settings (which include the .env files) are passed explicitly.
+Retries are botocore's. boto3 is imported only when S3 is used.
 
-Credentials, region and endpoint follow boto3's own resolution, except that values found in the
-settings (which include the .env files, unlike `os.environ`) are passed to boto3 explicitly.
-Retries are botocore's ("standard" mode). boto3 is imported only when S3 is actually used.
-
-Errors: configuration (missing bucket, credentials missing or rejected, access denied, KMS key,
-unreachable endpoint before any data moved) -> ConfigError (exit 2); a transfer that fails once
+Errors: configuration (no bucket, credentials missing or rejected, access denied, KMS key,
+endpoint unreachable before any data moved) -> ConfigError (exit 2); a transfer that breaks once
 under way -> BackupFailed (exit 4). No botocore exception escapes. A missing key raises
-FileNotFoundError, as the local store does, because callers treat that as "not there".
+FileNotFoundError, as on local disk, because callers read that as "not there".
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import io
+import os
 from typing import BinaryIO, Iterator
+from urllib.parse import urlsplit
 
 from app.ops.errors import BackupFailed, ConfigError
 
@@ -29,16 +29,31 @@ MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
 SSE_VALUES = {"AES256": "AES256", "AWS:KMS": "aws:kms"}
 MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
-DENIED = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem", "Forbidden"}
-BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-                   "TokenRefreshRequired", "InvalidClientTokenId", "UnrecognizedClientException"}
-WRONG_REGION = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed",
-                "IllegalLocationConstraintException"}
+AWS_SETTINGS = ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_CLIENTS: dict[tuple, object] = {}  # see S3Storage.client
+# S3 error codes that mean configuration (exit 2), and the one sentence to say for them.
+CLIENT_ERRORS = [
+    ({"NoSuchBucket", "404", "NotFound"}, "{b} does not exist: check BACKUP_S3_BUCKET, and "
+     "AWS_ENDPOINT_URL or AWS_DEFAULT_REGION"),
+    ({"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProblem"},
+     "access to {b} was denied while {action} {where}: check that the AWS credentials in use "
+     "may list, read, write and delete objects there (and use the KMS key, with aws:kms)"),
+    ({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+      "TokenRefreshRequired", "InvalidClientTokenId", "UnrecognizedClientException"},
+     "S3 rejected the AWS credentials for {b} ({code}): check AWS_ACCESS_KEY_ID and "
+     "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"),
+    ({"PermanentRedirect", "301", "AuthorizationHeaderMalformed",
+      "IllegalLocationConstraintException"},
+     "{b} is in another region than the one configured: set AWS_DEFAULT_REGION to its region"),
+    ({"KMS"}, "S3 refused the KMS key for {b}: check BACKUP_S3_KMS_KEY_ID and the key's policy"),
+]
 
 
 class S3Storage:
     def __init__(self, bucket: str, prefix_folder: str, settings=None, *,
-                 part_size: int = PART_SIZE, max_attempts: int = 5,
+                 part_size: int = PART_SIZE, page_size: int = 1000, max_attempts: int = 5,
                  connect_timeout: float = 10, read_timeout: float = 120):
         if bucket.startswith("s3://") or "/" in bucket:
             raise ConfigError(f"BACKUP_S3_BUCKET '{bucket}' must be a bucket name alone "
@@ -50,46 +65,48 @@ class S3Storage:
         self._sse = self._sse_arguments()  # checked now, so a bad value fails before any work
         self._config = dict(retries={"mode": "standard", "max_attempts": max_attempts},
                             connect_timeout=connect_timeout, read_timeout=read_timeout)
-        self._s3 = None
+        self.page_size, self._s3 = page_size, None
 
     def _sse_arguments(self) -> dict:
         value, key_id = self._get("BACKUP_S3_SSE"), self._get("BACKUP_S3_KMS_KEY_ID")
-        if value is None:
-            if key_id:  # the user believes the data is KMS-encrypted: it would not be
-                raise ConfigError("BACKUP_S3_KMS_KEY_ID is set but BACKUP_S3_SSE is not: set "
-                                  "BACKUP_S3_SSE=aws:kms to use the key")
-            return {}
-        sse = SSE_VALUES.get(value.strip().upper())
-        if sse is None:
+        sse = SSE_VALUES.get(value.strip().upper(), "?") if value else None
+        if sse == "?":
             raise ConfigError(f"BACKUP_S3_SSE '{value}' is not supported: use AES256 or aws:kms")
-        if key_id and sse != "aws:kms":
-            raise ConfigError(f"BACKUP_S3_KMS_KEY_ID is set but BACKUP_S3_SSE is {sse}: use "
-                              "BACKUP_S3_SSE=aws:kms, or unset the key id")
+        if key_id and sse != "aws:kms":  # the user believes the data is KMS-encrypted: it isn't
+            raise ConfigError(f"BACKUP_S3_KMS_KEY_ID is set but BACKUP_S3_SSE is {sse or 'unset'}"
+                              ": set BACKUP_S3_SSE=aws:kms to use the key, or unset the key id")
         # aws:kms without a key id uses the account's AWS-managed key (aws/s3), as S3 does.
-        return {"ServerSideEncryption": sse, **({"SSEKMSKeyId": key_id} if key_id else {})}
+        return {"ServerSideEncryption": sse, **({"SSEKMSKeyId": key_id} if key_id else {})} \
+            if sse else {}
 
     @property
     def client(self):
+        """One client per distinct configuration and process: building one costs ~0.2 s, and
+        a single run opens the store several times (backup, manifest, audit)."""
         if self._s3 is None:
-            import boto3
-            import botocore.session
-            from botocore.config import Config
             get = self._get
-            with self._errors("connecting to"):
-                core = botocore.session.Session()
-                for var, key in (("AWS_CONFIG_FILE", "config_file"),
-                                 ("AWS_SHARED_CREDENTIALS_FILE", "credentials_file")):
-                    if get(var):
-                        core.set_config_variable(key, get(var))
-                session = boto3.session.Session(
-                    aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
-                    aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
-                    aws_session_token=get("AWS_SESSION_TOKEN"),
-                    region_name=get("AWS_DEFAULT_REGION"), profile_name=get("AWS_PROFILE"),
-                    botocore_session=core)
-                self._s3 = session.client(
-                    "s3", endpoint_url=get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL"),
-                    config=Config(**self._config))
+            wanted = (tuple(get(v) for v in AWS_SETTINGS), repr(self._config),
+                      tuple(sorted((k, v) for k, v in os.environ.items() if k[:4] == "AWS_")))
+            if wanted not in _CLIENTS:
+                import boto3
+                import botocore.session
+                from botocore.config import Config
+                with self._errors("connecting to"):
+                    core = botocore.session.Session()
+                    for var, key in (("AWS_CONFIG_FILE", "config_file"),
+                                     ("AWS_SHARED_CREDENTIALS_FILE", "credentials_file")):
+                        if get(var):
+                            core.set_config_variable(key, get(var))
+                    session = boto3.session.Session(
+                        aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
+                        aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
+                        aws_session_token=get("AWS_SESSION_TOKEN"),
+                        region_name=get("AWS_DEFAULT_REGION"), profile_name=get("AWS_PROFILE"),
+                        botocore_session=core)
+                    _CLIENTS[wanted] = session.client(
+                        "s3", endpoint_url=get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL"),
+                        config=Config(**self._config))
+            self._s3 = _CLIENTS[wanted]
         return self._s3
 
     def key(self, name: str) -> str:
@@ -124,11 +141,9 @@ class S3Storage:
             return source.read()
 
     def exists(self, name: str) -> bool:
-        try:
-            self.size(name)
-        except FileNotFoundError:
-            return False
-        return True
+        with contextlib.suppress(FileNotFoundError):
+            return self.size(name) >= 0
+        return False
 
     def size(self, name: str) -> int:
         with self._errors("reading", name):
@@ -140,7 +155,8 @@ class S3Storage:
         names = []
         with self._errors("listing"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/",
+                PaginationConfig={"PageSize": self.page_size})
             for page in pages:
                 names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
         return sorted(n for n in names if n and n.endswith(suffix) and not n.startswith("."))
@@ -154,54 +170,40 @@ class S3Storage:
     def _errors(self, action: str, name: str | None = None, midway: bool = False):
         """Turn botocore's exceptions into one sentence naming the bucket and what to check."""
         from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
-                                         NoCredentialsError, PartialCredentialsError,
-                                         ProfileNotFound, ParamValidationError)
+                                         NoCredentialsError, ParamValidationError,
+                                         PartialCredentialsError, ProfileNotFound)
         where = self.location(name) if name else f"s3://{self.bucket}/{self.key('')}"
-        b = f"S3 bucket '{self.bucket}'"
+        words = dict(b=f"S3 bucket '{self.bucket}'", action=action, where=where)
         try:
             yield
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in MISSING_KEY and name:
-                # HEAD answers a bare 404 for a missing bucket too: tell the two apart.
-                if code != "NoSuchKey":
+                if code != "NoSuchKey":  # HEAD answers a bare 404 for a missing bucket too
                     with self._errors("checking"):
                         self.client.head_bucket(Bucket=self.bucket)
                 raise FileNotFoundError(errno.ENOENT, "no such object", where) from None
-            if code in {"NoSuchBucket", "404", "NotFound"}:
-                raise ConfigError(f"{b} does not exist: check BACKUP_S3_BUCKET, and "
-                                  "AWS_ENDPOINT_URL or AWS_DEFAULT_REGION") from None
-            if code in DENIED:
-                raise ConfigError(f"access to {b} was denied while {action} {where}: check that "
-                                  "the AWS credentials in use may list, read, write and delete "
-                                  "objects there (and use the KMS key, with aws:kms)") from None
-            if code in BAD_CREDENTIALS:
-                raise ConfigError(f"S3 rejected the AWS credentials for {b} ({code}): check "
-                                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
-                                  ) from None
-            if code in WRONG_REGION:
-                raise ConfigError(f"{b} is in another region than the one configured: set "
-                                  "AWS_DEFAULT_REGION to the bucket's region") from None
             if code.startswith("KMS") or (code == "InvalidArgument" and "KMS" in str(exc)):
-                raise ConfigError(f"S3 refused the KMS key for {b} ({code}): check "
-                                  "BACKUP_S3_KMS_KEY_ID and the key's policy") from None
+                code = "KMS"
+            for codes, message in CLIENT_ERRORS:
+                if code in codes:
+                    raise ConfigError(message.format(code=code, **words)) from None
             raise BackupFailed(f"{action} {where} failed: S3 answered {code or exc}") from None
-        except (NoCredentialsError, PartialCredentialsError) as exc:
-            raise ConfigError(f"no usable AWS credentials were found for {b} ({exc}): set "
-                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") \
-                from None
-        except ProfileNotFound:
-            raise ConfigError(f"the AWS profile '{self._get('AWS_PROFILE')}' for {b} is not in "
-                              "the AWS config files: check AWS_PROFILE") from None
+        except (NoCredentialsError, PartialCredentialsError, ProfileNotFound) as exc:
+            raise ConfigError(f"no usable AWS credentials for {words['b']} ({exc}): set "
+                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+                              ) from None
         except ParamValidationError as exc:
-            raise ConfigError(f"{b}: {exc}: check BACKUP_S3_BUCKET and BACKUP_S3_PREFIX") \
-                from None
+            detail = " ".join(str(exc).split())
+            raise ConfigError(f"{words['b']}: {detail}: check BACKUP_S3_BUCKET and "
+                              "BACKUP_S3_PREFIX") from None
         except EndpointConnectionError as exc:
-            url = exc.kwargs.get("endpoint_url", "the S3 endpoint")
+            parts = urlsplit(exc.kwargs.get("endpoint_url", ""))  # without path and query
+            url = f"{parts.scheme}://{parts.netloc}"
             if midway:  # S3 answered before: this is a transfer that broke, not configuration
                 raise BackupFailed(f"{action} {where} failed midway: the connection to {url} "
                                    "was lost; check the network and retry") from None
-            raise ConfigError(f"the S3 endpoint {url} for {b} cannot be reached: check "
+            raise ConfigError(f"the S3 endpoint {url} for {words['b']} cannot be reached: check "
                               "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the network") from None
         except BotoCoreError as exc:
             raise BackupFailed(f"{action} {where} failed: {exc}; check the network and retry") \

@@ -1,0 +1,420 @@
+"""Client-side age encryption of backups, end to end: `invoke` runs as a subprocess in a copy of
+the project (SQLite by default, one PostgreSQL round trip), with keys made by pyrage. Every test
+checks what is left behind: the artifact's bytes, its manifest, the database's rows, and that a
+backup can be decrypted by hand with standard tools.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pyrage
+import pytest
+import zstandard
+from pyrage import x25519
+
+from conftest import pg_env
+from sqlalchemy import text
+
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+AGE_MAGIC = b"age-encryption.org/v1\n"
+SQLITE_MAGIC = b"SQLite format 3"
+ROWS = [("ada@example.org", "Ada Lovelace", "+44 20 7946 0000"),
+        ("grace@example.org", "Grace Hopper", None)]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def shown(result) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def ok(result):
+    assert result.returncode == 0, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    return result
+
+
+def failed(result, code: int, *fragments: str) -> str:
+    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
+    assert result.returncode == code, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, shown(result)
+    for fragment in fragments:
+        assert fragment in errors[0], shown(result)
+    return errors[0]
+
+
+class Key:
+    """An age key pair; the identity is written to a 0600 file as `age-keygen` would."""
+
+    def __init__(self, folder: Path, name: str):
+        self.identity = x25519.Identity.generate()
+        self.recipient = str(self.identity.to_public())
+        self.path = folder / f"{name}.key"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# public key: {self.recipient}\n{self.identity}\n")
+        assert self.recipient.startswith("age1")
+        assert str(self.identity).startswith("AGE-SECRET-KEY-1")
+
+
+@pytest.fixture
+def keys(tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700)
+    return lambda name: Key(folder, name)
+
+
+def sealed(*recipients: Key, identity: Key | None = None, **extra: str) -> dict:
+    env = {"BACKUP_ENCRYPTION_RECIPIENTS": ",".join(k.recipient for k in recipients)}
+    if identity is not None:
+        env["BACKUP_ENCRYPTION_IDENTITY_FILE"] = str(identity.path)
+    env.update(extra)
+    return env
+
+
+def dev_db(project) -> Path:
+    return project.root / "dev.db"
+
+
+def sqlite_rows(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT email, full_name, phone_number FROM users "
+                            "ORDER BY email").fetchall()
+    finally:
+        conn.close()
+
+
+def sqlite_revision(path: Path) -> str | None:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        return row[0] if row else None
+    finally:
+        conn.close()
+
+
+def dev_with_rows(project) -> Path:
+    """dev.db migrated to head, holding ROWS (migrated without encryption: nothing to back up)."""
+    ok(project.run("migrate"))
+    conn = sqlite3.connect(dev_db(project))
+    with conn:
+        conn.executemany("INSERT INTO users (email, full_name, hashed_password, phone_number) "
+                         "VALUES (?, ?, 'x', ?)", ROWS)
+    conn.close()
+    assert sqlite_rows(dev_db(project)) == sorted(ROWS)
+    return dev_db(project)
+
+
+def manifest_of(project, item_or_id, env_name: str = "dev") -> dict:
+    backup_id = item_or_id if isinstance(item_or_id, str) else item_or_id["id"]
+    return json.loads((project.root / "backups" / env_name /
+                       f"{backup_id}.manifest.json").read_text())
+
+
+def stored(project, env_name: str = "dev") -> set[str]:
+    """Backup artifacts and manifests in the env's local store (audit records aside)."""
+    return {n for n in project.backup_files(env_name) if not n.endswith(".audit.json")}
+
+
+def unzstd(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def rows_of_sqlite_bytes(plain: bytes) -> tuple[str | None, list[tuple]]:
+    assert plain.startswith(SQLITE_MAGIC)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "by-hand.sqlite3"
+        copy.write_bytes(plain)
+        conn = sqlite3.connect(copy)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            conn.close()
+        return sqlite_revision(copy), sqlite_rows(copy)
+
+
+def payload_offset(data: bytes) -> int:
+    """Where the age payload starts: after the header's `--- MAC` line."""
+    mac_line = data.index(b"\n---")
+    return data.index(b"\n", mac_line + 1) + 1
+
+
+# -- an encrypted backup ---------------------------------------------------------------------
+def test_an_encrypted_backup_is_age_and_holds_nothing_in_the_clear(project, keys):
+    dev_with_rows(project)
+    key = keys("ops")
+    env = sealed(key, identity=key)
+    result = ok(project.run("backup", env=env))
+
+    [item] = project.backups(env=env)
+    artifact = Path(item["location"])
+    assert item["id"] in result.stdout
+    assert artifact.name.endswith(".age")
+    assert artifact.stat().st_mode & 0o777 == 0o600
+    data = artifact.read_bytes()
+    assert data.startswith(AGE_MAGIC)
+    assert SQLITE_MAGIC not in data
+    assert b"ada@example.org" not in data
+    assert len(data) == item["size"]
+
+    manifest = manifest_of(project, item)
+    assert manifest["encryption"] == "age"
+    assert manifest["recipients"] == [key.recipient]
+    assert manifest["artifact"] == artifact.name
+    assert manifest["verified"] is True
+    assert manifest["revision"] == HEAD
+    assert str(key.identity) not in json.dumps(manifest)
+    # Nothing in the store holds the private key.
+    for path in (project.root / "backups" / "dev").iterdir():
+        assert str(key.identity).encode() not in path.read_bytes()
+
+
+def test_an_encrypted_backup_verifies_with_its_key(project, keys):
+    dev_with_rows(project)
+    key = keys("ops")
+    env = sealed(key, identity=key)
+    ok(project.run("backup", env=env))
+    [item] = project.backups(env=env)
+    result = ok(project.run("verify", "--backup", item["id"], env=env))
+    assert item["id"] in result.stdout
+    [after] = project.backups(env=env)
+    assert after["verified"] is True
+    assert manifest_of(project, item)["verify_error"] is None
+
+
+def test_an_encrypted_backup_decrypts_by_hand(project, keys):
+    dev_with_rows(project)
+    key = keys("ops")
+    env = sealed(key, identity=key)
+    ok(project.run("backup", env=env))
+    [item] = project.backups(env=env)
+    data = Path(item["location"]).read_bytes()
+
+    # pyrage (rage) + zstandard: the by-hand path.
+    plain = unzstd(pyrage.decrypt(data, [key.identity]))
+    assert plain.startswith(SQLITE_MAGIC)
+    assert len(plain) == manifest_of(project, item)["raw_size"]
+    assert rows_of_sqlite_bytes(plain) == (HEAD, sorted(ROWS))
+
+    # The reference age CLI, when installed: `age -d -i KEY FILE | zstd -d`.
+    if shutil.which("age"):
+        decrypted = subprocess.run(["age", "-d", "-i", str(key.path), item["location"]],
+                                   capture_output=True, timeout=60)
+        assert decrypted.returncode == 0, decrypted.stderr
+        assert rows_of_sqlite_bytes(unzstd(decrypted.stdout)) == (HEAD, sorted(ROWS))
+
+
+def test_an_encrypted_backup_restores_over_the_database(project, keys):
+    path = dev_with_rows(project)
+    key = keys("ops")
+    env = sealed(key, identity=key)
+    ok(project.run("backup", env=env))
+    [item] = project.backups(env=env)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM users")
+        conn.execute("INSERT INTO users (email, hashed_password) VALUES ('mallory@x.org', 'x')")
+    conn.close()
+
+    ok(project.run("restore", "--backup", item["id"], "--yes", env=env))
+    assert sqlite_rows(path) == sorted(ROWS)
+    assert sqlite_revision(path) == HEAD
+    # The safety backup taken before the restore is encrypted too.
+    for listed in project.backups(env=env):
+        assert listed["location"].endswith(".age")
+        assert manifest_of(project, listed)["encryption"] == "age"
+
+
+# -- the wrong key, or no key ----------------------------------------------------------------
+def test_verify_with_the_wrong_identity_is_bad_input_and_keeps_the_backup_verified(project,
+                                                                                  keys):
+    dev_with_rows(project)
+    key, stranger = keys("ops"), keys("stranger")
+    ok(project.run("backup", env=sealed(key, identity=key)))
+    [item] = project.backups()
+    before = Path(item["location"]).read_bytes()
+
+    failed(project.run("verify", "--backup", item["id"], env=sealed(key, identity=stranger)),
+           2, item["id"], "cannot be decrypted")
+    manifest = manifest_of(project, item)
+    assert manifest["verified"] is True
+    assert manifest["verify_error"] is None
+    [after] = project.backups()
+    assert after["verified"] is True
+    assert Path(item["location"]).read_bytes() == before
+    # The right key still reads it.
+    ok(project.run("verify", "--backup", item["id"], env=sealed(key, identity=key)))
+
+
+def test_restore_with_the_wrong_identity_is_refused_and_changes_nothing(project, keys):
+    path = dev_with_rows(project)
+    key, stranger = keys("ops"), keys("stranger")
+    ok(project.run("backup", env=sealed(key, identity=key)))
+    [item] = project.backups()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM users WHERE email = 'grace@example.org'")
+    conn.close()
+    before = path.read_bytes()
+
+    failed(project.run("restore", "--backup", item["id"], "--yes",
+                       env=sealed(key, identity=stranger)), 2, "cannot be decrypted")
+    assert path.read_bytes() == before
+    assert [i["id"] for i in project.backups()] == [item["id"]]
+    assert project.backups()[0]["verified"] is True
+
+
+@pytest.mark.parametrize("how", ["unset", "missing file", "file without identity",
+                                 "recipients only"])
+def test_verify_without_a_usable_identity_is_bad_input(project, keys, tmp_path, how):
+    dev_with_rows(project)
+    key = keys("ops")
+    ok(project.run("backup", env=sealed(key, identity=key)))
+    [item] = project.backups()
+    env = {"unset": {},
+           "missing file": {"BACKUP_ENCRYPTION_IDENTITY_FILE": str(tmp_path / "nowhere.key")},
+           "file without identity": {"BACKUP_ENCRYPTION_IDENTITY_FILE": str(tmp_path / "x.key")},
+           "recipients only": sealed(key)}[how]
+    (tmp_path / "x.key").write_text("# nothing here\n")
+
+    message = failed(project.run("verify", "--backup", item["id"], env=env), 2)
+    assert "BACKUP_ENCRYPTION_IDENTITY_FILE" in message
+    assert manifest_of(project, item)["verified"] is True
+    assert manifest_of(project, item)["verify_error"] is None
+
+
+# -- damage ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["flip a payload bit", "flip a header bit", "truncate"])
+def test_a_damaged_encrypted_backup_fails_verify_and_is_marked_unverified(project, keys, damage):
+    dev_with_rows(project)
+    key = keys("ops")
+    env = sealed(key, identity=key)
+    ok(project.run("backup", env=env))
+    [item] = project.backups(env=env)
+    artifact = Path(item["location"])
+    data = bytearray(artifact.read_bytes())
+    start = payload_offset(bytes(data))
+    if damage == "flip a payload bit":
+        data[start + (len(data) - start) // 2] ^= 0x01
+    elif damage == "flip a header bit":
+        data[len(AGE_MAGIC) + 20] ^= 0x01  # inside the X25519 stanza
+    else:
+        del data[start + (len(data) - start) // 2:]
+    artifact.write_bytes(bytes(data))
+
+    failed(project.run("verify", "--backup", item["id"], env=env), 4, item["id"])
+    manifest = manifest_of(project, item)
+    assert manifest["verified"] is False
+    assert manifest["verify_error"]
+    [after] = project.backups(env=env)
+    assert after["verified"] is False
+
+
+# -- configuration refused before anything is stored -----------------------------------------
+def test_recipients_without_an_identity_file_refuse_the_backup_and_store_nothing(project, keys):
+    dev_with_rows(project)
+    key = keys("ops")
+    failed(project.run("backup", env=sealed(key)), 2, "BACKUP_ENCRYPTION_IDENTITY_FILE")
+    assert stored(project) == set()
+    assert project.backups() == []
+
+
+def test_recipients_without_an_identity_file_stop_a_migration(project, keys):
+    ok(project.run("migrate", f"--revision={FIRST}"))
+    key = keys("ops")
+    failed(project.run("migrate", env=sealed(key)), 2, "BACKUP_ENCRYPTION_IDENTITY_FILE")
+    assert sqlite_revision(dev_db(project)) == FIRST
+    assert stored(project) == set()
+
+
+@pytest.mark.parametrize("recipient", ["age1notakeyatall", "ssh-ed25519 AAAAC3Nz", "secret key"])
+def test_a_malformed_recipient_refuses_the_backup_and_stores_nothing(project, keys, recipient):
+    dev_with_rows(project)
+    key = keys("ops")
+    if recipient == "secret key":
+        recipient = str(key.identity)  # a private key pasted where the public key belongs
+    env = {"BACKUP_ENCRYPTION_RECIPIENTS": f"{key.recipient},{recipient}",
+           "BACKUP_ENCRYPTION_IDENTITY_FILE": str(key.path)}
+    result = project.run("backup", env=env)
+    failed(result, 2, "BACKUP_ENCRYPTION_RECIPIENTS")
+    assert str(key.identity) not in result.stdout + result.stderr
+    assert stored(project) == set()
+
+
+# -- several recipients ----------------------------------------------------------------------
+def test_each_of_several_recipients_can_verify_alone(project, keys):
+    dev_with_rows(project)
+    alice, bob, eve = keys("alice"), keys("bob"), keys("eve")
+    env = {"BACKUP_ENCRYPTION_RECIPIENTS": f"{alice.recipient}, {bob.recipient}",
+           "BACKUP_ENCRYPTION_IDENTITY_FILE": str(alice.path)}
+    ok(project.run("backup", env=env))
+    [item] = project.backups()
+    assert manifest_of(project, item)["recipients"] == [alice.recipient, bob.recipient]
+
+    data = Path(item["location"]).read_bytes()
+    for key in (alice, bob):
+        ok(project.run("verify", "--backup", item["id"],
+                       env={"BACKUP_ENCRYPTION_IDENTITY_FILE": str(key.path)}))
+        assert rows_of_sqlite_bytes(unzstd(pyrage.decrypt(data, [key.identity]))) == \
+            (HEAD, sorted(ROWS))
+    failed(project.run("verify", "--backup", item["id"],
+                       env={"BACKUP_ENCRYPTION_IDENTITY_FILE": str(eve.path)}),
+           2, "cannot be decrypted")
+    assert project.backups()[0]["verified"] is True
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+@pytest.fixture
+def pgdb(pg_database):
+    """pg_database, plus dropping what a restore keeps beside it (`NAME__pre_restore_...`), so
+    the fixture can drop the role afterwards."""
+    yield pg_database
+    prefix = pg_database.name + "__"
+    with pg_database.admin.connect() as conn:
+        names = [r[0] for r in conn.execute(
+            text("SELECT datname FROM pg_database WHERE left(datname, :n) = :p"),
+            {"n": len(prefix), "p": prefix})]
+        for name in names:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.postgres
+def test_postgres_encrypted_backup_verify_and_restore(project, pgdb, keys):
+    db = pgdb
+    key = keys("ops")
+    env = pg_env(db, **sealed(key, identity=key))
+    ok(project.run("migrate", env=env))
+    assert db.revision() == HEAD
+    for email, full_name, phone in ROWS:
+        db.sql("INSERT INTO users (email, full_name, hashed_password, phone_number) "
+               "VALUES (:e, :n, 'x', :p)", e=email, n=full_name, p=phone)
+
+    ok(project.run("backup", "--label", "encrypted", env=env))
+    item = project.backups("pgtest", env=env)[0]
+    assert item["label"] == "encrypted"
+    data = Path(item["location"]).read_bytes()
+    assert item["location"].endswith(".pgdump.zst.age")
+    assert data.startswith(AGE_MAGIC)
+    assert b"PGDMP" not in data and b"ada@example.org" not in data
+    assert manifest_of(project, item, "pgtest")["encryption"] == "age"
+    # The plaintext inside is a pg_dump custom archive.
+    assert unzstd(pyrage.decrypt(data, [key.identity])).startswith(b"PGDMP")
+
+    ok(project.run("verify", "--backup", item["id"], env=env))
+    assert project.backups("pgtest", env=env)[0]["verified"] is True
+
+    db.sql("DELETE FROM users")
+    db.sql("INSERT INTO users (email, hashed_password) VALUES ('mallory@x.org', 'x')")
+    ok(project.run("restore", "--backup", item["id"], "--yes", env=env))
+    assert db.revision() == HEAD
+    assert sorted(db.sql("SELECT email, full_name, phone_number FROM users")) == sorted(ROWS)
+    for listed in project.backups("pgtest", env=env):
+        assert listed["location"].endswith(".age")

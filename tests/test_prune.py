@@ -1,0 +1,250 @@
+"""`invoke prune`: BACKUP_KEEP_LAST and BACKUP_KEEP_DAYS, end to end on SQLite. `invoke` runs as a
+subprocess in a copy of the project; every test checks the store afterwards: which manifests and
+artifacts are left, byte for byte where nothing may change.
+"""
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+BACKUP_LINE = re.compile(r"^Backup (\S+):", re.M)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def shown(result) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def ok(result):
+    assert result.returncode == 0, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    return result
+
+
+def failed(result, code: int, *fragments: str) -> str:
+    assert result.returncode == code, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, shown(result)
+    for fragment in fragments:
+        assert fragment in errors[0], shown(result)
+    return errors[0]
+
+
+def store(project, env_name: str = "dev") -> Path:
+    return project.root / "backups" / env_name
+
+
+def snapshot(project, env_name: str = "dev") -> dict[str, bytes]:
+    """Every file in the env's store, with its bytes."""
+    folder = store(project, env_name)
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
+
+
+def take_backups(project, count: int, env: dict | None = None) -> list[str]:
+    """`invoke backup` `count` times; the ids in the order they were taken (oldest first)."""
+    ids = []
+    for n in range(count):
+        result = ok(project.run("backup", "--label", f"backup {n}", env=env))
+        [backup_id] = BACKUP_LINE.findall(result.stdout)
+        ids.append(backup_id)
+    return ids
+
+
+def files_of(project, backup_id: str, env_name: str = "dev") -> tuple[Path, Path]:
+    """(manifest, artifact) paths of a backup."""
+    manifest = store(project, env_name) / f"{backup_id}.manifest.json"
+    artifact = store(project, env_name) / json.loads(manifest.read_text())["artifact"]
+    return manifest, artifact
+
+
+def edit_manifest(project, backup_id: str, **changes) -> None:
+    path = store(project) / f"{backup_id}.manifest.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def days_ago(days: float) -> str:
+    when = datetime.now(UTC) - timedelta(days=days)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def listed_ids(project, env: dict | None = None) -> list[str]:
+    return [item["id"] for item in project.backups(env=env)]
+
+
+@pytest.fixture
+def migrated(project):
+    ok(project.run("migrate"))
+    return project
+
+
+# -- BACKUP_KEEP_LAST ------------------------------------------------------------------------
+def test_keep_last_dry_run_lists_and_deletes_nothing_then_prune_deletes(migrated):
+    project = migrated
+    ids = take_backups(project, 5)
+    assert listed_ids(project) == ids[::-1]
+    env = {"BACKUP_KEEP_LAST": "2"}
+
+    before = snapshot(project)
+    result = ok(project.run("prune", "--dry-run", env=env))
+    for old in ids[:3]:
+        assert old in result.stdout, shown(result)
+    for kept in ids[3:]:
+        assert kept not in result.stdout, shown(result)
+    assert snapshot(project) == before
+    assert listed_ids(project) == ids[::-1]
+
+    audit_files = {n: b for n, b in before.items() if n.endswith(".audit.json")}
+    result = ok(project.run("prune", env=env))
+    for old in ids[:3]:
+        assert old in result.stdout, shown(result)
+        manifest, artifact = (store(project) / f"{old}.manifest.json",
+                              store(project) / f"{old}.sqlite3.zst")
+        assert not manifest.exists() and not artifact.exists()
+    for kept in ids[3:]:
+        for path in files_of(project, kept):
+            assert path.read_bytes() == before[path.name]
+    assert listed_ids(project) == ids[:2:-1]
+    after = snapshot(project)
+    # Only the three backups' files went: the audit trail is not retention's business.
+    assert set(before) - set(after) == {f"{i}.manifest.json" for i in ids[:3]} | \
+        {f"{i}.sqlite3.zst" for i in ids[:3]}
+    assert {n: b for n, b in after.items() if n.endswith(".audit.json")} == audit_files
+
+    # Applying the same retention again has nothing left to do.
+    again = snapshot(project)
+    ok(project.run("prune", env=env))
+    assert snapshot(project) == again
+
+
+def test_keep_last_keeps_the_newest_verified_even_beyond_the_count(migrated):
+    project = migrated
+    ids = take_backups(project, 4)
+    for unverified in ids[2:]:  # the two newest failed a later verify
+        edit_manifest(project, unverified, verified=False, verify_error="damaged")
+    ok(project.run("prune", env={"BACKUP_KEEP_LAST": "2"}))
+    assert listed_ids(project) == [ids[3], ids[2], ids[1]]
+    for gone in ids[:1]:
+        assert not (store(project) / f"{gone}.manifest.json").exists()
+
+
+# -- BACKUP_KEEP_DAYS ------------------------------------------------------------------------
+def test_keep_days_deletes_only_what_is_older(migrated):
+    project = migrated
+    old40, old10, fresh = take_backups(project, 3)
+    edit_manifest(project, old40, created_at=days_ago(40))
+    edit_manifest(project, old10, created_at=days_ago(10))
+    before = snapshot(project)
+
+    dry = ok(project.run("prune", "--dry-run", env={"BACKUP_KEEP_DAYS": "30"}))
+    assert old40 in dry.stdout and old10 not in dry.stdout and fresh not in dry.stdout
+    assert snapshot(project) == before
+
+    ok(project.run("prune", env={"BACKUP_KEEP_DAYS": "30"}))
+    assert listed_ids(project) == [fresh, old10]
+    manifest40 = store(project) / f"{old40}.manifest.json"
+    assert not manifest40.exists()
+    assert not (store(project) / f"{old40}.sqlite3.zst").exists()
+    for kept in (old10, fresh):
+        for path in files_of(project, kept):
+            assert path.read_bytes() == before[path.name]
+
+
+def test_keep_days_never_deletes_the_newest_verified_backup(migrated):
+    project = migrated
+    oldest, middle, newest = take_backups(project, 3)
+    edit_manifest(project, oldest, created_at=days_ago(30))
+    edit_manifest(project, middle, created_at=days_ago(20))
+    edit_manifest(project, newest, created_at=days_ago(10), verified=False,
+                  verify_error="failed verification")
+    before = snapshot(project)
+
+    ok(project.run("prune", env={"BACKUP_KEEP_DAYS": "1"}))
+    assert listed_ids(project) == [middle]
+    for path in files_of(project, middle):
+        assert path.read_bytes() == before[path.name]
+    for gone in (oldest, newest):
+        assert not (store(project) / f"{gone}.manifest.json").exists()
+        assert not (store(project) / f"{gone}.sqlite3.zst").exists()
+
+
+def test_keep_days_with_everything_old_keeps_only_the_newest(migrated):
+    project = migrated
+    ids = take_backups(project, 3)
+    for age, backup_id in zip((30, 20, 10), ids):
+        edit_manifest(project, backup_id, created_at=days_ago(age))
+    ok(project.run("prune", env={"BACKUP_KEEP_DAYS": "1"}))
+    assert listed_ids(project) == [ids[2]]
+
+
+def test_keep_last_and_keep_days_together_keep_either(migrated):
+    project = migrated
+    ids = take_backups(project, 4)
+    for age, backup_id in zip((40, 20, 10, 5), ids):
+        edit_manifest(project, backup_id, created_at=days_ago(age))
+    ok(project.run("prune", env={"BACKUP_KEEP_LAST": "1", "BACKUP_KEEP_DAYS": "15"}))
+    assert listed_ids(project) == [ids[3], ids[2]]
+
+
+# -- configuration ---------------------------------------------------------------------------
+@pytest.mark.parametrize("setting,value", [("BACKUP_KEEP_LAST", "abc"),
+                                           ("BACKUP_KEEP_LAST", "0"),
+                                           ("BACKUP_KEEP_LAST", "-3"),
+                                           ("BACKUP_KEEP_LAST", "2.5"),
+                                           ("BACKUP_KEEP_DAYS", "abc"),
+                                           ("BACKUP_KEEP_DAYS", "-1")])
+def test_an_invalid_retention_setting_is_bad_input_and_deletes_nothing(migrated, setting, value):
+    project = migrated
+    take_backups(project, 2)
+    before = snapshot(project)
+    for args in (("prune",), ("prune", "--dry-run")):
+        failed(project.run(*args, env={setting: value}), 2, setting)
+        assert snapshot(project) == before
+
+
+def test_an_invalid_retention_setting_in_the_env_file_is_bad_input(migrated):
+    project = migrated
+    take_backups(project, 2)
+    project.env_file("dev", BACKUP_KEEP_LAST="abc")
+    before = snapshot(project)
+    failed(project.run("prune"), 2, "BACKUP_KEEP_LAST", "abc")
+    assert snapshot(project) == before
+
+
+def test_no_retention_configured_deletes_nothing(migrated):
+    project = migrated
+    ids = take_backups(project, 3)
+    for backup_id in ids:
+        edit_manifest(project, backup_id, created_at=days_ago(400))
+    before = snapshot(project)
+    result = ok(project.run("prune"))
+    assert "no retention configured" in result.stdout
+    assert snapshot(project) == before
+    assert sorted(listed_ids(project)) == sorted(ids)
+
+
+def test_prune_with_no_backups_is_nothing_to_do(project):
+    ok(project.run("prune", env={"BACKUP_KEEP_LAST": "1"}))
+    assert snapshot(project) == {}
+
+
+# -- never a side effect ---------------------------------------------------------------------
+def test_backup_and_migrate_never_prune(project):
+    project.env_file("dev", BACKUP_KEEP_LAST="1", BACKUP_KEEP_DAYS="0")
+    ok(project.run("migrate", f"--revision={FIRST}"))  # creates the database: no backup
+    ids = take_backups(project, 3)
+    assert listed_ids(project) == ids[::-1]
+    ok(project.run("migrate"))
+    ok(project.run("rollback"))
+    items = project.backups()
+    assert len(items) == 5
+    assert [i["revision"] for i in items[:2]] == [HEAD, FIRST]
+    for item in items:
+        assert Path(item["location"]).is_file()
