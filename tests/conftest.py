@@ -23,7 +23,9 @@ AWKWARD_PASSWORD = "p@ss:w/o%rd#1 'q' \"dq\" \\ end"
 DEFAULT_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 # Settings that must not leak from the developer's shell into a test's invoke run.
 CLEARED = ("APP_ENV", "DATABASE_URL", "USE_SQLITE", "SQLITE_PATH", "PRODUCTION", "BACKUP_DIR",
-           "BACKUP_STORAGE", "MAINTENANCE_WINDOW", "MAINTENANCE_TIMEZONE", "PG_BIN_DIR")
+           "BACKUP_STORAGE", "MAINTENANCE_WINDOW", "MAINTENANCE_TIMEZONE", "PG_BIN_DIR",
+           "REQUIRE_STAGING_FIRST")
+CLEARED_PREFIXES = ("POSTGRES_", "AWS_", "BACKUP_", "MIGRATION_", "PG")
 
 
 def admin_url():
@@ -118,7 +120,7 @@ class Project:
     def run(self, *args: str, env: dict | None = None, input: str | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
         environ = {k: v for k, v in os.environ.items() if k not in CLEARED
-                   and not k.startswith("POSTGRES_")}
+                   and not k.startswith(CLEARED_PREFIXES)}
         environ.update(env or {})
         return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=self.root,
                               env=environ, input=input, capture_output=True, text=True,

@@ -26,12 +26,22 @@ def who() -> dict:
     return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def record(settings, *, action: str, now: datetime, outcome: str, **details) -> dict:
+def record(settings, *, action: str, now: datetime, outcome: str, reporter=None,
+           **details) -> dict:
+    """Write one event. A store that fails here must not hide what the run itself did (it may
+    have migrated, or be failing for a reason of its own): it is reported, never raised."""
+    from app.ops.errors import OpsError
+
     event = {"action": action, "env": settings.env, "database": settings.masked_database_url,
              "at": now.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
              "outcome": outcome, **who(), **details}
     name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{AUDIT_SUFFIX}"
-    open_storage(settings).put_bytes(name, (json.dumps(event, sort_keys=True) + "\n").encode())
+    try:
+        open_storage(settings).put_bytes(name, (json.dumps(event, sort_keys=True) + "\n").encode())
+    except (OpsError, OSError) as exc:
+        if reporter is not None:
+            reporter.warn(f"the audit record of this {action} ({outcome}) could not be written: "
+                          f"{exc}; record it by hand")
     return event
 
 

@@ -109,7 +109,7 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
         _read_back(storage, dumper, artifact, hashed.sha256.hexdigest(), counted.size,
                    readback_progress, identities=identities if sealed else None)
     except BaseException as exc:
-        storage.delete(artifact)
+        _discard(storage, artifact)
         if isinstance(exc, OSError):
             raise BackupFailed(f"writing backup {backup_id} to {storage.location(artifact)} "
                                f"failed: {exc.strerror or exc}; nothing was changed") from None
@@ -127,9 +127,17 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
     try:
         storage.put_bytes(backup_id + MANIFEST_SUFFIX, manifest.to_json().encode())
     except BaseException:
-        storage.delete(artifact)
+        _discard(storage, artifact)
         raise
     return manifest
+
+
+def _discard(storage, name: str) -> None:
+    """Best-effort clean-up after a failure: the failure itself is what the user must see."""
+    try:
+        storage.delete(name)
+    except Exception:
+        pass
 
 
 def _read_back(storage, dumper, artifact: str, sha256: str, raw_size: int,

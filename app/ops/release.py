@@ -66,6 +66,7 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
         if result.nothing_to_do:
             if break_glass:
                 audit.record(settings, action=action, now=now, outcome="nothing to do",
+                             reporter=reporter,
                              from_revision=current, to_revision=target, backup_id=None,
                              duration_seconds=0.0, break_glass=break_glass)
             return result
@@ -90,7 +91,7 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
             outcome = "backup failed"
             raise
         finally:
-            audit.record(settings, action=action, now=now, outcome=outcome,
+            audit.record(settings, action=action, now=now, outcome=outcome, reporter=reporter,
                          from_revision=current, to_revision=target,
                          backup_id=result.backup.id if result.backup else None,
                          duration_seconds=round(time.monotonic() - started, 3),

@@ -98,7 +98,7 @@ def run_restore(settings, plan: RestorePlan, *, now: datetime,
             outcome = "succeeded"
             return result
         finally:
-            audit.record(settings, action="restore", now=now, outcome=outcome,
+            audit.record(settings, action="restore", now=now, outcome=outcome, reporter=reporter,
                          from_revision=plan.current, to_revision=plan.backup.revision,
                          backup_id=plan.backup.id,
                          safety_backup_id=result.safety.id if result and result.safety else None,
