@@ -3,7 +3,6 @@ PostgreSQL database (the `pg_database` fixture, whose role has an awkward passwo
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sqlite3
@@ -17,7 +16,6 @@ import zstandard
 from app.ops.backups import (MANIFEST_SUFFIX, BackupManifest, find_backup, list_backups,
                              take_backup, verify_backup)
 from app.ops.errors import BackupFailed, ConfigError
-from app.ops.storage import open_storage
 from app.settings import load_settings
 
 T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)

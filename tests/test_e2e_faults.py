@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import AWKWARD_PASSWORD, pg_env
+from helpers import failed, ok
 
 pytestmark = pytest.mark.postgres
 
@@ -20,27 +21,6 @@ REAL_PG_RESTORE = shutil.which("pg_restore") or "/usr/bin/pg_restore"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def shown(result) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def ok(result):
-    assert result.returncode == 0, shown(result)
-    assert "Traceback" not in result.stderr, shown(result)
-    assert AWKWARD_PASSWORD not in result.stdout + result.stderr
-    return result
-
-
-def failed(result, code: int, *fragments: str) -> str:
-    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
-    assert result.returncode == code, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    assert AWKWARD_PASSWORD not in result.stdout + result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1, shown(result)
-    for fragment in fragments:
-        assert fragment in errors[0], shown(result)
-    return errors[0]
 
 
 def tools(tmp_path, pg_dump_body: str, *, version: str | None = None) -> Path:

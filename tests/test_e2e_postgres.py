@@ -14,48 +14,19 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote, quote_plus
 
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from conftest import AWKWARD_PASSWORD, CLEARED, admin_url, pg_env
+from conftest import CLEARED, admin_url, pg_env
+from helpers import assert_no_password, failed, ok
 
 pytestmark = pytest.mark.postgres
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
-PASSWORD_FORMS = (AWKWARD_PASSWORD, quote_plus(AWKWARD_PASSWORD), quote(AWKWARD_PASSWORD, safe=""),
-                  AWKWARD_PASSWORD.split("#")[0])
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def shown(result) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def ok(result):
-    assert result.returncode == 0, shown(result)
-    assert "Traceback" not in result.stderr, shown(result)
-    assert_no_password(result.stdout, result.stderr)
-    return result
-
-
-def failed(result, code: int, *fragments: str) -> str:
-    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
-    assert result.returncode == code, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    assert_no_password(result.stdout, result.stderr)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1, shown(result)
-    for fragment in fragments:
-        assert fragment in errors[0], shown(result)
-    return errors[0]
-
-
-def assert_no_password(*texts: str) -> None:
-    for text_ in texts:
-        for form in PASSWORD_FORMS:
-            assert form not in text_, f"the password leaked ({form!r}) into:\n{text_}"
 
 
 def store(project) -> Path:

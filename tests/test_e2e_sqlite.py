@@ -8,13 +8,13 @@ import fcntl
 import hashlib
 import json
 import os
-import sqlite3
 import stat
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import zstandard
+from helpers import failed, ok, sqlite_state
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 CONTRACT_TASKS = ("status", "migrate", "rollback", "backup", "backups", "restore", "verify",
@@ -22,43 +22,6 @@ CONTRACT_TASKS = ("status", "migrate", "rollback", "backup", "backups", "restore
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def shown(result) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def ok(result):
-    assert result.returncode == 0, shown(result)
-    assert "Traceback" not in result.stderr, shown(result)
-    return result
-
-
-def failed(result, code: int, *fragments: str) -> str:
-    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
-    assert result.returncode == code, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1, shown(result)
-    for fragment in fragments:
-        assert fragment in errors[0], shown(result)
-    return errors[0]
-
-
-def db_state(path: Path) -> dict | None:
-    """Revision and {table: [columns]} of an SQLite file, read-only; None if it is absent."""
-    if not path.exists():
-        return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-        tables = {n: [c[1] for c in conn.execute(f'PRAGMA table_info("{n}")')] for n in names}
-        revision = None
-        if "alembic_version" in tables:
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-            revision = row[0] if row else None
-        return {"revision": revision, "tables": tables}
-    finally:
-        conn.close()
 
 
 def dev_db(project) -> Path:
@@ -88,7 +51,7 @@ def state_inside_backup(item: dict) -> dict:
         copy = Path(tmp) / "restored.sqlite3"
         with open(item["location"], "rb") as src, open(copy, "wb") as dst:
             zstandard.ZstdDecompressor().copy_stream(src, dst)
-        return db_state(copy)
+        return sqlite_state(copy)
 
 
 def versions(project) -> set[str]:
@@ -105,7 +68,7 @@ def prod_project(project, **settings: str) -> Path:
     project.env_file("prod", USE_SQLITE="True", **settings)
     migrated(project, FIRST, env={"SQLITE_PATH": "prod.db"})
     path = project.root / "prod.db"
-    assert db_state(path)["revision"] == FIRST
+    assert sqlite_state(path)["revision"] == FIRST
     return path
 
 
@@ -135,10 +98,10 @@ def downgrade():
 
 # -- the release round trip ------------------------------------------------------------------
 def test_migrate_from_nothing_says_there_is_nothing_to_back_up(project):
-    assert db_state(dev_db(project)) is None
+    assert sqlite_state(dev_db(project)) is None
     result = ok(project.run("migrate"))
     assert "nothing to back up" in result.stdout + result.stderr
-    state = db_state(dev_db(project))
+    state = sqlite_state(dev_db(project))
     assert state["revision"] == HEAD
     assert "phone_number" in state["tables"]["users"]
     assert project.backups() == []
@@ -154,7 +117,7 @@ def test_status_before_anything_is_read_only(project):
     assert info["last_backup"] is None
     assert info["production"] is False
     assert info["window"] is None
-    assert db_state(dev_db(project)) is None  # status created no database
+    assert sqlite_state(dev_db(project)) is None  # status created no database
 
 
 def test_status_text_and_json_after_a_rollback(project):
@@ -179,7 +142,7 @@ def test_status_text_and_json_after_a_rollback(project):
     text = ok(project.run("status")).stdout
     for word in ("dev.db", FIRST, HEAD, newest["id"], "production", "window"):
         assert word in text, text
-    assert db_state(dev_db(project))["revision"] == FIRST
+    assert sqlite_state(dev_db(project))["revision"] == FIRST
 
 
 def test_rollback_takes_a_backup_then_drops_phone_number(project):
@@ -189,7 +152,7 @@ def test_rollback_takes_a_backup_then_drops_phone_number(project):
     assert item["revision"] == HEAD
     assert item["reason"] and "rollback" in item["reason"]
     assert item["id"] in result.stdout
-    state = db_state(dev_db(project))
+    state = sqlite_state(dev_db(project))
     assert state["revision"] == FIRST
     assert "phone_number" not in state["tables"]["users"]
     # The backup holds the database as it was before the rollback.
@@ -205,31 +168,31 @@ def test_migrate_again_takes_a_backup_and_returns_to_head(project):
     assert len(items) == 2
     assert items[0]["revision"] == FIRST  # newest first: taken before this migrate
     assert items[1]["revision"] == HEAD
-    state = db_state(dev_db(project))
+    state = sqlite_state(dev_db(project))
     assert state["revision"] == HEAD
     assert "phone_number" in state["tables"]["users"]
 
 
 def test_migrate_with_nothing_pending_changes_nothing(project):
     migrated(project)
-    before = db_state(dev_db(project))
+    before = sqlite_state(dev_db(project))
     result = ok(project.run("migrate"))
     assert "Nothing" in result.stdout
     assert project.backups() == []
     assert artifacts(project) == set()
-    assert db_state(dev_db(project)) == before
+    assert sqlite_state(dev_db(project)) == before
 
 
 def test_rollback_to_base_then_migrate_to_a_revision(project):
     migrated(project)
     ok(project.run("rollback", "--to=base"))
-    state = db_state(dev_db(project))
+    state = sqlite_state(dev_db(project))
     assert state["revision"] is None
     assert "users" not in state["tables"]
     assert [i["revision"] for i in project.backups()] == [HEAD]
 
     ok(project.run("migrate", "--revision=a9ef987fd631"))
-    state = db_state(dev_db(project))
+    state = sqlite_state(dev_db(project))
     assert state["revision"] == FIRST
     assert "users" in state["tables"] and "phone_number" not in state["tables"]["users"]
     assert [i["revision"] for i in project.backups()] == [None, HEAD]
@@ -242,7 +205,7 @@ def test_a_failing_migration_exits_5_and_names_its_backup(project):
     [item] = project.backups()
     assert item["id"] in error
     assert item["revision"] == HEAD
-    assert db_state(dev_db(project))["revision"] == HEAD
+    assert sqlite_state(dev_db(project))["revision"] == HEAD
     inside = state_inside_backup(item)
     assert inside["revision"] == HEAD and "notes" not in inside["tables"]["users"]
     last = audit_events(project)[-1]
@@ -262,9 +225,9 @@ def test_unknown_env_is_refused_naming_the_known_ones(project):
 
 def test_unknown_revision_is_refused_and_changes_nothing(project):
     migrated(project, FIRST)
-    before = db_state(dev_db(project))
+    before = sqlite_state(dev_db(project))
     failed(project.run("migrate", "--revision=nope"), 2, "nope")
-    assert db_state(dev_db(project)) == before
+    assert sqlite_state(dev_db(project)) == before
     assert project.backups() == []
 
 
@@ -384,9 +347,9 @@ def test_list_shows_every_task(project):
 # -- production guard ------------------------------------------------------------------------
 def test_production_without_a_window_is_refused(project):
     path = prod_project(project)
-    before = db_state(path)
+    before = sqlite_state(path)
     failed(project.run("migrate", "--env=prod"), 3, "MAINTENANCE_WINDOW")
-    assert db_state(path) == before
+    assert sqlite_state(path) == before
     assert project.backups("prod") == []
     assert artifacts(project, "prod") == set()
 
@@ -396,7 +359,7 @@ def test_production_inside_a_one_off_window_migrates(project):
     path = prod_project(project, MAINTENANCE_WINDOW=env_window(now - timedelta(hours=1),
                                                                 now + timedelta(hours=1)))
     ok(project.run("migrate", "--env=prod"))
-    assert db_state(path)["revision"] == HEAD
+    assert sqlite_state(path)["revision"] == HEAD
     [item] = project.backups("prod")
     assert item["env"] == "prod" and item["revision"] == FIRST
 
@@ -405,17 +368,17 @@ def test_production_after_its_window_is_refused_saying_when(project):
     past = datetime.now(UTC) - timedelta(days=3)
     path = prod_project(project, MAINTENANCE_WINDOW=env_window(
         past.replace(hour=10, minute=0), past.replace(hour=11, minute=0)))
-    before = db_state(path)
+    before = sqlite_state(path)
     failed(project.run("migrate", "--env=prod"), 3, "next opens")
-    assert db_state(path) == before
+    assert sqlite_state(path) == before
     assert project.backups("prod") == []
 
 
 def test_production_with_a_malformed_window_is_bad_input(project):
     path = prod_project(project, MAINTENANCE_WINDOW="Someday 25:00-26:00")
-    before = db_state(path)
+    before = sqlite_state(path)
     failed(project.run("migrate", "--env=prod"), 2, "Someday")
-    assert db_state(path) == before
+    assert sqlite_state(path) == before
     assert project.backups("prod") == []
 
 
@@ -425,7 +388,7 @@ def test_break_glass_runs_outside_the_window_and_is_audited(project):
         past.replace(hour=10, minute=0), past.replace(hour=11, minute=0)))
     result = ok(project.run("migrate", "--env=prod", "--break-glass", "INC-1 reason"))
     assert "BREAK GLASS" in result.stderr
-    assert db_state(path)["revision"] == HEAD
+    assert sqlite_state(path)["revision"] == HEAD
     [item] = project.backups("prod")
     events = [e for e in audit_events(project, "prod") if e.get("break_glass")]
     assert [e["break_glass"] for e in events] == ["INC-1 reason"]
@@ -435,7 +398,7 @@ def test_break_glass_runs_outside_the_window_and_is_audited(project):
 # -- one at a time ---------------------------------------------------------------------------
 def test_a_held_lock_refuses_migrate_naming_the_holder(project):
     migrated(project, FIRST)
-    before = db_state(dev_db(project))
+    before = sqlite_state(dev_db(project))
     lock = dev_db(project).with_name("dev.db.lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -443,10 +406,10 @@ def test_a_held_lock_refuses_migrate_naming_the_holder(project):
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"holder": "alice@release-box pid 4242"}).encode(), 0)
         failed(project.run("migrate"), 3, "alice@release-box pid 4242")
-        assert db_state(dev_db(project)) == before
+        assert sqlite_state(dev_db(project)) == before
         assert project.backups() == []
     finally:
         os.close(fd)  # releases the flock
     ok(project.run("migrate"))
-    assert db_state(dev_db(project))["revision"] == HEAD
+    assert sqlite_state(dev_db(project))["revision"] == HEAD
     assert [i["revision"] for i in project.backups()] == [FIRST]

@@ -20,6 +20,7 @@ from pyrage import x25519
 
 from conftest import pg_env
 from sqlalchemy import text
+from helpers import failed, ok
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -29,25 +30,6 @@ ROWS = [("ada@example.org", "Ada Lovelace", "+44 20 7946 0000"),
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def shown(result) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def ok(result):
-    assert result.returncode == 0, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    return result
-
-
-def failed(result, code: int, *fragments: str) -> str:
-    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
-    assert result.returncode == code, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1, shown(result)
-    for fragment in fragments:
-        assert fragment in errors[0], shown(result)
-    return errors[0]
 
 
 class Key:

@@ -11,7 +11,6 @@ import re
 import select
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,30 +21,12 @@ import pytest
 from sqlalchemy import create_engine, pool, text
 
 from conftest import CLEARED, pg_env
+from helpers import failed, ok, shown, sqlite_state
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def shown(result) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def ok(result):
-    assert result.returncode == 0, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    return result
-
-
-def failed(result, code: int, *fragments: str) -> str:
-    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
-    assert result.returncode == code, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1, shown(result)
-    for fragment in fragments:
-        assert fragment in errors[0], shown(result)
-    return errors[0]
 
 
 def warnings(result) -> list[str]:
@@ -65,24 +46,6 @@ def window_covering(start: datetime, end: datetime) -> str:
 def open_window() -> str:
     now = datetime.now(UTC)
     return window_covering(now - timedelta(hours=1), now + timedelta(hours=1))
-
-
-def sqlite_state(path: Path) -> dict | None:
-    """Revision and {table: [columns]} of an SQLite file, read-only; None if it is absent."""
-    if not path.exists():
-        return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-        tables = {n: [c[1] for c in conn.execute(f'PRAGMA table_info("{n}")')] for n in names}
-        revision = None
-        if "alembic_version" in tables:
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-            revision = row[0] if row else None
-        return {"revision": revision, "tables": tables}
-    finally:
-        conn.close()
 
 
 def store_files(project, env_name: str) -> dict[str, bytes]:

@@ -10,30 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from helpers import failed, ok, shown
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 BACKUP_LINE = re.compile(r"^Backup (\S+):", re.M)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def shown(result) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def ok(result):
-    assert result.returncode == 0, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    return result
-
-
-def failed(result, code: int, *fragments: str) -> str:
-    assert result.returncode == code, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1, shown(result)
-    for fragment in fragments:
-        assert fragment in errors[0], shown(result)
-    return errors[0]
 
 
 def store(project, env_name: str = "dev") -> Path:

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from conftest import AWKWARD_PASSWORD, CLEARED, admin_url, pg_env
+from conftest import CLEARED, admin_url, pg_env
+from helpers import assert_no_password, failed, ok, shown
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 REPORTS_REV = "5e1ea5e0c0de"
 SAFETY_PREFIX = "before restore of "
-PASSWORD_FORMS = (AWKWARD_PASSWORD, AWKWARD_PASSWORD.split("#")[0])
 
 REPORTS_REVISION = f'''"""Add reports table
 
@@ -65,33 +65,6 @@ def downgrade() -> None:
 
 
 # -- helpers: results ------------------------------------------------------------------------
-def shown(result) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def assert_no_password(*texts: str) -> None:
-    for text_ in texts:
-        for form in PASSWORD_FORMS:
-            assert form not in text_, f"the password leaked ({form!r}) into:\n{text_}"
-
-
-def ok(result):
-    assert result.returncode == 0, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    assert_no_password(result.stdout, result.stderr)
-    return result
-
-
-def failed(result, code: int, *fragments: str) -> str:
-    """Exit `code`, exactly one `ERROR:` line on stderr holding every fragment, no traceback."""
-    assert result.returncode == code, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    assert_no_password(result.stdout, result.stderr)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1, shown(result)
-    for fragment in fragments:
-        assert fragment in errors[0], shown(result)
-    return errors[0]
 
 
 def safety_id_from(result) -> str:
