@@ -26,6 +26,12 @@ def task(*args, **kwargs):
                 raise Exit(f"ERROR: {exc}", code=int(exc.exit_code)) from None
             except KeyboardInterrupt:
                 raise Exit("ERROR: interrupted; nothing further was done", code=130) from None
+            except BrokenPipeError:
+                # The reader went away (`invoke backups | head`): stop quietly, as cat would.
+                import os
+                import sys
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise Exit(code=141) from None
         kwargs.setdefault("help", {}).setdefault("env", ENV_HELP)
         return invoke_task(**kwargs)(run)
     return wrap(args[0]) if args and callable(args[0]) else wrap

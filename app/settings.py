@@ -123,11 +123,16 @@ def build_database_url(settings: Settings):
 
     if settings.get("DATABASE_URL"):
         try:
-            return make_url(settings.get("DATABASE_URL"))
+            url = make_url(settings.get("DATABASE_URL"))
         except ArgumentError:
             raise ConfigError(
                 f"DATABASE_URL for env '{settings.env}' is not a valid SQLAlchemy URL: "
                 "use e.g. postgresql://user@host:5432/dbname or sqlite:///path.db") from None
+        # A plain postgresql:// (or postgres://) means the driver we ship, psycopg2; SQLAlchemy
+        # 2.1 would otherwise pick psycopg 3, which is not installed.
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg2")
+        return url
     if _truthy(settings.get("USE_SQLITE")) or (
             not settings.get("POSTGRES_SERVER") and settings.env == DEFAULT_ENV):
         return URL.create("sqlite", database=str(settings.path(
