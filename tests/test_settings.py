@@ -288,3 +288,13 @@ def test_pg_bin_dir(tmp_path):
     assert load_settings("dev", environ={}, root=tmp_path).pg_bin_dir is None
     settings = load_settings("dev", environ={"PG_BIN_DIR": "/opt/pg16/bin"}, root=tmp_path)
     assert settings.pg_bin_dir == "/opt/pg16/bin"
+
+
+@pytest.mark.parametrize("given", ["postgresql://u:pw@db.internal:5432/mida",
+                                   "postgres://u:pw@db.internal:5432/mida"])
+def test_a_plain_postgresql_url_uses_the_driver_we_ship(tmp_path, given):
+    settings = load_settings("ci", environ={"APP_ENV": "ci", "DATABASE_URL": given}, root=tmp_path)
+    url = settings.database_url
+    assert url.drivername == "postgresql+psycopg2"
+    assert (url.host, url.database, url.password) == ("db.internal", "mida", "pw")
+    url.get_dialect().import_dbapi()  # the driver is importable, unlike psycopg 3
