@@ -70,6 +70,12 @@ class PgDatabase:
         finally:
             engine.dispose()
 
+    def admin_sql(self, statement: str, **params):
+        """Run one statement as the server's admin role; return all rows."""
+        from sqlalchemy import text
+        with self.admin.connect() as conn:
+            return conn.execute(text(statement), params).fetchall()
+
     def tables(self) -> set[str]:
         return {r[0] for r in self.sql(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,28 @@ def test_a_second_migrate_is_refused_while_the_first_holds_the_lock(project, pg_
     assert db.revision() == HEAD
     items = project.backups("pgtest", env=pg_env(db))
     assert len(items) == len(before) + 1 and items[0]["revision"] == FIRST
+
+
+def test_a_killed_migrate_leaves_no_lock_behind(project, pg_database, tmp_path):
+    """SIGKILL a migrate while it holds the lock (parked in its pg_dump): its lock session dies
+    with it, so the next migrate runs, with nothing changed by the killed one."""
+    db = pg_database
+    ok(project.run("migrate", "--revision=a9ef987fd631", env=pg_env(db)))
+    bin_dir, started, _go = parked_pg_dump(tmp_path)
+    started_fd = os.open(started, os.O_RDWR)
+    first = start_invoke(project, "migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    try:
+        while not select.select([started_fd], [], [], 1)[0]:
+            assert first.poll() is None, f"the migrate ended early:\n{first.stderr.read()}"
+    finally:
+        os.close(started_fd)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # The server notices the closed connection on its own; wait for that condition, bounded.
+    deadline = time.monotonic() + 30
+    while db.admin_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                       f"LIKE '%pid {first.pid} %'")[0][0]:
+        assert time.monotonic() < deadline, "the killed run's lock session never went away"
+    assert db.revision() == FIRST
+    ok(project.run("migrate", env=pg_env(db)))
+    assert db.revision() == HEAD

@@ -413,3 +413,20 @@ def test_a_held_lock_refuses_migrate_naming_the_holder(project):
     ok(project.run("migrate"))
     assert sqlite_state(dev_db(project))["revision"] == HEAD
     assert [i["revision"] for i in project.backups()] == [FIRST]
+
+
+def test_the_audit_trail_survives_a_restore(project):
+    """The trail lives with the backups, not in the database: restoring an older database
+    keeps every earlier event and adds the restore's own."""
+    ok(project.run("migrate"))
+    ok(project.run("rollback"))
+    backup_id = json.loads(ok(project.run("backups", "--json")).stdout)[0]["id"]
+    ok(project.run("migrate"))
+    ok(project.run("restore", "--yes", f"--backup={backup_id}"))
+    events = json.loads(ok(project.run("audit", "--json")).stdout)
+    assert [(e["action"], e["outcome"]) for e in events] == [
+        ("restore", "succeeded"), ("migrate", "succeeded"), ("rollback", "succeeded"),
+        ("migrate", "succeeded")]
+    assert events[0]["backup_id"] == backup_id
+    assert events[0]["to_revision"] == HEAD and events[0]["from_revision"] == HEAD
+    assert sqlite_state(project.root / "dev.db")["revision"] == HEAD
