@@ -357,8 +357,9 @@ class HeldLock:
 
 
 def parked_read_back(tmp_path) -> tuple[Path, Path, Path]:
-    """A PG_BIN_DIR whose pg_restore, when it reads a new backup back (`--file /dev/null`), says
-    'started' on one FIFO and waits for a line on another: the dump is finished by then."""
+    """A PG_BIN_DIR whose pg_restore, when it reads a new backup back (`--file /dev/null`),
+    reads it all, then says 'started' on one FIFO and waits for a line on another before
+    exiting with the real status: the dump is finished, and its locks released, by then."""
     bin_dir = tmp_path / "parked-bin"
     bin_dir.mkdir()
     started, go = tmp_path / "started.fifo", tmp_path / "go.fifo"
@@ -369,8 +370,11 @@ exec '{shutil.which("pg_dump")}' "$@"
 """)
     (bin_dir / "pg_restore").write_text(f"""#!/bin/bash
 if [ "$1" = "--file" ]; then
+  '{shutil.which("pg_restore")}' "$@"
+  status=$?
   echo started > '{started}'
   read -r _ < '{go}'
+  exit $status
 fi
 exec '{shutil.which("pg_restore")}' "$@"
 """)

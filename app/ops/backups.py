@@ -1,7 +1,9 @@
 """Backups: take one, read it back, describe it in a manifest; list, find and verify them.
 
-Data flows one way: dumper -> zstd -> SHA-256 -> store -> read back -> manifest. The manifest
-is written last, so a backup without one (interrupted, or failed its read-back) is never listed.
+Data flows one way: dumper -> zstd -> [age] -> SHA-256 -> store, with the same bytes read back
+whole on the way (app/ops/readback.py), then the stored object hashed again, then the manifest.
+The manifest is written last, so a backup without one (interrupted, or failed its read-back)
+is never listed.
 The manifest holds no secret: the database URL in it has its password masked.
 """
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Callable
 from app.ops.dumpers import dumper_for
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.storage import open_storage
-from app.ops.encryption import Encryption, decrypting, encrypting
-from app.ops.streams import (CountingWriter, HashingReader, HashingWriter, TeeWriter, compressor,
-                             decompress_into)
+from app.ops.encryption import Encryption, encrypting
+from app.ops.readback import InlineReadBack, check_read, read_back_stored, stored_sha256
+from app.ops.streams import CountingWriter, HashingWriter, TeeWriter, compressor
 
 MANIFEST_SUFFIX = ".manifest.json"
 TOOL_NAME = "mida-db-tasks 1.0"
@@ -101,13 +103,16 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
     started = time.monotonic()
     try:
         with storage.writer(artifact) as out:
-            hashed = HashingWriter(out)
-            with (encrypting(hashed, recipients) if sealed else nullcontext(hashed)) as target:
-                with compressor(target) as zstd_stream:
-                    counted = CountingWriter(zstd_stream, progress or (lambda n: None))
-                    dumper.dump(counted)
-        _read_back(storage, dumper, artifact, hashed.sha256.hexdigest(), counted.size,
-                   readback_progress, identities=identities if sealed else None)
+            with InlineReadBack(dumper, identities if sealed else None, artifact) as check:
+                hashed = HashingWriter(TeeWriter(out, check))
+                with (encrypting(hashed, recipients) if sealed else nullcontext(hashed)) as target:
+                    with compressor(target) as zstd_stream:
+                        counted = CountingWriter(zstd_stream, progress or (lambda n: None))
+                        dumper.dump(counted)
+                # Inside the writer: a backup that does not read back is never committed.
+                checked_size = check.finish()
+        check_read(artifact, hashed.sha256.hexdigest(), counted.size,
+                   stored_sha256(storage, artifact, readback_progress), checked_size)
     except BaseException as exc:
         _discard(storage, artifact)
         if isinstance(exc, OSError):
@@ -138,51 +143,6 @@ def _discard(storage, name: str) -> None:
         storage.delete(name)
     except Exception:
         pass
-
-
-def _read_back(storage, dumper, artifact: str, sha256: str, raw_size: int,
-               progress: Progress | None, extract_to=None, identities=None) -> None:
-    """Read the stored artifact back whole: its checksum, its age encryption if any, its zstd
-    frame, and the dumper's own check of every byte inside it (pg_restore, or SQLite's
-    integrity check). With `extract_to`, the decompressed bytes are also written there in the
-    same pass (restore uses them)."""
-    import zstandard
-
-    result = {}
-    progress = progress or (lambda n: None)
-
-    def feed(sink) -> None:
-        counted = CountingWriter(TeeWriter(sink, extract_to) if extract_to else sink)
-        with storage.reader(artifact) as source:
-            if identities is None:
-                result["sha256"] = decompress_into(source, counted, progress)
-            else:
-                hashed = HashingReader(source, progress)
-                try:
-                    with decrypting(hashed, identities, artifact) as plain:
-                        decompress_into(plain, counted)
-                except ConfigError:
-                    # "No matching key" is also what a damaged header looks like: only a file
-                    # that still matches its checksum means the key is wrong.
-                    hashed.drain()
-                    if hashed.sha256.hexdigest() != sha256:
-                        raise BackupFailed(f"backup {artifact} does not match its SHA-256 "
-                                           "checksum: it is damaged") from None
-                    raise
-                hashed.drain()
-                result["sha256"] = hashed.sha256.hexdigest()
-        result["raw_size"] = counted.size
-
-    try:
-        dumper.read_back(feed)
-    except zstandard.ZstdError as exc:
-        raise BackupFailed(f"backup {artifact} does not decompress: {exc}") from None
-    if result.get("sha256") != sha256:
-        raise BackupFailed(f"backup {artifact} does not match its SHA-256 checksum "
-                           f"(expected {sha256}, read {result.get('sha256')})")
-    if result.get("raw_size") != raw_size:
-        raise BackupFailed(f"backup {artifact} holds {result.get('raw_size')} bytes, "
-                           f"expected {raw_size}")
 
 
 def list_backups(settings) -> list[BackupManifest]:
@@ -235,8 +195,8 @@ def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
         identities = (Encryption.from_settings(settings) or Encryption((), None)).identities(
             manifest.id)
     try:
-        _read_back(storage, dumper, manifest.artifact, manifest.sha256, manifest.raw_size,
-                   progress, extract_to, identities)
+        read_back_stored(storage, dumper, manifest.artifact, manifest.sha256,
+                         manifest.raw_size, progress, extract_to, identities)
     except BackupFailed as exc:
         _record_verification(storage, manifest, now, str(exc))
         raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None
