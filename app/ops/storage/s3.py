@@ -169,9 +169,11 @@ class S3Storage:
     @contextlib.contextmanager
     def _errors(self, action: str, name: str | None = None, midway: bool = False):
         """Turn botocore's exceptions into one sentence naming the bucket and what to check."""
-        from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
+        from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError,
+                                         ConnectTimeoutError, EndpointConnectionError,
                                          NoCredentialsError, ParamValidationError,
-                                         PartialCredentialsError, ProfileNotFound)
+                                         PartialCredentialsError, ProfileNotFound,
+                                         ReadTimeoutError)
         where = self.location(name) if name else f"s3://{self.bucket}/{self.key('')}"
         words = dict(b=f"S3 bucket '{self.bucket}'", action=action, where=where)
         try:
@@ -205,6 +207,10 @@ class S3Storage:
                                    "was lost; check the network and retry") from None
             raise ConfigError(f"the S3 endpoint {url} for {words['b']} cannot be reached: check "
                               "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the network") from None
+        except (ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError) as exc:
+            # The connection broke mid-transfer: say so, without botocore's URL and query.
+            raise BackupFailed(f"{action} {where} failed midway: the connection to S3 was "
+                               f"lost ({type(exc).__name__}); check the network and retry") from None
         except BotoCoreError as exc:
             raise BackupFailed(f"{action} {where} failed: {exc}; check the network and retry") \
                 from None
@@ -219,11 +225,16 @@ class _Upload(io.RawIOBase):
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict] = []
+        self.broken: BaseException | None = None
 
     def writable(self) -> bool:
         return True
 
     def write(self, data) -> int:
+        if self.broken is not None:
+            # A part already failed (botocore retried it); the compressor flushing its last
+            # bytes while the error unwinds must not send it all over again.
+            raise BackupFailed(f"{self.store.location(self.name)}: the upload already failed")
         view = memoryview(data).cast("B")
         size = len(view)
         while view:
@@ -248,8 +259,12 @@ class _Upload(io.RawIOBase):
         if number > MAX_PARTS:
             raise BackupFailed(f"{self.store.location(self.name)} would need more than "
                                f"{MAX_PARTS} parts of {self.store.part_size} bytes")
-        answer = self._call("upload_part", UploadId=self.upload_id, PartNumber=number,
-                            Body=self.buffer, ChecksumAlgorithm="CRC32")
+        try:
+            answer = self._call("upload_part", UploadId=self.upload_id, PartNumber=number,
+                                Body=self.buffer, ChecksumAlgorithm="CRC32")
+        except BaseException as exc:
+            self.broken = exc
+            raise
         self.parts.append({"PartNumber": number, "ETag": answer["ETag"],
                            **({"ChecksumCRC32": answer["ChecksumCRC32"]}
                               if "ChecksumCRC32" in answer else {})})

@@ -1,0 +1,590 @@
+"""End to end with the backups in S3: `invoke` runs as a subprocess in a fresh copy of the
+project, exactly as a user runs it, with `BACKUP_STORAGE=s3` and the standard AWS variables
+pointing at a real S3 endpoint over HTTP (moto in server mode, a thread of this process). The
+tests create their buckets with boto3 and check the state every run leaves behind: the objects
+in the bucket and their server-side encryption, the database's revision and tables, and what
+`invoke backups --json` lists.
+
+One test puts a small TCP proxy between invoke and moto that cuts every connection once it has
+carried more than a few MiB of request: a multipart upload whose parts never arrive.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import selectors
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pyrage import x25519
+from sqlalchemy import text
+
+from conftest import pg_env
+from helpers import failed, ok, shown, sqlite_state
+
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+PREFIX = "mida/backups"
+AGE_MAGIC = b"age-encryption.org/v1"
+MiB = 1 << 20
+
+
+# -- the S3 endpoint -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def e2e_moto():
+    """One moto server for this module, on a free port, serving S3 over HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    yield server._server.server_port
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_aws(monkeypatch):
+    """The developer's AWS variables and profiles stay out of the tests' own boto3 clients."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@dataclass
+class Bucket:
+    client: object
+    name: str
+    endpoint: str
+    home: Path   # where the empty AWS config files live
+
+    def env(self, endpoint: str | None = None, **extra: str) -> dict:
+        """The process environment of an invoke run that keeps its backups in this bucket."""
+        return {"BACKUP_STORAGE": "s3", "BACKUP_S3_BUCKET": self.name,
+                "BACKUP_S3_PREFIX": PREFIX, "BACKUP_S3_SSE": "AES256",
+                "AWS_ENDPOINT_URL": endpoint or self.endpoint,
+                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_CONFIG_FILE": str(self.home / "no-aws-config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(self.home / "no-aws-credentials"),
+                "AWS_EC2_METADATA_DISABLED": "true", **extra}
+
+    def key(self, env_name: str, name: str) -> str:
+        return f"{PREFIX}/{env_name}/{name}"
+
+    def objects(self, prefix: str = "") -> dict[str, str]:
+        """{key: ETag} of every object under `prefix`."""
+        found = {}
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name,
+                                                                       Prefix=prefix)
+        for page in pages:
+            found.update({o["Key"]: o["ETag"] for o in page.get("Contents", [])})
+        return found
+
+    def folder(self, env_name: str) -> dict[str, str]:
+        """{name: ETag} of the objects in one environment's folder."""
+        start = f"{PREFIX}/{env_name}/"
+        return {k[len(start):]: v for k, v in self.objects(start).items()}
+
+    def head(self, key: str) -> dict:
+        return self.client.head_object(Bucket=self.name, Key=key)
+
+    def body(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
+
+    def manifest(self, env_name: str, backup_id: str) -> dict:
+        return json.loads(self.body(self.key(env_name, f"{backup_id}.manifest.json")))
+
+    def put_manifest(self, env_name: str, manifest: dict) -> None:
+        self.client.put_object(Bucket=self.name,
+                               Key=self.key(env_name, f"{manifest['id']}.manifest.json"),
+                               Body=json.dumps(manifest, indent=2).encode(),
+                               ServerSideEncryption="AES256")
+
+    def uploads(self) -> list[dict]:
+        return self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def bucket(e2e_moto, tmp_path) -> Bucket:
+    """A fresh bucket of the test's own on the module's moto server."""
+    endpoint = f"http://127.0.0.1:{e2e_moto}"
+    client = s3_client(endpoint)
+    name = f"mida-e2e-{secrets.token_hex(4)}"
+    client.create_bucket(Bucket=name)
+    home = tmp_path / "aws-home"
+    home.mkdir()
+    return Bucket(client, name, endpoint, home)
+
+
+REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (/\S*) HTTP/1\.1\r\n")
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the S3 endpoint. It forwards both ways, byte for byte, and cuts a
+    connection (a reset on both of its sockets) as soon as more than `limit` bytes of request
+    have come through it: small requests pass, a request carrying a large body never arrives
+    whole. Each connection is served by one thread with a selector, so no socket is shared
+    between threads."""
+
+    def __init__(self, target_port: int, limit: int):
+        self.target = ("127.0.0.1", target_port)
+        self.limit = limit
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.cuts = 0
+        self.requests: list[tuple[str, str]] = []  # (method, target), in the order seen
+        self.threads: list[threading.Thread] = []
+        self.accepter = threading.Thread(target=self._accept, daemon=True)
+        self.accepter.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # the listener was shut down: stop
+                return
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:
+            client.close()
+            return
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, client)
+        sent, carry = 0, b""
+        try:
+            while True:
+                for key, _ in selector.select():
+                    source, sink = key.fileobj, key.data
+                    data = source.recv(1 << 16)
+                    if not data:
+                        return
+                    if source is client:
+                        # A request line split between two reads is found in carry + data;
+                        # one wholly inside the carry was counted already.
+                        window = carry + data
+                        found = [(m.group(1).decode(), m.group(2).decode())
+                                 for m in REQUEST_LINE.finditer(window) if m.end() > len(carry)]
+                        carry = window[-512:]
+                        with self.lock:
+                            self.requests += found
+                        sent += len(data)
+                        if sent > self.limit:
+                            with self.lock:
+                                self.cuts += 1
+                            linger = struct.pack("ii", 1, 0)  # close with a reset, at once
+                            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                            upstream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                            return
+                    sink.sendall(data)
+        except OSError:
+            return
+        finally:
+            selector.close()
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
+        self.listener.close()
+        self.accepter.join(timeout=10)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def dev_db(project) -> Path:
+    return project.root / "dev.db"
+
+
+def output(result) -> str:
+    return result.stdout + result.stderr
+
+
+def listed(project, bucket: Bucket, env_name: str = "dev", **extra) -> list[dict]:
+    result = ok(project.run("backups", f"--env={env_name}", "--json",
+                            env=bucket.env(**extra)))
+    return json.loads(result.stdout)
+
+
+def backup_id_of(result) -> str:
+    """The id from `invoke backup`'s line `Backup <id>: ...`."""
+    line = next(l for l in result.stdout.splitlines() if l.startswith("Backup "))
+    return line.split()[1].rstrip(":")
+
+
+def assert_newest_first(items: list[dict]) -> None:
+    stamps = [datetime.fromisoformat(i["created_at"].replace("Z", "+00:00")) for i in items]
+    assert stamps == sorted(stamps, reverse=True), [i["created_at"] for i in items]
+
+
+def backup_names(folder: dict[str, str]) -> set[str]:
+    """Manifests and artifacts: everything in a folder but the audit trail."""
+    return {n for n in folder if not n.endswith(".audit.json")}
+
+
+def iso_z(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@pytest.fixture
+def pgdb(pg_database):
+    """pg_database, plus dropping what restore and its drills leave beside it (`NAME__...`),
+    so the fixture can drop the role afterwards."""
+    yield pg_database
+    prefix = pg_database.name + "__"
+    with pg_database.admin.connect() as conn:
+        names = [r[0] for r in conn.execute(
+            text("SELECT datname FROM pg_database WHERE left(datname, :n) = :p"),
+            {"n": len(prefix), "p": prefix})]
+        for name in names:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# == 1. SQLite, the embedded default ==========================================================
+def test_sqlite_release_cycle_keeps_every_backup_in_s3_encrypted_at_rest(project, bucket):
+    env = bucket.env()
+
+    first = ok(project.run("migrate", env=env))
+    assert "nothing to back up" in output(first), shown(first)
+    assert sqlite_state(dev_db(project))["revision"] == HEAD
+    assert listed(project, bucket) == []
+    assert backup_names(bucket.folder("dev")) == set()
+
+    back = ok(project.run("rollback", env=env))
+    assert sqlite_state(dev_db(project))["revision"] == FIRST
+    [taken] = listed(project, bucket)
+    assert taken["revision"] == HEAD and taken["env"] == "dev" and taken["verified"] is True
+    location = f"s3://{bucket.name}/{PREFIX}/dev/{taken['id']}"
+    assert taken["location"].startswith(location), taken
+    assert taken["location"] in back.stdout, shown(back)
+    artifact = taken["location"][len(f"s3://{bucket.name}/"):]
+    names = bucket.folder("dev")
+    assert backup_names(names) == {artifact.rsplit("/", 1)[1], f"{taken['id']}.manifest.json"}
+    audits = [n for n in names if n.endswith(".audit.json")]
+    assert len(audits) == 2, names  # the first migrate and the rollback
+    for key in [artifact, bucket.key("dev", f"{taken['id']}.manifest.json"),
+                *(bucket.key("dev", n) for n in audits)]:
+        assert bucket.head(key)["ServerSideEncryption"] == "AES256", key
+    assert bucket.head(artifact)["ContentLength"] == taken["size"]
+    # Nothing went to local disk.
+    assert project.backup_files("dev") == set()
+
+    ok(project.run("migrate", env=env))
+    assert sqlite_state(dev_db(project))["revision"] == HEAD
+    items = listed(project, bucket)
+    assert [i["revision"] for i in items] == [FIRST, HEAD]
+    assert items[1]["id"] == taken["id"]
+    assert_newest_first(items)
+    for item in items:
+        assert item["location"].startswith(f"s3://{bucket.name}/{PREFIX}/dev/{item['id']}")
+
+    info = json.loads(ok(project.run("status", "--json", env=env)).stdout)
+    assert info["current"] == HEAD and info["pending"] == []
+    assert info["last_backup"]["id"] == items[0]["id"]
+    assert info["last_backup"]["location"] == items[0]["location"]
+    assert info["last_backup"]["location"].startswith(f"s3://{bucket.name}/")
+
+    verified = ok(project.run("verify", env=env))
+    assert items[0]["id"] in verified.stdout, shown(verified)
+    ok(project.run("verify", f"--backup={taken['id']}", env=env))
+    # verify rewrites the manifests it records in: they keep their encryption.
+    for item in items:
+        key = bucket.key("dev", f"{item['id']}.manifest.json")
+        assert bucket.head(key)["ServerSideEncryption"] == "AES256"
+    audit = json.loads(ok(project.run("audit", "--json", env=env)).stdout)
+    assert [e["action"] for e in audit] == ["migrate", "rollback", "migrate"]
+    assert audit[0]["backup_id"] == items[0]["id"] and audit[1]["backup_id"] == taken["id"]
+
+
+# == 2. PostgreSQL ============================================================================
+@pytest.mark.postgres
+def test_postgres_round_trip_restore_and_restore_test_from_s3(project, pgdb, bucket):
+    db = pgdb
+    env = pg_env(db, **bucket.env())
+    people = [("ada@example.org", "+44 20 1234"), ("grace@example.org", "+1 555 0100"),
+              ("alan@example.org", None)]
+
+    ok(project.run("migrate", env=env))
+    assert db.revision() == HEAD
+    for email, phone in people:
+        db.sql("INSERT INTO users (email, full_name, hashed_password, phone_number) "
+               "VALUES (:e, :n, 'x', :p)", e=email, n=email.split("@")[0].title(), p=phone)
+
+    ok(project.run("rollback", env=env))
+    assert db.revision() == FIRST and "phone_number" not in db.columns("users")
+    ok(project.run("migrate", env=env))
+    assert db.revision() == HEAD
+    # The phone numbers went with the column: only the rollback's backup still holds them.
+    assert {r[0] for r in db.sql("SELECT phone_number FROM users")} == {None}
+
+    items = listed(project, bucket, "pgtest", **pg_env(db))
+    assert [i["revision"] for i in items] == [FIRST, HEAD, None]
+    assert_newest_first(items)
+    before_rollback = items[1]
+    for item in items:
+        assert item["engine"] == "postgresql"
+        assert item["location"].startswith(f"s3://{bucket.name}/{PREFIX}/pgtest/{item['id']}")
+        artifact = item["location"][len(f"s3://{bucket.name}/"):]
+        assert bucket.head(artifact)["ServerSideEncryption"] == "AES256"
+        assert bucket.head(artifact)["ContentLength"] == item["size"]
+        manifest = bucket.manifest("pgtest", item["id"])
+        assert db.url.password not in json.dumps(manifest)
+
+    restored = ok(project.run("restore", "--yes", f"--backup={before_rollback['id']}", env=env))
+    assert before_rollback["id"] in restored.stdout, shown(restored)
+    assert db.revision() == HEAD
+    assert sorted(db.sql("SELECT email, phone_number FROM users")) == sorted(people)
+    after = listed(project, bucket, "pgtest", **pg_env(db))
+    assert len(after) == 4, after  # the safety backup of what was there, also in S3
+    assert after[0]["location"].startswith(f"s3://{bucket.name}/{PREFIX}/pgtest/")
+    assert_newest_first(after)
+
+    drill = ok(project.run("verify", "--restore-test", f"--backup={before_rollback['id']}",
+                           env=env))
+    # 3 users and the alembic_version row, as recorded when the backup was taken
+    assert "passed" in drill.stdout and "2 tables, 4 rows" in drill.stdout, shown(drill)
+    assert sorted(db.sql("SELECT email, phone_number FROM users")) == sorted(people)
+
+
+# == 3. An upload cut off halfway =============================================================
+@pytest.mark.postgres
+def test_an_upload_cut_off_midway_migrates_nothing_and_leaves_no_parts(project, pgdb, bucket,
+                                                                       e2e_moto):
+    db = pgdb
+    # Set up at FIRST straight through moto.
+    ok(project.run("migrate", f"--revision={FIRST}", env=pg_env(db, **bucket.env())))
+    assert db.revision() == FIRST
+    # ~24 MiB of random bytes: more than one 16 MiB part even after zstd.
+    db.sql("CREATE TABLE scans (id serial PRIMARY KEY, image bytea NOT NULL)")
+    for _ in range(24):
+        db.sql("INSERT INTO scans (image) VALUES (:b)", b=os.urandom(MiB))
+    before = listed(project, bucket, "pgtest", **pg_env(db))
+    assert len(before) == 1
+    stored = backup_names(bucket.folder("pgtest"))
+
+    proxy = CuttingProxy(e2e_moto, limit=3 * MiB)
+    try:
+        result = project.run("migrate", env=pg_env(db, **bucket.env(endpoint=proxy.endpoint)))
+    finally:
+        proxy.close()
+    error = failed(result, 4, f"s3://{bucket.name}/{PREFIX}/pgtest/")
+    # The dump went into a multipart upload whose first part was cut off (and retried, and
+    # cut again) until the upload was given up and aborted.
+    seen = proxy.requests
+    assert proxy.cuts >= 1, (seen, shown(result))
+    assert any(m == "POST" and t.endswith("?uploads") for m, t in seen), seen
+    assert any(m == "PUT" and "partNumber=1" in t for m, t in seen), seen
+    assert not any(m == "POST" and "uploadId=" in t for m, t in seen), seen  # never completed
+    assert any(m == "DELETE" and "uploadId=" in t for m, t in seen), seen  # aborted
+    assert "Migrate done" not in result.stdout, shown(result)
+
+    assert db.revision() == FIRST
+    assert "phone_number" not in db.columns("users")
+    assert db.sql("SELECT count(*) FROM scans")[0][0] == 24
+    after = listed(project, bucket, "pgtest", **pg_env(db))
+    assert [i["id"] for i in after] == [i["id"] for i in before], error
+    assert backup_names(bucket.folder("pgtest")) == stored
+    assert bucket.uploads() == []  # the multipart upload was aborted: no orphaned parts
+    audit = json.loads(ok(project.run("audit", "--json", env=pg_env(db, **bucket.env()))).stdout)
+    assert audit[0]["action"] == "migrate" and audit[0]["outcome"] == "backup failed", audit[0]
+
+    # Once the part has failed through botocore's retries, the backup has failed: the part is
+    # not sent again (and retried again) while the failure unwinds. One round of retries is
+    # what one upload_part call through the same proxy with the store's retry settings makes.
+    part_attempts = [t for m, t in seen if m == "PUT" and "partNumber=" in t]
+    one_round = attempts_of_one_upload_part(bucket, e2e_moto)
+    assert len(part_attempts) <= one_round, (
+        f"{len(part_attempts)} attempts to upload part 1, one round of retries is {one_round}")
+
+
+def attempts_of_one_upload_part(bucket: Bucket, moto_port: int) -> int:
+    """How many times one upload_part call, with the S3 store's retry settings, sends a part
+    that the cutting proxy cuts every time."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
+
+    from app.ops.storage.s3 import S3Storage
+
+    defaults = S3Storage.__init__.__kwdefaults__
+    config = Config(retries={"mode": "standard", "max_attempts": defaults["max_attempts"]},
+                    connect_timeout=defaults["connect_timeout"],
+                    read_timeout=defaults["read_timeout"])
+    upload = bucket.client.create_multipart_upload(Bucket=bucket.name, Key="probe")
+    proxy = CuttingProxy(moto_port, limit=3 * MiB)
+    try:
+        client = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing",
+                              config=config)
+        with pytest.raises(BotoCoreError):
+            client.upload_part(Bucket=bucket.name, Key="probe", UploadId=upload["UploadId"],
+                               PartNumber=1, Body=b"\0" * (8 * MiB), ChecksumAlgorithm="CRC32")
+    finally:
+        proxy.close()
+        bucket.client.abort_multipart_upload(Bucket=bucket.name, Key="probe",
+                                             UploadId=upload["UploadId"])
+    return sum(1 for m, t in proxy.requests if m == "PUT" and "partNumber=" in t)
+
+
+# == 4. A bucket that does not exist ==========================================================
+def test_a_missing_bucket_is_bad_configuration_naming_the_bucket(project, bucket):
+    ok(project.run("migrate", f"--revision={FIRST}"))  # local backups: nothing there yet
+    assert sqlite_state(dev_db(project))["revision"] == FIRST
+    missing = f"mida-missing-{secrets.token_hex(4)}"
+    env = bucket.env(BACKUP_S3_BUCKET=missing)
+
+    failed(project.run("backup", env=env), 2, f"'{missing}'", "does not exist")
+    failed(project.run("backups", env=env), 2, f"'{missing}'")
+    failed(project.run("backups", "--json", env=env), 2, f"'{missing}'")
+    failed(project.run("migrate", env=env), 2, f"'{missing}'")
+    assert sqlite_state(dev_db(project))["revision"] == FIRST
+    assert missing not in {b["Name"] for b in bucket.client.list_buckets()["Buckets"]}
+
+
+# == 5. Client-side encryption on S3 ==========================================================
+class Key:
+    def __init__(self, folder: Path, name: str):
+        self.identity = x25519.Identity.generate()
+        self.recipient = str(self.identity.to_public())
+        self.path = folder / f"{name}.key"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# public key: {self.recipient}\n{self.identity}\n")
+
+
+def test_an_encrypted_backup_in_s3_verifies_only_with_its_key(project, bucket, tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    ops, stranger = Key(keys, "ops"), Key(keys, "stranger")
+    sealed = dict(BACKUP_ENCRYPTION_RECIPIENTS=ops.recipient,
+                  BACKUP_ENCRYPTION_IDENTITY_FILE=str(ops.path))
+    env = bucket.env(**sealed)
+    ok(project.run("migrate", env=env))
+
+    backup_id = backup_id_of(ok(project.run("backup", "--label", "sealed", env=env)))
+    [item] = listed(project, bucket)
+    assert item["id"] == backup_id and item["label"] == "sealed"
+    artifact = item["location"][len(f"s3://{bucket.name}/"):]
+    assert artifact.startswith(f"{PREFIX}/dev/{backup_id}") and artifact.endswith(".age")
+    data = bucket.body(artifact)
+    assert data.startswith(AGE_MAGIC)
+    assert b"SQLite format 3" not in data
+    assert bucket.head(artifact)["ServerSideEncryption"] == "AES256"
+    assert bucket.manifest("dev", backup_id)["encryption"] == "age"
+
+    ok(project.run("verify", f"--backup={backup_id}", env=env))
+    wrong = bucket.env(BACKUP_ENCRYPTION_RECIPIENTS=ops.recipient,
+                       BACKUP_ENCRYPTION_IDENTITY_FILE=str(stranger.path))
+    failed(project.run("verify", f"--backup={backup_id}", env=wrong), 2, backup_id,
+           "cannot be decrypted")
+    # A wrong key says nothing about the backup: it stays verified, and untouched.
+    assert bucket.manifest("dev", backup_id)["verified"] is True
+    assert bucket.body(artifact) == data
+    ok(project.run("verify", f"--backup={backup_id}", env=env))
+
+
+# == 6. Retention on S3 =======================================================================
+def test_prune_on_s3_by_count_and_by_age(project, bucket):
+    env = bucket.env()
+    ok(project.run("migrate", env=env))
+    ids = [backup_id_of(ok(project.run("backup", "--label", f"b{n}", env=env)))
+           for n in range(4)]
+    # Distinct, ordered times an hour apart, whatever second each run fell in.
+    now = datetime.now(timezone.utc)
+    for age, backup_id in zip((4, 3, 2, 1), ids):
+        manifest = bucket.manifest("dev", backup_id)
+        manifest["created_at"] = iso_z(now - timedelta(hours=age))
+        bucket.put_manifest("dev", manifest)
+    assert [i["id"] for i in listed(project, bucket)] == ids[::-1]
+    artifacts = {i["id"]: i["location"].rsplit("/", 1)[1] for i in listed(project, bucket)}
+
+    everything = bucket.objects()
+    dry = ok(project.run("prune", "--dry-run", env=bucket.env(BACKUP_KEEP_LAST="2")))
+    assert ids[0] in dry.stdout and ids[1] in dry.stdout, shown(dry)
+    assert bucket.objects() == everything
+
+    ok(project.run("prune", env=bucket.env(BACKUP_KEEP_LAST="2")))
+    names = bucket.folder("dev")
+    for gone in ids[:2]:
+        assert f"{gone}.manifest.json" not in names and artifacts[gone] not in names, names
+    for kept in ids[2:]:
+        assert f"{kept}.manifest.json" in names and artifacts[kept] in names, names
+    assert [i["id"] for i in listed(project, bucket)] == ids[:1:-1]
+
+    # By age: two more backups, then the two older ones made 40 days old.
+    ids += [backup_id_of(ok(project.run("backup", env=env))) for _ in range(2)]
+    for offset, backup_id in enumerate(ids[2:4]):
+        manifest = bucket.manifest("dev", backup_id)
+        manifest["created_at"] = iso_z(now - timedelta(days=40, hours=2 - offset))
+        bucket.put_manifest("dev", manifest)
+        key = bucket.key("dev", f"{backup_id}.manifest.json")
+        assert bucket.head(key)["ServerSideEncryption"] == "AES256"
+    ok(project.run("prune", env=bucket.env(BACKUP_KEEP_DAYS="30")))
+    assert [i["id"] for i in listed(project, bucket)] == [ids[5], ids[4]]
+    names = bucket.folder("dev")
+    assert not any(n.startswith((ids[2], ids[3])) for n in names), names
+
+    # Everything old: the newest verified backup still stays.
+    for offset, backup_id in enumerate(ids[4:]):
+        manifest = bucket.manifest("dev", backup_id)
+        manifest["created_at"] = iso_z(now - timedelta(days=40, hours=1 - offset))
+        bucket.put_manifest("dev", manifest)
+    ok(project.run("prune", env=bucket.env(BACKUP_KEEP_DAYS="30")))
+    [last] = listed(project, bucket)
+    assert last["id"] == ids[5]
+    names = bucket.folder("dev")
+    assert backup_names(names) == {f"{ids[5]}.manifest.json", last["location"].rsplit("/", 1)[1]}
+    ok(project.run("verify", env=env))
+
+
+# == 7. A prefix that other keys share ========================================================
+def test_listing_sees_only_the_environments_own_backups(project, bucket):
+    env = bucket.env()
+    ok(project.run("migrate", env=env))
+    real = [backup_id_of(ok(project.run("backup", env=env))) for _ in range(2)]
+    template = bucket.manifest("dev", real[0])
+    strays = {f"{PREFIX}-old/dev/x.manifest.json": "20200101T000000Z-aaaaaa",
+              f"{PREFIX}/dev/nested/y.manifest.json": "20200101T000000Z-bbbbbb",
+              f"{PREFIX}/devx/z.manifest.json": "20200101T000000Z-cccccc",
+              f"{PREFIX}/dev-old/w.manifest.json": "20200101T000000Z-dddddd",
+              f"{PREFIX}/dev.manifest.json": "20200101T000000Z-eeeeee"}
+    for key, stray_id in strays.items():
+        # Each is a well-formed manifest of env dev: only where it lives keeps it out.
+        body = json.dumps({**template, "id": stray_id}).encode()
+        bucket.client.put_object(Bucket=bucket.name, Key=key, Body=body)
+
+    items = listed(project, bucket)
+    assert sorted(i["id"] for i in items) == sorted(real), items
+    assert_newest_first(items)
+    for item in items:
+        assert item["location"].startswith(f"s3://{bucket.name}/{PREFIX}/dev/{item['id']}")
+    info = json.loads(ok(project.run("status", "--json", env=env)).stdout)
+    assert info["last_backup"]["id"] in real
