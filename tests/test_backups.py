@@ -71,11 +71,11 @@ def test_take_backup_sqlite_manifest_fields(sqlite_settings, tmp_path):
     manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0,
                            label="before release 7")
     artifact = backup_folder(sqlite_settings) / manifest.artifact
-    assert manifest.id.startswith("20260302T101530Z-")
+    assert manifest.id.startswith("20260302T101530.000Z-")
     assert manifest.env == "dev"
     assert manifest.engine == "sqlite"
     assert manifest.database == sqlite_settings.masked_database_url
-    assert manifest.created_at == "2026-03-02T10:15:30Z"
+    assert manifest.created_at == "2026-03-02T10:15:30.000Z"
     assert datetime.fromisoformat(manifest.created_at) == T0
     assert manifest.revision == FIRST
     assert manifest.reason == "manual"
@@ -132,10 +132,10 @@ def test_verify_backup_ok_records_verification(sqlite_settings):
     verified = verify_backup(sqlite_settings, manifest, now=later)
     assert verified.verified is True
     assert verified.verify_error is None
-    assert verified.verified_at == "2026-03-02T12:15:30Z"
+    assert verified.verified_at == "2026-03-02T12:15:30.000Z"
     on_disk = stored_manifest(sqlite_settings, manifest.id)
     assert on_disk.verified is True
-    assert on_disk.verified_at == "2026-03-02T12:15:30Z"
+    assert on_disk.verified_at == "2026-03-02T12:15:30.000Z"
 
 
 def test_verify_backup_extracts_the_database(sqlite_settings, tmp_path):
@@ -160,7 +160,7 @@ def test_corrupt_artifact_fails_and_is_recorded(sqlite_settings):
     on_disk = stored_manifest(sqlite_settings, manifest.id)
     assert on_disk.verified is False
     assert on_disk.verify_error
-    assert on_disk.verified_at == "2026-03-02T10:20:30Z"
+    assert on_disk.verified_at == "2026-03-02T10:20:30.000Z"
     assert [m.verified for m in list_backups(sqlite_settings)] == [False]
 
 
@@ -223,7 +223,9 @@ def test_verify_refuses_a_backup_of_another_engine(sqlite_settings):
 
 # -- list_backups / find_backup ----------------------------------------------------------------
 def test_list_backups_newest_first(sqlite_settings):
-    times = [T0 + timedelta(days=1), T0, T0 + timedelta(days=2), T0 + timedelta(seconds=1)]
+    # Two of them in one second: the one taken a few milliseconds later still lists first.
+    times = [T0 + timedelta(days=1), T0, T0 + timedelta(days=2), T0 + timedelta(seconds=1),
+             T0 + timedelta(seconds=1, milliseconds=4)]
     taken = {take_backup(sqlite_settings, reason="manual", revision=FIRST, now=t).id: t
              for t in times}
     listed = list_backups(sqlite_settings)
@@ -260,7 +262,10 @@ def test_list_backups_survives_a_manifest_with_a_broken_created_at(sqlite_settin
     bad["id"], bad["created_at"] = "20990101T000000Z-abcabc", None
     folder = backup_folder(sqlite_settings)
     (folder / (bad["id"] + MANIFEST_SUFFIX)).write_text(json.dumps(bad))
-    assert good.id in [m.id for m in list_backups(sqlite_settings)]
+    bad["id"], bad["created_at"] = "20990101T000000Z-defdef", "yesterday"
+    (folder / (bad["id"] + MANIFEST_SUFFIX)).write_text(json.dumps(bad))
+    assert [m.id for m in list_backups(sqlite_settings)] == [good.id]
+
 
 def test_list_backups_only_lists_its_own_env(sqlite_settings):
     good = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)

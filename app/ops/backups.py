@@ -65,6 +65,7 @@ class BackupManifest:
         if not isinstance(data, dict) or not all(
                 isinstance(data.get(k), str) for k in ("id", "created_at", "artifact", "sha256")):
             raise ValueError("not a backup manifest")
+        datetime.fromisoformat(data["created_at"])  # a ValueError here: listed as unreadable
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -74,12 +75,15 @@ class BackupManifest:
 
 
 def new_backup_id(now: datetime) -> str:
-    # Sortable by time; the random tail keeps two backups in one second apart.
-    return f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    # Sortable by time to the millisecond, so a backup taken right after another (the one
+    # migrate takes before a rollback, say) still lists first; the random tail keeps two
+    # backups in one millisecond apart.
+    utc = now.astimezone(timezone.utc)
+    return f"{utc:%Y%m%dT%H%M%S}.{utc.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 def iso(now: datetime) -> str:
-    return now.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return now.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
@@ -156,7 +160,7 @@ def list_backups(settings) -> list[BackupManifest]:
             continue
         if manifest.env == settings.env:
             manifests.append(manifest)
-    return sorted(manifests, key=lambda m: (m.created_at, m.id), reverse=True)
+    return sorted(manifests, key=lambda m: (m.created, m.id), reverse=True)
 
 
 def find_backup(settings, backup_id: str | None) -> BackupManifest:

@@ -101,7 +101,7 @@ def _since(clock: float) -> float:
 
 
 def _save(settings, rehearsal: Rehearsal, now: datetime) -> None:
-    name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}{REHEARSAL_SUFFIX}"
+    name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{REHEARSAL_SUFFIX}"
     open_storage(settings).put_bytes(name, (json.dumps(asdict(rehearsal), indent=2) + "\n").encode())
 
 
