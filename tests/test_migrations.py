@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from app.ops.database import stamped_revision
 from app.ops.errors import ConfigError
 from app.ops.migrations import Migrations, Revision
 from app.settings import load_settings
@@ -236,3 +237,25 @@ def test_postgres_upgrade_and_current_with_awkward_password(pg_database, tmp_pat
     migrations.downgrade(target)
     assert pg_database.revision() == FIRST
     assert "phone_number" not in pg_database.columns("users")
+
+
+def test_current_of_db_stamped_twice_is_config_error(settings, migrations):
+    migrations.upgrade("head")
+    conn = sqlite3.connect(db_path(settings))
+    with conn:
+        conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (FIRST,))
+    conn.close()
+    with pytest.raises(ConfigError, match="several revisions"):
+        migrations.current()
+
+
+@pytest.mark.postgres
+def test_stamped_revision_on_postgres_reads_the_version_table(pg_database):
+    assert stamped_revision(pg_database.url) is None          # no alembic_version table yet
+    pg_database.sql("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    assert stamped_revision(pg_database.url) is None          # stamped with nothing yet
+    pg_database.sql("INSERT INTO alembic_version VALUES (:r)", r=FIRST)
+    assert stamped_revision(pg_database.url) == FIRST
+    pg_database.sql("INSERT INTO alembic_version VALUES (:r)", r=HEAD)
+    with pytest.raises(ConfigError, match="several revisions"):
+        stamped_revision(pg_database.url)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from app.ops.errors import DatabaseUnreachable
+from app.ops.errors import ConfigError, DatabaseUnreachable
 from app.settings import engine_kind, mask_url
 
 
@@ -47,6 +47,31 @@ def connect(url):
             yield conn
     finally:
         engine.dispose()
+
+
+def stamped_revision(url) -> str | None:
+    """The alembic revision the database is stamped with; None when it has none yet (or does
+    not exist yet). Plain SQL: backup and restore need the revision but not Alembic's import."""
+    if not database_exists(url):
+        return None
+    with connect(url) as conn:
+        return revision_of(conn)
+
+
+def revision_of(conn) -> str | None:
+    from sqlalchemy import text
+
+    if conn.dialect.name == "postgresql":
+        present = conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
+    else:
+        present = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                    "AND name = 'alembic_version'")).first() is not None
+    heads = (conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+             if present else [])
+    if len(heads) > 1:
+        raise ConfigError(f"the database is stamped with several revisions "
+                          f"({', '.join(heads)}): see README, troubleshooting")
+    return heads[0] if heads else None
 
 
 def server_version_num(conn) -> int:

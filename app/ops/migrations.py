@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import TextIO
 
-from app.ops.database import connect, database_exists
+from app.ops.database import database_exists, stamped_revision
 from app.ops.errors import ConfigError, MigrationFailed
 from app.settings import PROJECT_ROOT
 
@@ -71,16 +71,7 @@ class Migrations:
 
     def current(self) -> str | None:
         """The database's revision; None when it has none yet (or does not exist yet)."""
-        if not database_exists(self.url):
-            return None
-        from alembic.runtime.migration import MigrationContext
-
-        with connect(self.url) as conn:
-            heads = MigrationContext.configure(conn).get_current_heads()
-        if len(heads) > 1:
-            raise ConfigError(f"the database is stamped with several revisions "
-                              f"({', '.join(heads)}): see README, troubleshooting")
-        return heads[0] if heads else None
+        return stamped_revision(self.url)
 
     def resolve(self, revision: str) -> str | None:
         """A full revision id for `revision` (an id, a unique prefix, head or base)."""

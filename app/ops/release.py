@@ -12,7 +12,8 @@ from pathlib import Path
 
 from app.ops import audit
 from app.ops.backups import BackupManifest, take_backup
-from app.ops.database import connect, database_exists, database_size, server_version_num
+from app.ops.database import (connect, database_exists, database_size, server_version_num,
+                              stamped_revision)
 from app.ops.errors import BackupFailed, ConfigError, MigrationFailed
 from app.ops.guards import (check_fit, check_free_disk, check_staging_first, check_window,
                             review_pending)
@@ -111,7 +112,7 @@ def upgrade_sql(settings, revision: str = "head") -> str:
 
 def backup_on_demand(settings, *, now: datetime, label: str | None,
                      reporter: Reporter = Reporter()) -> BackupManifest:
-    current = Migrations(settings).current()
+    current = stamped_revision(settings.database_url)
     manifest = backup_before_change(settings, now=now, revision=current, reporter=reporter,
                                     reason="on demand", label=label)
     if manifest is None:

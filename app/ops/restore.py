@@ -20,10 +20,9 @@ from typing import Callable
 
 from app.ops import audit
 from app.ops.backups import BackupManifest, find_backup, list_backups, take_backup, verify_backup
-from app.ops.database import connect, database_exists, server_version_num
+from app.ops.database import connect, database_exists, server_version_num, stamped_revision
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.ops.lock import database_lock
-from app.ops.migrations import Migrations
 from app.ops.report import Reporter
 from app.settings import engine_kind
 
@@ -66,7 +65,7 @@ def plan_restore(settings, backup_id: str | None) -> RestorePlan:
                           f"restored over env '{settings.env}' ({engine})")
     url = settings.database_url
     name = Path(url.database).name if engine == "sqlite" else url.database
-    return RestorePlan(manifest, name, Migrations(settings).current())
+    return RestorePlan(manifest, name, stamped_revision(settings.database_url))
 
 
 def confirm(plan: RestorePlan, *, yes: bool, ask: Callable[[str], str] | None) -> None:
@@ -90,7 +89,7 @@ def run_restore(settings, plan: RestorePlan, *, now: datetime,
             restore_one = (_restore_sqlite if engine_kind(settings.database_url) == "sqlite"
                            else _restore_postgres)
             result = restore_one(settings, plan, now, reporter)
-            result.revision = Migrations(settings).current()
+            result.revision = stamped_revision(settings.database_url)
             if result.revision != plan.backup.revision:
                 raise BackupFailed(f"after the restore the database is at {result.revision}, "
                                    f"but backup {plan.backup.id} holds {plan.backup.revision}")
@@ -191,12 +190,7 @@ def restore_jobs() -> int:
 
 
 def _check_copy(url, backup: BackupManifest) -> None:
-    from sqlalchemy import text
-
-    with connect(url) as conn:
-        has_version = conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
-        revision = (conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-                    if has_version else None)
+    revision = stamped_revision(url)
     if revision != backup.revision:
         raise BackupFailed(f"the restored copy is at revision {revision}, but backup "
                            f"{backup.id} recorded {backup.revision}; nothing was swapped")
