@@ -700,6 +700,40 @@ def test_restore_is_refused_while_another_session_is_connected(project, pgdb, pg
     assert derived_databases(pg_admin, db.name) == []
 
 
+@pytest.mark.postgres
+def test_restore_by_a_role_that_may_not_create_databases_is_refused_first(project, pgdb,
+                                                                         pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None))
+    backup = take_backup(project, "pgtest", env)
+    insert_users(db, ("marker@example.org", None))
+    before, listed = pg_state(db), ids(project.backups("pgtest", env=env))
+    oid = db_properties(pg_admin, db.name)["oid"]
+    with pg_admin.connect() as admin:
+        admin.execute(text(f'ALTER ROLE "{db.role}" NOCREATEDB'))
+
+    failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
+           "CREATEDB", db.role)
+
+    assert pg_state(db) == before
+    assert db_properties(pg_admin, db.name)["oid"] == oid
+    assert ids(project.backups("pgtest", env=env)) == listed  # no safety backup either
+    assert derived_databases(pg_admin, db.name) == []
+
+
+@pytest.mark.postgres
+def test_a_step_the_server_refuses_is_one_sentence_not_a_traceback(pgdb):
+    from app.ops.errors import BackupFailed
+    from app.ops.restore_postgres import DatabaseSwap
+
+    swap = DatabaseSwap(pgdb.url)
+    with pytest.raises(BackupFailed, match=f'"{pgdb.name}" already exists') as caught:
+        swap.create_like(pgdb.name, swap.properties())
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
 # == 1b. every kind of database setting survives (see also test 1) ============================
 @pytest.mark.postgres
 @pytest.mark.parametrize("setting", ["search_path list", "role in database"])

@@ -41,7 +41,7 @@ def connect(url):
             conn = engine.connect()
         except DBAPIError as exc:
             raise DatabaseUnreachable(
-                f"cannot connect to {mask_url(url)}: {_first_line(exc.orig)}; check the "
+                f"cannot connect to {mask_url(url)}: {first_line(exc.orig)}; check the "
                 "server is running and the env's database settings") from None
         with conn:
             yield conn
@@ -98,6 +98,6 @@ def postgres_row_counts(conn) -> dict[str, int]:
     return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
 
 
-def _first_line(error) -> str:
+def first_line(error) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__

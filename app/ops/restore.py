@@ -14,7 +14,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -140,7 +140,8 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
     from sqlalchemy import text
 
     from app.ops.dumpers import dumper_for
-    from app.ops.restore_postgres import KEPT, RESTORING, DatabaseSwap, derived_name
+    from app.ops.restore_postgres import (KEPT, RESTORING, DatabaseSwap, database_stamp,
+                                          derived_name)
 
     url = settings.database_url
     swap = DatabaseSwap(url)
@@ -153,7 +154,7 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
     dumper.check_tools(version)
     for stale in swap.drop_stale():
         reporter.info(f"dropped {stale}, left behind by an interrupted restore")
-    stamp = now.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
+    stamp = database_stamp(now)  # to the millisecond: two restores in one second get two names
     new, kept = derived_name(url.database, RESTORING, stamp), derived_name(url.database, KEPT, stamp)
     with tempfile.TemporaryDirectory(prefix="pg-restore-") as folder:
         archive = Path(folder) / "restore.pgdump"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from app.ops.errors import BackupFailed, GuardRefused
 from app.ops.lock import MAINTENANCE_DATABASE
@@ -22,10 +23,16 @@ from app.ops.lock import MAINTENANCE_DATABASE
 RESTORING = "__restoring_"
 KEPT = "__pre_restore_"
 MAX_NAME = 63  # PostgreSQL's identifier limit, in bytes
+STAMP_DIGITS = 17  # YYYYmmddHHMMSS and milliseconds: two restores in one second get two names
 
 
 def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def database_stamp(now: datetime) -> str:
+    utc = now.astimezone(timezone.utc)
+    return f"{utc:%Y%m%d%H%M%S}{utc.microsecond // 1000:03d}"
 
 
 def derived_name(database: str, marker: str, stamp: str) -> str:
@@ -56,17 +63,24 @@ class DatabaseSwap:
 
     def _run(self, statements, params=None, fetch=False):
         from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
 
-        from app.ops.database import connect
+        from app.ops.database import connect, first_line
 
         with connect(self.url.set(database=MAINTENANCE_DATABASE)) as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            if isinstance(statements, str):
-                result = conn.execute(text(statements), params or {})
-                return result.fetchall() if fetch else None
-            with conn.begin():
-                for statement in statements:
-                    conn.execute(text(statement))
+            try:
+                if isinstance(statements, str):
+                    result = conn.execute(text(statements), params or {})
+                    return result.fetchall() if fetch else None
+                with conn.begin():
+                    for statement in statements:
+                        conn.execute(text(statement))
+            except DBAPIError as exc:
+                # One sentence, no traceback: the caller's cleanup leaves the live database
+                # as it was, and this says what the server refused.
+                raise BackupFailed(f"the server refused a step of the restore: "
+                                   f"{first_line(exc.orig)}") from None
 
     def properties(self) -> DatabaseProperties:
         rows = self._run(
@@ -88,6 +102,12 @@ class DatabaseSwap:
         if props.owner != current_user:
             raise GuardRefused(f"restore must run as the owner of database {self.database} "
                                f"({props.owner}), not as {current_user}")
+        can_create = self._run("SELECT rolcreatedb OR rolsuper FROM pg_roles "
+                               "WHERE rolname = current_user", fetch=True)
+        if not (can_create and can_create[0][0]):
+            raise GuardRefused(f"restore builds the restored copy in a new database beside "
+                               f"{self.database}, and {current_user} may not create databases: "
+                               f"ALTER ROLE {quote(current_user)} CREATEDB, then run it again")
         others = self.other_sessions(self.database)
         if others:
             raise GuardRefused(f"{len(others)} other session(s) are connected to "
@@ -105,9 +125,9 @@ class DatabaseSwap:
         """Drop copies a killed restore (or rehearsal) left behind: `DB<marker>STAMP`. One that
         somebody is still connected to belongs to a run in progress (a scratch copy is built
         outside the lock) and is left alone."""
-        prefix = derived_name(self.database, marker, "0" * 14)[:-14]
+        prefix = derived_name(self.database, marker, "0" * STAMP_DIGITS)[:-STAMP_DIGITS]
         rows = self._run("SELECT datname FROM pg_database WHERE left(datname, :n) = :p "
-                         "AND substr(datname, :n + 1) ~ '^[0-9]{14}$'",
+                         f"AND substr(datname, :n + 1) ~ '^[0-9]{{{STAMP_DIGITS}}}$'",
                          {"n": len(prefix), "p": prefix}, fetch=True)
         stale = [name for (name,) in rows if not self.other_sessions(name)]
         for name in stale:

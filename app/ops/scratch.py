@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -46,13 +46,13 @@ def scratch_copy(settings, backup: BackupManifest, *, now: datetime) -> Iterator
 def _postgres_scratch(settings, archive: Path, now: datetime):
     from app.ops.dumpers import dumper_for
     from app.ops.restore import restore_jobs
-    from app.ops.restore_postgres import DatabaseSwap, derived_name
+    from app.ops.restore_postgres import DatabaseSwap, database_stamp, derived_name
 
     url = settings.database_url
     server = DatabaseSwap(url)
     server.drop_stale(SCRATCH)
     props = server.properties()
-    name = derived_name(url.database, SCRATCH, now.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S"))
+    name = derived_name(url.database, SCRATCH, database_stamp(now))
     dumper = dumper_for(settings)
     with connect(url) as conn:
         dumper.check_tools(server_version_num(conn))
