@@ -78,6 +78,7 @@ class Run:
     returncode: int
     tree_maxrss_kib: int                 # wait4 ru_maxrss: largest single process of the tree
     cpu_seconds: float = 0.0             # wait4 user + system time of the tree (not the server's)
+    machine_cpu_seconds: float = 0.0     # busy CPU time of the whole machine meanwhile (/proc/stat)
     peaks_kib: dict = field(default_factory=dict)   # pid -> (comm, VmHWM KiB)
     concurrent_kib: int = 0              # largest sampled sum of VmRSS over the tree
     stdout: bytes = b""
@@ -177,10 +178,19 @@ class TreeSampler(threading.Thread):
         self.join()
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all but idle and iowait) since boot: the
+    PostgreSQL server's backends count here, which wait4 of our own tree never sees."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(argv, *, cwd=None, env=None, sample_interval: float | None = None,
             capture: bool = True) -> Run:
     """Run argv to completion; wall time, wait4's ru_maxrss and (optionally) a /proc sampler."""
     out = subprocess.PIPE if capture else subprocess.DEVNULL
+    busy = machine_busy_seconds()
     started = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=out,
                             stdin=subprocess.DEVNULL)
@@ -208,7 +218,7 @@ def measure(argv, *, cwd=None, env=None, sample_interval: float | None = None,
         proc.stdout.close()
         proc.stderr.close()
     run = Run(seconds, proc.returncode, usage.ru_maxrss, usage.ru_utime + usage.ru_stime,
-              stdout=stdout, stderr=stderr)
+              machine_busy_seconds() - busy, stdout=stdout, stderr=stderr)
     if sampler:
         sampler.stop()
         run.peaks_kib, run.concurrent_kib = sampler.peaks, sampler.concurrent
@@ -347,18 +357,20 @@ def backup_part(args, tmp: Path) -> list[tuple[str, bool]]:
             shutil.rmtree(out) if out.is_dir() else out.unlink()
 
     base = med([r.seconds for r, _, _ in results["pg_dump -Fc (bare)"]])
-    print(f"\n{'command':<28} {'median s':>9} {'ratio':>7} {'CPU s':>7} {'archive':>12} "
-          f"{'peak RSS (largest process)':>27}")
+    print(f"\n{'command':<28} {'median s':>9} {'ratio':>7} {'CPU s':>7} {'machine':>8} "
+          f"{'archive':>12} {'peak RSS (largest process)':>27}")
     for name, _ in commands:
         rows = results[name]
         secs = med([r.seconds for r, _, _ in rows])
         size = med([s for _, s, _ in rows])
         peak = max(r.biggest_kib for r, _, _ in rows)
         cpu = med([r.cpu_seconds for r, _, _ in rows])
-        print(f"{name:<28} {secs:9.1f} {secs / base:6.2f}x {cpu:7.1f} {size / MIB:8.1f} MiB "
-              f"{mib(peak):>27}")
+        machine = med([r.machine_cpu_seconds for r, _, _ in rows])
+        print(f"{name:<28} {secs:9.1f} {secs / base:6.2f}x {cpu:7.1f} {machine:8.1f} "
+              f"{size / MIB:8.1f} MiB {mib(peak):>27}")
     print("  (CPU s: user + system time of the command's process tree, median; the server's "
-          "backend is not counted)")
+          "backend is not counted; machine: busy CPU seconds of the whole machine meanwhile, "
+          "server included)")
     print("\nPeak RSS per process (max over rounds; sampled VmHWM every "
           f"{args.sample_interval} s; wait4 ru_maxrss of the tree as a cross-check):")
     for name, _ in commands:
@@ -496,7 +508,7 @@ def report_commands(commands: list[str], results: dict[str, list], base_name: st
     """Median table (ratio against `base_name`) and peak RSS per process, as in part 1. Each
     results[name] is a list of (Run, extra dict); extra may hold "size" and "moto_cpu"."""
     base = med([r.seconds for r, _ in results[base_name]])
-    head = f"\n{'command':<34} {'median s':>9} {'ratio':>7} {'CPU s':>7}"
+    head = f"\n{'command':<34} {'median s':>9} {'ratio':>7} {'CPU s':>7} {'machine':>8}"
     if size_label:
         head += f" {size_label:>12}"
     print(head + f" {'peak RSS (largest process)':>27}")
@@ -504,12 +516,14 @@ def report_commands(commands: list[str], results: dict[str, list], base_name: st
         rows = results[name]
         secs = med([r.seconds for r, _ in rows])
         line = (f"{name:<34} {secs:9.1f} {secs / base:6.2f}x "
-                f"{med([r.cpu_seconds for r, _ in rows]):7.1f}")
+                f"{med([r.cpu_seconds for r, _ in rows]):7.1f} "
+                f"{med([r.machine_cpu_seconds for r, _ in rows]):8.1f}")
         if size_label:
             line += f" {med([e.get('size', 0) for _, e in rows]) / MIB:8.1f} MiB"
         print(line + f" {mib(max(r.biggest_kib for r, _ in rows)):>27}")
     print("  (ratio: against the median of " + base_name + " in this run; CPU s: user + system "
-          "time of the command's process tree, median; the server's backends are not counted)")
+          "time of the command's process tree, median; the server's backends are not counted; "
+          "machine: busy CPU seconds of the whole machine meanwhile, server included)")
     print("\nPeak RSS per process (max over rounds; sampled VmHWM every "
           f"{args.sample_interval} s; wait4 ru_maxrss of the tree as a cross-check):")
     for name in commands:
@@ -636,6 +650,12 @@ def restore_part(args, tmp: Path) -> list[tuple]:
     print(f"\n  invoke restore: median {secs:.1f} s, of which run_restore (verify, safety backup "
           f"beside the restore, swap, check) {med([e['restore_seconds'] for _, e in inv]):.1f} s; "
           f"pg_restore -j2 is {jobs2 / base:.2f}x bare")
+    # The floor no scheduling can beat: the machine's busy CPU time spread over every core.
+    cores = os.cpu_count() or 1
+    work = med([r.machine_cpu_seconds for r, _ in inv])
+    print(f"  invoke restore keeps the machine busy for {work:.1f} CPU s (restore, safety backup "
+          f"and verify, server included); on {cores} cores that alone takes at least "
+          f"{work / cores:.1f} s = {work / cores / base:.2f}x bare pg_restore")
     return [
         (f"restore time: invoke {secs:.1f} s / bare pg_restore {base:.1f} s = {secs / base:.3f}x "
          f"(target <= {RESTORE_RATIO_TARGET}x)", secs <= RESTORE_RATIO_TARGET * base),

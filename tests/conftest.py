@@ -123,14 +123,26 @@ class Project:
         path.write_text("".join(f"{k}={_dotenv_quote(v)}\n" for k, v in settings.items()))
         return path
 
-    def run(self, *args: str, env: dict | None = None, input: str | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
+    def environ(self, env: dict | None) -> dict:
+        """This process's environment without the project's settings, plus `env`."""
         environ = {k: v for k, v in os.environ.items() if k not in CLEARED
                    and not k.startswith(CLEARED_PREFIXES)}
         environ.update(env or {})
+        return environ
+
+    def run(self, *args: str, env: dict | None = None, input: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=self.root,
-                              env=environ, input=input, capture_output=True, text=True,
-                              timeout=timeout)
+                              env=self.environ(env), input=input, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        """Like run, but returns at once, in a session (process group) of its own, so that a
+        test can end it and everything it started."""
+        return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=self.root,
+                                env=self.environ(env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
 
     def backups(self, env_name: str = "dev", env: dict | None = None) -> list[dict]:
         result = self.run("backups", f"--env={env_name}", "--json", env=env)

@@ -12,14 +12,13 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from conftest import CLEARED, admin_url, pg_env
+from conftest import admin_url, pg_env
 from helpers import assert_no_password, failed, ok
 
 pytestmark = pytest.mark.postgres
@@ -45,16 +44,6 @@ def url_env(db) -> dict:
 
 def users_columns(db) -> list[str]:
     return db.columns("users")
-
-
-def start_invoke(project, *args: str, env: dict) -> subprocess.Popen:
-    """Like project.run, but returns at once (in a session of its own, to end it cleanly)."""
-    environ = {k: v for k, v in os.environ.items() if k not in CLEARED
-               and not k.startswith("POSTGRES_")}
-    environ.update(env)
-    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=project.root,
-                            env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
 
 
 def parked_pg_dump(tmp_path) -> tuple[Path, Path, Path]:
@@ -211,7 +200,7 @@ def test_a_second_migrate_is_refused_while_the_first_holds_the_lock(project, pg_
     bin_dir, started, go = parked_pg_dump(tmp_path)
     env = pg_env(db, PG_BIN_DIR=str(bin_dir))
     started_fd = os.open(started, os.O_RDWR)  # Linux: never blocks, and never reads EOF
-    first = start_invoke(project, "migrate", env=env)
+    first = project.start("migrate", env=env)
     try:
         while not select.select([started_fd], [], [], 1)[0]:
             assert first.poll() is None, f"the first migrate ended early:\n{first.stderr.read()}"
@@ -239,7 +228,7 @@ def test_a_killed_migrate_leaves_no_lock_behind(project, pg_database, tmp_path):
     ok(project.run("migrate", "--revision=a9ef987fd631", env=pg_env(db)))
     bin_dir, started, _go = parked_pg_dump(tmp_path)
     started_fd = os.open(started, os.O_RDWR)
-    first = start_invoke(project, "migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    first = project.start("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
     try:
         while not select.select([started_fd], [], [], 1)[0]:
             assert first.poll() is None, f"the migrate ended early:\n{first.stderr.read()}"

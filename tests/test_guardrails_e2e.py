@@ -12,7 +12,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from conftest import CLEARED, pg_env
+from conftest import pg_env
 from helpers import failed, ok, shown, sqlite_state
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
@@ -314,16 +313,6 @@ def prod_pg_env(db, **extra: str) -> dict:
     return pg_env(db, **settings)
 
 
-def start_invoke(project, *args: str, env: dict) -> subprocess.Popen:
-    """Like project.run, but returns at once (in a session of its own, to end it cleanly)."""
-    environ = {k: v for k, v in os.environ.items() if k not in CLEARED
-               and not k.startswith("POSTGRES_")}
-    environ.update(env)
-    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=project.root,
-                            env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-
-
 def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
     """Wait for `proc`; if it is still running after `timeout` seconds, end its whole session
     and fail the test (a release that hangs is a bug)."""
@@ -410,7 +399,7 @@ def test_an_exclusive_lock_on_users_makes_the_migration_time_out(project, pgdb, 
 
     bin_dir, started, go = parked_read_back(tmp_path)
     started_fd = os.open(started, os.O_RDWR)  # Linux: never blocks, and never reads EOF
-    proc = start_invoke(project, "migrate", env=dict(env, PG_BIN_DIR=str(bin_dir)))
+    proc = project.start("migrate", env=dict(env, PG_BIN_DIR=str(bin_dir)))
     holder = None
     try:
         while not select.select([started_fd], [], [], 1)[0]:
@@ -465,7 +454,7 @@ def test_an_exclusive_lock_held_before_the_run_does_not_hang_it(project, pgdb):
     before = project.backups("pgtest", env=env)
     holder = HeldLock(db, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
     try:
-        proc = start_invoke(project, "migrate", env=env)
+        proc = project.start("migrate", env=env)
         result = finish(proc, timeout=60)
     finally:
         holder.release()

@@ -14,8 +14,6 @@ import select
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from conftest import CLEARED, admin_url, pg_env
+from conftest import admin_url, pg_env
 from helpers import assert_no_password, failed, ok, shown
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
@@ -91,16 +89,6 @@ def take_backup(project, env_name: str, env: dict | None = None) -> dict:
 def audit_events(project, env_name: str) -> list[dict]:
     folder = project.root / "backups" / env_name
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.audit.json"))]
-
-
-def start_invoke(project, *args: str, env: dict) -> subprocess.Popen:
-    """Like project.run, but returns at once, in a session (process group) of its own."""
-    environ = {k: v for k, v in os.environ.items() if k not in CLEARED
-               and not k.startswith("POSTGRES_")}
-    environ.update(env)
-    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=project.root,
-                            env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 # -- helpers: PostgreSQL ---------------------------------------------------------------------
@@ -408,7 +396,7 @@ done
 exec '{real}' "$@"
 """)
     started_fd = os.open(started, os.O_RDWR)  # Linux: never blocks, and never reads EOF
-    run = start_invoke(project, "restore", "--yes", f"--backup={backup['id']}",
+    run = project.start("restore", "--yes", f"--backup={backup['id']}",
                        env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
     try:
         while not select.select([started_fd], [], [], 1)[0]:

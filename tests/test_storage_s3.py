@@ -259,7 +259,7 @@ def test_connection_lost_midway_is_a_backup_failure(aws):
                        part_size=PART, max_attempts=1, connect_timeout=1, read_timeout=5)
     with pytest.raises(BackupFailed, match="s3://gone/backups/dev/cut.*midway"):
         with store.writer("cut") as out:
-            out.write(b"\1" * PART)  # the first part reaches S3
+            out.write(b"\1" * PART)  # the multipart upload has begun; its first part is sent
             server.stop()
             out.write(b"\2" * PART)
 

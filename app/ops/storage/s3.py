@@ -1,7 +1,8 @@
 """S3 store: one environment's backups under `<BACKUP_S3_PREFIX>/<env>/` in one bucket.
 
-Same interface as `LocalStorage`. A new object streams into a multipart upload, one fixed-size
-part at a time from one buffer, so memory stays flat whatever the size; the object exists only
+Same interface as `LocalStorage`. A new object streams into a multipart upload of fixed-size
+parts, each sent on a thread while the next fills (two buffers at most), so memory stays flat
+whatever the size; the object exists only
 once the upload completes, and a failed block aborts it, leaving no parts (a lifecycle rule
 `AbortIncompleteMultipartUpload` still covers a killed process). Every object written carries
 the configured server-side encryption. Credentials, region and endpoint follow boto3's own
@@ -218,7 +219,8 @@ class S3Storage:
 
 class _Upload(io.RawIOBase):
     """A write-only stream into one S3 object: a single put for a small object, otherwise a
-    multipart upload fed from one part-sized buffer."""
+    multipart upload. A full part is sent on a thread of its own while the next one fills, so
+    the dump does not wait for the network; at most two part-sized buffers exist at a time."""
 
     def __init__(self, store: S3Storage, name: str):
         self.store, self.name, self.key = store, name, store.key(name)
@@ -226,6 +228,8 @@ class _Upload(io.RawIOBase):
         self.upload_id: str | None = None
         self.parts: list[dict] = []
         self.broken: BaseException | None = None
+        self._sender = None     # one worker thread, made with the first part
+        self._in_flight = None  # the Future of the part being sent
 
     def writable(self) -> bool:
         return True
@@ -251,24 +255,38 @@ class _Upload(io.RawIOBase):
             return getattr(s.client, method)(Bucket=s.bucket, Key=self.key, **kwargs)
 
     def _send_part(self) -> None:
+        """Hand the full buffer to the sender thread, once the part before it has arrived."""
         if self.upload_id is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             # CRC32 per part, checked by S3, as boto3's own transfer manager does.
             self.upload_id = self._call("create_multipart_upload", ChecksumAlgorithm="CRC32",
                                         **self.store._sse)["UploadId"]
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
         number = len(self.parts) + 1
         if number > MAX_PARTS:
             raise BackupFailed(f"{self.store.location(self.name)} would need more than "
                                f"{MAX_PARTS} parts of {self.store.part_size} bytes")
-        try:
-            answer = self._call("upload_part", UploadId=self.upload_id, PartNumber=number,
-                                Body=self.buffer, ChecksumAlgorithm="CRC32")
-        except BaseException as exc:
-            self.broken = exc
-            raise
-        self.parts.append({"PartNumber": number, "ETag": answer["ETag"],
-                           **({"ChecksumCRC32": answer["ChecksumCRC32"]}
-                              if "ChecksumCRC32" in answer else {})})
-        self.buffer.clear()
+        self._wait_for_part()
+        body, self.buffer = self.buffer, bytearray()
+        self.parts.append({"PartNumber": number})
+        self._in_flight = self._sender.submit(self._upload_part, number, body)
+
+    def _upload_part(self, number: int, body: bytearray) -> None:
+        answer = self._call("upload_part", UploadId=self.upload_id, PartNumber=number,
+                            Body=body, ChecksumAlgorithm="CRC32")
+        self.parts[number - 1].update(ETag=answer["ETag"], **(
+            {"ChecksumCRC32": answer["ChecksumCRC32"]} if "ChecksumCRC32" in answer else {}))
+
+    def _wait_for_part(self) -> None:
+        """Raise the failure of the part in flight, if it failed; nothing more is sent then."""
+        pending, self._in_flight = self._in_flight, None
+        if pending is not None:
+            try:
+                pending.result()
+            except BaseException as exc:
+                self.broken = exc
+                raise
 
     def finish(self) -> None:
         if self.upload_id is None:
@@ -276,19 +294,30 @@ class _Upload(io.RawIOBase):
         else:
             if self.buffer:
                 self._send_part()
+            self._wait_for_part()
             self._call("complete_multipart_upload", UploadId=self.upload_id,
                        MultipartUpload={"Parts": self.parts})
+        self._stop_sender()
         self.buffer = bytearray()
         self.close()
 
     def abort(self) -> None:
         self.buffer = bytearray()
+        # A part still in flight must land (or fail) before the abort, or it would outlive it.
+        with contextlib.suppress(BaseException):
+            self._wait_for_part()
+        self._stop_sender()
         if self.upload_id is not None:
             # Best effort: the original error is the one to report, not the abort's.
             with contextlib.suppress(Exception):
                 self._call("abort_multipart_upload", UploadId=self.upload_id)
             self.upload_id = None
         self.close()
+
+    def _stop_sender(self) -> None:
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+            self._sender = None
 
 
 class _Download(io.RawIOBase):
