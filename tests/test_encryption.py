@@ -255,7 +255,7 @@ def test_restore_with_the_wrong_identity_is_refused_and_changes_nothing(project,
 
 
 @pytest.mark.parametrize("how", ["unset", "missing file", "file without identity",
-                                 "recipients only"])
+                                 "recipients only", "key readable by others"])
 def test_verify_without_a_usable_identity_is_bad_input(project, keys, tmp_path, how):
     dev_with_rows(project)
     key = keys("ops")
@@ -264,11 +264,16 @@ def test_verify_without_a_usable_identity_is_bad_input(project, keys, tmp_path, 
     env = {"unset": {},
            "missing file": {"BACKUP_ENCRYPTION_IDENTITY_FILE": str(tmp_path / "nowhere.key")},
            "file without identity": {"BACKUP_ENCRYPTION_IDENTITY_FILE": str(tmp_path / "x.key")},
-           "recipients only": sealed(key)}[how]
+           "recipients only": sealed(key),
+           "key readable by others": sealed(key, identity=key)}[how]
     (tmp_path / "x.key").write_text("# nothing here\n")
+    (tmp_path / "x.key").chmod(0o600)
+    if how == "key readable by others":
+        key.path.chmod(0o644)
 
     message = failed(project.run("verify", "--backup", item["id"], env=env), 2)
     assert "BACKUP_ENCRYPTION_IDENTITY_FILE" in message
+    assert ("chmod 600" in message) == (how == "key readable by others"), message
     assert manifest_of(project, item)["verified"] is True
     assert manifest_of(project, item)["verify_error"] is None
 

@@ -54,10 +54,15 @@ class Encryption:
                               "BACKUP_ENCRYPTION_IDENTITY_FILE to the age private key to read it")
         path = Path(self.identity_file).expanduser()
         try:
+            mode = path.stat().st_mode
             lines = path.read_text().splitlines()
         except OSError as exc:
             raise ConfigError(f"BACKUP_ENCRYPTION_IDENTITY_FILE {path} cannot be read: "
                               f"{exc.strerror}") from None
+        if mode & 0o077:
+            # As ssh does with a private key: this one opens every backup of patient data.
+            raise ConfigError(f"BACKUP_ENCRYPTION_IDENTITY_FILE {path} is open to other users "
+                              f"(mode {mode & 0o777:04o}): run `chmod 600 {path}` first")
         try:
             found = [x25519.Identity.from_str(line.strip()) for line in lines
                      if line.strip() and not line.startswith("#")]
