@@ -94,6 +94,7 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
     """Dump, compress, hash and store; read the stored artifact back whole; then write the
     manifest. Any failure removes what this call stored and raises BackupFailed."""
     storage = open_storage(settings)
+    storage.prepare()
     dumper = dumper_for(settings)
     if server_version_num is not None:
         dumper.check_tools(server_version_num)

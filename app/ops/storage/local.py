@@ -18,6 +18,9 @@ class LocalStorage:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
+    def prepare(self) -> None:
+        """Nothing to get ready on local disk (S3 builds its client here)."""
+
     def location(self, name: str) -> str:
         return str(self.folder / name)
 

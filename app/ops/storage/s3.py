@@ -20,6 +20,7 @@ import contextlib
 import errno
 import io
 import os
+import threading
 from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
 
@@ -34,6 +35,7 @@ AWS_SETTINGS = ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ACCESS_KE
                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE",
                 "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _CLIENTS: dict[tuple, object] = {}  # see S3Storage.client
+_CLIENTS_LOCK = threading.Lock()
 # S3 error codes that mean configuration (exit 2), and the one sentence to say for them.
 CLIENT_ERRORS = [
     ({"NoSuchBucket", "404", "NotFound"}, "{b} does not exist: check BACKUP_S3_BUCKET, and "
@@ -80,35 +82,48 @@ class S3Storage:
         return {"ServerSideEncryption": sse, **({"SSEKMSKeyId": key_id} if key_id else {})} \
             if sse else {}
 
+    def prepare(self) -> None:
+        """Build the client on a thread now, while the dump starts: importing boto3 and
+        building a client takes ~0.5 s that the first part would otherwise wait for. A failure
+        here is dropped: the first real call meets it again and reports it."""
+        def build() -> None:
+            with contextlib.suppress(Exception):
+                self.client  # the property builds and caches it
+        threading.Thread(target=build, daemon=True, name="s3-client").start()
+
     @property
     def client(self):
         """One client per distinct configuration and process: building one costs ~0.2 s, and
         a single run opens the store several times (backup, manifest, audit)."""
         if self._s3 is None:
-            get = self._get
-            wanted = (tuple(get(v) for v in AWS_SETTINGS), repr(self._config),
-                      tuple(sorted((k, v) for k, v in os.environ.items() if k[:4] == "AWS_")))
-            if wanted not in _CLIENTS:
-                import boto3
-                import botocore.session
-                from botocore.config import Config
-                with self._errors("connecting to"):
-                    core = botocore.session.Session()
-                    for var, key in (("AWS_CONFIG_FILE", "config_file"),
-                                     ("AWS_SHARED_CREDENTIALS_FILE", "credentials_file")):
-                        if get(var):
-                            core.set_config_variable(key, get(var))
-                    session = boto3.session.Session(
-                        aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
-                        aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
-                        aws_session_token=get("AWS_SESSION_TOKEN"),
-                        region_name=get("AWS_DEFAULT_REGION"), profile_name=get("AWS_PROFILE"),
-                        botocore_session=core)
-                    _CLIENTS[wanted] = session.client(
-                        "s3", endpoint_url=get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL"),
-                        config=Config(**self._config))
-            self._s3 = _CLIENTS[wanted]
+            with _CLIENTS_LOCK:  # prepare()'s thread may be building it right now
+                self._s3 = self._build_client()
         return self._s3
+
+    def _build_client(self):
+        get = self._get
+        wanted = (tuple(get(v) for v in AWS_SETTINGS), repr(self._config),
+                  tuple(sorted((k, v) for k, v in os.environ.items() if k[:4] == "AWS_")))
+        if wanted not in _CLIENTS:
+            import boto3
+            import botocore.session
+            from botocore.config import Config
+            with self._errors("connecting to"):
+                core = botocore.session.Session()
+                for var, key in (("AWS_CONFIG_FILE", "config_file"),
+                                 ("AWS_SHARED_CREDENTIALS_FILE", "credentials_file")):
+                    if get(var):
+                        core.set_config_variable(key, get(var))
+                session = boto3.session.Session(
+                    aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
+                    aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
+                    aws_session_token=get("AWS_SESSION_TOKEN"),
+                    region_name=get("AWS_DEFAULT_REGION"), profile_name=get("AWS_PROFILE"),
+                    botocore_session=core)
+                _CLIENTS[wanted] = session.client(
+                    "s3", endpoint_url=get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL"),
+                    config=Config(**self._config))
+        return _CLIENTS[wanted]
 
     def key(self, name: str) -> str:
         return f"{self.folder}/{name}" if self.folder else name
