@@ -183,7 +183,8 @@ def find_backup(settings, backup_id: str | None) -> BackupManifest:
 
 
 def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
-                  progress: Progress | None = None, extract_to=None) -> BackupManifest:
+                  progress: Progress | None = None, extract_to=None,
+                  archive_check: bool = True) -> BackupManifest:
     """Check the stored artifact against its manifest and read it back whole. The manifest
     records the outcome either way, so a backup found broken is never chosen as verified."""
     storage = open_storage(settings)
@@ -201,7 +202,7 @@ def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
             manifest.id)
     try:
         read_back_stored(storage, dumper, manifest.artifact, manifest.sha256,
-                         manifest.raw_size, progress, extract_to, identities)
+                         manifest.raw_size, progress, extract_to, identities, archive_check)
     except BackupFailed as exc:
         _record_verification(storage, manifest, now, str(exc))
         raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None

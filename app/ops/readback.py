@@ -45,13 +45,18 @@ def _zstd_errors(call, name: str):
 
 def read_back_stored(storage, dumper, artifact: str, sha256: str, raw_size: int,
                      progress: Progress | None = None, extract_to=None,
-                     identities=None) -> None:
+                     identities=None, archive_check: bool = True) -> None:
     """Re-read a stored artifact and check it whole. With `extract_to`, the decompressed bytes
-    are also written there in the same pass (restore uses them)."""
+    are also written there in the same pass (restore uses them). Without `archive_check` the
+    dumper's own reader is left out: for restore, whose pg_restore reads every block of the
+    extracted copy anyway, and the checksum already ties these bytes to the ones that were
+    read back whole when the backup was taken."""
     result = {}
 
     def feed(sink) -> None:
-        counted = CountingWriter(TeeWriter(sink, extract_to) if extract_to else sink)
+        # sink: the dumper's reader, or None when only the copy in extract_to is wanted.
+        targets = [t for t in (sink, extract_to) if t is not None]
+        counted = CountingWriter(TeeWriter(*targets) if len(targets) > 1 else targets[0])
         with storage.reader(artifact) as source:
             hashed = HashingReader(source, progress or _no_progress)
             try:
@@ -67,7 +72,10 @@ def read_back_stored(storage, dumper, artifact: str, sha256: str, raw_size: int,
             hashed.drain()
         result["sha256"], result["raw_size"] = hashed.sha256.hexdigest(), counted.size
 
-    _zstd_errors(lambda: dumper.read_back(feed), artifact)
+    if archive_check or extract_to is None:
+        _zstd_errors(lambda: dumper.read_back(feed), artifact)
+    else:
+        _zstd_errors(lambda: feed(None), artifact)
     check_read(artifact, sha256, raw_size, result.get("sha256"), result.get("raw_size"))
 
 
