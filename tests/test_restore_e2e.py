@@ -6,6 +6,7 @@ only the exit code.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -358,6 +359,52 @@ def test_a_damaged_backup_is_refused_and_nothing_is_touched(project, pgdb, pg_ad
     # The broken backup is now marked as such, and the default choice passes over it.
     item = next(i for i in project.backups("pgtest", env=env) if i["id"] == backup["id"])
     assert item["verified"] is False
+
+
+@pytest.mark.postgres
+def test_a_damaged_backup_stops_the_safety_backup_running_beside_the_verify(project, pgdb,
+                                                                           pg_admin, tmp_path):
+    """The safety backup starts with the verify; when the verify fails, the safety backup is
+    stopped (its pg_dump killed), not waited for, and leaves nothing behind."""
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None))
+    backup = take_backup(project, "pgtest", env)
+    artifact = Path(backup["location"])
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    before, listed = pg_state(db), ids(project.backups("pgtest", env=env))
+    files = {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
+
+    # A pg_dump that waits for a line on a FIFO that nobody ever writes: only a kill ends it.
+    go = tmp_path / "go.fifo"
+    os.mkfifo(go)
+    bin_dir = pg_bin_dir(tmp_path, f"exec '{shutil.which('pg_restore')}' \"$@\"\n")
+    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
+if [ "$1" != "--version" ]; then read -r _ < '{go}'; fi
+exec '{shutil.which("pg_dump")}' "$@"
+""")
+    try:
+        result = project.run("restore", "--yes", f"--backup={backup['id']}",
+                             env=pg_env(db, PG_BIN_DIR=str(bin_dir)), timeout=120)
+    finally:
+        try:  # release a pg_dump still parked (only if the feature is broken)
+            fd = os.open(go, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO  # nobody reads the FIFO: the wrapper was killed
+        else:
+            os.write(fd, b"go\n")
+            os.close(fd)
+            pytest.fail("the safety backup's pg_dump was still running after the restore ended")
+    failed(result, 4, backup["id"], "checksum")
+
+    assert pg_state(db) == before
+    assert derived_databases(pg_admin, db.name) == []
+    assert ids(project.backups("pgtest", env=env)) == listed
+    assert {p.name for p in artifact.parent.iterdir()
+            if not p.name.endswith(".audit.json")} == files
 
 
 # == 4. killed halfway =========================================================================

@@ -90,9 +90,11 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
                 label: str | None = None, server_version_num: int | None = None,
                 database_size: int | None = None,
                 progress: Progress | None = None,
-                readback_progress: Progress | None = None) -> BackupManifest:
+                readback_progress: Progress | None = None,
+                cancel=None) -> BackupManifest:
     """Dump, compress, hash and store; read the stored artifact back whole; then write the
-    manifest. Any failure removes what this call stored and raises BackupFailed."""
+    manifest. Any failure removes what this call stored and raises BackupFailed; so does
+    `cancel` (a Cancellation), from another thread."""
     storage = open_storage(settings)
     storage.prepare()
     dumper = dumper_for(settings)
@@ -113,7 +115,7 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
                 with (encrypting(hashed, recipients) if sealed else nullcontext(hashed)) as target:
                     with compressor(target) as zstd_stream:
                         counted = CountingWriter(zstd_stream, progress or (lambda n: None))
-                        dumper.dump(counted)
+                        dumper.dump(counted, cancel)
                 # Inside the writer: a backup that does not read back is never committed.
                 checked_size = check.finish()
         check_read(artifact, hashed.sha256.hexdigest(), counted.size,
@@ -140,6 +142,12 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
         _discard(storage, artifact)
         raise
     return manifest
+
+
+def delete_backup(storage, manifest: BackupManifest) -> None:
+    """Manifest first: a backup deleted halfway is never listed as complete."""
+    storage.delete(manifest.id + MANIFEST_SUFFIX)
+    storage.delete(manifest.artifact)
 
 
 def _discard(storage, name: str) -> None:

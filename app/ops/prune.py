@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from app.ops.backups import MANIFEST_SUFFIX, BackupManifest, list_backups
+from app.ops.backups import BackupManifest, delete_backup, list_backups
 from app.ops.errors import ConfigError
 from app.ops.storage import open_storage
 
@@ -57,5 +57,4 @@ def plan_prune(settings, now: datetime) -> PrunePlan:
 def apply_prune(settings, plan: PrunePlan) -> None:
     storage = open_storage(settings)
     for manifest in plan.delete:
-        storage.delete(manifest.id + MANIFEST_SUFFIX)
-        storage.delete(manifest.artifact)
+        delete_backup(storage, manifest)

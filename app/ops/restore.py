@@ -2,8 +2,10 @@
 nothing at all.
 
 Order: choose the backup (default: the newest verified one that restore did not take itself as
-a safety backup, so two restores in a row never flip back and forth), confirm, lock, verify it
-whole, take a safety backup of the current database, restore, check the alembic revision, audit.
+a safety backup, so two restores in a row never flip back and forth), confirm, lock, verify it,
+take a safety backup of the current database, restore, check the alembic revision, audit. On
+PostgreSQL the restore builds a new database and swaps names at the end, so the safety backup
+runs beside the verify and the restore; a restore that fails before the swap drops both.
 Never gated by the maintenance window: it is the incident tool.
 """
 from __future__ import annotations
@@ -19,11 +21,14 @@ from pathlib import Path
 from typing import Callable
 
 from app.ops import audit
-from app.ops.backups import BackupManifest, find_backup, list_backups, take_backup, verify_backup
+from app.ops.backups import (BackupManifest, delete_backup, find_backup, list_backups,
+                             take_backup, verify_backup)
+from app.ops.cancel import Cancellation
 from app.ops.database import connect, database_exists, server_version_num, stamped_revision
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.ops.lock import database_lock
 from app.ops.report import Reporter
+from app.ops.storage import open_storage
 from app.settings import engine_kind
 
 SAFETY_REASON = "before restore of "
@@ -104,10 +109,10 @@ def run_restore(settings, plan: RestorePlan, *, now: datetime,
                          duration_seconds=round(time.monotonic() - started, 3))
 
 
-def _safety_backup(settings, plan: RestorePlan, now: datetime,
-                   version: int | None) -> BackupManifest:
+def _safety_backup(settings, plan: RestorePlan, now: datetime, version: int | None,
+                   cancel: Cancellation | None = None) -> BackupManifest:
     return take_backup(settings, reason=f"{SAFETY_REASON}{plan.backup.id}",
-                       revision=plan.current, now=now, server_version_num=version)
+                       revision=plan.current, now=now, server_version_num=version, cancel=cancel)
 
 
 def _restore_sqlite(settings, plan: RestorePlan, now: datetime, reporter: Reporter) -> RestoreResult:
@@ -158,19 +163,20 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
     new, kept = derived_name(url.database, RESTORING, stamp), derived_name(url.database, KEPT, stamp)
     with tempfile.TemporaryDirectory(prefix="pg-restore-") as folder:
         archive = Path(folder) / "restore.pgdump"
-        # One pass: checksum and zstd frame while writing the seekable copy that a parallel
-        # pg_restore needs. That pg_restore then reads every block into the new database,
-        # before anything is swapped: a second pg_restore reading it first would only add time.
-        with open(os.open(archive, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as extracted:
-            verify_backup(settings, plan.backup, now=now, extract_to=extracted,
-                          archive_check=False)
-        reporter.info(f"backup {plan.backup.id} verified; restoring into {new} while the "
-                      "safety backup runs")
-        # The live database is only read until the swap, so the safety backup can run while
-        # the restored copy is built beside it.
+        # The live database is only read until the swap, so its safety backup runs from the
+        # start, beside the verify and the restore: on two cores that saves a few seconds.
+        cancel = Cancellation()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            safety_job = pool.submit(_safety_backup, settings, plan, now, version)
+            safety_job = pool.submit(_safety_backup, settings, plan, now, version, cancel)
             try:
+                # One pass: checksum and zstd frame while writing the seekable copy that a
+                # parallel pg_restore needs. That pg_restore then reads every block into the
+                # new database before anything is swapped: a second reader would only add time.
+                with open(os.open(archive, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as extracted:
+                    verify_backup(settings, plan.backup, now=now, extract_to=extracted,
+                                  archive_check=False)
+                reporter.info(f"backup {plan.backup.id} verified; restoring into {new} while "
+                              "the safety backup runs")
                 swap.create_like(new, props)
                 dumper.restore(str(archive), new, jobs=restore_jobs())
                 _check_copy(url.set(database=new), plan.backup)
@@ -179,13 +185,26 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
                 reporter.info(f"safety backup {safety.id} taken")
                 swap.swap(new, kept)
             except BaseException:
-                safety_job.cancel()
-                try:
-                    swap.drop(new)
-                except Exception:  # the original failure matters more; the next run drops it
-                    pass
+                _undo_before_swap(settings, swap, new, safety_job, cancel)
                 raise
     return RestoreResult(plan.backup, safety, None, 0.0, kept_database=kept)
+
+
+def _undo_before_swap(settings, swap, new: str, safety_job, cancel: Cancellation) -> None:
+    """A restore that stops before the swap changes nothing: the copy being built is dropped,
+    and so is the safety backup (stopped if still running), since the live database it holds
+    is still there, untouched. Best effort: the original failure is the one to report."""
+    cancel.cancel()
+    try:
+        safety = safety_job.result()
+    except BaseException:
+        safety = None  # stopped, or failed: take_backup removed what it had stored
+    try:
+        if safety is not None:
+            delete_backup(open_storage(settings), safety)
+        swap.drop(new)
+    except Exception:  # the next restore drops a stale copy
+        pass
 
 
 def restore_jobs() -> int:

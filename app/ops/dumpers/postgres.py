@@ -85,12 +85,13 @@ class PostgresDumper:
         return env
 
     # -- dump and read back ----------------------------------------------------------------
-    def dump(self, sink) -> None:
+    def dump(self, sink, cancel=None) -> None:
         """Stream a custom-format archive into `sink`; raise BackupFailed unless pg_dump exits 0.
 
         pg_dump reads a snapshot exported by a transaction of ours, and that transaction counts
         every table's rows meanwhile: `row_counts` then describes exactly what the archive holds,
-        which `invoke verify --restore-test` compares a restored copy against."""
+        which `invoke verify --restore-test` compares a restored copy against. `cancel` (a
+        Cancellation) kills pg_dump, which ends the dump as a failure."""
         with exported_snapshot(self.url, self.lock_timeout) as (snapshot, conn):
             argv = [self.tool("pg_dump"), "--format=custom", "-Z0", "--no-password",
                     f"--snapshot={snapshot}"]
@@ -100,6 +101,8 @@ class PostgresDumper:
             with tempfile.TemporaryFile() as errors:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
                                         env=self.environment())
+                if cancel is not None:
+                    cancel.on_cancel(proc.kill)
                 counter.start()
                 try:
                     while chunk := proc.stdout.read(CHUNK):
@@ -109,6 +112,8 @@ class PostgresDumper:
                     proc.wait()
                     raise
                 finally:
+                    if cancel is not None:
+                        cancel.forget(proc.kill)
                     proc.stdout.close()
                     counter.join()
                 status = proc.wait()

@@ -32,7 +32,9 @@ class SqliteDumper:
     def check_tools(self, server_version_num: int | None = None) -> None:
         pass  # the sqlite3 module is the tool, and it is always there
 
-    def dump(self, sink) -> None:
+    def dump(self, sink, cancel=None) -> None:
+        # `cancel` is accepted for the dumpers' common signature; an SQLite copy is quick and
+        # nothing runs it on a thread.
         with _private_file("copy.sqlite3") as copy:
             try:
                 source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
