@@ -264,6 +264,8 @@ def test_list_backups_survives_a_manifest_with_a_broken_created_at(sqlite_settin
     (folder / (bad["id"] + MANIFEST_SUFFIX)).write_text(json.dumps(bad))
     bad["id"], bad["created_at"] = "20990101T000000Z-defdef", "yesterday"
     (folder / (bad["id"] + MANIFEST_SUFFIX)).write_text(json.dumps(bad))
+    bad["id"], bad["created_at"] = "20990101T000000Z-fedfed", "2099-01-01T00:00:00"  # no zone
+    (folder / (bad["id"] + MANIFEST_SUFFIX)).write_text(json.dumps(bad))
     assert [m.id for m in list_backups(sqlite_settings)] == [good.id]
 
 

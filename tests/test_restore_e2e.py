@@ -378,11 +378,13 @@ def test_a_damaged_backup_stops_the_safety_backup_running_beside_the_verify(proj
     before, listed = pg_state(db), ids(project.backups("pgtest", env=env))
     files = {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
 
-    # A pg_dump that waits for a line on a FIFO that nobody ever writes: only a kill ends it.
-    go = tmp_path / "go.fifo"
+    # A pg_dump that logs each call, and when asked to dump waits for a line on a FIFO that
+    # nobody ever writes: only a kill ends it.
+    go, calls = tmp_path / "go.fifo", tmp_path / "pg_dump-calls"
     os.mkfifo(go)
     bin_dir = pg_bin_dir(tmp_path, f"exec '{shutil.which('pg_restore')}' \"$@\"\n")
     (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
+echo "$1" >> '{calls}'
 if [ "$1" != "--version" ]; then read -r _ < '{go}'; fi
 exec '{shutil.which("pg_dump")}' "$@"
 """)
@@ -399,6 +401,8 @@ exec '{shutil.which("pg_dump")}' "$@"
             os.close(fd)
             pytest.fail("the safety backup's pg_dump was still running after the restore ended")
     failed(result, 4, backup["id"], "checksum")
+    # restore's own version check, then the safety backup's, which began beside the verify.
+    assert calls.read_text().splitlines()[:2] == ["--version", "--version"], calls.read_text()
 
     assert pg_state(db) == before
     assert derived_databases(pg_admin, db.name) == []

@@ -65,7 +65,8 @@ class BackupManifest:
         if not isinstance(data, dict) or not all(
                 isinstance(data.get(k), str) for k in ("id", "created_at", "artifact", "sha256")):
             raise ValueError("not a backup manifest")
-        datetime.fromisoformat(data["created_at"])  # a ValueError here: listed as unreadable
+        if datetime.fromisoformat(data["created_at"]).tzinfo is None:  # ValueError: unreadable
+            raise ValueError("created_at has no time zone")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -116,6 +117,9 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
                     with compressor(target) as zstd_stream:
                         counted = CountingWriter(zstd_stream, progress or (lambda n: None))
                         dumper.dump(counted, cancel)
+                if cancel is not None and cancel.cancelled:
+                    # Stopped after pg_dump had finished: the rest of the work is not wanted.
+                    raise BackupFailed(f"backup {backup_id} was stopped; nothing was stored")
                 # Inside the writer: a backup that does not read back is never committed.
                 checked_size = check.finish()
         check_read(artifact, hashed.sha256.hexdigest(), counted.size,

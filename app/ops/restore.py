@@ -10,6 +10,7 @@ Never gated by the maintenance window: it is the incident tool.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -183,10 +184,17 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
                 swap.copy_properties(new, props)
                 safety = safety_job.result()
                 reporter.info(f"safety backup {safety.id} taken")
-                swap.swap(new, kept)
             except BaseException:
                 _undo_before_swap(settings, swap, new, safety_job, cancel)
                 raise
+    try:
+        swap.swap(new, kept)
+    except BaseException:
+        # The rename may have committed before the failure reached us: the safety backup is
+        # kept whatever happened, and the copy is dropped only if it still is one.
+        with contextlib.suppress(Exception):
+            swap.drop(new)
+        raise
     return RestoreResult(plan.backup, safety, None, 0.0, kept_database=kept)
 
 
@@ -199,12 +207,11 @@ def _undo_before_swap(settings, swap, new: str, safety_job, cancel: Cancellation
         safety = safety_job.result()
     except BaseException:
         safety = None  # stopped, or failed: take_backup removed what it had stored
-    try:
-        if safety is not None:
+    if safety is not None:
+        with contextlib.suppress(Exception):
             delete_backup(open_storage(settings), safety)
+    with contextlib.suppress(Exception):  # else the next restore drops the stale copy
         swap.drop(new)
-    except Exception:  # the next restore drops a stale copy
-        pass
 
 
 def restore_jobs() -> int:

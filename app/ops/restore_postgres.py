@@ -122,12 +122,12 @@ class DatabaseSwap:
         return [r[0].strip() for r in rows]
 
     def drop_stale(self, marker: str = RESTORING) -> list[str]:
-        """Drop copies a killed restore (or rehearsal) left behind: `DB<marker>STAMP`. One that
-        somebody is still connected to belongs to a run in progress (a scratch copy is built
-        outside the lock) and is left alone."""
+        """Drop copies a killed restore (or rehearsal) left behind: `DB<marker>STAMP`, STAMP of
+        17 digits (14 before stamps had milliseconds). One that somebody is still connected to
+        belongs to a run in progress (a scratch copy is built outside the lock): left alone."""
         prefix = derived_name(self.database, marker, "0" * STAMP_DIGITS)[:-STAMP_DIGITS]
         rows = self._run("SELECT datname FROM pg_database WHERE left(datname, :n) = :p "
-                         f"AND substr(datname, :n + 1) ~ '^[0-9]{{{STAMP_DIGITS}}}$'",
+                         "AND substr(datname, :n + 1) ~ '^[0-9]{14}([0-9]{3})?$'",
                          {"n": len(prefix), "p": prefix}, fetch=True)
         stale = [name for (name,) in rows if not self.other_sessions(name)]
         for name in stale:

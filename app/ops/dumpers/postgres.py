@@ -98,6 +98,10 @@ class PostgresDumper:
             if self.lock_timeout:
                 argv.append(f"--lock-wait-timeout={self.lock_timeout}")
             counter = RowCounter(conn)
+            # A cancel also stops the row counts, which could otherwise wait on a lock.
+            stop_counting = conn.connection.dbapi_connection.cancel
+            if cancel is not None:
+                cancel.on_cancel(stop_counting)
             with tempfile.TemporaryFile() as errors:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
                                         env=self.environment())
@@ -112,10 +116,11 @@ class PostgresDumper:
                     proc.wait()
                     raise
                 finally:
-                    if cancel is not None:
-                        cancel.forget(proc.kill)
                     proc.stdout.close()
                     counter.join()
+                    if cancel is not None:
+                        cancel.forget(proc.kill)
+                        cancel.forget(stop_counting)
                 status = proc.wait()
                 if status != 0:
                     raise BackupFailed(f"pg_dump failed (exit status {status}): "
