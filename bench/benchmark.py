@@ -345,7 +345,7 @@ def backup_part(args, tmp: Path) -> list[tuple[str, bool]]:
         for index, (name, fn) in enumerate(commands):
             out = tmp / (f"round{rnd}-cmd{index}" + ("" if fn is invoke_backup else ".dump"))
             run, size, manifest = fn(out)
-            results[name].append((run, size, manifest))
+            results[name].append((run, {"size": size, "manifest": manifest}))
             extra = ""
             if manifest:
                 extra = (f", manifest duration {manifest['duration_seconds']:.1f} s, "
@@ -356,44 +356,17 @@ def backup_part(args, tmp: Path) -> list[tuple[str, bool]]:
             # Delete each run's output so the disk does not fill.
             shutil.rmtree(out) if out.is_dir() else out.unlink()
 
-    base = med([r.seconds for r, _, _ in results["pg_dump -Fc (bare)"]])
-    print(f"\n{'command':<28} {'median s':>9} {'ratio':>7} {'CPU s':>7} {'machine':>8} "
-          f"{'archive':>12} {'peak RSS (largest process)':>27}")
-    for name, _ in commands:
-        rows = results[name]
-        secs = med([r.seconds for r, _, _ in rows])
-        size = med([s for _, s, _ in rows])
-        peak = max(r.biggest_kib for r, _, _ in rows)
-        cpu = med([r.cpu_seconds for r, _, _ in rows])
-        machine = med([r.machine_cpu_seconds for r, _, _ in rows])
-        print(f"{name:<28} {secs:9.1f} {secs / base:6.2f}x {cpu:7.1f} {machine:8.1f} "
-              f"{size / MIB:8.1f} MiB {mib(peak):>27}")
-    print("  (CPU s: user + system time of the command's process tree, median; the server's "
-          "backend is not counted; machine: busy CPU seconds of the whole machine meanwhile, "
-          "server included)")
-    print("\nPeak RSS per process (max over rounds; sampled VmHWM every "
-          f"{args.sample_interval} s; wait4 ru_maxrss of the tree as a cross-check):")
-    for name, _ in commands:
-        rows = results[name]
-        by_name: dict[str, int] = {}
-        for r, _, _ in rows:
-            for comm, kib in r.peak_by_name().items():
-                by_name[comm] = max(by_name.get(comm, 0), kib)
-        parts = ", ".join(f"{comm} {mib(kib)}" for comm, kib in
-                          sorted(by_name.items(), key=lambda kv: -kv[1]))
-        print(f"  {name:<28} {parts}")
-        print(f"  {'':<28} sum of per-process peaks {mib(max(r.sum_of_peaks_kib for r, _, _ in rows))}"
-              f", largest concurrent sum {mib(max(r.concurrent_kib for r, _, _ in rows))}"
-              f", wait4 ru_maxrss (incl. pre-exec fork image) {mib(max(r.tree_maxrss_kib for r, _, _ in rows))}")
+    base = med([r.seconds for r, _ in results["pg_dump -Fc (bare)"]])
+    report_commands([name for name, _ in commands], results, "pg_dump -Fc (bare)", args)
 
     inv = results["invoke backup"]
-    inv_secs = med([r.seconds for r, _, _ in inv])
-    inv_size = max(s for _, s, _ in inv)
-    bare_size = min(s for _, s, _ in results["pg_dump -Fc (bare)"])
-    inv_peak = max(r.biggest_kib for r, _, _ in inv)
-    python_peak = max(kib for r, _, _ in inv for comm, kib in r.peak_by_name().items()
+    inv_secs = med([r.seconds for r, _ in inv])
+    inv_size = max(e["size"] for _, e in inv)
+    bare_size = min(e["size"] for _, e in results["pg_dump -Fc (bare)"])
+    inv_peak = max(r.biggest_kib for r, _ in inv)
+    python_peak = max(kib for r, _ in inv for comm, kib in r.peak_by_name().items()
                       if comm.startswith("python"))
-    durations = [m["duration_seconds"] for _, _, m in inv]
+    durations = [e["manifest"]["duration_seconds"] for _, e in inv]
     print(f"\n  invoke backup: median {inv_secs:.1f} s of which take_backup (dump + read-back) "
           f"{med(durations):.1f} s; Python process peak {mib(python_peak)}")
     checks = [
@@ -505,7 +478,7 @@ def self_cpu() -> float:
 
 def report_commands(commands: list[str], results: dict[str, list], base_name: str,
                     args, size_label: str | None = "archive") -> None:
-    """Median table (ratio against `base_name`) and peak RSS per process, as in part 1. Each
+    """Median table (ratio against `base_name`) and peak RSS per process, for parts 1, 3, 4. Each
     results[name] is a list of (Run, extra dict); extra may hold "size" and "moto_cpu"."""
     base = med([r.seconds for r, _ in results[base_name]])
     head = f"\n{'command':<34} {'median s':>9} {'ratio':>7} {'CPU s':>7} {'machine':>8}"
