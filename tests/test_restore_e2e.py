@@ -109,6 +109,26 @@ def sql_in(database: str, statement: str, **params):
         engine.dispose()
 
 
+class Untouched:
+    """What a refused or failed restore must leave exactly as it was: the live database's
+    state and identity (its oid: it was not swapped), the listed backups, and no copies."""
+
+    def __init__(self, project, db, admin, env: dict):
+        self.project, self.db, self.admin, self.env = project, db, admin, env
+        self.state, self.oid, self.listed = self._read()
+
+    def _read(self):
+        return (pg_state(self.db), db_properties(self.admin, self.db.name)["oid"],
+                ids(self.project.backups("pgtest", env=self.env)))
+
+    def check(self) -> None:
+        state, oid, listed = self._read()
+        assert state == self.state
+        assert oid == self.oid
+        assert listed == self.listed
+        assert derived_databases(self.admin, self.db.name) == []
+
+
 def derived_databases(admin, name: str, marker: str = "__") -> list[str]:
     prefix = name + marker
     return sorted(r[0] for r in admin_sql(
@@ -309,18 +329,16 @@ def test_restore_without_yes_and_without_a_terminal_is_refused(project, pgdb, pg
     insert_users(db, ("ada@example.org", None))
     backup = take_backup(project, "pgtest", env)
     insert_users(db, ("marker@example.org", "+1 555 0199"))
-    before, listed = pg_state(db), project.backups("pgtest", env=env)
-    oid = db_properties(pg_admin, db.name)["oid"]
+    listed = project.backups("pgtest", env=env)
+    untouched = Untouched(project, db, pg_admin, env)
 
     result = project.run("restore", f"--backup={backup['id']}", env=env, input="")
     failed(result, 3, "--yes")
     assert backup["id"] in result.stdout, "restore must show what it would restore"
 
-    assert pg_state(db) == before
+    untouched.check()
     assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
-    assert db_properties(pg_admin, db.name)["oid"] == oid
     assert project.backups("pgtest", env=env) == listed
-    assert derived_databases(pg_admin, db.name) == []
 
 
 # == 3. a corrupt backup is refused before anything is touched =================================
@@ -341,19 +359,15 @@ def test_a_damaged_backup_is_refused_and_nothing_is_touched(project, pgdb, pg_ad
         artifact.write_bytes(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:])
     insert_users(db, ("marker@example.org", None))
     ok(project.run("stamp", FIRST, env=env))  # the live database moves on, too
-    before, listed = pg_state(db), ids(project.backups("pgtest", env=env))
+    untouched = Untouched(project, db, pg_admin, env)
     files = {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
-    oid = db_properties(pg_admin, db.name)["oid"]
 
     failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 4,
            backup["id"])
 
-    assert pg_state(db) == before
+    untouched.check()
     assert db.revision() == FIRST
     assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
-    assert db_properties(pg_admin, db.name)["oid"] == oid
-    assert derived_databases(pg_admin, db.name) == []
-    assert ids(project.backups("pgtest", env=env)) == listed
     assert {p.name for p in artifact.parent.iterdir()
             if not p.name.endswith(".audit.json")} == files
     # The broken backup is now marked as such, and the default choice passes over it.
@@ -375,7 +389,7 @@ def test_a_damaged_backup_stops_the_safety_backup_running_beside_the_verify(proj
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0x01
     artifact.write_bytes(bytes(data))
-    before, listed = pg_state(db), ids(project.backups("pgtest", env=env))
+    untouched = Untouched(project, db, pg_admin, env)
     files = {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
 
     # A pg_dump that logs each call, and when asked to dump waits for a line on a FIFO that
@@ -404,9 +418,7 @@ exec '{shutil.which("pg_dump")}' "$@"
     # restore's own version check, then the safety backup's, which began beside the verify.
     assert calls.read_text().splitlines()[:2] == ["--version", "--version"], calls.read_text()
 
-    assert pg_state(db) == before
-    assert derived_databases(pg_admin, db.name) == []
-    assert ids(project.backups("pgtest", env=env)) == listed
+    untouched.check()
     assert {p.name for p in artifact.parent.iterdir()
             if not p.name.endswith(".audit.json")} == files
 
@@ -719,8 +731,7 @@ def test_restore_is_refused_while_another_session_is_connected(project, pgdb, pg
     insert_users(db, ("ada@example.org", None))
     backup = take_backup(project, "pgtest", env)
     insert_users(db, ("marker@example.org", None))
-    before, listed = pg_state(db), ids(project.backups("pgtest", env=env))
-    oid = db_properties(pg_admin, db.name)["oid"]
+    untouched = Untouched(project, db, pg_admin, env)
 
     api = create_engine(db.url.update_query_dict({"application_name": "mida-api-worker"}),
                         poolclass=pool.NullPool)
@@ -733,10 +744,7 @@ def test_restore_is_refused_while_another_session_is_connected(project, pgdb, pg
     finally:
         api.dispose()
 
-    assert pg_state(db) == before
-    assert db_properties(pg_admin, db.name)["oid"] == oid
-    assert ids(project.backups("pgtest", env=env)) == listed
-    assert derived_databases(pg_admin, db.name) == []
+    untouched.check()
 
 
 @pytest.mark.postgres
@@ -748,18 +756,14 @@ def test_restore_by_a_role_that_may_not_create_databases_is_refused_first(projec
     insert_users(db, ("ada@example.org", None))
     backup = take_backup(project, "pgtest", env)
     insert_users(db, ("marker@example.org", None))
-    before, listed = pg_state(db), ids(project.backups("pgtest", env=env))
-    oid = db_properties(pg_admin, db.name)["oid"]
+    untouched = Untouched(project, db, pg_admin, env)
     with pg_admin.connect() as admin:
         admin.execute(text(f'ALTER ROLE "{db.role}" NOCREATEDB'))
 
     failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
            "CREATEDB", db.role)
 
-    assert pg_state(db) == before
-    assert db_properties(pg_admin, db.name)["oid"] == oid
-    assert ids(project.backups("pgtest", env=env)) == listed  # no safety backup either
-    assert derived_databases(pg_admin, db.name) == []
+    untouched.check()  # no safety backup either
 
 
 @pytest.mark.postgres
