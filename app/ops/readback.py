@@ -55,8 +55,10 @@ def read_back_stored(storage, dumper, artifact: str, sha256: str, raw_size: int,
 
     def feed(sink) -> None:
         # sink: the dumper's reader, or None when only the copy in extract_to is wanted.
-        targets = [t for t in (sink, extract_to) if t is not None]
-        counted = CountingWriter(TeeWriter(*targets) if len(targets) > 1 else targets[0])
+        if sink is None or extract_to is None:
+            counted = CountingWriter(sink or extract_to)
+        else:
+            counted = CountingWriter(TeeWriter(sink, extract_to))
         with storage.reader(artifact) as source:
             hashed = HashingReader(source, progress or _no_progress)
             try:
