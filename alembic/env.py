@@ -58,6 +58,10 @@ def run_migrations_online() -> None:
         context.configure(connection=connection, **configure_options(connection.dialect.name))
         with context.begin_transaction():
             context.run_migrations()
+            # invoke's lock check (app/ops/release.py): raising here rolls the change back.
+            before_commit = config.attributes.get("before_commit")
+            if before_commit is not None:
+                before_commit()
 
 
 if context.is_offline_mode():

@@ -33,6 +33,10 @@ class GuardRefused(OpsError):
     exit_code = ExitCode.REFUSED
 
 
+class LockLost(GuardRefused):
+    """The one-at-a-time lock was taken away while the run held it."""
+
+
 class BackupFailed(OpsError):
     """Taking, reading back, verifying or restoring a backup failed."""
     exit_code = ExitCode.BACKUP_FAILED

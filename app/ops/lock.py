@@ -6,6 +6,11 @@ connects to the server's maintenance database (`postgres`), not to the target: r
 target database by renaming it, which PostgreSQL allows only with nobody connected to it. The
 key is derived from the target's name. The holder's identity travels in that session's
 application_name, where a refused run can read it.
+The lock's session must not die unnoticed: a DBA's `idle_session_timeout` on the role, or a
+server restart, would end it while the migration runs and let a second run in. So the session
+turns the idle timeouts off for itself, `HeldLock.check()` asks the server whether the lock is
+still held (the release calls it before a change commits), and a lock found gone at release
+is reported through `HeldLock.lost`, never raised over the run's own outcome.
 SQLite: an flock on `<database>.lock`; the kernel drops it when the holder's process ends.
 """
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from app.ops.audit import who
-from app.ops.errors import GuardRefused
+from app.ops.errors import GuardRefused, LockLost
 from app.settings import engine_kind
 
 MAINTENANCE_DATABASE = "postgres"
@@ -36,19 +41,73 @@ def holder_text(now: datetime) -> str:
     return f"{me['user']}@{me['host']} pid {me['pid']} since {now.astimezone(timezone.utc):%Y-%m-%d %H:%M:%SZ}"
 
 
+class HeldLock:
+    """What `database_lock` yields. `check()` raises LockLost when the lock is no longer held;
+    after the block, `lost` says whether releasing it found it already gone."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.lost = False
+
+    def check(self) -> None:
+        """An flock cannot be taken away from its holder: nothing to ask."""
+
+
+class _AdvisoryLock(HeldLock):
+    def __init__(self, description: str, conn, key: int):
+        super().__init__(description)
+        self._conn, self._key = conn, key
+
+    def held(self) -> bool:
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return bool(self._conn.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid() AND ((classid::bigint << 32) | objid::bigint) = :k"),
+                {"k": self._key}).scalar())
+        except SQLAlchemyError:
+            return False  # the session is gone, and its lock with it
+
+    def check(self) -> None:
+        if not self.held():
+            self.lost = True
+            raise LockLost(f"the lock on {self.description} was lost: its session was ended "
+                           "(a server restart, or an idle timeout on the role?), so another run "
+                           "may hold it now")
+
+    def release(self) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            released = self._conn.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                          {"k": self._key}).scalar()
+        except SQLAlchemyError:
+            released = False
+        self.lost = self.lost or not released
+
+
 @contextlib.contextmanager
-def database_lock(settings, *, action: str, now: datetime) -> Iterator[None]:
+def database_lock(settings, *, action: str, now: datetime) -> Iterator[HeldLock]:
     url = settings.database_url
     if engine_kind(url) == "sqlite":
         with _sqlite_lock(Path(url.database), action, now):
-            yield
+            yield HeldLock(f"env '{settings.env}'")
     else:
-        with _postgres_lock(url, action, now, settings.env):
-            yield
+        with _postgres_lock(url, action, now, settings.env) as lock:
+            yield lock
+
+
+# The lock's own session may idle for as long as the migration runs; whatever the role's
+# settings say, it must neither be timed out nor time out its one short query.
+_SESSION_SETTINGS = ("SET idle_session_timeout = 0", "SET idle_in_transaction_session_timeout = 0",
+                     "SET statement_timeout = 0")
 
 
 @contextlib.contextmanager
-def _postgres_lock(url, action: str, now: datetime, env: str) -> Iterator[None]:
+def _postgres_lock(url, action: str, now: datetime, env: str) -> Iterator[HeldLock]:
     from sqlalchemy import text
 
     from app.ops.database import connect
@@ -59,6 +118,8 @@ def _postgres_lock(url, action: str, now: datetime, env: str) -> Iterator[None]:
         {"application_name": identity})
     with connect(lock_url) as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        for statement in _SESSION_SETTINGS:
+            conn.execute(text(statement))
         if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
             holder = conn.execute(text(
                 "SELECT a.application_name, a.usename, a.backend_start FROM pg_locks l "
@@ -72,10 +133,11 @@ def _postgres_lock(url, action: str, now: datetime, env: str) -> Iterator[None]:
             raise GuardRefused(f"{action} refused: another migrate, rollback or restore holds "
                                f"the lock on env '{env}' (database {url.database}): {who_holds}; "
                                "wait for it to finish")
+        lock = _AdvisoryLock(f"env '{env}' (database {url.database})", conn, key)
         try:
-            yield
+            yield lock
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            lock.release()
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from app.ops.database import database_exists, stamped_revision
-from app.ops.errors import ConfigError, MigrationFailed
+from app.ops.errors import ConfigError, MigrationFailed, OpsError
 from app.settings import PROJECT_ROOT
 
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -172,6 +172,8 @@ class Migrations:
 
         try:
             fn(self.config, target)
+        except OpsError:
+            raise  # ours, from a hook in alembic/env.py (a lost lock): already one sentence
         except CommandError as exc:
             raise MigrationFailed(f"alembic {verb} to {target} failed: {exc}") from exc
         except OperationalError as exc:

@@ -14,7 +14,7 @@ from app.ops import audit
 from app.ops.backups import BackupManifest, take_backup
 from app.ops.database import (connect, database_exists, database_size, server_version_num,
                               stamped_revision)
-from app.ops.errors import BackupFailed, ConfigError, MigrationFailed
+from app.ops.errors import BackupFailed, ConfigError, LockLost, MigrationFailed
 from app.ops.guards import (check_fit, check_free_disk, check_staging_first, check_window,
                             review_pending)
 from app.ops.lock import database_lock
@@ -60,7 +60,7 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
     then backup and the Alembic step; every run that changes something is audited."""
     check_window(settings, action=action, now=now, break_glass=break_glass, reporter=reporter)
     started = time.monotonic()
-    with database_lock(settings, action=action, now=now):
+    with database_lock(settings, action=action, now=now) as lock:
         current = migrations.current()
         target, steps = plan(current)
         result = RunResult(action, current, target, steps)
@@ -80,23 +80,36 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
         if settings.production and database_exists(settings.database_url):
             check_fit(settings, steps, now=now, break_glass=break_glass,
                       database_size=database_facts(settings.database_url)[1], reporter=reporter)
+        # Asked again just before the change commits (alembic/env.py): a lock lost meanwhile
+        # means another run may be changing the database too.
+        migrations.config.attributes["before_commit"] = lock.check
         outcome = "failed"
         try:
             result.backup = backup_before_change(
                 settings, now=now, revision=current, reporter=reporter,
                 reason=f"before {action} {current or 'base'} -> {target or 'base'}")
+            lock.check()
             _change(step, target, settings, result)
             _checked(migrations, result)
             outcome = "succeeded"
         except BackupFailed:
             outcome = "backup failed"
             raise
+        except LockLost as exc:
+            outcome = "lock lost"
+            raise LockLost(f"{action} stopped: {exc}; nothing was changed, the database is "
+                           f"still at {current or 'base'}; run it again once no other run holds "
+                           "the lock") from None
         finally:
             audit.record(settings, action=action, now=now, outcome=outcome, reporter=reporter,
                          from_revision=current, to_revision=target,
                          backup_id=result.backup.id if result.backup else None,
                          duration_seconds=round(time.monotonic() - started, 3),
                          break_glass=break_glass)
+    if lock.lost:
+        reporter.warn(f"the lock on env '{settings.env}' was lost while the {action} ran (its "
+                      "session was ended); the outcome above is the run's own, but check that "
+                      "no other run changed the database meanwhile (`invoke audit`)")
     return result
 
 

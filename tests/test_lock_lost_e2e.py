@@ -1,0 +1,141 @@
+"""The one-at-a-time lock when its session is taken away: a DBA's idle timeout on the role, or a
+server restart (here: pg_terminate_backend, which is what both look like to the client).
+
+A lost lock before the change commits stops the run (exit 3, nothing changed); the lock's own
+session survives the role's idle timeouts; releasing a lock already gone never turns the run's
+outcome into a traceback.
+"""
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from conftest import admin_url, pg_env
+from helpers import failed, ok
+from test_e2e_faults import FIRST, HEAD, at_first_revision, last_audit, tools
+from test_lock import advisory_locks_held, pg_settings
+
+from app.ops.errors import ExitCode, LockLost
+from app.ops.lock import database_lock
+
+pytestmark = pytest.mark.postgres
+
+T0 = datetime(2026, 3, 2, 22, 5, tzinfo=UTC)
+ADMIN_DSN = admin_url().set(drivername="postgresql").render_as_string(hide_password=False)
+# What a pg_dump wrapper runs to end the migrate's lock session, as a restart would.
+END_LOCK_SESSION = (f"psql '{ADMIN_DSN}' -Atqc \"SELECT count(pg_terminate_backend(pid)) "
+                    "FROM pg_stat_activity WHERE application_name LIKE 'mida migrate%'\" "
+                    "> \"$LOG.ended\"")
+
+
+def role_setting(db, setting: str) -> None:
+    """ALTER ROLE ... SET, as a DBA would on the application's role."""
+    from sqlalchemy import text
+    with db.admin.connect() as conn:
+        conn.execute(text(f'ALTER ROLE "{db.role}" SET {setting}'))
+
+
+def terminate_lock_sessions(db) -> int:
+    return db.admin_sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name LIKE 'mida %'")[0][0]
+
+
+# -- the lock object ---------------------------------------------------------------------------
+def test_a_lock_whose_session_ended_fails_its_check_and_releases_quietly(pg_database, tmp_path):
+    settings = pg_settings(pg_database, tmp_path)
+    with database_lock(settings, action="migrate", now=T0) as lock:
+        lock.check()  # held: no error
+        assert terminate_lock_sessions(pg_database) == 1
+        with pytest.raises(LockLost) as caught:
+            lock.check()
+    # Leaving the block did not raise though pg_advisory_unlock could not run.
+    assert lock.lost
+    assert caught.value.exit_code == ExitCode.REFUSED
+    assert "was lost" in str(caught.value) and pg_database.name in str(caught.value)
+    assert advisory_locks_held(pg_database) == 0
+
+
+def test_a_held_lock_reports_nothing_lost(pg_database, tmp_path):
+    settings = pg_settings(pg_database, tmp_path)
+    with database_lock(settings, action="migrate", now=T0) as lock:
+        lock.check()
+    assert not lock.lost
+    assert advisory_locks_held(pg_database) == 0
+
+
+def test_the_lock_session_outlives_the_roles_idle_session_timeout(pg_database, tmp_path):
+    role_setting(pg_database, "idle_session_timeout = 200")
+    settings = pg_settings(pg_database, tmp_path)
+    with database_lock(settings, action="migrate", now=T0) as lock:
+        time.sleep(0.8)  # the fault itself: four idle timeouts pass while the lock is held
+        lock.check()
+        assert advisory_locks_held(pg_database) == 1
+    assert not lock.lost
+
+
+# -- end to end --------------------------------------------------------------------------------
+def test_a_slow_backup_under_an_idle_session_timeout_still_migrates(project, pg_database,
+                                                                     tmp_path):
+    db = pg_database
+    at_first_revision(project, db)
+    role_setting(db, "idle_session_timeout = 300")
+    # pg_dump takes a second: the lock's session idles through three of the role's timeouts.
+    bin_dir = tools(tmp_path, 'sleep 1\nexec "$REAL" "$@"')
+    ok(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))))
+    assert db.revision() == HEAD
+    assert last_audit(project)["outcome"] == "succeeded"
+
+
+def test_a_lock_lost_during_the_backup_stops_before_the_change(project, pg_database, tmp_path):
+    db = pg_database
+    backups_before, _ = at_first_revision(project, db)
+    bin_dir = tools(tmp_path, f'{END_LOCK_SESSION}\nexec "$REAL" "$@"')
+    result = project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    failed(result, 3, "lock", "was lost", "nothing was changed", FIRST)
+    assert (tmp_path / "dump.log.ended").read_text().strip() == "1"  # the fault did happen
+    assert db.revision() == FIRST
+    assert "phone_number" not in db.columns("users")
+    # The backup it took is a good one and stays listed; the run is audited as stopped.
+    assert len(project.backups("pgtest", env=pg_env(db))) == len(backups_before) + 1
+    audit = last_audit(project)
+    assert audit["action"] == "migrate" and audit["outcome"] == "lock lost"
+    assert advisory_locks_held(db) == 0
+
+
+LOSES_ITS_LOCK = '''"""Ends the lock's session mid-migration, as a server restart would
+
+Revision ID: 0badlock0001
+Revises: f8ff2ab1fdfa
+"""
+from alembic import op
+
+revision = "0badlock0001"
+down_revision = "f8ff2ab1fdfa"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE made_without_the_lock (id integer)")
+    op.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE application_name LIKE 'mida migrate%'")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE made_without_the_lock")
+'''
+
+
+def test_a_lock_lost_during_the_migration_rolls_the_change_back(project, pg_database):
+    db = pg_database
+    ok(project.run("migrate", env=pg_env(db)))
+    assert db.revision() == HEAD
+    (project.root / "alembic" / "versions" / "0badlock0001_loses_its_lock.py").write_text(
+        LOSES_ITS_LOCK)
+    result = project.run("migrate", env=pg_env(db))
+    failed(result, 3, "lock", "was lost", "nothing was changed")
+    assert db.revision() == HEAD
+    assert "made_without_the_lock" not in db.tables()
+    assert last_audit(project)["outcome"] == "lock lost"
