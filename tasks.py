@@ -60,7 +60,7 @@ def status(c, env=None, json=False):
 
     console = _console()
     now = _now()
-    info = collect_status(_settings(env), now)
+    info = collect_status(_settings(env), now, console.warn)
     if json:
         return console.json(info)
     last = info["last_backup"]
@@ -72,7 +72,8 @@ def status(c, env=None, json=False):
         ("pending", ", ".join(info["pending"]) or "none"),
         ("last backup", "none" if last is None else
          f"{last['id']}, {human_age(last['created_at'], now)}, {human_size(last['size'])}, "
-         f"{'verified' if last['verified'] else 'NOT VERIFIED'}, {last['location']}"),
+         f"{'verified' if last['verified'] else 'NOT VERIFIED'}, {last['location']}"
+         + ("" if last["artifact"] == "present" else f", ARTIFACT {last['artifact'].upper()}")),
         ("production", "yes" if info["production"] else "no"),
         ("window", "not configured" if window is None else
          f"open until {window['closes_at']}" if window["open"] else
@@ -149,7 +150,7 @@ def backups(c, env=None, json=False):
     from app.ops.status import backup_item
 
     console = _console()
-    items = list_backups(_settings(env))
+    items = list_backups(_settings(env), console.warn)
     if json:
         return console.json([backup_item(m) for m in items])
     if not items:
@@ -158,7 +159,8 @@ def backups(c, env=None, json=False):
     console.table("Backups, newest first",
                   ["id", "age", "revision", "size", "verified", "reason", "location"],
                   [[m.id, human_age(m.created_at, now), m.revision or "base", human_size(m.size),
-                    "yes" if m.verified else "NO", m.label or m.reason, m.location]
+                    ("yes" if m.verified else "NO") if m.intact else m.artifact_state.upper(),
+                    m.label or m.reason, m.location]
                    for m in items])
 
 
@@ -284,12 +286,16 @@ def rehearse(c, env=None):
 def prune(c, env=None, dry_run=False):
     """Delete backups beyond BACKUP_KEEP_LAST / BACKUP_KEEP_DAYS (never the newest verified)."""
     from app.console import human_size
-    from app.ops.prune import apply_prune, plan_prune
+    from app.ops.prune import apply_prune, confirm_protected, plan_prune
 
     console = _console()
     settings = _settings(env)
-    plan = plan_prune(settings, _now())
+    # A real prune first reads back the backup it must keep; a dry run only reads manifests.
+    plan = (plan_prune if dry_run else confirm_protected)(settings, _now(), console.warn)
     console.say(f"Retention: {plan.rules}.")
+    for m in plan.damaged or ():
+        console.warn(f"backup {m.id}'s artifact is {m.artifact_state}: kept for a person to look "
+                     f"at, not counted as a copy ({m.location})")
     if not plan.delete:
         return console.say(f"Nothing to prune: {len(plan.keep)} backup(s) kept.")
     verb = "Would delete" if dry_run else "Deleting"

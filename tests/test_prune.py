@@ -58,6 +58,17 @@ def days_ago(days: float) -> str:
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def assert_as_before(path: Path, before: dict[str, bytes]) -> None:
+    """An artifact byte for byte; a manifest too, but for `verified_at`: prune reads the backup
+    it must keep back whole before deleting anything, and records when."""
+    if not path.name.endswith(".manifest.json"):
+        assert path.read_bytes() == before[path.name]
+        return
+    now, then = json.loads(path.read_text()), json.loads(before[path.name])
+    assert now.pop("verified_at") >= then.pop("verified_at")
+    assert now == then
+
+
 def listed_ids(project, env: dict | None = None) -> list[str]:
     return [item["id"] for item in project.backups(env=env)]
 
@@ -93,7 +104,7 @@ def test_keep_last_dry_run_lists_and_deletes_nothing_then_prune_deletes(migrated
         assert not manifest.exists() and not artifact.exists()
     for kept in ids[3:]:
         for path in files_of(project, kept):
-            assert path.read_bytes() == before[path.name]
+            assert_as_before(path, before)
     assert listed_ids(project) == ids[:2:-1]
     after = snapshot(project)
     # Only the three backups' files went: the audit trail is not retention's business.
@@ -137,7 +148,7 @@ def test_keep_days_deletes_only_what_is_older(migrated):
     assert not (store(project) / f"{old40}.sqlite3.zst").exists()
     for kept in (old10, fresh):
         for path in files_of(project, kept):
-            assert path.read_bytes() == before[path.name]
+            assert_as_before(path, before)
 
 
 def test_keep_days_never_deletes_the_newest_verified_backup(migrated):
@@ -152,7 +163,7 @@ def test_keep_days_never_deletes_the_newest_verified_backup(migrated):
     ok(project.run("prune", env={"BACKUP_KEEP_DAYS": "1"}))
     assert listed_ids(project) == [middle]
     for path in files_of(project, middle):
-        assert path.read_bytes() == before[path.name]
+        assert_as_before(path, before)
     for gone in (oldest, newest):
         assert not (store(project) / f"{gone}.manifest.json").exists()
         assert not (store(project) / f"{gone}.sqlite3.zst").exists()
@@ -231,3 +242,118 @@ def test_backup_and_migrate_never_prune(project):
     assert [i["revision"] for i in items[:2]] == [HEAD, FIRST]
     for item in items:
         assert Path(item["location"]).is_file()
+
+
+# -- the store is input too ------------------------------------------------------------------
+def test_a_missing_artifact_is_shown_and_does_not_make_prune_delete_the_good_backups(migrated):
+    project = migrated
+    ids = take_backups(project, 3)
+    _, artifact = files_of(project, ids[-1])
+    artifact.unlink()  # the newest backup's artifact is gone
+
+    items = {item["id"]: item for item in project.backups()}
+    assert items[ids[-1]]["artifact"] == "missing"
+    assert items[ids[0]]["artifact"] == "present"
+    assert "MISSING" in ok(project.run("backups")).stdout
+    assert "ARTIFACT MISSING" in ok(project.run("status")).stdout
+
+    result = ok(project.run("prune", env={"BACKUP_KEEP_LAST": "1"}))
+    assert "missing" in result.stderr, shown(result)
+    # The newest whole backup is kept; the broken one stays listed for a person to look at.
+    assert listed_ids(project) == [ids[2], ids[1]]
+    assert files_of(project, ids[1])[1].exists()
+
+
+def test_a_flipped_byte_in_the_newest_backup_makes_prune_keep_the_next_good_one(migrated):
+    project = migrated
+    ids = take_backups(project, 3)
+    _, artifact = files_of(project, ids[-1])
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))  # same size: only reading it back shows the damage
+
+    result = ok(project.run("prune", env={"BACKUP_KEEP_LAST": "1"}))
+    assert ids[-1] in result.stderr and "verif" in result.stderr, shown(result)
+    assert listed_ids(project) == [ids[2], ids[1]]
+    items = {item["id"]: item for item in project.backups()}
+    assert items[ids[2]]["verified"] is False  # the failed read-back is recorded
+    assert items[ids[1]]["verified"] is True
+    ok(project.run("verify", f"--backup={ids[1]}"))
+
+
+def test_prune_deletes_nothing_when_no_backup_verifies(migrated):
+    project = migrated
+    ids = take_backups(project, 3)
+    for backup_id in ids:
+        edit_manifest(project, backup_id, verified=False, verify_error="damaged")
+    before = snapshot(project)
+    failed(project.run("prune", env={"BACKUP_KEEP_LAST": "1"}), 4, "no backup that verifies",
+           "deleted nothing")
+    assert snapshot(project) == before
+
+
+def test_when_every_read_back_fails_prune_deletes_nothing(migrated):
+    project = migrated
+    ids = take_backups(project, 3)
+    for backup_id in ids:
+        _, artifact = files_of(project, backup_id)
+        data = bytearray(artifact.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        artifact.write_bytes(bytes(data))
+    result = project.run("prune", env={"BACKUP_KEEP_LAST": "1"})
+    failed(result, 4, "no backup that verifies", "deleted nothing")
+    # Each candidate to protect was read back in turn, and each failure recorded.
+    for backup_id in ids:
+        assert backup_id in result.stderr, shown(result)
+    assert [item["verified"] for item in project.backups()] == [False, False, False]
+    assert sorted(listed_ids(project)) == sorted(ids)
+    for backup_id in ids:
+        assert files_of(project, backup_id)[1].exists()
+
+
+def forge(project, template_id: str, backup_id: str, **changes) -> Path:
+    """A manifest written by hand into the store: a copy of a real one with `changes`."""
+    data = json.loads((store(project) / f"{template_id}.manifest.json").read_text())
+    data.update(id=backup_id, **changes)
+    path = store(project) / f"{backup_id}.manifest.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_forged_manifest_naming_a_file_outside_the_store_is_skipped(migrated, tmp_path):
+    project = migrated
+    ids = take_backups(project, 2)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not a backup")
+    forged = forge(project, ids[0], "29991231T000000.000Z-abcdef", artifact=str(victim))
+
+    result = ok(project.run("backups"))
+    assert str(forged) in result.stderr and "artifact" in result.stderr, shown(result)
+    assert listed_ids(project) == ids[::-1]
+    ok(project.run("prune", env={"BACKUP_KEEP_LAST": "1"}))
+    failed(project.run("verify", "--backup=29991231T000000.000Z-abcdef"), 2)
+    assert victim.read_text() == "not a backup"
+    assert listed_ids(project) == [ids[1]]
+
+
+@pytest.mark.parametrize("changes", [{"reason": None}, {"size": "big"}, {"verified": "yes"},
+                                     {"sha256": "../../etc/passwd"}, {"created_at": 5}])
+def test_an_invalid_manifest_is_skipped_with_a_warning_naming_it(migrated, changes):
+    project = migrated
+    [good] = take_backups(project, 1)
+    forged = forge(project, good, "29991231T000000.000Z-abcdef", **changes)
+    for task in (["backups"], ["backups", "--json"], ["status"]):
+        result = ok(project.run(*task))
+        assert str(forged) in result.stderr, shown(result)
+    assert listed_ids(project) == [good]
+    result = ok(project.run("restore", "--yes"))
+    assert good in result.stdout, shown(result)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e10"])
+def test_keep_days_that_is_not_a_number_of_days_is_refused(migrated, value):
+    project = migrated
+    take_backups(project, 2)
+    before = snapshot(project)
+    failed(project.run("prune", env={"BACKUP_KEEP_DAYS": value}), 2, "BACKUP_KEEP_DAYS")
+    assert snapshot(project) == before

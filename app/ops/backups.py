@@ -5,10 +5,14 @@ whole on the way (app/ops/readback.py), then the stored object hashed again, the
 The manifest is written last, so a backup without one (interrupted, or failed its read-back)
 is never listed.
 The manifest holds no secret: the database URL in it has its password masked.
+A manifest read back is input like any other: its fields are type-checked, and its artifact's
+name must be derived from its id inside the env's folder or prefix, so a forged one can make
+nothing read or delete a file elsewhere. An invalid manifest is skipped with a warning.
 """
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from contextlib import nullcontext
@@ -25,6 +29,9 @@ from app.ops.streams import CountingWriter, HashingWriter, TeeWriter, compressor
 
 MANIFEST_SUFFIX = ".manifest.json"
 TOOL_NAME = "mida-db-tasks 1.0"
+BACKUP_ID_RE = re.compile(r"\d{8}T\d{6}(\.\d{3})?Z-[0-9a-f]{6}")
+ARTIFACT_SUFFIXES = (".pgdump.zst", ".sqlite3.zst")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 Progress = Callable[[int], None]
 
@@ -55,24 +62,69 @@ class BackupManifest:
     verified: bool = True
     verified_at: str | None = None
     verify_error: str | None = None
+    # Seen in the store by the listing, never written into the manifest: None = no artifact.
+    stored_size: int | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        data = asdict(self)
+        del data["stored_size"]
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "BackupManifest":
+        """Parse and check a manifest; ValueError says what is wrong with it."""
         data = json.loads(text)
-        if not isinstance(data, dict) or not all(
-                isinstance(data.get(k), str) for k in ("id", "created_at", "artifact", "sha256")):
+        if not isinstance(data, dict):
             raise ValueError("not a backup manifest")
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        for name, kinds in _FIELD_TYPES.items():
+            if name not in data and (name in _OPTIONAL or None in kinds):
+                continue
+            value = data.get(name)
+            if not any(value is None if kind is None else
+                       isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+                       for kind in kinds):
+                raise ValueError(f"its {name} is {value!r}")
+        if not BACKUP_ID_RE.fullmatch(data["id"]):
+            raise ValueError(f"its id {data['id']!r} is not a backup id")
+        suffixes = [s + e for s in ARTIFACT_SUFFIXES for e in ("", ".age")]
+        if data["artifact"] not in [data["id"] + suffix for suffix in suffixes]:
+            raise ValueError(f"its artifact {data['artifact']!r} is not named after its id")
+        if not SHA256_RE.fullmatch(data["sha256"]) or data["size"] < 0 or data["raw_size"] < 0:
+            raise ValueError("its sha256 or size is not one")
         if datetime.fromisoformat(data["created_at"]).tzinfo is None:  # ValueError: unreadable
             raise ValueError("created_at has no time zone")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**data)
+
+    @property
+    def intact(self) -> bool:
+        """The artifact is in the store at the recorded size (as the listing saw it)."""
+        return self.stored_size == self.size
+
+    @property
+    def artifact_state(self) -> str:
+        if self.stored_size is None:
+            return "missing"
+        return "present" if self.intact else f"wrong size ({self.stored_size} bytes)"
 
     @property
     def created(self) -> datetime:
         return datetime.fromisoformat(self.created_at)
+
+
+_OPTIONAL = {"stored_size", "tool", "versions", "verified", "verified_at", "verify_error",
+             "label", "duration_seconds", "database_size", "row_counts", "encryption",
+             "recipients"}
+_FIELD_TYPES = {
+    **{name: (str,) for name in ("id", "env", "engine", "database", "created_at", "sha256",
+                                 "artifact", "location", "format", "reason", "tool")},
+    **{name: (str, None) for name in ("revision", "label", "verified_at", "verify_error",
+                                      "encryption")},
+    "size": (int,), "raw_size": (int,), "database_size": (int, None),
+    "duration_seconds": (int, float, None), "row_counts": (dict, None),
+    "recipients": (list, None), "versions": (dict,), "verified": (bool,),
+}
 
 
 def new_backup_id(now: datetime) -> str:
@@ -162,16 +214,23 @@ def _discard(storage, name: str) -> None:
         pass
 
 
-def list_backups(settings) -> list[BackupManifest]:
-    """The environment's backups, newest first. An unreadable manifest is skipped, not fatal."""
+def list_backups(settings, warn: Callable[[str], None] | None = None) -> list[BackupManifest]:
+    """The environment's backups, newest first, each with the size its artifact has in the
+    store (one listing, no extra request). An invalid manifest is skipped, and `warn` is told."""
     storage = open_storage(settings)
+    stored = storage.sizes()
     manifests = []
-    for name in storage.list(MANIFEST_SUFFIX):
+    for name in sorted(n for n in stored if n.endswith(MANIFEST_SUFFIX)):
         try:
             manifest = BackupManifest.from_json(storage.get_bytes(name).decode())
-        except (ValueError, TypeError, OSError):
+            if name != manifest.id + MANIFEST_SUFFIX:
+                raise ValueError(f"it is named for another id than its own ({manifest.id})")
+        except (ValueError, TypeError, OSError, UnicodeDecodeError) as exc:
+            if warn is not None:
+                warn(f"skipped the invalid backup manifest {storage.location(name)}: {exc}")
             continue
         if manifest.env == settings.env:
+            manifest.stored_size = stored.get(manifest.artifact)
             manifests.append(manifest)
     return sorted(manifests, key=lambda m: (m.created, m.id), reverse=True)
 

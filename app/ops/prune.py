@@ -1,18 +1,27 @@
 """Retention: BACKUP_KEEP_LAST and BACKUP_KEEP_DAYS, applied by `invoke prune`.
 
 A backup is kept if it is among the newest KEEP_LAST, or younger than KEEP_DAYS (with both set,
-either is enough, like restic's --keep-last with --keep-within). The newest verified backup is
-never deleted, whatever the settings say. Deleting removes the manifest first, so a half-deleted
-backup is never listed as complete. Prune never runs as a side effect of another task.
+either is enough, like restic's --keep-last with --keep-within). The store is input too, so
+only backups whose artifact is there at the recorded size count as copies: one whose artifact
+is missing or has the wrong size neither fills a KEEP_LAST place nor is deleted by retention
+(it stays listed, for a person to look at). The newest verified intact backup is never deleted,
+and before anything is deleted it is read back whole: if it fails, it is recorded as failed and
+the next one takes its place, so a flipped byte cannot make prune delete the good backups.
+Deleting removes the manifest first, so a half-deleted backup is never listed as complete.
+Prune never runs as a side effect of another task.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from app.ops.backups import BackupManifest, delete_backup, list_backups
-from app.ops.errors import ConfigError
+from app.ops.backups import BackupManifest, delete_backup, list_backups, verify_backup
+from app.ops.errors import BackupFailed, ConfigError
 from app.ops.storage import open_storage
+
+# Backups kept longer than this are kept "forever": a bigger number is a typo, not a policy.
+MAX_KEEP_DAYS = 36500
 
 
 @dataclass
@@ -20,6 +29,8 @@ class PrunePlan:
     keep: list[BackupManifest]
     delete: list[BackupManifest]
     rules: str
+    protected: BackupManifest | None = None
+    damaged: list[BackupManifest] | None = None
 
 
 def _number(settings, name: str, kind=int):
@@ -30,28 +41,52 @@ def _number(settings, name: str, kind=int):
         number = kind(value)
     except ValueError:
         number = -1
-    if number < (1 if kind is int else 0):
-        raise ConfigError(f"{name} '{value}' is not a valid count: use a positive number")
+    if not math.isfinite(number) or number < (1 if kind is int else 0) or (
+            kind is float and number > MAX_KEEP_DAYS):
+        raise ConfigError(f"{name} '{value}' is not a valid count: use a positive number"
+                          + (f" of days up to {MAX_KEEP_DAYS}" if kind is float else ""))
     return number
 
 
-def plan_prune(settings, now: datetime) -> PrunePlan:
+def plan_prune(settings, now: datetime, warn=None) -> PrunePlan:
     keep_last = _number(settings, "BACKUP_KEEP_LAST")
     keep_days = _number(settings, "BACKUP_KEEP_DAYS", float)
-    backups = list_backups(settings)
+    backups = list_backups(settings, warn)
+    intact = [m for m in backups if m.intact]
+    damaged = [m for m in backups if not m.intact]
+    protected = next((m for m in intact if m.verified), None)
     if keep_last is None and keep_days is None:
-        return PrunePlan(backups, [], "no retention configured (BACKUP_KEEP_LAST, BACKUP_KEEP_DAYS)")
-    newest_verified = next((m for m in backups if m.verified), None)
-    keep, delete = [], []
-    for index, manifest in enumerate(backups):
+        return PrunePlan(backups, [], "no retention configured (BACKUP_KEEP_LAST, BACKUP_KEEP_DAYS)",
+                         protected, damaged)
+    keep, delete = list(damaged), []
+    for index, manifest in enumerate(intact):
         recent = keep_days is not None and now - manifest.created <= timedelta(days=keep_days)
         counted = keep_last is not None and index < keep_last
-        (keep if recent or counted or manifest is newest_verified else delete).append(manifest)
+        (keep if recent or counted or manifest is protected else delete).append(manifest)
     rules = ", ".join(part for part in (
         f"keep the last {keep_last}" if keep_last else "",
         f"keep {keep_days:g} days" if keep_days is not None else "",
         "always the newest verified") if part)
-    return PrunePlan(keep, delete, rules)
+    return PrunePlan(keep, delete, rules, protected, damaged)
+
+
+def confirm_protected(settings, now: datetime, warn=None) -> PrunePlan:
+    """Plan, then read the backup that must survive back whole before anything is deleted.
+    One that fails is recorded as failed by verify_backup, so planning again protects the
+    next one; with none left that verifies, nothing is deleted."""
+    while True:
+        plan = plan_prune(settings, now, warn)
+        if not plan.delete:
+            return plan
+        if plan.protected is None:
+            raise BackupFailed(f"env '{settings.env}' has no backup that verifies: prune deleted "
+                               "nothing; take a backup with `invoke backup`")
+        try:
+            verify_backup(settings, plan.protected, now=now)
+            return plan
+        except BackupFailed as exc:
+            if warn is not None:
+                warn(f"{exc}; it is no longer counted as the newest verified backup")
 
 
 def apply_prune(settings, plan: PrunePlan) -> None:

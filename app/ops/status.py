@@ -17,6 +17,7 @@ def backup_item(manifest: BackupManifest) -> dict:
         "revision": manifest.revision, "size": manifest.size, "sha256": manifest.sha256,
         "location": manifest.location, "engine": manifest.engine, "raw_size": manifest.raw_size,
         "verified": manifest.verified, "verified_at": manifest.verified_at,
+        "artifact": manifest.artifact_state,
         "reason": manifest.reason, "label": manifest.label,
         "duration_seconds": manifest.duration_seconds,
     }
@@ -35,12 +36,12 @@ def window_status(settings, now: datetime) -> dict | None:
             "spec": spec, "timezone": str(window.tz)}
 
 
-def collect_status(settings, now: datetime) -> dict:
+def collect_status(settings, now: datetime, warn=None) -> dict:
     migrations = Migrations(settings)
     heads = migrations.heads()
     current = migrations.current()
     pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
-    backups = list_backups(settings)
+    backups = list_backups(settings, warn)
     return {
         "env": settings.env,
         "database": settings.masked_database_url,

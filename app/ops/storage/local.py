@@ -65,10 +65,14 @@ class LocalStorage:
         return (self.folder / name).stat().st_size
 
     def list(self, suffix: str = "") -> list[str]:
+        return sorted(name for name in self.sizes() if name.endswith(suffix))
+
+    def sizes(self) -> dict[str, int]:
+        """Every finished object's size, by name (hidden `.partial` files are not objects)."""
         if not self.folder.is_dir():
-            return []
-        return sorted(p.name for p in self.folder.iterdir()
-                      if p.is_file() and p.name.endswith(suffix) and not p.name.startswith("."))
+            return {}
+        return {p.name: p.stat().st_size for p in self.folder.iterdir()
+                if p.is_file() and not p.name.startswith(".")}
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -166,16 +166,20 @@ class S3Storage:
             return self.client.head_object(Bucket=self.bucket, Key=self.key(name))["ContentLength"]
 
     def list(self, suffix: str = "") -> list[str]:
+        return sorted(name for name in self.sizes() if name.endswith(suffix))
+
+    def sizes(self) -> dict[str, int]:
+        """Every object's size, by name, from the listing itself (no HEAD per object)."""
         # The trailing "/" and the delimiter keep `backups-old/...` and nested keys out.
         prefix = f"{self.folder}/" if self.folder else ""
-        names = []
+        sizes = {}
         with self._errors("listing"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix, Delimiter="/",
                 PaginationConfig={"PageSize": self.page_size})
             for page in pages:
-                names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
-        return sorted(n for n in names if n and n.endswith(suffix) and not n.startswith("."))
+                sizes.update((o["Key"][len(prefix):], o["Size"]) for o in page.get("Contents", []))
+        return {n: size for n, size in sizes.items() if n and not n.startswith(".")}
 
     def delete(self, name: str) -> None:
         with self._errors("deleting", name):
