@@ -15,17 +15,24 @@ ENV_HELP = "environment to act on (default: APP_ENV, else dev); settings come fr
 
 
 def task(*args, **kwargs):
-    """invoke's @task, with `--env` help added and OpsError turned into a message and exit code."""
+    """invoke's @task, with `--env` help added, empty values refused, SIGTERM and SIGHUP handled
+    like Ctrl-C, and OpsError turned into a message and exit code."""
     def wrap(body):
         @functools.wraps(body)
         def run(c, *a, **kw):
             from app.ops.errors import OpsError
+            from app.ops.signals import Stopped, stop_on_signals
             try:
-                return body(c, *a, **kw)
+                _refuse_empty(kw, kwargs.get("positional", ()))
+                with stop_on_signals():
+                    return body(c, *a, **kw)
             except OpsError as exc:
                 raise Exit(f"ERROR: {exc}", code=int(exc.exit_code)) from None
-            except KeyboardInterrupt:
-                raise Exit("ERROR: interrupted; nothing further was done", code=130) from None
+            except KeyboardInterrupt as exc:
+                # Every child was stopped and every partial file removed on the way out.
+                what = exc.name if isinstance(exc, Stopped) else "interrupted"
+                raise Exit(f"ERROR: {what}; nothing further was done",
+                           code=exc.exit_code if isinstance(exc, Stopped) else 130) from None
             except BrokenPipeError:
                 # The reader went away (`invoke backups | head`): stop quietly, as cat would.
                 import os
@@ -35,6 +42,16 @@ def task(*args, **kwargs):
         kwargs.setdefault("help", {}).setdefault("env", ENV_HELP)
         return invoke_task(**kwargs)(run)
     return wrap(args[0]) if args and callable(args[0]) else wrap
+
+
+def _refuse_empty(options: dict, positional) -> None:
+    """`--backup=""` must not mean "the newest", nor `--env=""` the default env."""
+    from app.ops.errors import ConfigError
+    for name, value in options.items():
+        if isinstance(value, str) and not value.strip():
+            what = name.upper() if name in positional else f"--{name.replace('_', '-')}"
+            raise ConfigError(f"{what} was given an empty value: give it a value"
+                              + ("" if name in positional else ", or leave the option out"))
 
 
 def _now() -> datetime:

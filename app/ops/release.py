@@ -95,6 +95,9 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
         except BackupFailed:
             outcome = "backup failed"
             raise
+        except KeyboardInterrupt:
+            outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
+            raise
         except LockLost as exc:
             outcome = "lock lost"
             raise LockLost(f"{action} stopped: {exc}; nothing was changed, the database is "

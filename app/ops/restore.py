@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from app.ops.backups import (BackupManifest, delete_backup, find_backup, list_ba
 from app.ops.cancel import Cancellation
 from app.ops.database import connect, database_exists, server_version_num, stamped_revision
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
+from app.ops.leftovers import private_folder
 from app.ops.lock import database_lock
 from app.ops.report import Reporter
 from app.ops.storage import open_storage
@@ -102,6 +102,9 @@ def run_restore(settings, plan: RestorePlan, *, now: datetime,
             result.seconds = round(time.monotonic() - started, 3)
             outcome = "succeeded"
             return result
+        except KeyboardInterrupt:
+            outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
+            raise
         finally:
             audit.record(settings, action="restore", now=now, outcome=outcome, reporter=reporter,
                          from_revision=plan.current, to_revision=plan.backup.revision,
@@ -118,7 +121,7 @@ def _safety_backup(settings, plan: RestorePlan, now: datetime, version: int | No
 
 def _restore_sqlite(settings, plan: RestorePlan, now: datetime, reporter: Reporter) -> RestoreResult:
     path = Path(settings.database_url.database)
-    with tempfile.TemporaryDirectory(prefix="sqlite-restore-") as folder:
+    with private_folder("sqlite-restore") as folder:
         copy = Path(folder) / "restore.sqlite3"
         with open(os.open(copy, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as extracted:
             verify_backup(settings, plan.backup, now=now, extract_to=extracted)
@@ -162,7 +165,7 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
         reporter.info(f"dropped {stale}, left behind by an interrupted restore")
     stamp = database_stamp(now)  # to the millisecond: two restores in one second get two names
     new, kept = derived_name(url.database, RESTORING, stamp), derived_name(url.database, KEPT, stamp)
-    with tempfile.TemporaryDirectory(prefix="pg-restore-") as folder:
+    with private_folder("pg-restore") as folder:
         archive = Path(folder) / "restore.pgdump"
         # The live database is only read until the swap, so its safety backup runs from the
         # start, beside the verify and the restore: on two cores that saves a few seconds.

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
 from app.ops.backups import BackupManifest, verify_backup
 from app.ops.database import connect, postgres_row_counts, server_version_num
+from app.ops.leftovers import private_folder
 from app.settings import engine_kind
 
 SCRATCH = "__scratch_"
@@ -31,7 +31,7 @@ def with_database(settings, url):
 @contextlib.contextmanager
 def scratch_copy(settings, backup: BackupManifest, *, now: datetime) -> Iterator[object]:
     """Yields settings whose database is a fresh, verified restore of `backup`."""
-    with tempfile.TemporaryDirectory(prefix="scratch-") as folder:
+    with private_folder("scratch") as folder:
         archive = Path(folder) / "archive"
         with open(os.open(archive, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as extracted:
             verify_backup(settings, backup, now=now, extract_to=extracted)

@@ -1,7 +1,9 @@
 """Local-disk store: one folder per environment, files 0600 in folders 0700.
 
 A new object is written to a hidden `.partial` name and renamed into place only when complete
-and synced, so a crash mid-write never leaves something that looks like a finished object.
+and synced, so a crash mid-write never leaves something that looks like a finished object. The
+writer holds the `.partial` under an flock, so the next backup can tell one abandoned by a
+killed run from one being written, and removes it (app/ops/leftovers.py).
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import contextlib
 import os
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from app.ops.leftovers import hold, remove_abandoned
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -19,7 +23,9 @@ class LocalStorage:
         self.folder = Path(folder)
 
     def prepare(self) -> None:
-        """Nothing to get ready on local disk (S3 builds its client here)."""
+        """Before a backup: remove the `.partial` files that killed runs left behind."""
+        if self.folder.is_dir():
+            remove_abandoned(self.folder.glob(".*.partial"))
 
     def location(self, name: str) -> str:
         return str(self.folder / name)
@@ -38,6 +44,7 @@ class LocalStorage:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                hold(out.fileno())
                 yield out
                 out.flush()
                 os.fsync(out.fileno())

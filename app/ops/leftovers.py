@@ -1,0 +1,74 @@
+"""Files a killed run leaves behind, and how the next run knows they are abandoned.
+
+A kill -9 runs no clean-up: a half-written `.ID….partial` stays in the backup folder, and a
+decompressed copy of a backup (patient data) stays in $TMPDIR. Every such file or folder is
+held under an flock for as long as its run works on it; the kernel drops the lock when the
+process dies, however it dies. The next run removes what nobody holds any more. An age floor
+closes the one gap: the instant between creating a file and locking it.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+TEMP_PREFIX = "mida-"
+MIN_AGE_SECONDS = 60
+
+
+def hold(fd: int) -> None:
+    """Mark an open file or folder as in use by this process (until fd is closed)."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def abandoned(path: Path, now: float | None = None) -> bool:
+    """True if no process holds `path` and it is old enough not to be one being created."""
+    try:
+        if (now or time.time()) - path.lstat().st_mtime < MIN_AGE_SECONDS:
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned(paths) -> list[Path]:
+    """Remove each abandoned file or folder among `paths`; return what went."""
+    removed = []
+    for path in paths:
+        if not abandoned(path):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def private_folder(purpose: str) -> Iterator[Path]:
+    """A 0700 folder in $TMPDIR for decompressed backups, held while in use and removed after;
+    abandoned ones of earlier runs are removed first."""
+    root = Path(tempfile.gettempdir())
+    remove_abandoned(root.glob(f"{TEMP_PREFIX}*"))
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{purpose}-"))
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        hold(fd)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
