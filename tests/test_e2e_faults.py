@@ -212,3 +212,23 @@ def test_a_backup_damaged_on_disk_while_written_stops_the_migration(project, pg_
     assert_untouched(project, db, backups_before, files_before)
     assert db.sql("SELECT count(*) FROM scans") == [(1,)]
 
+
+# -- pg_dump's exit status alone -------------------------------------------------------------
+def test_a_complete_dump_from_a_pg_dump_that_exits_1_stops_the_migration(project, pg_database,
+                                                                         tmp_path):
+    db = pg_database
+    backups_before, files_before = at_first_revision(project, db)
+    archive = tmp_path / "what-pg_dump-wrote.pgdump"
+    bin_dir = tools(tmp_path, f"""set -o pipefail
+"$REAL" "$@" | tee '{archive}' || exit
+echo "pg_dump: error: could not close the output: input/output error" >&2
+exit 1""")
+    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4,
+           "pg_dump", "exit status 1", "input/output error")
+    assert len(dump_calls(tmp_path)) == 1
+    # What it wrote is a whole, valid archive: the exit status is the only thing wrong.
+    check = subprocess.run([REAL_PG_RESTORE, "--list", str(archive)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and "TABLE DATA public users" in check.stdout, check.stderr
+    assert subprocess.run([REAL_PG_RESTORE, "--file", os.devnull, str(archive)]).returncode == 0
+    assert_untouched(project, db, backups_before, files_before)
