@@ -2,15 +2,34 @@
 an SQLite database holds afterwards."""
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 from conftest import AWKWARD_PASSWORD
 
-# Every form the test password could leak in: plain, URL-encoded, or cut at a `#`.
-PASSWORD_FORMS = (AWKWARD_PASSWORD, quote_plus(AWKWARD_PASSWORD), quote(AWKWARD_PASSWORD, safe=""),
-                  AWKWARD_PASSWORD.split("#")[0])
+
+def _password_forms(pw: str) -> tuple[str, ...]:
+    """Every form the test password could leak in: plain, cut at a `#` (a URL fragment), each
+    way a URL library percent-encodes it (SQLAlchemy's URL renders `quote(pw, safe=" +")`), and
+    each way a string escaper writes it (JSON, Python's repr, libpq's conninfo and .pgpass)."""
+    forms = {
+        pw,
+        pw.split("#")[0],
+        quote_plus(pw),
+        quote(pw, safe=""),
+        quote(pw),                   # urllib's default keeps `/`
+        quote(pw, safe=" +"),        # sqlalchemy URL.render_as_string(hide_password=False)
+        json.dumps(pw)[1:-1],
+        repr(pw)[1:-1],
+        pw.replace("\\", "\\\\").replace("'", "\\'"),     # libpq conninfo value
+        pw.replace("\\", "\\\\").replace(":", "\\:"),     # .pgpass field
+    }
+    return tuple(sorted(forms))
+
+
+PASSWORD_FORMS = _password_forms(AWKWARD_PASSWORD)
 
 
 def shown(result) -> str:

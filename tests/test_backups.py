@@ -2,6 +2,7 @@
 PostgreSQL database (the `pg_database` fixture, whose role has an awkward password)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,10 +13,13 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 import zstandard
+from pyrage import x25519
 
+from app.ops import backups
 from app.ops.backups import (MANIFEST_SUFFIX, BackupManifest, find_backup, list_backups,
                              take_backup, verify_backup)
 from app.ops.errors import BackupFailed, ConfigError
+from app.ops.storage.local import LocalStorage
 from app.settings import load_settings
 
 T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)
@@ -424,3 +428,59 @@ def test_missing_pg_bin_dir_tools_is_config_error(tmp_path):
     with pytest.raises(ConfigError, match="PG_BIN_DIR"):
         take_backup(settings, reason="manual", revision=None, now=T0, server_version_num=150000)
     assert list_backups(settings) == []
+
+
+# -- a local disk that keeps other bytes than it was sent -------------------------------------
+class FlippingLocalStorage(LocalStorage):
+    """A local store on a disk that silently damages what it is given: one bit of every
+    artifact flips on its way in. The SQLite dump runs inside the process, from start to end in
+    one call, so no outside fault can be timed to land while it writes (the PostgreSQL and S3
+    cases are end to end, in test_e2e_faults.py and test_s3_e2e.py); this store stands in for
+    the disk instead. Manifests are left whole: they are written after the read-back."""
+
+    @contextlib.contextmanager
+    def writer(self, name: str):
+        with super().writer(name) as out:
+            yield out if name.endswith(MANIFEST_SUFFIX) else _FlipOnce(out)
+
+
+class _FlipOnce:
+    def __init__(self, out):
+        self.out, self.flipped = out, False
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if not self.flipped and data:
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:]
+            self.flipped = True
+        self.out.write(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "age"])
+def test_an_sqlite_backup_damaged_on_disk_while_written_is_refused(tmp_path, monkeypatch,
+                                                                   sealed):
+    environ = {}
+    if sealed:
+        identity = x25519.Identity.generate()
+        key = tmp_path / "ops.key"
+        with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(f"{identity}\n")
+        environ = {"BACKUP_ENCRYPTION_RECIPIENTS": str(identity.to_public()),
+                   "BACKUP_ENCRYPTION_IDENTITY_FILE": str(key)}
+    settings = load_settings("dev", environ=environ, root=tmp_path)
+    make_sqlite(Path(settings.database_url.database), rows=2000)
+    stores: list[FlippingLocalStorage] = []
+
+    def flipping_store(settings_):
+        stores.append(FlippingLocalStorage(settings_.backup_dir / settings_.env))
+        return stores[-1]
+
+    monkeypatch.setattr(backups, "open_storage", flipping_store)
+    with pytest.raises(BackupFailed, match="SHA-256"):
+        take_backup(settings, reason="manual", revision=FIRST, now=T0)
+    assert stores, "the flipping store was not used"
+    assert list_backups(settings) == []
+    folder = backup_folder(settings)
+    assert not folder.exists() or os.listdir(folder) == []  # no artifact, no partial

@@ -5,10 +5,14 @@ called. Whatever goes wrong with the backup, the database must stay where it was
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from pyrage import x25519
 
 from conftest import AWKWARD_PASSWORD, pg_env
 from helpers import failed, ok
@@ -147,3 +151,84 @@ exec "$REAL" "$@"
     for name in ("argv", "cmdline", "parent_cmdline"):
         assert secret not in (record / name).read_bytes(), name
         assert b"p@ss" not in (record / name).read_bytes(), name
+
+
+# -- the store keeps other bytes than it was sent -------------------------------------------
+def scribbling_pg_dump(tmp_path, folder: Path) -> str:
+    """A pg_dump body: the real pg_dump, then, before it exits (the backup is still being
+    written: the invoke run waits for pg_dump's end), one byte of the `.partial` file already
+    on disk in `folder` is flipped, as a failing disk or another process would. The bytes that
+    went through the inline read-back were whole: only re-reading the stored object shows it.
+    The flip is recorded in `flipped`."""
+    script = tmp_path / "scribble.py"
+    script.write_text(f"""
+import pathlib, sys, time
+folder, deadline = pathlib.Path({str(folder)!r}), time.monotonic() + 60
+while True:  # until the buffered writer has put bytes on disk (a condition, not a delay)
+    written = [(p, p.stat().st_size) for p in folder.glob(".*.partial")]
+    written = [(p, size) for p, size in written if size > 0]
+    if written:
+        break
+    if time.monotonic() > deadline:
+        sys.exit("no partial backup file with bytes in it appeared")
+    time.sleep(0.01)
+[(path, size)] = written
+with open(path, "r+b") as f:
+    f.seek(size // 2)
+    byte = f.read(1)[0]
+    f.seek(size // 2)
+    f.write(bytes([byte ^ 0x01]))
+pathlib.Path({str(tmp_path / "flipped")!r}).write_text(f"{{path.name}} {{size // 2}}")
+""")
+    return f'"$REAL" "$@"\nstatus=$?\n"{sys.executable}" \'{script}\' || exit 97\nexit $status'
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "age"])
+def test_a_backup_damaged_on_disk_while_written_stops_the_migration(project, pg_database,
+                                                                    tmp_path, sealed):
+    db = pg_database
+    env = pg_env(db)
+    if sealed:
+        keys = tmp_path / "keys"
+        keys.mkdir(mode=0o700)
+        identity = x25519.Identity.generate()
+        key = keys / "ops.key"
+        with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(f"{identity}\n")
+        env.update(BACKUP_ENCRYPTION_RECIPIENTS=str(identity.to_public()),
+                   BACKUP_ENCRYPTION_IDENTITY_FILE=str(key))
+    ok(project.run("migrate", "--revision=a9ef987fd631", env=env))
+    # 4 MiB that neither zstd nor age shrinks: far more than the store's 1 MiB write buffer,
+    # so most of the backup is on disk while pg_dump is still running.
+    db.sql("CREATE TABLE scans (id serial PRIMARY KEY, image bytea NOT NULL)")
+    db.sql("INSERT INTO scans (image) VALUES (:b)", b=os.urandom(4 << 20))
+    backups_before, files_before = project.backups("pgtest", env=env), non_audit_files(project)
+    bin_dir = tools(tmp_path, scribbling_pg_dump(tmp_path, project.root / "backups" / "pgtest"))
+
+    error = failed(project.run("migrate", env=dict(env, PG_BIN_DIR=str(bin_dir))), 4,
+                   "SHA-256")
+    suffix = ".pgdump.zst.age.partial" if sealed else ".pgdump.zst.partial"
+    assert (tmp_path / "flipped").read_text().split()[0].endswith(suffix), error
+    assert_untouched(project, db, backups_before, files_before)
+    assert db.sql("SELECT count(*) FROM scans") == [(1,)]
+
+
+# -- pg_dump's exit status alone -------------------------------------------------------------
+def test_a_complete_dump_from_a_pg_dump_that_exits_1_stops_the_migration(project, pg_database,
+                                                                         tmp_path):
+    db = pg_database
+    backups_before, files_before = at_first_revision(project, db)
+    archive = tmp_path / "what-pg_dump-wrote.pgdump"
+    bin_dir = tools(tmp_path, f"""set -o pipefail
+"$REAL" "$@" | tee '{archive}' || exit
+echo "pg_dump: error: could not close the output: input/output error" >&2
+exit 1""")
+    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4,
+           "pg_dump", "exit status 1", "input/output error")
+    assert len(dump_calls(tmp_path)) == 1
+    # What it wrote is a whole, valid archive: the exit status is the only thing wrong.
+    check = subprocess.run([REAL_PG_RESTORE, "--list", str(archive)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and "TABLE DATA public users" in check.stdout, check.stderr
+    assert subprocess.run([REAL_PG_RESTORE, "--file", os.devnull, str(archive)]).returncode == 0
+    assert_untouched(project, db, backups_before, files_before)

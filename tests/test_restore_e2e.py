@@ -805,3 +805,69 @@ def test_every_database_setting_survives_a_restore(project, pgdb, pg_admin, sett
     ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
     assert admin_sql(pg_admin, query, n=db.name) == settings
     assert pg_state(db) == at_backup
+
+
+# == 10. a backup whose manifest names another revision than its data holds ===================
+def claim_revision(project, env_name: str, backup_id: str, revision: str) -> None:
+    """Edit only the manifest's `revision`: checksum, sizes and artifact stay true, so the
+    backup verifies, and only the revision checks can tell."""
+    path = project.root / "backups" / env_name / f"{backup_id}.manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["revision"] = revision
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def test_sqlite_restore_ending_at_another_revision_than_the_backups_fails_and_is_audited(
+        project):
+    path = project.root / "dev.db"
+    ok(project.run("migrate"))
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("INSERT INTO users (email, full_name, hashed_password) "
+                     "VALUES ('ada@example.org', 'Ada', 'x')")
+    conn.close()
+    backup = take_backup(project, "dev")
+    assert backup["revision"] == HEAD
+    claim_revision(project, "dev", backup["id"], FIRST)
+    ok(project.run("rollback"))
+    listed = ids(project.backups("dev"))
+
+    result = project.run("restore", "--yes", f"--backup={backup['id']}")
+    failed(result, 4, f"after the restore the database is at {HEAD}", backup["id"], FIRST)
+
+    # The data did come back (SQLite has no copy to check before it writes): the run says it
+    # failed, and the safety backup of the database as it was is listed and audited.
+    assert sqlite_rows(path)["alembic_version"] == [(HEAD,)]
+    events = [e for e in audit_events(project, "dev") if e["action"] == "restore"]
+    assert len(events) == 1, events
+    assert events[0]["outcome"] == "failed"
+    assert events[0]["backup_id"] == backup["id"]
+    assert events[0]["from_revision"] == FIRST and events[0]["to_revision"] == FIRST
+    items = project.backups("dev")
+    new = [i for i in items if i["id"] not in listed]
+    assert len(new) == 1 and new[0]["reason"] == SAFETY_PREFIX + backup["id"], items
+    assert new[0]["revision"] == FIRST
+    assert events[0]["safety_backup_id"] == new[0]["id"]
+
+
+@pytest.mark.postgres
+def test_a_copy_at_another_revision_than_the_backups_is_never_swapped_in(project, pgdb,
+                                                                        pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None))
+    backup = take_backup(project, "pgtest", env)
+    assert backup["revision"] == HEAD
+    claim_revision(project, "pgtest", backup["id"], FIRST)
+    insert_users(db, ("marker@example.org", None))
+    untouched = Untouched(project, db, pg_admin, env)
+
+    result = project.run("restore", "--yes", f"--backup={backup['id']}", env=env)
+
+    # The state first: a check made only after the swap also ends exit 4, too late.
+    untouched.check()  # same oid, same rows, no safety backup left, no copy left
+    failed(result, 4, backup["id"], FIRST, "nothing was swapped")
+    assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
+    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
+    assert len(events) == 1 and events[0]["outcome"] == "failed", events

@@ -19,6 +19,7 @@ import selectors
 import socket
 import struct
 import threading
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -588,3 +589,159 @@ def test_listing_sees_only_the_environments_own_backups(project, bucket):
         assert item["location"].startswith(f"s3://{bucket.name}/{PREFIX}/dev/{item['id']}")
     info = json.loads(ok(project.run("status", "--json", env=env)).stdout)
     assert info["last_backup"]["id"] in real
+
+
+# == 8. A store that keeps other bytes than it was sent =======================================
+def crc32_blind_damage(length: int, at: int) -> dict[int, int]:
+    """XOR masks {offset: mask} that damage a `length`-byte message at `at` (one bit there,
+    and the four bytes after it) so that its CRC-32 stays what it was, whatever the message:
+    damage that S3's own CRC32 check, and botocore's check of it on every read, cannot see."""
+    zero = zlib.crc32(bytes(length))
+
+    def effect(masks: dict[int, int]) -> int:
+        # CRC-32 is affine: crc(m ^ d) == crc(m) ^ crc(d) ^ crc(zeros) for equal lengths.
+        damage = bytearray(length)
+        for offset, mask in masks.items():
+            damage[offset] ^= mask
+        return zlib.crc32(bytes(damage)) ^ zero
+
+    bits = [(effect({at + 1 + k // 8: 1 << k % 8}), 1 << k) for k in range(32)]
+    # Gaussian elimination over GF(2): which of the 32 bits after `at` cancel its flip.
+    basis: list[tuple[int, int]] = []
+    for vector, chosen in bits:
+        for b_vector, b_chosen in basis:
+            if vector ^ b_vector < vector:
+                vector, chosen = vector ^ b_vector, chosen ^ b_chosen
+        if vector:
+            basis.append((vector, chosen))
+            basis.sort(reverse=True)
+    target, chosen = effect({at: 0x01}), 0
+    for b_vector, b_chosen in basis:
+        if target ^ b_vector < target:
+            target, chosen = target ^ b_vector, chosen ^ b_chosen
+    assert target == 0
+    masks = {at: 0x01}
+    for k in range(32):
+        if chosen >> k & 1:
+            masks[at + 1 + k // 8] = masks.get(at + 1 + k // 8, 0) | 1 << k % 8
+    return masks
+
+
+def test_crc32_blind_damage_changes_the_bytes_and_keeps_the_crc():
+    for length, at in ((64, 0), (4096, 2048), (100_000, 99_990)):
+        message = bytearray(os.urandom(length))
+        crc = zlib.crc32(message)
+        damaged = bytearray(message)
+        for offset, mask in crc32_blind_damage(length, at).items():
+            damaged[offset] ^= mask
+        assert damaged != message and zlib.crc32(damaged) == crc
+
+
+class DamagingProxy(CuttingProxy):
+    """A proxy in front of the S3 endpoint that reads the requests going through each
+    connection (HTTP/1.1, one after another) and damages the body of each PUT whose key ends
+    with `suffix`, in a way its CRC-32 does not show: S3 acknowledges, and then serves, other
+    bytes than the client sent, and every checksum S3 and botocore compare still matches.
+    (moto checks no SigV4 payload hash.) Responses pass unchanged."""
+
+    def __init__(self, target_port: int, suffix: str):
+        self.suffix = suffix.encode()
+        self.damaged: list[str] = []
+        super().__init__(target_port, limit=0)
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:
+            client.close()
+            return
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, client)
+        requests = _RequestBodies(self)
+        try:
+            while True:
+                for key, _ in selector.select():
+                    source, sink = key.fileobj, key.data
+                    data = source.recv(1 << 16)
+                    if not data:
+                        return
+                    sink.sendall(requests.feed(data) if source is client else data)
+        except OSError:
+            return
+        finally:
+            selector.close()
+            client.close()
+            upstream.close()
+
+
+class _RequestBodies:
+    """Follows one connection's request stream: a head up to the blank line, then
+    Content-Length bytes of body; damages the bodies the proxy picks."""
+
+    def __init__(self, proxy: DamagingProxy):
+        self.proxy = proxy
+        self.head = b""
+        self.left = 0                       # body bytes still to come
+        self.offset = 0                     # body bytes seen so far
+        self.masks: dict[int, int] = {}     # damage for the body under way
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data:
+            if self.left == 0:
+                end = (self.head + data).find(b"\r\n\r\n")
+                if end < 0:
+                    self.head += data
+                    out += data
+                    break
+                taken = end + 4 - len(self.head)
+                out += data[:taken]
+                head, self.head, data = self.head + data[:taken], b"", data[taken:]
+                self._start(head)
+                continue
+            body = bytearray(data[:self.left])
+            for offset, mask in self.masks.items():
+                if self.offset <= offset < self.offset + len(body):
+                    body[offset - self.offset] ^= mask
+            out += body
+            self.offset += len(body)
+            self.left -= len(body)
+            data = data[len(body):]
+        return bytes(out)
+
+    def _start(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        method, target = lines[0].split(b" ")[:2]
+        length = next((int(line.split(b":", 1)[1]) for line in lines[1:]
+                       if line.lower().startswith(b"content-length:")), 0)
+        self.left, self.offset, self.masks = length, 0, {}
+        if method == b"PUT" and target.split(b"?")[0].endswith(self.proxy.suffix) and length > 8:
+            self.masks = crc32_blind_damage(length, length // 2)
+            with self.proxy.lock:
+                self.proxy.damaged.append(target.decode())
+
+
+def test_a_backup_that_s3_stores_damaged_is_refused_and_nothing_is_migrated(project, bucket,
+                                                                            e2e_moto):
+    env = bucket.env()
+    ok(project.run("migrate", env=env))
+    ok(project.run("rollback", env=env))  # at FIRST, with one backup in the bucket
+    assert sqlite_state(dev_db(project))["revision"] == FIRST
+    before = listed(project, bucket)
+    assert len(before) == 1
+    stored = backup_names(bucket.folder("dev"))
+
+    proxy = DamagingProxy(e2e_moto, suffix=".sqlite3.zst")
+    try:
+        result = project.run("migrate", env=bucket.env(endpoint=proxy.endpoint))
+    finally:
+        proxy.close()
+    error = failed(result, 4, "SHA-256")
+    [damaged] = proxy.damaged  # the new backup's artifact, in one put
+    assert damaged.startswith(f"/{bucket.name}/{PREFIX}/dev/"), damaged
+
+    assert sqlite_state(dev_db(project))["revision"] == FIRST
+    assert [i["id"] for i in listed(project, bucket)] == [i["id"] for i in before], error
+    assert backup_names(bucket.folder("dev")) == stored  # the damaged object was deleted
+    assert bucket.uploads() == []
