@@ -227,12 +227,15 @@ class Migrations:
                 statement = _statement(exc)
                 # A revision that committed on its own (an autocommit block) moved the
                 # database: going on from there would be another plan than the one shown.
-                if attempt == retries.attempts or self._position() != before:
+                now = self._position()
+                if attempt == retries.attempts or now != before:
                     tries = "1 attempt" if attempt == 1 else f"each of {attempt} attempts"
+                    changed = ("nothing was changed" if now == before else
+                               f"the database is now at {now or 'base'}")
                     raise MigrationFailed(
                         f"{waited} on {tries}, running: {statement}; another session holds a "
-                        "lock on that table (see pg_locks / pg_stat_activity): nothing was "
-                        "changed, retry when it is quiet") from exc
+                        f"lock on that table (see pg_locks / pg_stat_activity): {changed}, "
+                        "retry when it is quiet") from exc
                 pause = retries.pause(attempt)
                 self.reporter.warn(f"{waited} (attempt {attempt} of {retries.attempts}), "
                                    f"running: {statement}; rolled back, nothing changed; "
