@@ -48,8 +48,9 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = create_engine(database_url(), poolclass=pool.NullPool)
     with connectable.connect() as connection:
-        # Production sets lock_timeout/statement_timeout (app/ops/migrations.py): a migration
-        # that waits on a busy table fails fast instead of stalling the API queued behind it.
+        # lock_timeout in every env, statement_timeout when set (app/ops/migrations.py): a
+        # migration that waits on a busy table gives up (and is tried again) instead of
+        # stalling the API's writes queued behind it.
         timeouts = config.attributes.get("postgres_timeouts") or {}
         if timeouts and connection.dialect.name == "postgresql":
             for name, value in timeouts.items():

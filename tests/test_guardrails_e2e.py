@@ -307,8 +307,9 @@ def scratch_databases(db) -> list[str]:
 
 
 def prod_pg_env(db, **extra: str) -> dict:
+    # Lock timeouts are retried (MIGRATION_LOCK_RETRIES, default 3): short pauses here.
     settings = {"PRODUCTION": "true", "MIGRATION_LOCK_TIMEOUT": "1s",
-                "MAINTENANCE_WINDOW": open_window()}
+                "MIGRATION_LOCK_RETRY_DELAY": "100ms", "MAINTENANCE_WINDOW": open_window()}
     settings.update(extra)
     return pg_env(db, **settings)
 

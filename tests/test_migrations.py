@@ -259,3 +259,41 @@ def test_stamped_revision_on_postgres_reads_the_version_table(pg_database):
     pg_database.sql("INSERT INTO alembic_version VALUES (:r)", r=HEAD)
     with pytest.raises(ConfigError, match="several revisions"):
         stamped_revision(pg_database.url)
+
+
+# -- lock timeouts and retries -----------------------------------------------------------------
+@pytest.mark.parametrize("production", ["false", "true"])
+def test_lock_timeout_applies_in_every_env_and_statement_timeout_only_when_set(tmp_path,
+                                                                               production):
+    from app.ops.migrations import postgres_timeouts
+
+    settings = load_settings("dev", environ={"PRODUCTION": production}, root=tmp_path)
+    assert postgres_timeouts(settings) == {"lock_timeout": "5s"}
+    settings = load_settings("dev", environ={"PRODUCTION": production,
+                                             "MIGRATION_LOCK_TIMEOUT": "200ms",
+                                             "MIGRATION_STATEMENT_TIMEOUT": "2min"}, root=tmp_path)
+    assert postgres_timeouts(settings) == {"lock_timeout": "200ms", "statement_timeout": "2min"}
+
+
+@pytest.mark.parametrize("environ,retries,pauses", [
+    ({}, 3, [5.0, 10.0, 20.0]),
+    ({"MIGRATION_LOCK_RETRIES": "0"}, 0, []),
+    ({"MIGRATION_LOCK_RETRIES": "2", "MIGRATION_LOCK_RETRY_DELAY": "250ms"}, 2, [0.25, 0.5]),
+    ({"MIGRATION_LOCK_RETRY_DELAY": "1min"}, 3, [60.0, 120.0, 240.0]),
+    ({"MIGRATION_LOCK_RETRY_DELAY": "300"}, 3, [0.3, 0.6, 1.2]),  # bare: ms, as PostgreSQL
+])
+def test_lock_retries_and_their_doubling_pauses(tmp_path, environ, retries, pauses):
+    from app.ops.migrations import LockRetries
+
+    lock_retries = LockRetries.of(load_settings("dev", environ=environ, root=tmp_path))
+    assert lock_retries.retries == retries and lock_retries.attempts == retries + 1
+    assert [lock_retries.pause(n) for n in range(1, retries + 1)] == pytest.approx(pauses)
+
+
+@pytest.mark.parametrize("name,value", [("MIGRATION_LOCK_RETRIES", "-1"),
+                                        ("MIGRATION_LOCK_RETRIES", "2.5"),
+                                        ("MIGRATION_LOCK_RETRIES", "1000"),
+                                        ("MIGRATION_LOCK_RETRY_DELAY", "5 minutes")])
+def test_a_malformed_retry_setting_is_config_error(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        Migrations(load_settings("dev", environ={name: value}, root=tmp_path))

@@ -26,16 +26,33 @@ def database_exists(url) -> bool:
     return True
 
 
+# What the tool's own sessions (snapshot holder, row counts, lock, swap, scratch copies) switch
+# off, whatever a DBA set on the role or database for the API: a snapshot's transaction sits idle
+# while pg_dump reads it, counting a big table's rows takes seconds. Sent as startup options, so
+# not even the first statement runs under the role's values. Migrations keep MIGRATION_*
+# timeouts instead (alembic/env.py), and a lock wait stays bounded by lock_timeout.
+MAINTENANCE_OPTIONS = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+
+
+def maintenance_options(url) -> str:
+    """libpq `options` for a maintenance session: the URL's own (if any), then ours."""
+    own = url.query.get("options")
+    own = own if isinstance(own, str) else ""
+    return f"{own} {MAINTENANCE_OPTIONS}".strip()
+
+
 @contextlib.contextmanager
 def connect(url):
     """A short-lived connection; never creates an SQLite file that is not there."""
     from sqlalchemy import create_engine, pool
     from sqlalchemy.exc import DBAPIError
 
-    if engine_kind(url) == "sqlite" and not database_exists(url):
+    kind = engine_kind(url)
+    if kind == "sqlite" and not database_exists(url):
         raise DatabaseUnreachable(f"SQLite database {url.database} does not exist yet: run "
                                   "`invoke migrate` to create it")
-    engine = create_engine(url, poolclass=pool.NullPool)
+    connect_args = {"options": maintenance_options(url)} if kind == "postgresql" else {}
+    engine = create_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     try:
         try:
             conn = engine.connect()

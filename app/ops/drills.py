@@ -76,7 +76,7 @@ def rehearse(settings, *, now: datetime, reporter: Reporter = Reporter()) -> Reh
             rehearsal.steps.append(Step("restore", backup.revision, _since(clock)))
             reporter.info(f"restored backup {backup.id} into a scratch copy in "
                           f"{rehearsal.steps[-1].seconds:.1f} s")
-            migrations = Migrations(scratch)
+            migrations = Migrations(scratch, reporter=reporter)
             pending = migrations.pending(backup.revision, head)
             for action, revisions in (("upgrade", pending), ("downgrade", pending[::-1]),
                                       ("upgrade again", pending)):

@@ -7,11 +7,13 @@ and runs upgrade, downgrade, stamp, merge and revision. Alembic's own errors bec
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import TextIO
 
 from app.ops.database import database_exists, stamped_revision
 from app.ops.errors import ConfigError, MigrationFailed, OpsError
+from app.ops.report import Reporter
 from app.settings import PROJECT_ROOT
 
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -19,13 +21,51 @@ RELATIVE_RE = re.compile(r"^-(\d+)$")
 LOCK_NOT_AVAILABLE, QUERY_CANCELED = "55P03", "57014"
 
 
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "": 0.001}  # bare: ms
+
+
 def postgres_timeouts(settings) -> dict[str, str]:
-    """lock_timeout and statement_timeout for production migrations."""
-    if not settings.production:
-        return {}
+    """The migrations' sessions' timeouts. lock_timeout in every env: an ALTER waiting for a
+    busy table holds up every write queued behind it, so it gives up after this long (and is
+    tried again, see LockRetries). statement_timeout only when set; else the role's own."""
     timeouts = {"lock_timeout": settings.duration("MIGRATION_LOCK_TIMEOUT", "5s"),
                 "statement_timeout": settings.duration("MIGRATION_STATEMENT_TIMEOUT")}
     return {k: v for k, v in timeouts.items() if v}
+
+
+def seconds(duration: str) -> float:
+    """A duration as Settings.duration validated it (5s, 500ms, 2min; bare: ms), in seconds."""
+    number, unit = re.fullmatch(r"(\d+)([a-z]*)", duration).groups()
+    return int(number) * DURATION_UNITS[unit]
+
+
+@dataclass(frozen=True)
+class LockRetries:
+    """What strong_migrations and GitLab do on a lock timeout: the migration's transaction is
+    rolled back (the API's writes go on meanwhile) and the migration is tried again after a
+    pause, `retries` times, the pause doubling each time."""
+    retries: int
+    delay: float  # seconds before the first retry
+
+    @classmethod
+    def of(cls, settings) -> "LockRetries":
+        raw = settings.get("MIGRATION_LOCK_RETRIES", "3").strip()
+        if not raw.isdigit() or int(raw) > 100:
+            raise ConfigError(f"MIGRATION_LOCK_RETRIES '{raw}' is not a number of retries: use "
+                              "0 (no retry) up to 100, e.g. 3")
+        return cls(int(raw), seconds(settings.duration("MIGRATION_LOCK_RETRY_DELAY", "5s")))
+
+    @property
+    def attempts(self) -> int:
+        return self.retries + 1
+
+    def pause(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        return self.delay * 2 ** (attempt - 1)
+
+
+def _statement(exc) -> str:
+    return " ".join(str(exc.statement or "").split())[:120]
 
 
 @dataclass(frozen=True)
@@ -44,7 +84,7 @@ class Revision:
 
 
 class Migrations:
-    def __init__(self, settings, stdout: TextIO | None = None):
+    def __init__(self, settings, stdout: TextIO | None = None, reporter: Reporter = Reporter()):
         from alembic.config import Config
         from alembic.script import ScriptDirectory
 
@@ -57,6 +97,8 @@ class Migrations:
             "sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
         self.script = ScriptDirectory.from_config(self.config)
         self.config.attributes["postgres_timeouts"] = postgres_timeouts(settings)
+        self.lock_retries = LockRetries.of(settings)
+        self.reporter = reporter
 
     # -- reading state ---------------------------------------------------------------------
     def heads(self) -> list[str]:
@@ -167,6 +209,46 @@ class Migrations:
         self._run(command.stamp, target or "base", "stamp")
 
     def _run(self, fn, target: str, verb: str) -> None:
+        """`fn` (an alembic command) to `target`. A lock timeout rolls the attempt back (one
+        transaction); it is tried again after a pause, as LockRetries says."""
+        from sqlalchemy.exc import OperationalError
+
+        retries = self.lock_retries
+        before = self._position()
+        for attempt in range(1, retries.attempts + 1):
+            try:
+                return self._attempt(fn, target, verb)
+            except OperationalError as exc:
+                if getattr(exc.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+                    raise self._failed(exc, target, verb) from exc
+                waited = (f"the {verb} waited longer than MIGRATION_LOCK_TIMEOUT "
+                          f"({self.config.attributes['postgres_timeouts'].get('lock_timeout')}) "
+                          "for a lock")
+                statement = _statement(exc)
+                # A revision that committed on its own (an autocommit block) moved the
+                # database: going on from there would be another plan than the one shown.
+                now = self._position()
+                if attempt == retries.attempts or now != before:
+                    tries = "1 attempt" if attempt == 1 else f"each of {attempt} attempts"
+                    changed = ("nothing was changed" if now == before else
+                               f"the database is now at {now or 'base'}")
+                    raise MigrationFailed(
+                        f"{waited} on {tries}, running: {statement}; another session holds a "
+                        f"lock on that table (see pg_locks / pg_stat_activity): {changed}, "
+                        "retry when it is quiet") from exc
+                pause = retries.pause(attempt)
+                self.reporter.warn(f"{waited} (attempt {attempt} of {retries.attempts}), "
+                                   f"running: {statement}; rolled back, nothing changed; "
+                                   f"retrying in {pause:g} s")
+                time.sleep(pause)
+
+    def _position(self) -> str | None:
+        try:
+            return self.current()
+        except ConfigError:  # stamped with several revisions: `invoke stamp` repairs that
+            return None
+
+    def _attempt(self, fn, target: str, verb: str) -> None:
         from alembic.util import CommandError
         from sqlalchemy.exc import OperationalError
 
@@ -176,25 +258,18 @@ class Migrations:
             raise  # ours, from a hook in alembic/env.py (a lost lock): already one sentence
         except CommandError as exc:
             raise MigrationFailed(f"alembic {verb} to {target} failed: {exc}") from exc
-        except OperationalError as exc:
-            code = getattr(exc.orig, "pgcode", None)
-            statement = " ".join(str(exc.statement or "").split())[:120]
-            if code == LOCK_NOT_AVAILABLE:
-                raise MigrationFailed(
-                    f"the {verb} waited longer than MIGRATION_LOCK_TIMEOUT "
-                    f"({self.config.attributes['postgres_timeouts'].get('lock_timeout')}) for a "
-                    f"lock, running: {statement}; another session holds a lock on that table "
-                    "(see pg_locks / pg_stat_activity): nothing was changed, retry when it is "
-                    "quiet") from exc
-            if code == QUERY_CANCELED:
-                raise MigrationFailed(
-                    f"the {verb} ran longer than MIGRATION_STATEMENT_TIMEOUT, running: "
-                    f"{statement}; nothing was changed") from exc
-            raise MigrationFailed(f"alembic {verb} to {target} failed: "
-                                  f"{str(exc.orig).strip().splitlines()[0]}") from exc
+        except OperationalError:
+            raise  # _run decides: a lock timeout is tried again
         except Exception as exc:
             raise MigrationFailed(f"alembic {verb} to {target} failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
+
+    def _failed(self, exc, target: str, verb: str) -> MigrationFailed:
+        if getattr(exc.orig, "pgcode", None) == QUERY_CANCELED:
+            return MigrationFailed(f"the {verb} ran longer than MIGRATION_STATEMENT_TIMEOUT, "
+                                   f"running: {_statement(exc)}; nothing was changed")
+        return MigrationFailed(f"alembic {verb} to {target} failed: "
+                               f"{str(exc.orig).strip().splitlines()[0]}")
 
     def history(self) -> None:
         from alembic import command

@@ -39,7 +39,7 @@ class RunResult:
 
 def migrate(settings, *, revision: str = "head", now: datetime,
             reporter: Reporter = Reporter(), break_glass: str | None = None) -> RunResult:
-    migrations = Migrations(settings)
+    migrations = Migrations(settings, reporter=reporter)
     target = migrations.resolve(revision)
     return _guarded_run(settings, migrations, "migrate", now, reporter, break_glass,
                         lambda current: (target, migrations.pending(current, target)),
@@ -48,7 +48,7 @@ def migrate(settings, *, revision: str = "head", now: datetime,
 
 def rollback(settings, *, to: str = "-1", now: datetime,
              reporter: Reporter = Reporter(), break_glass: str | None = None) -> RunResult:
-    migrations = Migrations(settings)
+    migrations = Migrations(settings, reporter=reporter)
     return _guarded_run(settings, migrations, "rollback", now, reporter, break_glass,
                         lambda current: migrations.downgrade_target(current, to),
                         migrations.downgrade)

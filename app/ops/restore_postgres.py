@@ -5,8 +5,9 @@ Until the swap the live database is never touched, so a restore that fails or is
 it exactly as it was (a killed run leaves a `__restoring_` database, which the next restore drops).
 The swap is two renames in one transaction: the old database stays under a dated name until the
 engineer drops it. The new database gets the old one's encoding, locale, grants, settings,
-comment and connection limit, so its own properties survive. Everything here works for a role
-that owns its database and may create databases; no superuser needed.
+comment and connection limit, so its own properties survive; a setting the role may not set
+again refuses the restore before any work. Everything here works for a role that owns its
+database and may create databases; no superuser needed.
 
 Why not `pg_restore --clean` into the live database: a table added by a later migration survives
 it, a foreign key from such a table makes the restore fail halfway, and it cannot run in parallel.
@@ -108,11 +109,46 @@ class DatabaseSwap:
             raise GuardRefused(f"restore builds the restored copy in a new database beside "
                                f"{self.database}, and {current_user} may not create databases: "
                                f"ALTER ROLE {quote(current_user)} CREATEDB, then run it again")
+        self.check_can_copy_settings(current_user, props)
         others = self.other_sessions(self.database)
         if others:
             raise GuardRefused(f"{len(others)} other session(s) are connected to "
                                f"{self.database} ({', '.join(sorted(set(others)))}): stop the "
                                "API and other clients, then run restore again")
+
+    def check_can_copy_settings(self, current_user: str, props: DatabaseProperties) -> None:
+        """Refuse before any work if the restored copy could not get the live database's
+        settings: another role's (`ALTER ROLE api IN DATABASE db SET ...`) needs CREATEROLE or
+        more, a superuser-only parameter needs a superuser. The server itself answers: each
+        statement is tried on the live database, with the value it already has, in a
+        transaction that is rolled back, so the rules of every server version apply."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        from app.ops.database import connect, first_line
+
+        refused = []
+        with connect(self.url.set(database=MAINTENANCE_DATABASE)) as conn:
+            with conn.begin() as transaction:
+                for role, key, value in _settings_of(props):
+                    statement = _set_statement(quote(self.database), role, key, value)
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(text(statement))
+                    except DBAPIError as exc:
+                        refused.append((role, key, statement, first_line(exc.orig)))
+                transaction.rollback()
+        if not refused:
+            return
+        target = quote(self.database)
+        named = "; ".join(f"{statement} ({reason})" for _, _, statement, reason in refused)
+        resets = "; ".join(_reset_statement(target, role, key) for role, key, _, _ in refused)
+        sets = "; ".join(statement for _, _, statement, _ in refused)
+        raise GuardRefused(
+            f"restore refused before any work: the restored database must get the settings "
+            f"{self.database} has, and {current_user} may not set {len(refused)} of them: "
+            f"{named}. A superuser can remove them first ({resets}), then run the restore "
+            f"again and set them again afterwards ({sets})")
 
     def other_sessions(self, database: str) -> list[str]:
         rows = self._run("SELECT usename || '@' || coalesce(host(client_addr), 'local') || ' ' || "
@@ -148,18 +184,17 @@ class DatabaseSwap:
             statements.append(f"REVOKE ALL ON DATABASE {target} FROM PUBLIC")
             for entry in props.acl:
                 statements.extend(_grants(entry, target))
-        for role, setting in props.settings:
-            key, _, value = setting.partition("=")
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
-                continue
-            alter = f"ALTER ROLE {quote(role)} IN DATABASE" if role else "ALTER DATABASE"
-            statements.append(f"{alter} {target} SET {key} = {_setting_value(key, value)}")
+        for role, key, value in _settings_of(props):
+            statements.append(_set_statement(target, role, key, value))
         if props.comment is not None:
             statements.append(f"COMMENT ON DATABASE {target} IS {_literal(props.comment)}")
         if props.conn_limit != -1:
             statements.append(f"ALTER DATABASE {target} CONNECTION LIMIT {int(props.conn_limit)}")
         for statement in statements:
-            self._run(statement)
+            try:
+                self._run(statement)
+            except BackupFailed as exc:
+                raise BackupFailed(f"{exc}, running: {statement}") from None
 
     def swap(self, new: str, kept: str) -> None:
         others = self.other_sessions(self.database)
@@ -171,6 +206,26 @@ class DatabaseSwap:
 
     def drop(self, name: str) -> None:
         self._run(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
+
+
+def _settings_of(props: DatabaseProperties) -> list[tuple[str | None, str, str]]:
+    """(role or None, name, value) of each setting of the database that can be set again."""
+    out = []
+    for role, setting in props.settings:
+        key, _, value = setting.partition("=")
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
+            out.append((role, key, value))
+    return out
+
+
+def _set_statement(target: str, role: str | None, key: str, value: str) -> str:
+    alter = f"ALTER ROLE {quote(role)} IN DATABASE" if role else "ALTER DATABASE"
+    return f"{alter} {target} SET {key} = {_setting_value(key, value)}"
+
+
+def _reset_statement(target: str, role: str | None, key: str) -> str:
+    alter = f"ALTER ROLE {quote(role)} IN DATABASE" if role else "ALTER DATABASE"
+    return f"{alter} {target} RESET {key}"
 
 
 def _literal(value: str) -> str:

@@ -15,6 +15,7 @@ import tempfile
 import threading
 from typing import Callable
 
+from app.ops.database import maintenance_options
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.streams import CHUNK
 
@@ -82,6 +83,9 @@ class PostgresDumper:
                 pairs["PG" + key.upper().replace("_", "")] = value
         env.update({k: str(v) for k, v in pairs.items() if v is not None and v != ""})
         env["PGAPPNAME"] = "invoke-backup"
+        # pg_dump and pg_restore switch the role's timeouts off themselves, but only after a
+        # few statements of their own: from the first one on, as the tool's other sessions.
+        env["PGOPTIONS"] = maintenance_options(url)
         return env
 
     # -- dump and read back ----------------------------------------------------------------
@@ -157,7 +161,7 @@ class PostgresDumper:
         env = self.environment()
         env["PGDATABASE"] = database
         # Settings a database owner may set for its own sessions; they speed up index builds.
-        env["PGOPTIONS"] = "-c maintenance_work_mem=256MB -c synchronous_commit=off"
+        env["PGOPTIONS"] += " -c maintenance_work_mem=256MB -c synchronous_commit=off"
         with tempfile.TemporaryFile() as errors:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=errors, env=env)
             try:
