@@ -1,4 +1,9 @@
-"""${message}
+<%!
+    def docstring_text(text):
+        # The message is the user's text, pasted into Python source: escaped, a quote or a
+        # backslash in it can neither end the docstring nor run as code.
+        return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+%>"""${message | docstring_text}
 
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}

@@ -13,6 +13,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import zstandard
 from helpers import failed, ok, sqlite_state
 
@@ -430,3 +431,49 @@ def test_the_audit_trail_survives_a_restore(project):
     assert events[0]["backup_id"] == backup_id
     assert events[0]["to_revision"] == HEAD and events[0]["from_revision"] == HEAD
     assert sqlite_state(project.root / "dev.db")["revision"] == HEAD
+
+
+HOSTILE_MESSAGES = [
+    'Add notes """ + __import__("os").system("touch PWNED") + """ to users',
+    "Add notes \\ to users \\",
+    'Add notes to users "',
+    "Add notes\nto users\r\n\tand more",
+    "Ajouter les remarques à l'utilisateur ✓",
+]
+
+
+@pytest.mark.parametrize("message", HOSTILE_MESSAGES)
+def test_create_writes_any_message_as_text_never_as_code(project, message):
+    import ast
+    migrated(project)
+    before = versions(project)
+    ok(project.run("create", message, "--empty"))
+    [new] = versions(project) - before
+    source = (project.root / "alembic" / "versions" / new).read_text()
+    assert ast.get_docstring(ast.parse(source), clean=False).startswith(message + "\n")
+    # Every later command still reads the revisions, and nothing ran.
+    info = json.loads(ok(project.run("status", "--json")).stdout)
+    assert len(info["pending"]) == 1
+    ok(project.run("history"))
+    assert not (project.root / "PWNED").exists()
+
+
+# -- bad input -------------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["restore", "--backup=", "--yes"], ["migrate", "--revision="],
+                                  ["rollback", "--to="], ["stamp", ""], ["status", "--env="],
+                                  ["backup", "--label="], ["create", " "],
+                                  ["migrate", "--break-glass="]])
+def test_an_empty_value_is_bad_input_and_changes_nothing(project, args):
+    migrated(project, FIRST)
+    ok(project.run("backup"))
+    state, listed = sqlite_state(dev_db(project)), project.backups()
+    failed(project.run(*args), 2, "empty value")
+    assert sqlite_state(dev_db(project)) == state
+    assert project.backups() == listed
+
+
+@pytest.mark.parametrize("label", ["two\nlines", "red \x1b[31mtext", "bell\x07", "c1 \x9b31m csi"])
+def test_a_label_with_control_characters_is_refused(project, label):
+    migrated(project)
+    failed(project.run("backup", f"--label={label}"), 2, "--label")
+    assert project.backups() == []

@@ -86,6 +86,9 @@ class BackupManifest:
                        isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
                        for kind in kinds):
                 raise ValueError(f"its {name} is {value!r}")
+        shown = [data.get(name) for name in ("reason", "label", "revision", "location")]
+        if any(isinstance(text, str) and has_control_characters(text) for text in shown):
+            raise ValueError("its reason, label, revision or location holds control characters")
         if not BACKUP_ID_RE.fullmatch(data["id"]):
             raise ValueError(f"its id {data['id']!r} is not a backup id")
         suffixes = [s + e for s in ARTIFACT_SUFFIXES for e in ("", ".age")]
@@ -125,6 +128,19 @@ _FIELD_TYPES = {
     "duration_seconds": (int, float, None), "row_counts": (dict, None),
     "recipients": (list, None), "versions": (dict,), "verified": (bool,),
 }
+
+
+def check_label(label: str | None) -> None:
+    """A label is shown in tables and terminals: a newline would split the table and an escape
+    sequence would reach the terminal raw."""
+    if label is not None and has_control_characters(label):
+        raise ConfigError("--label may not hold control characters (newlines, tabs, escape "
+                          "sequences): give it as one line of plain text")
+
+
+def has_control_characters(text: str) -> bool:
+    import unicodedata
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
 def new_backup_id(now: datetime) -> str:

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from app.ops import audit
-from app.ops.backups import BackupManifest, take_backup
+from app.ops.backups import BackupManifest, check_label, take_backup
 from app.ops.database import (connect, database_exists, database_size, server_version_num,
                               stamped_revision)
 from app.ops.errors import BackupFailed, ConfigError, LockLost, MigrationFailed
@@ -128,6 +128,7 @@ def upgrade_sql(settings, revision: str = "head") -> str:
 
 def backup_on_demand(settings, *, now: datetime, label: str | None,
                      reporter: Reporter = Reporter()) -> BackupManifest:
+    check_label(label)
     current = stamped_revision(settings.database_url)
     manifest = backup_before_change(settings, now=now, revision=current, reporter=reporter,
                                     reason="on demand", label=label)
