@@ -286,6 +286,15 @@ def test_an_unknown_env_is_unknown(project):
     assert report["status"] == "UNKNOWN" and "prdo" in report["summary"]
 
 
+def test_an_unexpected_error_is_unknown_in_one_line(project):
+    backed_up(project)
+    # A revision file that does not even parse: nothing the check knows how to judge.
+    (project.root / "alembic" / "versions" / "0bad5ca1e001_broken.py").write_text(
+        'revision = "0bad5ca1e001"\ndown_revision = (\n')
+    lines = checked(project.run("check"), UNKNOWN)
+    assert len(lines) == 1 and "unexpected error" in lines[0] and "SyntaxError" in lines[0]
+
+
 # -- the textfile -----------------------------------------------------------------------------
 
 
