@@ -247,6 +247,7 @@ def test_several_heads_warn(project):
     (project.root / "alembic" / "versions" / "0b2a2c4e0001_branch.py").write_text(BRANCH_REVISION)
     lines = checked(project.run("check"), WARNING)
     assert "0b2a2c4e0001" in line_of(lines, "heads") and "invoke merge" in line_of(lines, "heads")
+    assert "heads=2" in lines[0] and "pending=" not in lines[0]  # unknown, not 0
 
 
 def test_a_leftover_partial_file_warns_but_one_being_written_does_not(project):

@@ -152,13 +152,13 @@ def unknown(env: str, reason: str) -> HealthReport:
 
 def run_check(settings, now: datetime) -> HealthReport:
     limits = Limits.from_settings(settings)
-    return evaluate(gather(settings, now), limits, now)
+    return evaluate(gather(settings), limits, now)
 
 
 # -- one pass over the environment ----------------------------------------------------------
 
 
-def gather(settings, now: datetime) -> Facts:
+def gather(settings) -> Facts:
     from app.ops.migrations import Migrations
 
     # Settings first: a bad one is the check's UNKNOWN, not a finding.
@@ -170,15 +170,17 @@ def gather(settings, now: datetime) -> Facts:
                   database=settings.masked_database_url, engine=engine,
                   heads=migrations.heads())
     _read_database(facts, url, engine)
-    if facts.reachable:
+    if not facts.reachable:
+        facts.pending_error = "the database cannot be read"
+    elif len(facts.heads) > 1:
+        facts.pending_error = "several heads"
+    else:
         try:
-            target = facts.heads[0] if len(facts.heads) == 1 else None
+            target = facts.heads[0] if facts.heads else None
             facts.pending = [r.id for r in migrations.pending(facts.current, target)]
         except ConfigError as exc:  # the database is at a revision the scripts do not lead to
             facts.pending_error = str(exc)
-    else:
-        facts.pending_error = "the database cannot be read"
-    _read_store(facts, settings, storage, now)
+    _read_store(facts, settings, storage)
     return facts
 
 
@@ -228,7 +230,7 @@ def _leftover_databases(conn, database: str) -> list[tuple[str, int]]:
     return found
 
 
-def _read_store(facts: Facts, settings, storage, now: datetime) -> None:
+def _read_store(facts: Facts, settings, storage) -> None:
     folder = getattr(storage, "folder", None)
     try:
         if isinstance(folder, Path) and folder.is_dir():
@@ -343,12 +345,10 @@ def _verification(facts: Facts, limits: Limits, now: datetime) -> Check:
 
 def _pending(facts: Facts) -> Check:
     if facts.pending is None:
-        if facts.reachable:  # at a revision the scripts do not lead from
+        if facts.reachable and len(facts.heads) == 1:  # at a revision the scripts do not reach
             return Check("pending", State.WARNING, facts.pending_error)
         return Check("pending", State.UNKNOWN, f"pending migrations unknown: "
                      f"{facts.pending_error}")
-    if len(facts.heads) > 1:
-        return Check("pending", State.UNKNOWN, "pending migrations unknown: several heads")
     if not facts.pending:
         return Check("pending", State.OK, "no pending migrations")
     detail = f"{len(facts.pending)} pending: {', '.join(facts.pending)}"
