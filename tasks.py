@@ -343,5 +343,40 @@ def audit(c, env=None, json=False):
                     e.get("break_glass") or ""] for e in events])
 
 
+@task(help={"json": "print a JSON object (status, checks, facts) instead of plugin lines",
+            "prometheus": "also write the metrics to FILE for node_exporter's textfile "
+                          "collector (name it *.prom; written atomically)"})
+def check(c, env=None, json=False, prometheus=None):
+    """Health for cron and monitoring: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+    # The monitoring-plugins convention, not the contract's exit codes: whatever happens, one
+    # status line and a plugin state, never a traceback (a bug is UNKNOWN too).
+    from app.ops import health
+    from app.settings import resolve_env_name
+
+    console = _console()
+    now = _now()
+    name = resolve_env_name(env)
+    try:
+        report = health.run_check(_settings(env), now)
+    except KeyboardInterrupt:
+        report = health.unknown(name, "interrupted")
+    except Exception as exc:
+        from app.ops.errors import OpsError
+        report = health.unknown(name, str(exc) if isinstance(exc, OpsError) else
+                                f"unexpected error: {type(exc).__name__}: {exc}")
+    if prometheus:
+        try:
+            health.write_textfile(report, prometheus)
+        except Exception as exc:
+            report = health.textfile_failed(report, prometheus, exc)
+    if json:
+        console.json(report.as_json())
+    else:
+        for line in report.lines():
+            console.say(line)
+    if report.state:
+        raise Exit(code=int(report.state))
+
+
 ns = Collection(status, migrate, rollback, backup, backups, verify, create, history, heads,
-                merge, stamp, restore, prune, rehearse, audit)
+                merge, stamp, restore, prune, rehearse, audit, check)

@@ -19,7 +19,8 @@ from helpers import failed, ok, sqlite_state
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 CONTRACT_TASKS = ("status", "migrate", "rollback", "backup", "backups", "restore", "verify",
-                  "prune", "create", "rehearse", "audit", "history", "heads", "merge", "stamp")
+                  "prune", "create", "rehearse", "audit", "history", "heads", "merge", "stamp",
+                  "check")
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -1,0 +1,505 @@
+"""`invoke check`: an environment's health in the monitoring-plugins convention, and the metrics
+node_exporter's textfile collector reads.
+
+`gather` reads the facts once, from the same sources `invoke status` reads (Alembic's scripts,
+one connection to the database, the backup store, the audit trail); `evaluate` turns them into
+checks, each OK, WARNING, CRITICAL or UNKNOWN with a short reason. Nothing here writes to the
+database or the store: no connection creates an SQLite file, no manifest or audit event is
+written. A problem the check finds is a check's state; only the check's own settings (an
+unknown env, a malformed CHECK_* duration) raise ConfigError, which the caller reports UNKNOWN.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import IntEnum
+from pathlib import Path
+
+from app.ops.audit import AUDIT_SUFFIX
+from app.ops.backups import BackupManifest, list_backups
+from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
+from app.ops.status import backup_item
+from app.ops.storage import open_storage
+from app.settings import engine_kind
+
+DEFAULT_BACKUP_MAX_AGE = "26h"
+AGE_RE = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$")
+UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+AUDITED_RUNS = ("migrate", "rollback", "restore")
+FINE_OUTCOMES = {"succeeded", "nothing to do"}
+# A `.partial` written to this recently belongs to a backup still being written, not to an
+# interrupted one: the writer streams into it, so its modification time keeps moving.
+PARTIAL_GRACE = timedelta(minutes=15)
+STAMPED_DATABASE = re.compile(
+    r"(__restoring_|__pre_restore_|__scratch_)([0-9]{14}(?:[0-9]{3})?)$")
+METRIC_PREFIX = "mida_db_"
+
+
+class State(IntEnum):
+    """The plugin states, valued as their exit codes."""
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+# Which state wins when checks disagree: a definite problem over "could not tell".
+SEVERITY = {State.OK: 0, State.UNKNOWN: 1, State.WARNING: 2, State.CRITICAL: 3}
+
+
+def worst(states) -> State:
+    return max(states, key=SEVERITY.__getitem__, default=State.OK)
+
+
+@dataclass
+class Check:
+    name: str
+    state: State
+    detail: str
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "state": self.state.name, "detail": self.detail}
+
+
+@dataclass
+class Limits:
+    backup_max_age: timedelta
+    backup_max_age_text: str
+    verify_max_age: timedelta | None
+    verify_max_age_text: str | None
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        backup = settings.get("CHECK_BACKUP_MAX_AGE", DEFAULT_BACKUP_MAX_AGE)
+        verify = settings.get("CHECK_VERIFY_MAX_AGE")
+        return cls(max_age(backup, "CHECK_BACKUP_MAX_AGE"), backup.strip(),
+                   max_age(verify, "CHECK_VERIFY_MAX_AGE") if verify else None,
+                   verify.strip() if verify else None)
+
+
+def max_age(value: str, name: str) -> timedelta:
+    match = AGE_RE.match(value)
+    if not match or int(match.group(1)) == 0:
+        raise ConfigError(f"{name} '{value}' is not a duration: use e.g. 26h, 90min, 2d or 3600s")
+    return timedelta(seconds=int(match.group(1)) * UNIT_SECONDS[match.group(2)])
+
+
+@dataclass
+class Facts:
+    """What one pass over the environment found. `None` means "could not be read", with the
+    reason in the matching `*_error`."""
+    env: str
+    production: bool
+    database: str
+    engine: str
+    heads: list[str]
+    reachable: bool = False
+    database_error: str | None = None
+    current: str | None = None
+    pending: list[str] | None = None
+    pending_error: str | None = None
+    leftover_databases: list[tuple[str, int]] = field(default_factory=list)  # (name, sessions)
+    partial_files: list[tuple[str, datetime]] = field(default_factory=list)  # (name, mtime)
+    backups: list[BackupManifest] | None = None
+    store_error: str | None = None
+    newest_verified: BackupManifest | None = None
+    lost: list[BackupManifest] = field(default_factory=list)  # verified, artifact gone
+    last_runs: dict[str, dict] | None = None  # action -> newest audit event of that action
+    newest_run: dict | None = None
+    audit_error: str | None = None
+
+
+@dataclass
+class HealthReport:
+    env: str
+    state: State
+    summary: str
+    checks: list[Check]
+    perfdata: str = ""
+    facts: Facts | None = None
+    now: datetime | None = None
+
+    @property
+    def first_line(self) -> str:
+        line = f"{self.state.name}: {self.summary}"
+        return f"{line} | {self.perfdata}" if self.perfdata else line
+
+    def lines(self) -> list[str]:
+        """The plugin output: the status line, then one line per check."""
+        return [self.first_line] + [f"{c.state.name} {c.name}: {c.detail}" for c in self.checks]
+
+    def as_json(self) -> dict:
+        facts = self.facts
+        data = {"status": self.state.name, "summary": self.summary, "env": self.env,
+                "checks": [c.as_json() for c in self.checks], "perfdata": self.perfdata}
+        if facts is not None:
+            data.update({
+                "database": facts.database, "production": facts.production,
+                "current": facts.current, "heads": facts.heads, "pending": facts.pending,
+                "last_backup": backup_item(facts.backups[0]) if facts.backups else None,
+                "last_verified_backup":
+                    backup_item(facts.newest_verified) if facts.newest_verified else None,
+                "last_runs": facts.last_runs})
+        return data
+
+
+def unknown(env: str, reason: str) -> HealthReport:
+    """The report when the check could not run: its own settings are wrong, or a bug."""
+    return HealthReport(env, State.UNKNOWN, reason, [])
+
+
+def run_check(settings, now: datetime) -> HealthReport:
+    limits = Limits.from_settings(settings)
+    return evaluate(gather(settings), limits, now)
+
+
+# -- one pass over the environment ----------------------------------------------------------
+
+
+def gather(settings) -> Facts:
+    from app.ops.migrations import Migrations
+
+    # Settings first: a bad one is the check's UNKNOWN, not a finding.
+    url = settings.database_url
+    engine = engine_kind(url)
+    storage = open_storage(settings)
+    migrations = Migrations(settings)
+    facts = Facts(env=settings.env, production=settings.production,
+                  database=settings.masked_database_url, engine=engine,
+                  heads=migrations.heads())
+    _read_database(facts, url, engine)
+    if not facts.reachable:
+        facts.pending_error = "the database cannot be read"
+    elif len(facts.heads) > 1:
+        facts.pending_error = "several heads"
+    else:
+        try:
+            target = facts.heads[0] if facts.heads else None
+            facts.pending = [r.id for r in migrations.pending(facts.current, target)]
+        except ConfigError as exc:  # the database is at a revision the scripts do not lead to
+            facts.pending_error = str(exc)
+    _read_store(facts, settings, storage)
+    return facts
+
+
+def _read_database(facts: Facts, url, engine: str) -> None:
+    """The revision and, on PostgreSQL, the databases an interrupted run left, over one
+    connection. An SQLite file that is not there is not created to find that out."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.ops.database import connect, database_exists, first_line, revision_of
+
+    if engine == "sqlite" and not database_exists(url):
+        facts.database_error = f"SQLite database {url.database} does not exist"
+        return
+    try:
+        with connect(url) as conn:
+            facts.current = revision_of(conn)
+            facts.reachable = True
+            if engine == "postgresql":
+                facts.leftover_databases = _leftover_databases(conn, url.database)
+    except DatabaseUnreachable as exc:
+        facts.database_error = str(exc)
+    except OpsError as exc:  # several stamped revisions: reachable, but not sound
+        facts.reachable, facts.database_error = False, str(exc)
+    except DBAPIError as exc:
+        facts.reachable, facts.database_error = False, first_line(exc.orig)
+
+
+def _leftover_databases(conn, database: str) -> list[tuple[str, int]]:
+    """`DB__restoring_STAMP`, `DB__pre_restore_STAMP` and `DB__scratch_STAMP`, each with how
+    many sessions use it (a copy in use belongs to a run in progress). pg_database is a shared
+    catalog: the target's own connection sees every database's name."""
+    from sqlalchemy import text
+
+    from app.ops.restore_postgres import derived_name
+
+    rows = conn.execute(text(
+        "SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname) "
+        "FROM pg_database d WHERE strpos(d.datname, '__') > 0 ORDER BY 1")).all()
+    found = []
+    for name, sessions in rows:
+        match = STAMPED_DATABASE.search(name)
+        # The name restore or a rehearsal would give this database's copy with that stamp
+        # (derived_name cuts a long base to fit 63 bytes), so another database's copies and
+        # look-alikes are never reported.
+        if match and name == derived_name(database, match.group(1), match.group(2)):
+            found.append((name, int(sessions)))
+    return found
+
+
+def _read_store(facts: Facts, settings, storage) -> None:
+    folder = getattr(storage, "folder", None)
+    try:
+        if isinstance(folder, Path) and folder.is_dir():
+            facts.partial_files = sorted(
+                (p.name, datetime.fromtimestamp(p.stat().st_mtime, timezone.utc))
+                for p in folder.glob(".*.partial") if p.is_file())
+    except OSError:
+        pass  # an unreadable folder is reported once, by the backup check below
+    # TODO(multipart): once a backup records the S3 multipart uploads it could not abort, list
+    # them here as leftovers of an interrupted run (WARNING), beside the `.partial` files.
+    try:
+        facts.backups = [m for m in list_backups(settings) if m.engine == facts.engine]
+        for manifest in facts.backups:
+            if not manifest.verified:
+                continue
+            if storage.exists(manifest.artifact):  # a stat locally, a HEAD on S3
+                facts.newest_verified = manifest
+                break
+            facts.lost.append(manifest)
+    except (OpsError, OSError) as exc:  # OSError: a local folder this user may not read
+        facts.backups, facts.store_error = None, str(exc)
+    try:
+        facts.last_runs, facts.newest_run = _last_runs(storage)
+    except (OpsError, OSError) as exc:
+        facts.audit_error = str(exc)
+
+
+def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
+    """The newest audit event of each audited action, reading newest first and stopping once
+    each is found (on S3 every event is a GET)."""
+    found: dict[str, dict] = {}
+    newest = None
+    for name in sorted(storage.list(AUDIT_SUFFIX), reverse=True):
+        try:
+            event = json.loads(storage.get_bytes(name))
+        except (ValueError, FileNotFoundError):
+            continue
+        action = event.get("action") if isinstance(event, dict) else None
+        if action not in AUDITED_RUNS:
+            continue
+        newest = newest or event
+        found.setdefault(action, event)
+        if len(found) == len(AUDITED_RUNS):
+            break
+    return found, newest
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
+    checks = [_database(facts), _backup(facts, limits, now), _verification(facts, limits, now),
+              _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts)]
+    state = worst(c.state for c in checks)
+    if state == State.OK:
+        newest = facts.newest_verified
+        summary = (f"env {facts.env}: database at {facts.current or 'base'}, newest verified "
+                   f"backup {span(age_of(newest.created, now))} old")
+    else:
+        summary = f"env {facts.env}: " + "; ".join(
+            c.detail for c in checks if c.state == state)
+    return HealthReport(facts.env, state, summary, checks, _perfdata(facts, limits, now),
+                        facts, now)
+
+
+def _database(facts: Facts) -> Check:
+    if facts.reachable:
+        return Check("database", State.OK, f"{facts.database} reachable, at "
+                     f"{facts.current or 'base (no revision yet)'}")
+    return Check("database", State.CRITICAL, f"database unreachable: {facts.database_error}")
+
+
+def _backup(facts: Facts, limits: Limits, now: datetime) -> Check:
+    if facts.backups is None:
+        return Check("backup", State.CRITICAL, f"the backup store cannot be read: "
+                     f"{facts.store_error}")
+    lost = ""
+    if facts.lost:
+        lost = (f"; {len(facts.lost)} newer verified backup(s) lost their artifact: "
+                + ", ".join(m.id for m in facts.lost))
+    newest = facts.newest_verified
+    if newest is None:
+        return Check("backup", State.CRITICAL, "no verified backup whose artifact exists "
+                     f"({len(facts.backups)} backup(s) listed){lost}: take one with "
+                     "`invoke backup`")
+    age = age_of(newest.created, now)
+    detail = f"newest verified backup {newest.id} is {span(age)} old (limit " \
+             f"{limits.backup_max_age_text})"
+    if age > limits.backup_max_age:
+        return Check("backup", State.CRITICAL, detail + lost)
+    return Check("backup", State.WARNING if facts.lost else State.OK, detail + lost)
+
+
+def _verification(facts: Facts, limits: Limits, now: datetime) -> Check:
+    if not facts.backups:
+        return Check("verification", State.OK, "no backup to verify")
+    newest = facts.backups[0]
+    if not newest.verified:
+        return Check("verification", State.WARNING, f"newest backup {newest.id} failed "
+                     f"verification: {newest.verify_error or 'no reason recorded'}")
+    verified_at = datetime.fromisoformat(newest.verified_at) if newest.verified_at \
+        else newest.created
+    detail = f"newest backup {newest.id} verified {span(age_of(verified_at, now))} ago"
+    if limits.verify_max_age is None:
+        return Check("verification", State.OK, detail)
+    detail += f" (limit {limits.verify_max_age_text})"
+    if age_of(verified_at, now) > limits.verify_max_age:
+        return Check("verification", State.WARNING,
+                     f"{detail}: run `invoke verify --env={facts.env}`")
+    return Check("verification", State.OK, detail)
+
+
+def _pending(facts: Facts) -> Check:
+    if facts.pending is None:
+        if facts.reachable and len(facts.heads) == 1:  # at a revision the scripts do not reach
+            return Check("pending", State.WARNING, facts.pending_error)
+        return Check("pending", State.UNKNOWN, f"pending migrations unknown: "
+                     f"{facts.pending_error}")
+    if not facts.pending:
+        return Check("pending", State.OK, "no pending migrations")
+    detail = f"{len(facts.pending)} pending: {', '.join(facts.pending)}"
+    if facts.production:
+        return Check("pending", State.WARNING, f"{detail} in production: run `invoke migrate "
+                     f"--env={facts.env}` in the next window")
+    return Check("pending", State.OK, detail + " (not production)")
+
+
+def _heads(facts: Facts) -> Check:
+    if len(facts.heads) > 1:
+        return Check("heads", State.WARNING, f"{len(facts.heads)} heads "
+                     f"({', '.join(facts.heads)}): join them with `invoke merge`")
+    return Check("heads", State.OK, f"one head ({facts.heads[0] if facts.heads else 'none'})")
+
+
+def _leftovers(facts: Facts, now: datetime) -> Check:
+    problems, in_progress = [], []
+    for name, sessions in facts.leftover_databases:
+        if "__pre_restore_" in name:
+            problems.append(f"database {name} kept by a restore: drop it with `dropdb {name}` "
+                            "once satisfied")
+        elif sessions:
+            in_progress.append(f"database {name} (in use: a run in progress)")
+        else:
+            problems.append(f"database {name} left by an interrupted run: the next restore or "
+                            f"rehearsal drops it, or `dropdb {name}`")
+    for name, mtime in facts.partial_files:
+        if now - mtime > PARTIAL_GRACE:
+            problems.append(f"file {name} left by an interrupted backup: delete it")
+        else:
+            in_progress.append(f"file {name} (being written: a backup in progress)")
+    if problems:
+        return Check("leftovers", State.WARNING, "leftovers of an interrupted run: "
+                     + "; ".join(problems + in_progress))
+    if in_progress:
+        return Check("leftovers", State.OK, "; ".join(in_progress))
+    return Check("leftovers", State.OK, "no leftovers of an interrupted run")
+
+
+def _last_run(facts: Facts) -> Check:
+    if facts.last_runs is None:
+        return Check("last_run", State.UNKNOWN, f"the audit trail cannot be read: "
+                     f"{facts.audit_error}")
+    event = facts.newest_run
+    if event is None:
+        return Check("last_run", State.OK, "no migrate, rollback or restore audited yet")
+    detail = f"last {event.get('action')} at {event.get('at', '?')}: {event.get('outcome', '?')}"
+    if event.get("outcome") not in FINE_OUTCOMES:
+        return Check("last_run", State.WARNING, detail + " (`invoke audit` has the details)")
+    return Check("last_run", State.OK, detail)
+
+
+def _perfdata(facts: Facts, limits: Limits, now: datetime) -> str:
+    """Performance data as plugins print it: label=value[unit];warn;crit[;min;max]."""
+    data = []
+    newest = facts.newest_verified
+    if newest is not None:
+        age = int(age_of(newest.created, now).total_seconds())
+        data += [f"backup_age={age}s;;{int(limits.backup_max_age.total_seconds())}",
+                 f"backup_size={newest.size}B"]
+    if facts.pending is not None:
+        data.append(f"pending={len(facts.pending)}")
+    data.append(f"heads={len(facts.heads)}")
+    return " ".join(data)
+
+
+def age_of(then: datetime, now: datetime) -> timedelta:
+    return max(timedelta(0), now - then)  # a clock a little ahead is not a negative age
+
+
+def span(age: timedelta) -> str:
+    """A compact duration: 45s, 12m, 3h5m, 1d3h."""
+    seconds = int(age.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    return f"{minutes}m" if minutes else f"{seconds}s"
+
+
+# -- node_exporter's textfile ---------------------------------------------------------------------
+
+
+def write_textfile(report: HealthReport, path: str) -> None:
+    """The metrics a dashboard and an alert need, labelled by env, written to a temporary file
+    and renamed into place (prometheus_client's write_to_textfile), so the collector never
+    reads half a file. No verified backup is a timestamp of 0, so one alert on the age covers
+    "none at all"."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+
+    def gauge(name: str, doc: str, labels=("env",)):
+        return Gauge(METRIC_PREFIX + name, doc, labels, registry=registry)
+
+    env = report.env
+    gauge("check_state", "state of `invoke check`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN"
+          ).labels(env).set(int(report.state))
+    facts = report.facts
+    if facts is not None:
+        if report.now is not None:
+            gauge("check_timestamp_seconds", "when `invoke check` last ran").labels(env).set(
+                report.now.timestamp())
+        gauge("up", "1 if the database could be reached and read").labels(env).set(
+            int(facts.reachable))
+        if facts.backups is not None:
+            newest = facts.newest_verified
+            gauge("last_verified_backup_timestamp_seconds",
+                  "creation time of the newest verified backup whose artifact exists "
+                  "(0: none)").labels(env).set(newest.created.timestamp() if newest else 0)
+            gauge("last_verified_backup_size_bytes",
+                  "stored size of that backup (0: none)").labels(env).set(
+                newest.size if newest else 0)
+        if facts.pending is not None:
+            gauge("pending_migrations", "revisions an upgrade to head would apply").labels(
+                env).set(len(facts.pending))
+        gauge("heads", "head revisions in alembic/versions").labels(env).set(len(facts.heads))
+        if facts.last_runs:
+            success = gauge("last_run_success", "1 if the newest audited run of this action "
+                            "succeeded (or had nothing to do)", ("env", "action"))
+            stamp = gauge("last_run_timestamp_seconds", "when the newest audited run of this "
+                          "action started", ("env", "action"))
+            for action, event in sorted(facts.last_runs.items()):
+                success.labels(env, action).set(int(event.get("outcome") in FINE_OUTCOMES))
+                at = _event_time(event)
+                if at is not None:
+                    stamp.labels(env, action).set(at.timestamp())
+    write_to_textfile(path, registry)
+
+
+def textfile_failed(report: HealthReport, path: str, exc: Exception) -> HealthReport:
+    """The report once the textfile could not be written: the metrics the operator asked for
+    are missing, so the check cannot vouch for them (UNKNOWN unless something is worse)."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    check = Check("textfile", State.UNKNOWN, f"the metrics could not be written to {path}: "
+                  f"{reason}")
+    state = worst([report.state, State.UNKNOWN])
+    summary = report.summary
+    if state == State.UNKNOWN:
+        summary = (f"{summary}; {check.detail}" if report.state == State.UNKNOWN
+                   else f"env {report.env}: {check.detail}")
+    return HealthReport(report.env, state, summary, report.checks + [check], report.perfdata,
+                        report.facts, report.now)
+
+
+def _event_time(event: dict) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(event.get("at")).replace("Z", "+00:00"))
+    except ValueError:
+        return None

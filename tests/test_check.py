@@ -1,0 +1,416 @@
+"""End to end for `invoke check`: the monitoring-plugin status (exit 0 OK, 1 WARNING, 2 CRITICAL,
+3 UNKNOWN, one status line first) and the node_exporter textfile, run as cron or Nagios runs it.
+
+Each test builds a real state (a migrated SQLite file, real backups, a real failed migrate, a
+real PostgreSQL server or S3 endpoint) and asserts on the exit code, the first line and the
+line of the check concerned. A backup is made to look old by moving its manifest's
+`created_at` back, which is exactly what `check` reads; nothing sleeps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import pg_env
+from helpers import assert_no_password, shown
+from test_s3_e2e import Bucket, bucket, e2e_moto, no_ambient_aws  # noqa: F401 (fixtures)
+
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+FAILING_REVISION = '''"""Fail on purpose
+
+Revision ID: 0badc0ffee01
+Revises: f8ff2ab1fdfa
+"""
+revision = "0badc0ffee01"
+down_revision = "f8ff2ab1fdfa"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    raise RuntimeError("the migration failed on purpose")
+
+
+def downgrade():
+    pass
+'''
+
+BRANCH_REVISION = '''"""A second branch from the first revision
+
+Revision ID: 0b2a2c4e0001
+Revises: a9ef987fd631
+"""
+revision = "0b2a2c4e0001"
+down_revision = "a9ef987fd631"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    pass
+
+
+def downgrade():
+    pass
+'''
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def checked(result, code: int) -> list[str]:
+    """Exit `code`, the plugin's first line for that state, no traceback, no password;
+    returns the output's lines."""
+    assert result.returncode == code, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    assert_no_password(result.stdout, result.stderr)
+    lines = result.stdout.splitlines()
+    assert lines and lines[0].startswith(f"{STATES[code]}: "), shown(result)
+    return lines
+
+
+def line_of(lines: list[str], name: str) -> str:
+    """The output line of one check: `STATE name: detail`."""
+    found = [line for line in lines[1:] if line.split()[1:2] == [f"{name}:"]]
+    assert len(found) == 1, "\n".join(lines)
+    return found[0]
+
+
+def state_of(lines: list[str], name: str) -> str:
+    return line_of(lines, name).split()[0]
+
+
+def backed_up(project, env: dict | None = None, env_name: str = "dev") -> dict:
+    """A migrated database and one verified backup of it; returns the backup's item."""
+    assert project.run("migrate", f"--env={env_name}", env=env).returncode == 0
+    result = project.run("backup", f"--env={env_name}", env=env)
+    assert result.returncode == 0, shown(result)
+    return project.backups(env_name, env=env)[0]
+
+
+def age_manifest(project, item: dict, age: timedelta, env_name: str = "dev") -> str:
+    """Move a local backup's created_at `age` into the past; returns the new value."""
+    path = project.root / "backups" / env_name / f"{item['id']}.manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["created_at"] = (datetime.now(UTC) - age).isoformat(timespec="milliseconds")
+    path.write_text(json.dumps(manifest))
+    return manifest["created_at"]
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every file under `root`: bytes, mode and modification time."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the backup checks ------------------------------------------------------------------------
+
+
+def test_no_backup_is_critical(project):
+    assert project.run("migrate").returncode == 0  # from nothing: there was nothing to back up
+    assert project.backups() == []
+    lines = checked(project.run("check"), CRITICAL)
+    assert "no verified backup" in lines[0]
+    assert state_of(lines, "backup") == "CRITICAL"
+    assert state_of(lines, "database") == "OK" and HEAD in line_of(lines, "database")
+
+
+def test_after_a_backup_everything_is_ok(project):
+    item = backed_up(project)
+    lines = checked(project.run("check"), OK)
+    summary, perfdata = lines[0].split(" | ")
+    assert HEAD in summary
+    assert "backup_age=" in perfdata and "s;;93600" in perfdata  # the default limit, 26 h
+    assert f"backup_size={item['size']}B" in perfdata
+    assert item["id"] in line_of(lines, "backup")
+    assert {line.split()[0] for line in lines[1:]} == {"OK"}
+
+    report = json.loads(ok_json(project.run("check", "--json"), OK))
+    assert report["status"] == "OK" and report["env"] == "dev"
+    names = [c["name"] for c in report["checks"]]
+    assert {"database", "backup", "pending", "heads", "leftovers", "last_run"} <= set(names)
+    assert all(c["state"] == "OK" and c["detail"] for c in report["checks"])
+    assert report["last_verified_backup"]["id"] == item["id"]
+
+
+def ok_json(result, code: int) -> str:
+    assert result.returncode == code, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    return result.stdout
+
+
+def test_a_backup_older_than_the_limit_is_critical(project):
+    item = backed_up(project)
+    age_manifest(project, item, timedelta(seconds=2))
+    lines = checked(project.run("check", env={"CHECK_BACKUP_MAX_AGE": "1s"}), CRITICAL)
+    assert "limit 1s" in line_of(lines, "backup") and item["id"] in lines[0]
+    assert re.search(r" \| backup_age=[2-9]s;;1 ", lines[0]), lines[0]
+    # The same backup, the same moment, a wider limit: fine.
+    checked(project.run("check", env={"CHECK_BACKUP_MAX_AGE": "1h"}), OK)
+    # The default limit is 26 hours.
+    age_manifest(project, item, timedelta(hours=27))
+    lines = checked(project.run("check"), CRITICAL)
+    assert "1d3h old (limit 26h)" in line_of(lines, "backup")
+    age_manifest(project, item, timedelta(hours=25))
+    checked(project.run("check"), OK)
+
+
+def test_a_backup_whose_artifact_is_gone_does_not_count(project):
+    item = backed_up(project)
+    Path(item["location"]).unlink()
+    lines = checked(project.run("check"), CRITICAL)
+    assert "no verified backup" in line_of(lines, "backup")
+    assert "artifact" in line_of(lines, "backup")
+
+
+def test_a_newer_backup_without_its_artifact_warns_while_an_older_one_still_counts(project):
+    older = backed_up(project)
+    newer = backed_up(project)
+    assert newer["id"] != older["id"]
+    Path(newer["location"]).unlink()
+    lines = checked(project.run("check"), WARNING)
+    assert older["id"] in line_of(lines, "backup") and newer["id"] in line_of(lines, "backup")
+
+
+def test_a_backup_that_failed_verification_warns(project):
+    older = backed_up(project)
+    newer = backed_up(project)
+    Path(newer["location"]).write_bytes(b"damaged")
+    assert project.run("verify", f"--backup={newer['id']}").returncode == 4
+    lines = checked(project.run("check"), WARNING)
+    assert newer["id"] in line_of(lines, "verification")
+    assert older["id"] in line_of(lines, "backup") and state_of(lines, "backup") == "OK"
+
+
+def test_verification_older_than_check_verify_max_age_warns(project):
+    item = backed_up(project)
+    age_manifest(project, item, timedelta(hours=2))  # created (and verified) two hours ago
+    path = project.root / "backups" / "dev" / f"{item['id']}.manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["verified_at"] = manifest["created_at"]
+    path.write_text(json.dumps(manifest))
+    checked(project.run("check"), OK)  # not set: not checked
+    lines = checked(project.run("check", env={"CHECK_VERIFY_MAX_AGE": "1h"}), WARNING)
+    assert "limit 1h" in line_of(lines, "verification")
+    assert project.run("verify").returncode == 0  # records a fresh verification
+    checked(project.run("check", env={"CHECK_VERIFY_MAX_AGE": "1h"}), OK)
+
+
+# -- migrations, runs and leftovers -----------------------------------------------------------
+
+
+def test_a_failed_migrate_in_the_audit_warns_until_a_run_succeeds(project):
+    backed_up(project)
+    failing = project.root / "alembic" / "versions" / "0badc0ffee01_fail.py"
+    failing.write_text(FAILING_REVISION)
+    assert project.run("migrate").returncode == 5
+    lines = checked(project.run("check"), WARNING)
+    assert "migrate" in line_of(lines, "last_run") and "failed" in line_of(lines, "last_run")
+    assert "failed" in lines[0]
+    assert state_of(lines, "pending") == "OK"  # pending outside production is no warning
+    failing.unlink()
+    assert project.run("rollback").returncode == 0
+    lines = checked(project.run("check"), OK)
+    assert "rollback" in line_of(lines, "last_run")
+
+
+def test_pending_migrations_warn_in_production_only(project):
+    for name in ("prod", "staging"):
+        project.env_file(name, USE_SQLITE="True", SQLITE_PATH=f"{name}.db")
+        assert project.run("migrate", f"--env={name}", f"--revision={FIRST}",
+                           "--break-glass=test set-up").returncode == 0
+        assert project.run("backup", f"--env={name}").returncode == 0
+    lines = checked(project.run("check", "--env=prod"), WARNING)
+    assert HEAD in line_of(lines, "pending") and "production" in lines[0]
+    lines = checked(project.run("check", "--env=staging"), OK)
+    assert HEAD in line_of(lines, "pending")
+
+
+def test_several_heads_warn(project):
+    backed_up(project)
+    (project.root / "alembic" / "versions" / "0b2a2c4e0001_branch.py").write_text(BRANCH_REVISION)
+    lines = checked(project.run("check"), WARNING)
+    assert "0b2a2c4e0001" in line_of(lines, "heads") and "invoke merge" in line_of(lines, "heads")
+    assert "heads=2" in lines[0] and "pending=" not in lines[0]  # unknown, not 0
+
+
+def test_a_leftover_partial_file_warns_but_one_being_written_does_not(project):
+    backed_up(project)
+    partial = project.root / "backups" / "dev" / ".20240101T000000.000Z-abcdef.sqlite3.zst.partial"
+    partial.write_bytes(b"half a backup")
+    lines = checked(project.run("check"), OK)  # written to just now: a backup in progress
+    assert partial.name in line_of(lines, "leftovers")
+    an_hour_ago = time.time() - 3600
+    os.utime(partial, (an_hour_ago, an_hour_ago))
+    lines = checked(project.run("check"), WARNING)
+    assert partial.name in line_of(lines, "leftovers") and "interrupted" in lines[0]
+
+
+# -- bad settings -----------------------------------------------------------------------------
+
+
+def test_a_malformed_duration_is_unknown(project, tmp_path):
+    backed_up(project)
+    textfile = tmp_path / "mida.prom"
+    result = project.run("check", f"--prometheus={textfile}",
+                         env={"CHECK_BACKUP_MAX_AGE": "a day"})
+    lines = checked(result, UNKNOWN)
+    assert len(lines) == 1 and "CHECK_BACKUP_MAX_AGE" in lines[0] and "26h" in lines[0]
+    # The textfile says so too, so an alert on the check's state fires.
+    state = metric_samples(textfile)["mida_db_check_state"]
+    assert state == {(("env", "dev"),): 3.0}
+    lines = checked(project.run("check", env={"CHECK_VERIFY_MAX_AGE": "-1h"}), UNKNOWN)
+    assert "CHECK_VERIFY_MAX_AGE" in lines[0]
+
+
+def test_an_unknown_env_is_unknown(project):
+    backed_up(project)
+    lines = checked(project.run("check", "--env=prdo"), UNKNOWN)
+    assert len(lines) == 1 and "prdo" in lines[0] and "dev" in lines[0]
+    report = json.loads(ok_json(project.run("check", "--env=prdo", "--json"), UNKNOWN))
+    assert report["status"] == "UNKNOWN" and "prdo" in report["summary"]
+
+
+def test_an_unexpected_error_is_unknown_in_one_line(project):
+    backed_up(project)
+    # A revision file that does not even parse: nothing the check knows how to judge.
+    (project.root / "alembic" / "versions" / "0bad5ca1e001_broken.py").write_text(
+        'revision = "0bad5ca1e001"\ndown_revision = (\n')
+    lines = checked(project.run("check"), UNKNOWN)
+    assert len(lines) == 1 and "unexpected error" in lines[0] and "SyntaxError" in lines[0]
+
+
+# -- the textfile -----------------------------------------------------------------------------
+
+
+def metric_samples(path: Path) -> dict[str, dict[tuple, float]]:
+    """{metric: {sorted labels: value}}, parsed by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def test_the_textfile_holds_what_a_dashboard_and_an_alert_need(project, tmp_path):
+    item = backed_up(project)  # the migrate from nothing is audited as succeeded
+    [event] = [json.loads(p.read_text())
+               for p in (project.root / "backups" / "dev").glob("*.audit.json")]
+    folder = tmp_path / "textfiles"
+    folder.mkdir()
+    textfile = folder / "mida_db.prom"
+    lines = checked(project.run("check", f"--prometheus={textfile}"), OK)
+    assert len(lines) > 1
+    assert [p.name for p in folder.iterdir()] == ["mida_db.prom"]  # no temp file left behind
+    samples = metric_samples(textfile)
+    dev = (("env", "dev"),)
+    created = datetime.fromisoformat(item["created_at"]).timestamp()
+    assert samples["mida_db_last_verified_backup_timestamp_seconds"] == {dev: created}
+    assert samples["mida_db_last_verified_backup_size_bytes"] == {dev: float(item["size"])}
+    assert samples["mida_db_pending_migrations"] == {dev: 0.0}
+    assert samples["mida_db_check_state"] == {dev: 0.0}
+    assert samples["mida_db_up"] == {dev: 1.0}
+    migrate = (("action", "migrate"), ("env", "dev"))
+    assert samples["mida_db_last_run_success"] == {migrate: 1.0}
+    assert samples["mida_db_last_run_timestamp_seconds"] == {
+        migrate: datetime.fromisoformat(event["at"]).timestamp()}
+
+    # A failed restore shows up as such, and the state follows the check.
+    Path(item["location"]).write_bytes(b"damaged")
+    assert project.run("restore", "--yes").returncode == 4
+    checked(project.run("check", f"--prometheus={textfile}"), CRITICAL)
+    samples = metric_samples(textfile)
+    restore = (("action", "restore"), ("env", "dev"))
+    assert samples["mida_db_last_run_success"][restore] == 0.0
+    assert samples["mida_db_last_run_success"][migrate] == 1.0
+    assert samples["mida_db_check_state"] == {dev: 2.0}
+    # No verified backup is a timestamp of 0, so "older than 26 h" covers "none at all".
+    assert samples["mida_db_last_verified_backup_timestamp_seconds"] == {dev: 0.0}
+
+
+# -- check changes nothing --------------------------------------------------------------------
+
+
+def test_check_never_changes_anything(project, tmp_path):
+    # Nothing yet: no database file is created, no backup folder, no audit event.
+    checked(project.run("check"), CRITICAL)
+    assert not (project.root / "dev.db").exists()
+    assert not (project.root / "backups" / "dev").exists()
+    # A migrated database with a backup, a failed run and a leftover: every byte stays.
+    backed_up(project)
+    (project.root / "alembic" / "versions" / "0badc0ffee01_fail.py").write_text(FAILING_REVISION)
+    assert project.run("migrate").returncode == 5
+    before = snapshot(project.root / "backups"), snapshot_db(project)
+    checked(project.run("check", f"--prometheus={tmp_path / 'm.prom'}"), WARNING)
+    assert json.loads(ok_json(project.run("check", "--json"), WARNING))["status"] == "WARNING"
+    assert (snapshot(project.root / "backups"), snapshot_db(project)) == before
+
+
+def snapshot_db(project) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in project.root.glob("dev.db*")}
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_postgres_unreachable_is_critical(project, pg_database):
+    backed_up(project, pg_env(pg_database), "pgtest")
+    checked(project.run("check", env=pg_env(pg_database)), OK)
+    lines = checked(project.run("check", env=pg_env(pg_database, POSTGRES_PORT=str(free_port()))),
+                    CRITICAL)
+    assert state_of(lines, "database") == "CRITICAL"
+    assert "cannot connect" in line_of(lines, "database") and "database" in lines[0]
+    assert state_of(lines, "backup") == "OK"  # the backups are still there and say so
+
+
+@pytest.mark.postgres
+def test_postgres_leftover_databases_warn(project, pg_database):
+    from sqlalchemy import text
+
+    env = pg_env(pg_database)
+    backed_up(project, env, "pgtest")
+    checked(project.run("check", env=env), OK)
+    leftover = f"{pg_database.name}__restoring_20240101000000123"
+    with pg_database.admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{leftover}" OWNER "{pg_database.role}"'))
+    try:
+        lines = checked(project.run("check", env=env), WARNING)
+        assert leftover in line_of(lines, "leftovers") and "dropdb" in line_of(lines, "leftovers")
+    finally:
+        with pg_database.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{leftover}"'))
+    checked(project.run("check", env=env), OK)
+
+
+# -- S3 -------------------------------------------------------------------------------------------
+
+
+def test_s3_with_the_object_gone_is_critical(project, bucket: Bucket):
+    env = bucket.env()
+    item = backed_up(project, env)
+    lines = checked(project.run("check", env=env), OK)
+    assert item["id"] in line_of(lines, "backup")
+    [artifact] = [n for n in bucket.folder("dev") if n.endswith(".zst")]
+    bucket.client.delete_object(Bucket=bucket.name, Key=bucket.key("dev", artifact))
+    lines = checked(project.run("check", env=env), CRITICAL)
+    assert "no verified backup" in line_of(lines, "backup")
