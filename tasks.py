@@ -117,8 +117,9 @@ def migrate(c, env=None, revision="head", sql=False, break_glass=None):
 
 
 @task(help={"to": "where to go: -N steps (default -1), a revision id, or base",
-            "break_glass": "run in production outside the window; REASON goes to the audit log"})
-def rollback(c, env=None, to="-1", break_glass=None):
+            "break_glass": "run in production outside the window; REASON goes to the audit log",
+            "yes": "in production, go on although the rollback drops tables or columns"})
+def rollback(c, env=None, to="-1", break_glass=None, yes=False):
     """Back up, then downgrade the database (one step by default)."""
     from app.ops import release
 
@@ -127,8 +128,14 @@ def rollback(c, env=None, to="-1", break_glass=None):
     console.info(f"env {settings.env}: {settings.masked_database_url}")
     console.show_migration_log()
     result = release.rollback(settings, to=to, now=_now(), reporter=console,
-                              break_glass=break_glass)
+                              break_glass=break_glass, yes=yes, ask=_terminal_prompt())
     _report_run(console, result)
+
+
+def _terminal_prompt():
+    """`input` when a person is at a terminal to answer, else None (confirmation refused)."""
+    import sys
+    return input if sys.stdin.isatty() and sys.stdout.isatty() else None
 
 
 def _report_run(console, result):
@@ -241,24 +248,23 @@ def merge(c, env=None, message="merge heads"):
     _console().say(f"Created merge revision {script.revision} at {script.path}")
 
 
-@task(positional=["rev"], help={"rev": "the revision to record (an id, head or base)"})
-def stamp(c, rev, env=None):
+@task(positional=["rev"], help={
+    "rev": "the revision to record (an id, head or base)",
+    "break_glass": "run in production outside the window; REASON goes to the audit log"})
+def stamp(c, rev, env=None, break_glass=None):
     """Record REV as the database's revision without running any migration."""
-    from app.ops.migrations import Migrations
+    from app.ops import release
 
-    migrations = Migrations(_settings(env))
-    before = migrations.current()
-    migrations.stamp(rev)
-    _console().say(f"Stamped: {before or 'base'} -> {migrations.current() or 'base'} "
-                   "(no migration ran)")
+    console = _console()
+    before, after = release.stamp(_settings(env), revision=rev, now=_now(), reporter=console,
+                                  break_glass=break_glass)
+    console.say(f"Stamped: {before or 'base'} -> {after or 'base'} (no migration ran)")
 
 
 @task(help={"backup": "the backup's id (default: the newest verified, not a safety backup)",
             "yes": "do not ask for confirmation (needed without a terminal)"})
 def restore(c, env=None, backup=None, yes=False):
     """Restore a backup over the database (after verifying it and a safety backup)."""
-    import sys
-
     from app.console import human_age, human_size
     from app.ops import restore as restoring
 
@@ -271,8 +277,7 @@ def restore(c, env=None, backup=None, yes=False):
         ("backup", f"{b.id}, taken {human_age(b.created_at, now)} ({b.created_at})"),
         ("revision", b.revision or "base"), ("size", human_size(b.size)), ("reason", b.reason),
         ("replaces", f"{settings.masked_database_url}, now at {plan.current or 'base'}")])
-    ask = input if sys.stdin.isatty() and sys.stdout.isatty() else None
-    restoring.confirm(plan, yes=yes, ask=ask)
+    restoring.confirm(plan, yes=yes, ask=_terminal_prompt())
     result = restoring.run_restore(settings, plan, now=now, reporter=console)
     console.say(f"Restored backup {b.id} in {result.seconds:.1f} s: the database is at "
                 f"{result.revision or 'base'}.")

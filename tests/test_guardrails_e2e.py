@@ -538,3 +538,59 @@ def test_a_rehearsal_whose_migration_fails_exits_5_and_drops_the_scratch(project
     assert db.columns("users") == ["id", "email", "full_name", "hashed_password", "is_active"]
     [saved] = rehearsals(project)
     assert saved["outcome"] == "failed"
+
+
+# -- stamp and data-dropping rollbacks in production -----------------------------------------
+def audit_trail(project, env_name: str) -> list[dict]:
+    return json.loads(ok(project.run("audit", f"--env={env_name}", "--json")).stdout)
+
+
+def closed_window() -> str:
+    now = datetime.now(UTC)
+    return window_covering(now + timedelta(hours=2), now + timedelta(hours=3))
+
+
+def test_stamp_in_production_is_refused_outside_the_window(project):
+    db = prod_at(project, HEAD, MAINTENANCE_WINDOW=closed_window())
+    failed(project.run("stamp", "--env=prod", "base"), 3, "maintenance window")
+    assert sqlite_state(db)["revision"] == HEAD
+    assert audit_trail(project, "prod") == []
+
+
+def test_stamp_with_break_glass_runs_and_is_audited(project):
+    db = prod_at(project, HEAD, MAINTENANCE_WINDOW=closed_window())
+    ok(project.run("stamp", "--env=prod", "--break-glass=INC-42 repair", FIRST))
+    assert sqlite_state(db)["revision"] == FIRST
+    [event] = audit_trail(project, "prod")
+    assert (event["action"], event["outcome"], event["from_revision"], event["to_revision"],
+            event["break_glass"]) == ("stamp", "succeeded", HEAD, FIRST, "INC-42 repair")
+
+
+def test_stamp_is_refused_while_another_run_holds_the_lock(project):
+    import fcntl
+    db = prod_at(project, HEAD, MAINTENANCE_WINDOW=open_window())
+    fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        failed(project.run("stamp", "--env=prod", "base"), 3, "lock")
+    finally:
+        os.close(fd)
+    assert sqlite_state(db)["revision"] == HEAD
+
+
+def test_a_rollback_that_drops_tables_in_production_needs_yes(project):
+    db = prod_at(project, HEAD, MAINTENANCE_WINDOW=open_window())
+    before = store_files(project, "prod")
+    failed(project.run("rollback", "--env=prod", "--to=base"), 3, "drops table users", "--yes")
+    assert sqlite_state(db)["revision"] == HEAD and "users" in sqlite_state(db)["tables"]
+    assert store_files(project, "prod") == before  # refused before any backup
+    result = ok(project.run("rollback", "--env=prod", "--to=base", "--yes"))
+    assert "drops table users" in result.stderr, shown(result)
+    assert sqlite_state(db)["revision"] is None and "users" not in sqlite_state(db)["tables"]
+
+
+def test_a_rollback_that_drops_a_column_outside_production_warns(project):
+    ok(project.run("migrate"))
+    result = ok(project.run("rollback"))
+    assert any("drops column phone_number" in w for w in warnings(result)), shown(result)
+    assert sqlite_state(project.root / "dev.db")["revision"] == FIRST

@@ -72,6 +72,28 @@ def review_pending(settings, steps, *, action: str, break_glass: str | None,
     reporter.warn(message)
 
 
+def confirm_data_loss(settings, steps, *, yes: bool, ask, reporter: Reporter) -> None:
+    """A rollback whose downgrades drop tables or columns deletes data (the backup keeps it).
+    In production that needs --yes or the env's name typed on a terminal; elsewhere a warning."""
+    from app.ops.review import data_dropped_by_downgrade
+
+    findings = [f for step in steps for f in data_dropped_by_downgrade(step.path, step.id)]
+    if not findings:
+        return
+    what = "; ".join(map(str, findings))
+    if not settings.production or yes:
+        reporter.warn(f"this rollback deletes data: {what}")
+        return
+    if ask is None:
+        raise GuardRefused(f"rollback on production env '{settings.env}' deletes data ({what}): "
+                           "confirm it on a terminal, or pass --yes; nothing was changed")
+    typed = ask(f"This rollback deletes data ({what}). Type the env name ({settings.env}) "
+                "to go on: ")
+    if typed.strip() != settings.env:
+        raise GuardRefused(f"rollback not confirmed: '{typed.strip()}' is not "
+                           f"'{settings.env}'; nothing was changed")
+
+
 def check_staging_first(settings, target: str | None, migrations) -> None:
     """REQUIRE_STAGING_FIRST=ENV, in production: the target must be where ENV already is (or
     below it). Fails closed: if ENV cannot be read, production does not go first."""

@@ -16,7 +16,7 @@ from app.ops.database import (connect, database_exists, database_size, server_ve
                               stamped_revision)
 from app.ops.errors import BackupFailed, ConfigError, LockLost, MigrationFailed
 from app.ops.guards import (check_fit, check_free_disk, check_staging_first, check_window,
-                            review_pending)
+                            confirm_data_loss, review_pending)
 from app.ops.lock import database_lock
 from app.ops.migrations import Migrations, Revision
 from app.ops.report import Reporter
@@ -47,15 +47,42 @@ def migrate(settings, *, revision: str = "head", now: datetime,
 
 
 def rollback(settings, *, to: str = "-1", now: datetime,
-             reporter: Reporter = Reporter(), break_glass: str | None = None) -> RunResult:
+             reporter: Reporter = Reporter(), break_glass: str | None = None,
+             yes: bool = False, ask=None) -> RunResult:
     migrations = Migrations(settings, reporter=reporter)
     return _guarded_run(settings, migrations, "rollback", now, reporter, break_glass,
                         lambda current: migrations.downgrade_target(current, to),
-                        migrations.downgrade)
+                        migrations.downgrade,
+                        confirm=lambda steps: confirm_data_loss(settings, steps, yes=yes,
+                                                                ask=ask, reporter=reporter))
+
+
+def stamp(settings, *, revision: str, now: datetime, reporter: Reporter = Reporter(),
+          break_glass: str | None = None) -> tuple[str | None, str | None]:
+    """Record a revision without running it: it changes what every later migrate does, so it
+    runs under the same window, lock and audit as migrate. Returns (before, after)."""
+    migrations = Migrations(settings, reporter=reporter)
+    target = migrations.resolve(revision)
+    check_window(settings, action="stamp", now=now, break_glass=break_glass, reporter=reporter)
+    with database_lock(settings, action="stamp", now=now) as lock:
+        migrations.config.attributes["before_commit"] = lock.check
+        before, outcome = migrations.current(), "failed"
+        try:
+            migrations.stamp(revision)
+            outcome = "succeeded"
+        except KeyboardInterrupt:
+            outcome = "stopped"
+            raise
+        finally:
+            audit.record(settings, action="stamp", now=now, outcome=outcome, reporter=reporter,
+                         from_revision=before, to_revision=target, backup_id=None,
+                         break_glass=break_glass)
+    return before, migrations.current()
 
 
 def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
-                 reporter: Reporter, break_glass: str | None, plan, step) -> RunResult:
+                 reporter: Reporter, break_glass: str | None, plan, step,
+                 confirm=None) -> RunResult:
     """Window, then lock, then plan (under the lock, so nobody moves the database meanwhile),
     then backup and the Alembic step; every run that changes something is audited."""
     check_window(settings, action=action, now=now, break_glass=break_glass, reporter=reporter)
@@ -75,6 +102,8 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
         reporter.info(f"{len(steps)} {verb}: " + ", ".join(map(str, steps)))
         review_pending(settings, steps, action=action, break_glass=break_glass,
                        reporter=reporter)
+        if confirm is not None:
+            confirm(steps)
         if action == "migrate":
             check_staging_first(settings, target, migrations)
         if settings.production and database_exists(settings.database_url):

@@ -115,3 +115,21 @@ def risky_operations(path: str, revision: str) -> list[Finding]:
     created = {c.args[0].value for c in calls if c.func.attr == "create_table" and c.args
                and isinstance(c.args[0], ast.Constant)}
     return [Finding(revision, risk) for call in calls for risk in _risks_of(call, created)]
+
+
+def data_dropped_by_downgrade(path: str, revision: str) -> list[Finding]:
+    """What a rollback through this revision deletes: the tables and columns its downgrade()
+    drops (a rollback to base drops every table)."""
+    downgrade = _function(ast.parse(Path(path).read_text()), "downgrade")
+    if downgrade is None:
+        return []
+    found = []
+    for call in ast.walk(downgrade):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                and call.func.attr in ("drop_table", "drop_column")):
+            continue
+        names = [a.value for a in call.args if isinstance(a, ast.Constant)
+                 and isinstance(a.value, str)]
+        what = "table" if call.func.attr == "drop_table" else "column"
+        found.append(Finding(revision, f"drops {what} {'.'.join(names) or '(computed name)'}"))
+    return found
