@@ -13,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,3 +181,56 @@ def pg_env(db: PgDatabase, **extra: str) -> dict:
            "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
     env.update(extra)
     return env
+
+
+@dataclass
+class SmallDisk:
+    """A small tmpfs of its own: a real full disk, ENOSPC and all, without filling the machine's."""
+    path: Path
+
+    def free(self) -> int:
+        return shutil.disk_usage(self.path).free
+
+    def fill(self, leave: int = 0) -> None:
+        """Write a filler so that exactly `leave` bytes stay free (tmpfs counts 4 KiB pages:
+        `leave` must be a multiple of the block size)."""
+        block = os.statvfs(self.path).f_frsize
+        assert leave % block == 0, f"leave {leave} is not a multiple of the block size {block}"
+        assert self.free() >= leave, f"only {self.free()} bytes are free, {leave} wanted"
+        with open(self.path / f"filler-{uuid.uuid4().hex}", "wb") as filler:
+            filler.write(b"\0" * (self.free() - leave))
+        assert self.free() == leave, (self.free(), leave)
+
+    def unfill(self) -> None:
+        for filler in self.path.glob("filler-*"):
+            filler.unlink()
+
+    def files(self) -> set[str]:
+        """Everything on the disk but the fillers, as paths relative to it."""
+        return {str(p.relative_to(self.path)) for p in self.path.rglob("*")
+                if not p.name.startswith("filler-")}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(size) mounts a tmpfs of `size` bytes in tmp_path and returns a SmallDisk;
+    every one is unmounted afterwards. Needs root (mount); under CI=true a mount that fails
+    fails the test instead of skipping it."""
+    mounted = []
+
+    def mount(size: int, name: str = "disk") -> SmallDisk:
+        path = tmp_path / name
+        path.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
+                                 "tmpfs", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            message = f"cannot mount a tmpfs at {path}: {result.stderr.strip()}"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        mounted.append(path)
+        return SmallDisk(path)
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=True)

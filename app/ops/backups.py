@@ -18,10 +18,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
+from app.ops.diskspace import (STORE_ADVICE, TEMP_ADVICE, check_room, in_blocks, is_full,
+                               no_room, room_for, temp_folder)
 from app.ops.dumpers import dumper_for
-from app.ops.errors import BackupFailed, ConfigError
+from app.ops.errors import BackupFailed, ConfigError, NoRoom
 from app.ops.storage import open_storage
 from app.ops.encryption import Encryption, encrypting
 from app.ops.readback import InlineReadBack, check_read, read_back_stored, stored_sha256
@@ -176,7 +179,9 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
         # Both keys are checked before anything is dumped: the read-back must decrypt.
         recipients, identities = encryption.parsed_recipients(), encryption.identities(backup_id)
     artifact = backup_id + dumper.suffix + (".age" if sealed else "")
+    folder = Path(storage.location(artifact)).parent  # a full disk can only be a local store
     started = time.monotonic()
+    hashed = None
     try:
         with storage.writer(artifact) as out:
             with InlineReadBack(dumper, identities if sealed else None, artifact) as check:
@@ -194,6 +199,9 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
                    stored_sha256(storage, artifact, readback_progress), checked_size)
     except BaseException as exc:
         _discard(storage, artifact)
+        if is_full(exc):
+            raise no_room(folder, f"store backup {backup_id}", hashed.size if hashed else 0,
+                          more_than=True, advice=f"{STORE_ADVICE}; nothing was changed") from None
         if isinstance(exc, OSError):
             raise BackupFailed(f"writing backup {backup_id} to {storage.location(artifact)} "
                                f"failed: {exc.strerror or exc}; nothing was changed") from None
@@ -208,10 +216,20 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
         encryption="age" if sealed else None,
         recipients=list(encryption.recipients) if sealed else None,
         verified=True, verified_at=iso(now))
+    data = manifest.to_json().encode()
     try:
-        storage.put_bytes(backup_id + MANIFEST_SUFFIX, manifest.to_json().encode())
-    except BaseException:
+        storage.put_bytes(backup_id + MANIFEST_SUFFIX, data)
+    except BaseException as exc:
         _discard(storage, artifact)
+        if is_full(exc):
+            # Room for the whole backup, as the artifact just removed took some of it.
+            raise no_room(folder, f"store backup {backup_id} and its manifest",
+                          in_blocks(folder, hashed.size, len(data)),
+                          advice=f"{STORE_ADVICE}; nothing was changed") from None
+        if isinstance(exc, OSError):
+            raise BackupFailed(f"writing backup {backup_id}'s manifest to "
+                               f"{storage.location(backup_id + MANIFEST_SUFFIX)} failed: "
+                               f"{exc.strerror or exc}; nothing was changed") from None
         raise
     return manifest
 
@@ -288,8 +306,12 @@ def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
         identities = (Encryption.from_settings(settings) or Encryption((), None)).identities(
             manifest.id)
     try:
-        read_back_stored(storage, dumper, manifest.artifact, manifest.sha256,
-                         manifest.raw_size, progress, extract_to, identities, archive_check)
+        needed, what = _scratch(manifest, dumper, extract_to is not None, archive_check)
+        with room_for(temp_folder(), needed, what, advice=TEMP_ADVICE):
+            read_back_stored(storage, dumper, manifest.artifact, manifest.sha256,
+                             manifest.raw_size, progress, extract_to, identities, archive_check)
+    except NoRoom:
+        raise  # the temporary folder is full: that says nothing about the backup
     except BackupFailed as exc:
         _record_verification(storage, manifest, now, str(exc))
         raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None
@@ -297,12 +319,46 @@ def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
     return manifest
 
 
+def _scratch(manifest: BackupManifest, dumper, extract: bool,
+             archive_check: bool) -> tuple[int, str]:
+    """Bytes a read-back of `manifest` writes to the temporary folder (the extract a restore
+    uses, and the copy the dumper's own check reads: SQLite's; pg_restore reads a pipe), and
+    what for."""
+    copies = int(extract) + (dumper.read_back_copies if archive_check or not extract else 0)
+    return (manifest.raw_size * copies,
+            f"{'extract and ' if extract else ''}read back backup {manifest.id}")
+
+
+def check_scratch_room(settings, manifest: BackupManifest, *, extract: bool,
+                       archive_check: bool = True) -> None:
+    """Refuse, before any work, a read-back whose copies cannot fit the temporary folder."""
+    needed, what = _scratch(manifest, dumper_for(settings), extract, archive_check)
+    check_room(temp_folder(), needed, what, advice=TEMP_ADVICE)
+
+
 def _record_verification(storage, manifest: BackupManifest, now: datetime,
                          error: str | None) -> None:
+    """Write the outcome into the manifest. A store that cannot take it keeps the old manifest
+    whole (the new one goes to a `.partial` first, removed on failure), so a damaged backup may
+    still say verified: the failure says so, and is exit 4 even for an intact backup."""
+    said = "verified" if manifest.verified else "not verified"
     manifest.verified = error is None
     manifest.verified_at = iso(now)
     manifest.verify_error = error
-    storage.put_bytes(manifest.id + MANIFEST_SUFFIX, manifest.to_json().encode())
+    name, data = manifest.id + MANIFEST_SUFFIX, manifest.to_json().encode()
+    try:
+        storage.put_bytes(name, data)
+    except OSError as exc:
+        folder = Path(storage.location(name)).parent
+        why = (no_room(folder, "write its manifest", in_blocks(folder, len(data)),
+                       advice=STORE_ADVICE) if is_full(exc)
+               else f"writing {storage.location(name)} failed: {exc.strerror or exc}; fix that")
+        outcome = (f"backup {manifest.id} failed verification: {error}" if error
+                   else f"backup {manifest.id} is intact")
+        raise (NoRoom if is_full(exc) else BackupFailed)(
+            f"{outcome}, but this could not be recorded, so its manifest still says {said}: "
+            f"{why}, then run `invoke verify --env={manifest.env} --backup={manifest.id}` "
+            "again") from None
 
 
 def _engine_of(settings) -> str:

@@ -7,14 +7,17 @@ times each step and revision; its timings feed the production "will it fit?" est
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from app.ops.backups import BackupManifest, iso
-from app.ops.errors import BackupFailed, MigrationFailed
+from app.ops.diskspace import STORE_ADVICE, in_blocks, is_full, no_room
+from app.ops.errors import BackupFailed, MigrationFailed, OpsError
 from app.ops.migrations import Migrations
 from app.ops.report import Reporter
 from app.ops.scratch import row_counts, scratch_copy
@@ -91,9 +94,14 @@ def rehearse(settings, *, now: datetime, reporter: Reporter = Reporter()) -> Reh
             if migrations.current() != head:
                 raise MigrationFailed(f"the rehearsal ended at {migrations.current()}, not {head}")
         rehearsal.outcome = "succeeded"
-        return rehearsal
-    finally:
-        _save(settings, rehearsal, now)
+    except BaseException:
+        # The run's own failure is the one to report: a store that cannot take its record
+        # too (full, say) must not replace it.
+        with contextlib.suppress(OpsError):
+            _save(settings, rehearsal, now)
+        raise
+    _save(settings, rehearsal, now)
+    return rehearsal
 
 
 def _since(clock: float) -> float:
@@ -102,7 +110,18 @@ def _since(clock: float) -> float:
 
 def _save(settings, rehearsal: Rehearsal, now: datetime) -> None:
     name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{REHEARSAL_SUFFIX}"
-    open_storage(settings).put_bytes(name, (json.dumps(asdict(rehearsal), indent=2) + "\n").encode())
+    storage = open_storage(settings)
+    data = (json.dumps(asdict(rehearsal), indent=2) + "\n").encode()
+    try:
+        storage.put_bytes(name, data)
+    except OSError as exc:
+        # Its timings feed the "will it fit?" estimate: a rehearsal not saved is not done.
+        folder = Path(storage.location(name)).parent
+        what = f"save the record of the rehearsal on backup {rehearsal.backup_id} ({rehearsal.outcome})"
+        if is_full(exc):
+            raise no_room(folder, what, in_blocks(folder, len(data)),
+                          advice=STORE_ADVICE) from None
+        raise BackupFailed(f"could not {what} to {folder}: {exc.strerror or exc}") from None
 
 
 def past_rehearsals(settings) -> list[dict]:

@@ -45,3 +45,9 @@ class BackupFailed(OpsError):
 class MigrationFailed(OpsError):
     """Alembic's own upgrade or downgrade failed, or left the database off target."""
     exit_code = ExitCode.MIGRATION_FAILED
+
+
+class NoRoom(BackupFailed):
+    """A folder has no room for a backup, its manifest or a scratch copy (ENOSPC, a full quota,
+    or too little free space found before starting). Says nothing about the backup itself, so
+    verify never records it as damage."""

@@ -14,6 +14,7 @@ import os
 import threading
 from typing import Callable
 
+from app.ops.diskspace import TEMP_ADVICE, is_full, no_room, temp_folder
 from app.ops.encryption import decrypting
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.streams import CountingWriter, HashingReader, TeeWriter, decompress_into
@@ -111,6 +112,7 @@ class InlineReadBack:
         self._error: BaseException | None = None
         self._open = True
         self.raw_size = 0
+        self._counted: CountingWriter | None = None
 
     def __enter__(self) -> "InlineReadBack":
         self._thread.start()
@@ -121,7 +123,7 @@ class InlineReadBack:
 
     def _run(self) -> None:
         def feed(sink) -> None:
-            counted = CountingWriter(sink)
+            counted = self._counted = CountingWriter(sink)
             _decode(self._reader, counted, self._identities, self._name)
             self.raw_size = counted.size
 
@@ -129,6 +131,10 @@ class InlineReadBack:
             _zstd_errors(lambda: self._dumper.read_back(feed), self._name)
         except BaseException as exc:  # reported by finish(), in the caller's thread
             self._error = exc
+            if is_full(exc):  # the dumper's copy, in the temporary folder (not the store)
+                self._error = no_room(temp_folder(), f"read back backup {self._name}",
+                                      self._counted.size if self._counted else 0,
+                                      more_than=True, advice=TEMP_ADVICE)
         finally:
             self._reader.close()  # a writer still writing now gets EPIPE instead of hanging
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from app.ops import audit
-from app.ops.backups import (BackupManifest, delete_backup, find_backup, list_backups,
-                             take_backup, verify_backup)
+from app.ops.backups import (BackupManifest, check_scratch_room, delete_backup, find_backup,
+                             list_backups, take_backup, verify_backup)
 from app.ops.cancel import Cancellation
 from app.ops.database import connect, database_exists, server_version_num, stamped_revision
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
@@ -163,6 +163,8 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
     dumper.check_tools(version)
     for stale in swap.drop_stale():
         reporter.info(f"dropped {stale}, left behind by an interrupted restore")
+    # Before the safety backup starts beside it: an extract that cannot fit is refused at once.
+    check_scratch_room(settings, plan.backup, extract=True, archive_check=False)
     stamp = database_stamp(now)  # to the millisecond: two restores in one second get two names
     new, kept = derived_name(url.database, RESTORING, stamp), derived_name(url.database, KEPT, stamp)
     with private_folder("pg-restore") as folder:

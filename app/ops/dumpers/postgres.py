@@ -26,6 +26,7 @@ class PostgresDumper:
     engine = "postgresql"
     suffix = ".pgdump.zst"
     format = "pg_dump custom (-Fc -Z0), zstd-compressed"
+    read_back_copies = 0  # read_back pipes the archive to pg_restore: no copy on disk
 
     def __init__(self, url, bin_dir: str | None = None, lock_timeout: str | None = None):
         self.url = url

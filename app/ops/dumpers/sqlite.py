@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from app.ops.diskspace import TEMP_ADVICE, check_room, in_blocks, no_room, temp_folder
 from app.ops.errors import BackupFailed
 from app.ops.streams import CHUNK
 
@@ -22,6 +23,7 @@ class SqliteDumper:
     engine = "sqlite"
     suffix = ".sqlite3.zst"
     format = "SQLite database file (online backup API), zstd-compressed"
+    read_back_copies = 1  # read_back writes the database to a temporary file to check it
 
     def __init__(self, url):
         self.url = url
@@ -35,6 +37,10 @@ class SqliteDumper:
     def dump(self, sink, cancel=None) -> None:
         # `cancel` is accepted for the dumpers' common signature; an SQLite copy is quick and
         # nothing runs it on a thread.
+        # This copy and the read-back's copy of it are in the temporary folder at once.
+        size = self.path.stat().st_size if self.path.exists() else 0
+        what = f"copy and read back {self.path}"
+        check_room(temp_folder(), 2 * size, what, advice=TEMP_ADVICE)
         with _private_file("copy.sqlite3") as copy:
             try:
                 source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
@@ -46,6 +52,9 @@ class SqliteDumper:
                 finally:
                     source.close()
             except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise no_room(temp_folder(), what, in_blocks(temp_folder(), size, size),
+                                  advice=TEMP_ADVICE) from None
                 raise BackupFailed(f"SQLite backup of {self.path} failed: {exc}") from None
             check_integrity(copy)
             self.row_counts = count_rows(copy)
