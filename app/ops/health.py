@@ -20,6 +20,7 @@ from pathlib import Path
 from app.ops.audit import AUDIT_SUFFIX
 from app.ops.backups import BackupManifest, list_backups
 from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
+from app.ops.leftovers import abandoned
 from app.ops.status import backup_item
 from app.ops.storage import open_storage
 from app.settings import engine_kind
@@ -29,9 +30,6 @@ AGE_RE = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$")
 UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 AUDITED_RUNS = ("migrate", "rollback", "restore")
 FINE_OUTCOMES = {"succeeded", "nothing to do"}
-# A `.partial` written to this recently belongs to a backup still being written, not to an
-# interrupted one: the writer streams into it, so its modification time keeps moving.
-PARTIAL_GRACE = timedelta(minutes=15)
 STAMPED_DATABASE = re.compile(
     r"(__restoring_|__pre_restore_|__scratch_)([0-9]{14}(?:[0-9]{3})?)$")
 METRIC_PREFIX = "mida_db_"
@@ -101,7 +99,8 @@ class Facts:
     pending: list[str] | None = None
     pending_error: str | None = None
     leftover_databases: list[tuple[str, int]] = field(default_factory=list)  # (name, sessions)
-    partial_files: list[tuple[str, datetime]] = field(default_factory=list)  # (name, mtime)
+    # (name, abandoned): a backup being written holds its `.partial` under an flock
+    partial_files: list[tuple[str, bool]] = field(default_factory=list)
     backups: list[BackupManifest] | None = None
     store_error: str | None = None
     newest_verified: BackupManifest | None = None
@@ -234,9 +233,8 @@ def _read_store(facts: Facts, settings, storage) -> None:
     folder = getattr(storage, "folder", None)
     try:
         if isinstance(folder, Path) and folder.is_dir():
-            facts.partial_files = sorted(
-                (p.name, datetime.fromtimestamp(p.stat().st_mtime, timezone.utc))
-                for p in folder.glob(".*.partial") if p.is_file())
+            facts.partial_files = sorted((p.name, abandoned(p))
+                                         for p in folder.glob(".*.partial") if p.is_file())
     except OSError:
         pass  # an unreadable folder is reported once, by the backup check below
     # TODO(multipart): once a backup records the S3 multipart uploads it could not abort, list
@@ -376,9 +374,10 @@ def _leftovers(facts: Facts, now: datetime) -> Check:
         else:
             problems.append(f"database {name} left by an interrupted run: the next restore or "
                             f"rehearsal drops it, or `dropdb {name}`")
-    for name, mtime in facts.partial_files:
-        if now - mtime > PARTIAL_GRACE:
-            problems.append(f"file {name} left by an interrupted backup: delete it")
+    for name, left in facts.partial_files:
+        if left:
+            problems.append(f"file {name} left by an interrupted backup: the next backup "
+                            "removes it")
         else:
             in_progress.append(f"file {name} (being written: a backup in progress)")
     if problems:
