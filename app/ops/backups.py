@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from app.ops.dumpers import dumper_for
-from app.ops.errors import BackupFailed, ConfigError
+from app.ops.errors import BackupFailed, ConfigError, TransferFailed
 from app.ops.storage import open_storage
 from app.ops.encryption import Encryption, encrypting
 from app.ops.readback import InlineReadBack, check_read, read_back_stored, stored_sha256
@@ -274,6 +274,8 @@ def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
     try:
         read_back_stored(storage, dumper, manifest.artifact, manifest.sha256,
                          manifest.raw_size, progress, extract_to, identities, archive_check)
+    except TransferFailed:
+        raise  # the store broke off: that says nothing about the backup, nothing to record
     except BackupFailed as exc:
         _record_verification(storage, manifest, now, str(exc))
         raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None
