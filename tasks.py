@@ -67,7 +67,7 @@ def status(c, env=None, json=False):
     window = info["window"]
     # Shown only when there are some: S3 uploads that a failed run could not abort.
     unaborted = [("unaborted upload", f"{u['location']} (upload id {u['upload_id']}, "
-                  f"{u['parts']} parts, recorded {u['recorded_at']} in {u['record']}): the next "
+                  f"{u['parts']} part{'' if u['parts'] == 1 else 's'} stored, recorded {u['recorded_at']} in {u['record']}): the next "
                   f"run that reaches {u['endpoint']} aborts it")
                  for u in info["unaborted_uploads"]]
     console.fields(f"Environment {info['env']}" + (" (PRODUCTION)" if info["production"] else ""), [

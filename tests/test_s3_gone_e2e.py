@@ -3,7 +3,8 @@
 A proxy sits between invoke and the moto server. At a chosen moment (a given UploadPart
 request, or a few MiB into a download) it closes its listening socket and resets every
 connection it carries: from then on every attempt, the abort's too, is refused. Later the test
-opens a new proxy on the same port: the endpoint is back.
+opens a new proxy on the same port: the endpoint is back. The last two tests drive the S3 store
+directly: its abort of a failed upload is retried, and gives up within seconds.
 """
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ import sqlite3
 import stat
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from app.ops.storage.s3 import S3Storage
+from app.settings import Settings
 from conftest import pg_env
 from helpers import failed, ok, shown, sqlite_state
 from test_s3_e2e import (FIRST, HEAD, PREFIX, Bucket, backup_id_of, bucket,  # noqa: F401
@@ -38,9 +42,10 @@ class VanishingProxy:
     it (response_bytes: how much of that answer has come through, this chunk included)."""
 
     def __init__(self, target_port: int, vanish_on=lambda method, target, answered: False,
-                 port: int = 0):
+                 port: int = 0, drop_on=lambda method, target: False):
         self.target = ("127.0.0.1", target_port)
         self.vanish_on = vanish_on
+        self.drop_on = drop_on  # (method, target) -> reset this one connection, stay up
         self.listener = socket.create_server(("127.0.0.1", port))
         self.port = self.listener.getsockname()[1]
         self.lock = threading.Lock()
@@ -118,6 +123,10 @@ class VanishingProxy:
                             current, answered = (method, target), 0
                             if self.vanish_on(method, target, 0):
                                 self.vanish()
+                                return
+                            if self.drop_on(method, target):
+                                for sock in (client, upstream):
+                                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
                                 return
                     else:
                         answered += len(data)
@@ -256,7 +265,8 @@ def test_sqlite_restore_whose_endpoint_goes_midway_is_exit_4_and_changes_nothing
     finally:
         proxy.close()
     assert proxy.gone, (proxy.requests, shown(result))
-    failed(result, 4, backup_id)
+    failed(result, 4, f"reading s3://{bucket.name}/{PREFIX}/dev/{backup_id}", "failed midway",
+           "connection to S3 was lost")
     assert sqlite_state(dev_db(project)) == state and state["revision"] == FIRST
     assert sqlite_rows(dev_db(project)) == rows
     assert list(scratch.iterdir()) == []
@@ -288,7 +298,8 @@ def test_postgres_restore_whose_endpoint_goes_midway_is_exit_4_and_changes_nothi
     finally:
         proxy.close()
     assert proxy.gone, (proxy.requests, shown(result))
-    failed(result, 4, backup_id)
+    failed(result, 4, f"reading s3://{bucket.name}/{PREFIX}/pgtest/{backup_id}",
+           "failed midway", "connection to S3 was lost")
     assert db.revision() == HEAD
     assert [r[0] for r in db.sql("SELECT email FROM users")] == ["late@x.org"]
     assert db.sql("SELECT count(*) FROM scans")[0][0] == 12
@@ -296,3 +307,50 @@ def test_postgres_restore_whose_endpoint_goes_midway_is_exit_4_and_changes_nothi
                         p=db.name + "\\_\\_%") == []
     assert list(scratch.iterdir()) == []
     assert bucket.uploads() == []
+
+
+# == 3. The store itself: the abort is retried, and bounded ===================================
+def store_via(bucket: Bucket, endpoint: str, **kwargs) -> S3Storage:
+    values = {k: v for k, v in bucket.env(endpoint=endpoint).items() if k.startswith("AWS_")}
+    return S3Storage(bucket.name, "backups/dev", Settings(env="dev", values=values),
+                     part_size=5 * MiB, **kwargs)
+
+
+def test_an_abort_that_meets_a_broken_connection_is_retried(bucket, e2e_moto, tmp_path):
+    dropped = []
+
+    def drop_two_aborts(method, target):
+        if method == "DELETE" and "uploadId=" in target and len(dropped) < 2:
+            dropped.append(target)
+            return True
+        return False
+
+    proxy = VanishingProxy(e2e_moto, drop_on=drop_two_aborts)
+    records = tmp_path / "records"
+    try:
+        store = store_via(bucket, proxy.endpoint, unaborted_folder=records)
+        with pytest.raises(RuntimeError, match="dump died"):
+            with store.writer("half") as out:
+                out.write(b"\0" * (2 * 5 * MiB + 100))  # two parts sent, a third begun
+                raise RuntimeError("dump died")
+    finally:
+        proxy.close()
+    aborts = [t for m, t in proxy.requests if m == "DELETE" and "uploadId=" in t]
+    assert len(dropped) == 2 and len(aborts) == 3, proxy.requests
+    assert bucket.uploads() == []
+    assert not records.exists()
+
+
+def test_an_abort_against_a_vanished_endpoint_gives_up_within_seconds(bucket, e2e_moto):
+    upload = bucket.client.create_multipart_upload(Bucket=bucket.name, Key="backups/dev/x")
+    proxy = VanishingProxy(e2e_moto)
+    store = store_via(bucket, proxy.endpoint)
+    store.list()  # the endpoint answered once
+    proxy.close()  # then went away
+    started = time.monotonic()
+    cause, answered = store.abort_upload("backups/dev/x", upload["UploadId"])
+    elapsed = time.monotonic() - started
+    assert (cause, answered) == ("connection refused", False)
+    # 4 attempts, 3 backoffs of at most 1, 2 and 4 s: never the minutes a hung abort could take.
+    assert elapsed < 12, elapsed
+    assert [u["UploadId"] for u in bucket.uploads()] == [upload["UploadId"]]

@@ -5,6 +5,8 @@ keeps one environment's backups under its own folder or prefix.
 """
 from __future__ import annotations
 
+UNABORTED_FOLDER = ".unaborted-uploads"  # under BACKUP_DIR, one subfolder per env: see s3.py
+
 
 def open_storage(settings):
     kind = settings.backup_storage
@@ -24,18 +26,17 @@ def open_storage(settings):
 
 def unaborted_folder(settings):
     """Where S3 uploads of this env that could not be aborted are recorded (local disk)."""
-    from app.ops.storage.s3 import UNABORTED_FOLDER
     return settings.backup_dir / UNABORTED_FOLDER / settings.env
 
 
 def unaborted_uploads(settings) -> list[dict]:
     """The env's recorded S3 uploads that still wait to be aborted, oldest first."""
-    from datetime import datetime, timezone
-
-    from app.ops.storage.s3 import read_unaborted
     folder = unaborted_folder(settings)
     if not folder.is_dir():
         return []
+    from datetime import datetime, timezone
+
+    from app.ops.storage.s3 import read_unaborted
     items = []
     for path, record in read_unaborted(folder):
         recorded = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)

@@ -54,7 +54,6 @@ _REACHED: set[str] = set()
 # The abort of a failed upload is retried briefly, then recorded: a vanished endpoint must not
 # keep a failing run waiting for minutes (4 attempts: at most ~7 s of backoff when refused).
 ABORT_ATTEMPTS, ABORT_CONNECT_TIMEOUT, ABORT_READ_TIMEOUT = 4, 3, 15
-UNABORTED_FOLDER = ".unaborted-uploads"  # under BACKUP_DIR, one subfolder per env
 _SWEPT: set[Path] = set()  # record folders this process has already tried to clear
 _SWEEP_LOCK = threading.Lock()
 # S3 error codes that mean configuration (exit 2), and the one sentence to say for them.
@@ -330,9 +329,10 @@ class S3Storage:
             url = f"{parts.scheme}://{parts.netloc}"
             if midway or self._host(url) in _REACHED:
                 # S3 answered before: the endpoint went away mid-run, this is no configuration.
-                raise TransferFailed(f"{action} {where} failed midway: could not connect to the "
-                                     f"S3 endpoint {url} any more ({_cause(exc)}); check that "
-                                     "it is up and the network, then retry") from None
+                raise TransferFailed(f"{action} {where} failed{' midway' if midway else ''}: "
+                                     f"could not connect to the S3 endpoint {url} any more "
+                                     f"({_cause(exc)}); check that it is up and the network, "
+                                     "then retry") from None
             raise ConfigError(f"the S3 endpoint {url} for {words['b']} cannot be reached: check "
                               "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the network "
                               f"({_cause(exc)})") from None
@@ -357,7 +357,10 @@ def _cause(exc: BaseException) -> str:
         seen.add(id(error))
         if isinstance(error, OSError) and error.strerror:
             return error.strerror.lower()
-        todo += [getattr(error, "kwargs", {}).get("error"), error.__cause__, error.__context__]
+        if type(error).__name__ in {"IncompleteRead", "IncompleteReadError"}:  # any library's
+            return "the answer broke off before its end"
+        todo += [getattr(error, "kwargs", {}).get("error"), error.__cause__, error.__context__,
+                 *(a for a in getattr(error, "args", ()) if isinstance(a, BaseException))]
     if "timeout" in type(exc).__name__.lower():
         return "timed out"
     return re.sub(r' ?(endpoint )?URL: "[^"]*"', "", str(exc)).strip() or type(exc).__name__
