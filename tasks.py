@@ -82,6 +82,11 @@ def status(c, env=None, json=False):
         return console.json(info)
     last = info["last_backup"]
     window = info["window"]
+    # Shown only when there are some: S3 uploads that a failed run could not abort.
+    unaborted = [("unaborted upload", f"{u['location']} (upload id {u['upload_id']}, "
+                  f"{u['parts']} part{'' if u['parts'] == 1 else 's'} stored, recorded {u['recorded_at']} in {u['record']}): the next "
+                  f"run that reaches {u['endpoint']} aborts it")
+                 for u in info["unaborted_uploads"]]
     console.fields(f"Environment {info['env']}" + (" (PRODUCTION)" if info["production"] else ""), [
         ("database", info["database"]),
         ("current", info["current"] or "base (no revision yet)"),
@@ -95,6 +100,7 @@ def status(c, env=None, json=False):
         ("window", "not configured" if window is None else
          f"open until {window['closes_at']}" if window["open"] else
          f"closed, next opening {window['next_open'] or 'none configured'}"),
+        *unaborted,
     ])
 
 

@@ -24,7 +24,7 @@ from typing import Callable
 from app.ops.diskspace import (STORE_ADVICE, TEMP_ADVICE, check_room, in_blocks, is_full,
                                no_room, room_for, temp_folder)
 from app.ops.dumpers import dumper_for
-from app.ops.errors import BackupFailed, ConfigError, NoRoom
+from app.ops.errors import BackupFailed, ConfigError, NoRoom, TransferFailed
 from app.ops.storage import open_storage
 from app.ops.encryption import Encryption, encrypting
 from app.ops.readback import InlineReadBack, check_read, read_back_stored, stored_sha256
@@ -310,8 +310,10 @@ def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
         with room_for(temp_folder(), needed, what, advice=TEMP_ADVICE):
             read_back_stored(storage, dumper, manifest.artifact, manifest.sha256,
                              manifest.raw_size, progress, extract_to, identities, archive_check)
-    except NoRoom:
-        raise  # the temporary folder is full: that says nothing about the backup
+    except (NoRoom, TransferFailed):
+        # A full temporary folder, or a store that broke off midway: neither says anything
+        # about the backup itself, so nothing is recorded against it.
+        raise
     except BackupFailed as exc:
         _record_verification(storage, manifest, now, str(exc))
         raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None

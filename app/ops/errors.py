@@ -42,6 +42,10 @@ class BackupFailed(OpsError):
     exit_code = ExitCode.BACKUP_FAILED
 
 
+class TransferFailed(BackupFailed):
+    """The backup store stopped answering mid-transfer: says nothing about the backup itself."""
+
+
 class MigrationFailed(OpsError):
     """Alembic's own upgrade or downgrade failed, or left the database off target."""
     exit_code = ExitCode.MIGRATION_FAILED

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from app.ops.backups import BackupManifest, list_backups
 from app.ops.migrations import Migrations
+from app.ops.storage import unaborted_uploads
 
 
 def backup_item(manifest: BackupManifest) -> dict:
@@ -41,7 +42,7 @@ def collect_status(settings, now: datetime, warn=None) -> dict:
     heads = migrations.heads()
     current = migrations.current()
     pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
-    backups = list_backups(settings, warn)
+    backups = list_backups(settings, warn)  # on S3 this also aborts recorded uploads it can
     return {
         "env": settings.env,
         "database": settings.masked_database_url,
@@ -51,4 +52,5 @@ def collect_status(settings, now: datetime, warn=None) -> dict:
         "last_backup": backup_item(backups[0]) if backups else None,
         "production": settings.production,
         "window": window_status(settings, now),
+        "unaborted_uploads": unaborted_uploads(settings),
     }

@@ -5,6 +5,8 @@ keeps one environment's backups under its own folder or prefix.
 """
 from __future__ import annotations
 
+UNABORTED_FOLDER = ".unaborted-uploads"  # under BACKUP_DIR, one subfolder per env: see s3.py
+
 
 def open_storage(settings):
     kind = settings.backup_storage
@@ -19,4 +21,28 @@ def open_storage(settings):
                           "set it to the bucket that holds the backups")
     prefix = (settings.get("BACKUP_S3_PREFIX") or "").strip("/")
     return S3Storage(bucket.strip(), f"{prefix}/{settings.env}" if prefix else settings.env,
-                     settings)
+                     settings, unaborted_folder=unaborted_folder(settings))
+
+
+def unaborted_folder(settings):
+    """Where S3 uploads of this env that could not be aborted are recorded (local disk)."""
+    return settings.backup_dir / UNABORTED_FOLDER / settings.env
+
+
+def unaborted_uploads(settings) -> list[dict]:
+    """The env's recorded S3 uploads that still wait to be aborted, oldest first."""
+    folder = unaborted_folder(settings)
+    if not folder.is_dir():
+        return []
+    from datetime import datetime, timezone
+
+    from app.ops.storage.s3 import read_unaborted
+    items = []
+    for path, record in read_unaborted(folder):
+        recorded = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        items.append({"location": f"s3://{record['bucket']}/{record['key']}",
+                      "upload_id": record["upload_id"], "endpoint": record.get("endpoint"),
+                      "parts": record.get("parts"), "cause": record.get("cause"),
+                      "recorded_at": recorded.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                      "record": str(path)})
+    return items

@@ -9,22 +9,34 @@ the configured server-side encryption. Credentials, region and endpoint follow b
 resolution, but values in the settings (which include the .env files) are passed explicitly.
 Retries are botocore's. boto3 is imported only when S3 is used.
 
+An upload that cannot be aborted (the endpoint went away mid-upload, so the abort cannot reach
+it either, even after a few quick retries) would leave its parts billed until a lifecycle rule
+removes them. It is recorded in a small local file (`<BACKUP_DIR>/.unaborted-uploads/<env>/`,
+one 0600 file per upload), and the next run of that env that reaches the same endpoint and
+bucket aborts it. Only recorded uploads are aborted: another process's upload in progress is
+never touched. `invoke status` lists what is still recorded.
+
 Errors: configuration (no bucket, credentials missing or rejected, access denied, KMS key,
-endpoint unreachable before any data moved) -> ConfigError (exit 2); a transfer that breaks once
-under way -> BackupFailed (exit 4). No botocore exception escapes. A missing key raises
+endpoint unreachable before it ever answered) -> ConfigError (exit 2); a transfer that breaks
+once under way, or an endpoint that stops answering after it answered in this run ->
+TransferFailed (exit 4). No botocore exception escapes. A missing key raises
 FileNotFoundError, as on local disk, because callers read that as "not there".
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
+import json
 import os
+import re
 import threading
+from pathlib import Path
 from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
 
-from app.ops.errors import BackupFailed, ConfigError
+from app.ops.errors import BackupFailed, ConfigError, OpsError, TransferFailed
 
 PART_SIZE = 16 << 20   # 16 MiB: S3's minimum is 5 MiB; 10,000 parts of this hold ~156 GiB
 MIN_PART_SIZE = 5 << 20
@@ -36,6 +48,14 @@ AWS_SETTINGS = ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ACCESS_KE
                 "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _CLIENTS: dict[tuple, object] = {}  # see S3Storage.client
 _CLIENTS_LOCK = threading.Lock()
+# Endpoints that answered in this process: a connection refused after that means the endpoint
+# went away mid-run (exit 4), not that it was configured wrongly (exit 2).
+_REACHED: set[str] = set()
+# The abort of a failed upload is retried briefly, then recorded: a vanished endpoint must not
+# keep a failing run waiting for minutes (4 attempts: at most ~7 s of backoff when refused).
+ABORT_ATTEMPTS, ABORT_CONNECT_TIMEOUT, ABORT_READ_TIMEOUT = 4, 3, 15
+_SWEPT: set[Path] = set()  # record folders this process has already tried to clear
+_SWEEP_LOCK = threading.Lock()
 # S3 error codes that mean configuration (exit 2), and the one sentence to say for them.
 CLIENT_ERRORS = [
     ({"NoSuchBucket", "404", "NotFound"}, "{b} does not exist: check BACKUP_S3_BUCKET, and "
@@ -57,7 +77,8 @@ CLIENT_ERRORS = [
 class S3Storage:
     def __init__(self, bucket: str, prefix_folder: str, settings=None, *,
                  part_size: int = PART_SIZE, page_size: int = 1000, max_attempts: int = 5,
-                 connect_timeout: float = 10, read_timeout: float = 120):
+                 connect_timeout: float = 10, read_timeout: float = 120,
+                 unaborted_folder: Path | None = None):
         if bucket.startswith("s3://") or "/" in bucket:
             raise ConfigError(f"BACKUP_S3_BUCKET '{bucket}' must be a bucket name alone "
                               "(no s3:// and no path): put a folder in BACKUP_S3_PREFIX")
@@ -68,7 +89,13 @@ class S3Storage:
         self._sse = self._sse_arguments()  # checked now, so a bad value fails before any work
         self._config = dict(retries={"mode": "standard", "max_attempts": max_attempts},
                             connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._abort_config = dict(
+            retries={"mode": "standard", "max_attempts": ABORT_ATTEMPTS},
+            connect_timeout=min(connect_timeout, ABORT_CONNECT_TIMEOUT),
+            read_timeout=min(read_timeout, ABORT_READ_TIMEOUT))
         self.page_size, self._s3 = page_size, None
+        # Where an upload that could not be aborted is recorded (None: nowhere, say so).
+        self.unaborted_folder = unaborted_folder
 
     def _sse_arguments(self) -> dict:
         value, key_id = self._get("BACKUP_S3_SSE"), self._get("BACKUP_S3_KMS_KEY_ID")
@@ -97,12 +124,12 @@ class S3Storage:
         a single run opens the store several times (backup, manifest, audit)."""
         if self._s3 is None:
             with _CLIENTS_LOCK:  # prepare()'s thread may be building it right now
-                self._s3 = self._build_client()
+                self._s3 = self._build_client(self._config)
         return self._s3
 
-    def _build_client(self):
+    def _build_client(self, config: dict):
         get = self._get
-        wanted = (tuple(get(v) for v in AWS_SETTINGS), repr(self._config),
+        wanted = (tuple(get(v) for v in AWS_SETTINGS), repr(config),
                   tuple(sorted((k, v) for k, v in os.environ.items() if k[:4] == "AWS_")))
         if wanted not in _CLIENTS:
             import boto3
@@ -122,7 +149,7 @@ class S3Storage:
                     botocore_session=core)
                 _CLIENTS[wanted] = session.client(
                     "s3", endpoint_url=get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL"),
-                    config=Config(**self._config))
+                    config=Config(**config))
         return _CLIENTS[wanted]
 
     def key(self, name: str) -> str:
@@ -139,9 +166,12 @@ class S3Storage:
         try:
             yield upload
             upload.finish()
-        except BaseException:
-            upload.abort()
+        except BaseException as exc:
+            left_behind = upload.abort()
+            if left_behind and isinstance(exc, OpsError):
+                exc.args = (f"{exc}; {left_behind}",)
             raise
+        self.abort_recorded_uploads()
 
     def put_bytes(self, name: str, data: bytes) -> None:
         with self.writer(name) as out:
@@ -179,25 +209,100 @@ class S3Storage:
                 PaginationConfig={"PageSize": self.page_size})
             for page in pages:
                 sizes.update((o["Key"][len(prefix):], o["Size"]) for o in page.get("Contents", []))
+        self.abort_recorded_uploads()
         return {n: size for n, size in sizes.items() if n and not n.startswith(".")}
 
     def delete(self, name: str) -> None:
         with self._errors("deleting", name):
             self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
 
+    # -- uploads that could not be aborted -------------------------------------------------
+    def abort_upload(self, key: str, upload_id: str) -> tuple[str | None, bool]:
+        """Abort one multipart upload, with a few quick retries (botocore's, on a client of
+        short timeouts). Returns why it is not aborted (None once it is gone, or was already)
+        and whether the endpoint answered at all."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            with _CLIENTS_LOCK:
+                client = self._build_client(self._abort_config)
+            client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            return (None if code == "NoSuchUpload" else f"S3 answered {code or exc}"), True
+        except BotoCoreError as exc:
+            return _cause(exc), False
+        except OpsError as exc:
+            return str(exc), False
+        return None, True
+
+    def record_unaborted(self, key: str, upload_id: str, parts: int, cause: str) -> str:
+        """Record an upload that could not be aborted, for the next run to abort. Returns the
+        sentence that tells the user what was left behind and what happens to it."""
+        what = (f"its multipart upload ({parts} part{'s' if parts != 1 else ''} stored) could "
+                f"not be aborted either ({cause})")
+        by_hand = (f"abort it by hand: aws s3api abort-multipart-upload --bucket {self.bucket} "
+                   f"--key {key} --upload-id {upload_id}")
+        folder = self.unaborted_folder
+        if folder is None:
+            return f"{what}: {by_hand}"
+        record = {"bucket": self.bucket, "key": key, "upload_id": upload_id,
+                  "endpoint": self.client.meta.endpoint_url, "parts": parts, "cause": cause}
+        name = hashlib.sha256(f"{self.bucket}\n{key}\n{upload_id}".encode()).hexdigest()[:24]
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+            partial = folder / f".{name}.partial"
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(record, out, indent=2)
+            os.replace(partial, folder / f"{name}.json")
+        except OSError as exc:
+            return f"{what}, nor recorded ({exc.strerror or exc}): {by_hand}"
+        return (f"{what}: it is recorded in {folder}, and the next run that reaches the "
+                "endpoint aborts it")
+
+    def abort_recorded_uploads(self) -> None:
+        """Abort the uploads that earlier runs of this env recorded for this endpoint and
+        bucket, once per process, now that the endpoint has answered. One that still cannot
+        be aborted stays recorded; a refused connection ends the attempt."""
+        folder = self.unaborted_folder
+        if folder is None or folder in _SWEPT or not folder.is_dir():
+            return
+        with _SWEEP_LOCK:
+            if folder in _SWEPT:
+                return
+            _SWEPT.add(folder)
+            for path, record in read_unaborted(folder):
+                if (record.get("bucket"), record.get("endpoint")) != \
+                        (self.bucket, self.client.meta.endpoint_url):
+                    continue  # another bucket or endpoint: not this store's to abort
+                cause, answered = self.abort_upload(record["key"], record["upload_id"])
+                if cause is None:
+                    path.unlink(missing_ok=True)
+                elif not answered:
+                    return  # the endpoint is gone again: the next run tries
+
     # -- errors ----------------------------------------------------------------------------
+    def _host(self, url: str) -> str:
+        """An endpoint's host, the same for path-style and virtual-hosted (bucket.host) URLs."""
+        host = urlsplit(url).netloc
+        return host[len(self.bucket) + 1:] if host.startswith(f"{self.bucket}.") else host
+
     @contextlib.contextmanager
     def _errors(self, action: str, name: str | None = None, midway: bool = False):
         """Turn botocore's exceptions into one sentence naming the bucket and what to check."""
         from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError,
                                          ConnectTimeoutError, EndpointConnectionError,
-                                         NoCredentialsError, ParamValidationError,
-                                         PartialCredentialsError, ProfileNotFound,
-                                         ReadTimeoutError)
+                                         IncompleteReadError, NoCredentialsError,
+                                         ParamValidationError, PartialCredentialsError,
+                                         ProfileNotFound, ReadTimeoutError,
+                                         ResponseStreamingError)
         where = self.location(name) if name else f"s3://{self.bucket}/{self.key('')}"
         words = dict(b=f"S3 bucket '{self.bucket}'", action=action, where=where)
         try:
             yield
+            if self._s3 is not None:
+                _REACHED.add(self._host(self._s3.meta.endpoint_url))
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in MISSING_KEY and name:
@@ -222,18 +327,55 @@ class S3Storage:
         except EndpointConnectionError as exc:
             parts = urlsplit(exc.kwargs.get("endpoint_url", ""))  # without path and query
             url = f"{parts.scheme}://{parts.netloc}"
-            if midway:  # S3 answered before: this is a transfer that broke, not configuration
-                raise BackupFailed(f"{action} {where} failed midway: the connection to {url} "
-                                   "was lost; check the network and retry") from None
+            if midway or self._host(url) in _REACHED:
+                # S3 answered before: the endpoint went away mid-run, this is no configuration.
+                raise TransferFailed(f"{action} {where} failed{' midway' if midway else ''}: "
+                                     f"could not connect to the S3 endpoint {url} any more "
+                                     f"({_cause(exc)}); check that it is up and the network, "
+                                     "then retry") from None
             raise ConfigError(f"the S3 endpoint {url} for {words['b']} cannot be reached: check "
-                              "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the network") from None
-        except (ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError) as exc:
+                              "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the network "
+                              f"({_cause(exc)})") from None
+        except (ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError,
+                ResponseStreamingError, IncompleteReadError) as exc:
             # The connection broke mid-transfer: say so, without botocore's URL and query.
-            raise BackupFailed(f"{action} {where} failed midway: the connection to S3 was "
-                               f"lost ({type(exc).__name__}); check the network and retry") from None
+            raise TransferFailed(f"{action} {where} failed midway: the connection to S3 was "
+                                 f"lost ({_cause(exc)}); check the network and retry") from None
         except BotoCoreError as exc:
             raise BackupFailed(f"{action} {where} failed: {exc}; check the network and retry") \
                 from None
+
+
+def _cause(exc: BaseException) -> str:
+    """The operating system's reason under a botocore connection error ("connection refused"),
+    else the error's own words, without botocore's URL and query."""
+    seen, todo = set(), [exc]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror.lower()
+        if type(error).__name__ in {"IncompleteRead", "IncompleteReadError"}:  # any library's
+            return "the answer broke off before its end"
+        todo += [getattr(error, "kwargs", {}).get("error"), error.__cause__, error.__context__,
+                 *(a for a in getattr(error, "args", ()) if isinstance(a, BaseException))]
+    if "timeout" in type(exc).__name__.lower():
+        return "timed out"
+    return re.sub(r' ?(endpoint )?URL: "[^"]*"', "", str(exc)).strip() or type(exc).__name__
+
+
+def read_unaborted(folder: Path) -> list[tuple[Path, dict]]:
+    """The uploads recorded in `folder` as not aborted, oldest first; unreadable files skipped."""
+    found = []
+    with contextlib.suppress(OSError):
+        for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            with contextlib.suppress(OSError, ValueError):
+                record = json.loads(path.read_text())
+                if isinstance(record, dict) and {"bucket", "key", "upload_id"} <= set(record):
+                    found.append((path, record))
+    return found
 
 
 class _Upload(io.RawIOBase):
@@ -256,8 +398,12 @@ class _Upload(io.RawIOBase):
     def write(self, data) -> int:
         if self.broken is not None:
             # A part already failed (botocore retried it); the compressor flushing its last
-            # bytes while the error unwinds must not send it all over again.
-            raise BackupFailed(f"{self.store.location(self.name)}: the upload already failed")
+            # bytes while the error unwinds must not send it all over again, and the error that
+            # reaches the user must still be the part's own, with its cause.
+            if isinstance(self.broken, OpsError):
+                raise type(self.broken)(*self.broken.args) from None
+            raise BackupFailed(f"{self.store.location(self.name)}: the upload already failed "
+                               f"({self.broken!r})")
         view = memoryview(data).cast("B")
         size = len(view)
         while view:
@@ -320,18 +466,24 @@ class _Upload(io.RawIOBase):
         self.buffer = bytearray()
         self.close()
 
-    def abort(self) -> None:
+    def abort(self) -> str | None:
+        """Abort the multipart upload. None when nothing is left behind, else the sentence
+        saying what is and what will happen to it (the upload is then recorded)."""
         self.buffer = bytearray()
         # A part still in flight must land (or fail) before the abort, or it would outlive it.
         with contextlib.suppress(BaseException):
             self._wait_for_part()
         self._stop_sender()
+        left_behind = None
         if self.upload_id is not None:
-            # Best effort: the original error is the one to report, not the abort's.
-            with contextlib.suppress(Exception):
-                self._call("abort_multipart_upload", UploadId=self.upload_id)
+            # The original error is the one to report; the abort's only adds to it.
+            cause, _ = self.store.abort_upload(self.key, self.upload_id)
+            if cause is not None:
+                stored = sum(1 for part in self.parts if "ETag" in part)
+                left_behind = self.store.record_unaborted(self.key, self.upload_id, stored, cause)
             self.upload_id = None
         self.close()
+        return left_behind
 
     def _stop_sender(self) -> None:
         if self._sender is not None:

@@ -1,0 +1,356 @@
+"""End to end with an S3 endpoint that goes away mid-transfer: not a dropped connection, gone.
+
+A proxy sits between invoke and the moto server. At a chosen moment (a given UploadPart
+request, or a few MiB into a download) it closes its listening socket and resets every
+connection it carries: from then on every attempt, the abort's too, is refused. Later the test
+opens a new proxy on the same port: the endpoint is back. The last two tests drive the S3 store
+directly: its abort of a failed upload is retried, and gives up within seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import socket
+import sqlite3
+import stat
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.ops.storage.s3 import S3Storage
+from app.settings import Settings
+from conftest import pg_env
+from helpers import failed, ok, shown, sqlite_state
+from test_s3_e2e import (FIRST, HEAD, PREFIX, Bucket, backup_id_of, bucket,  # noqa: F401
+                         dev_db, e2e_moto, listed, no_ambient_aws, pgdb)
+
+MiB = 1 << 20
+REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (/\S*) HTTP/1\.1\r\n")
+RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with a reset, at once
+
+
+class VanishingProxy:
+    """A TCP proxy in front of the S3 endpoint that forwards byte for byte until `vanish_on`
+    says so, then goes away: its listener closes (new connections are refused) and every
+    connection it carries is reset. `vanish_on(method, target, response_bytes)` is asked at
+    every request line from the client (response_bytes 0) and at every chunk of the answer to
+    it (response_bytes: how much of that answer has come through, this chunk included)."""
+
+    def __init__(self, target_port: int, vanish_on=lambda method, target, answered: False,
+                 port: int = 0, drop_on=lambda method, target: False):
+        self.target = ("127.0.0.1", target_port)
+        self.vanish_on = vanish_on
+        self.drop_on = drop_on  # (method, target) -> reset this one connection, stay up
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.gone = False
+        self.sockets: set[socket.socket] = set()
+        self.requests: list[tuple[str, str]] = []  # (method, target), in the order seen
+        self.accepter = threading.Thread(target=self._accept, daemon=True)
+        self.accepter.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # the listener was closed: gone
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _track(self, sock: socket.socket) -> bool:
+        with self.lock:
+            if self.gone:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+                sock.close()
+                return False
+            self.sockets.add(sock)
+            return True
+
+    def vanish(self) -> None:
+        with self.lock:
+            if self.gone:
+                return
+            self.gone = True
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
+            self.listener.close()
+            for sock in self.sockets:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self, client: socket.socket) -> None:
+        if not self._track(client):
+            return
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:
+            client.close()
+            return
+        if not self._track(upstream):
+            client.close()
+            return
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, client)
+        carry, current, answered = b"", ("", ""), 0
+        try:
+            while not self.gone:
+                for key, _ in selector.select():
+                    source, sink = key.fileobj, key.data
+                    data = source.recv(1 << 16)
+                    if not data or self.gone:
+                        return
+                    if source is client:
+                        window = carry + data
+                        found = [(m.group(1).decode(), m.group(2).decode())
+                                 for m in REQUEST_LINE.finditer(window) if m.end() > len(carry)]
+                        carry = window[-512:]
+                        with self.lock:
+                            self.requests += found
+                        for method, target in found:
+                            current, answered = (method, target), 0
+                            if self.vanish_on(method, target, 0):
+                                self.vanish()
+                                return
+                            if self.drop_on(method, target):
+                                for sock in (client, upstream):
+                                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+                                return
+                    else:
+                        answered += len(data)
+                        if self.vanish_on(*current, answered):
+                            self.vanish()
+                            return
+                    sink.sendall(data)
+        except OSError:
+            return
+        finally:
+            selector.close()
+            for sock in (client, upstream):
+                with self.lock:
+                    self.sockets.discard(sock)
+                sock.close()
+
+    def close(self) -> None:
+        self.vanish()
+        self.accepter.join(timeout=10)
+
+
+def fill_sqlite(path: Path, mib: int) -> None:
+    """`mib` MiB of random bytes in a table of their own: they do not compress."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE scans (id INTEGER PRIMARY KEY, image BLOB NOT NULL)")
+        conn.executemany("INSERT INTO scans (image) VALUES (?)",
+                         [(os.urandom(MiB),) for _ in range(mib)])
+    conn.close()
+
+
+def sqlite_rows(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT id, length(image), hex(substr(image, 1, 16)) FROM scans "
+                            "ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def record_folder(project, env_name: str = "dev") -> Path:
+    return project.root / "backups" / ".unaborted-uploads" / env_name
+
+
+def part_request(number: int):
+    return lambda method, target, answered: (
+        method == "PUT" and answered == 0 and f"partNumber={number}&" in target + "&")
+
+
+def artifact_download(backup_id: str, after: int):
+    """Vanish once `after` bytes of the GET of that backup's artifact have come back."""
+    return lambda method, target, answered: (
+        method == "GET" and f"/{backup_id}." in target and ".zst" in target and answered > after)
+
+
+# == 1. Gone mid-upload: the cause named, the upload recorded, aborted by the next run ========
+def test_endpoint_gone_midupload_names_the_cause_and_the_next_run_aborts_the_upload(
+        project, bucket, e2e_moto):
+    direct = bucket.env()
+    ok(project.run("migrate", env=direct))
+    # 56 MiB that do not compress, in parts of 16 MiB: the endpoint goes at part 2, while the
+    # dump goes on filling part 3.
+    fill_sqlite(dev_db(project), 56)
+    state = sqlite_state(dev_db(project))
+    proxy = VanishingProxy(e2e_moto, part_request(2))
+    try:
+        result = project.run("backup", env=bucket.env(endpoint=proxy.endpoint))
+    finally:
+        proxy.close()
+    assert proxy.gone, (proxy.requests, shown(result))
+    error = failed(result, 4, f"s3://{bucket.name}/{PREFIX}/dev/",
+                   f"could not connect to the S3 endpoint {proxy.endpoint}",
+                   "connection refused", "could not be aborted", str(record_folder(project)))
+    assert "already failed" not in error, error
+    assert sqlite_state(dev_db(project)) == state
+
+    # Nothing could abort the upload: its first part is still in the bucket, and recorded.
+    [upload] = bucket.uploads()
+    assert upload["Key"].startswith(f"{PREFIX}/dev/"), upload
+    parts = bucket.client.list_parts(Bucket=bucket.name, Key=upload["Key"],
+                                     UploadId=upload["UploadId"])["Parts"]
+    assert [p["PartNumber"] for p in parts] == [1]
+    folder = record_folder(project)
+    [record_file] = list(folder.iterdir())
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(record_file.stat().st_mode) == 0o600
+    record = json.loads(record_file.read_text())
+    assert (record["bucket"], record["key"], record["upload_id"], record["endpoint"]) == \
+        (bucket.name, upload["Key"], upload["UploadId"], proxy.endpoint), record
+    assert listed(project, bucket) == []
+
+    # Another process's upload in progress in the same folder: never touched.
+    other = bucket.client.create_multipart_upload(Bucket=bucket.name,
+                                                  Key=f"{PREFIX}/dev/in-progress-elsewhere")
+
+    # Reached by another endpoint URL, the upload is not this run's to abort: status shows it.
+    info = json.loads(ok(project.run("status", "--json", env=direct)).stdout)
+    [shown_upload] = info["unaborted_uploads"]
+    assert shown_upload["upload_id"] == upload["UploadId"], info
+    assert shown_upload["location"] == f"s3://{bucket.name}/{upload['Key']}", info
+    table = ok(project.run("status", env=direct)).stdout
+    assert "unaborted upload" in table and f"s3://{bucket.name}/{upload['Key']}" in table, table
+    assert len(bucket.uploads()) == 2
+
+    # The endpoint is back: the next run that reaches it aborts the recorded upload.
+    back = VanishingProxy(e2e_moto, port=proxy.port)
+    try:
+        ok(project.run("backups", env=bucket.env(endpoint=back.endpoint)))
+        assert [u["UploadId"] for u in bucket.uploads()] == [other["UploadId"]]
+        assert list(folder.iterdir()) == []
+        info = json.loads(ok(project.run("status", "--json",
+                                         env=bucket.env(endpoint=back.endpoint))).stdout)
+        assert info["unaborted_uploads"] == []
+    finally:
+        back.close()
+    assert [m for m, t in back.requests if f"uploadId={upload['UploadId']}" in t] == ["DELETE"]
+
+
+# == 2. Gone mid-download: restore is a failed restore (exit 4), the database untouched =======
+def test_sqlite_restore_whose_endpoint_goes_midway_is_exit_4_and_changes_nothing(
+        project, bucket, e2e_moto, tmp_path):
+    direct = bucket.env()
+    ok(project.run("migrate", env=direct))
+    fill_sqlite(dev_db(project), 24)
+    backup_id = backup_id_of(ok(project.run("backup", env=direct)))
+    ok(project.run("rollback", env=direct))  # the database now differs from the backup
+    state, rows = sqlite_state(dev_db(project)), sqlite_rows(dev_db(project))
+    before = listed(project, bucket)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+
+    proxy = VanishingProxy(e2e_moto, artifact_download(backup_id, after=4 * MiB))
+    try:
+        result = project.run("restore", "--yes", f"--backup={backup_id}",
+                             env=bucket.env(endpoint=proxy.endpoint, TMPDIR=str(scratch)))
+    finally:
+        proxy.close()
+    assert proxy.gone, (proxy.requests, shown(result))
+    failed(result, 4, f"reading s3://{bucket.name}/{PREFIX}/dev/{backup_id}", "failed midway",
+           "connection to S3 was lost")
+    assert sqlite_state(dev_db(project)) == state and state["revision"] == FIRST
+    assert sqlite_rows(dev_db(project)) == rows
+    assert list(scratch.iterdir()) == []
+    # The backup is as good as it was: a transfer that broke off says nothing about it.
+    assert listed(project, bucket) == before
+    assert next(i for i in before if i["id"] == backup_id)["verified"] is True
+    assert bucket.uploads() == []
+
+
+@pytest.mark.postgres
+def test_postgres_restore_whose_endpoint_goes_midway_is_exit_4_and_changes_nothing(
+        project, pgdb, bucket, e2e_moto, tmp_path):
+    db = pgdb
+    direct = pg_env(db, **bucket.env())
+    ok(project.run("migrate", env=direct))
+    db.sql("CREATE TABLE scans (id serial PRIMARY KEY, image bytea NOT NULL)")
+    for _ in range(12):
+        db.sql("INSERT INTO scans (image) VALUES (:b)", b=os.urandom(MiB))
+    backup_id = backup_id_of(ok(project.run("backup", env=direct)))
+    db.sql("INSERT INTO users (email, full_name, hashed_password) VALUES ('late@x.org', 'L', 'x')")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+
+    proxy = VanishingProxy(e2e_moto, artifact_download(backup_id, after=4 * MiB))
+    try:
+        result = project.run("restore", "--yes", f"--backup={backup_id}",
+                             env=pg_env(db, **bucket.env(endpoint=proxy.endpoint,
+                                                         TMPDIR=str(scratch))))
+    finally:
+        proxy.close()
+    assert proxy.gone, (proxy.requests, shown(result))
+    failed(result, 4, f"reading s3://{bucket.name}/{PREFIX}/pgtest/{backup_id}",
+           "failed midway", "connection to S3 was lost")
+    assert db.revision() == HEAD
+    assert [r[0] for r in db.sql("SELECT email FROM users")] == ["late@x.org"]
+    assert db.sql("SELECT count(*) FROM scans")[0][0] == 12
+    assert db.admin_sql("SELECT datname FROM pg_database WHERE datname LIKE :p",
+                        p=db.name + "\\_\\_%") == []
+    assert list(scratch.iterdir()) == []
+    assert bucket.uploads() == []
+
+
+# == 3. The store itself: the abort is retried, and bounded ===================================
+def store_via(bucket: Bucket, endpoint: str, **kwargs) -> S3Storage:
+    values = {k: v for k, v in bucket.env(endpoint=endpoint).items() if k.startswith("AWS_")}
+    return S3Storage(bucket.name, "backups/dev", Settings(env="dev", values=values),
+                     part_size=5 * MiB, **kwargs)
+
+
+def test_an_abort_that_meets_a_broken_connection_is_retried(bucket, e2e_moto, tmp_path):
+    dropped = []
+
+    def drop_two_aborts(method, target):
+        if method == "DELETE" and "uploadId=" in target and len(dropped) < 2:
+            dropped.append(target)
+            return True
+        return False
+
+    proxy = VanishingProxy(e2e_moto, drop_on=drop_two_aborts)
+    records = tmp_path / "records"
+    try:
+        store = store_via(bucket, proxy.endpoint, unaborted_folder=records)
+        with pytest.raises(RuntimeError, match="dump died"):
+            with store.writer("half") as out:
+                out.write(b"\0" * (2 * 5 * MiB + 100))  # two parts sent, a third begun
+                raise RuntimeError("dump died")
+    finally:
+        proxy.close()
+    aborts = [t for m, t in proxy.requests if m == "DELETE" and "uploadId=" in t]
+    assert len(dropped) == 2 and len(aborts) == 3, proxy.requests
+    assert bucket.uploads() == []
+    assert not records.exists()
+
+
+def test_an_abort_against_a_vanished_endpoint_gives_up_within_seconds(bucket, e2e_moto):
+    upload = bucket.client.create_multipart_upload(Bucket=bucket.name, Key="backups/dev/x")
+    proxy = VanishingProxy(e2e_moto)
+    store = store_via(bucket, proxy.endpoint)
+    store.list()  # the endpoint answered once
+    proxy.close()  # then went away
+    started = time.monotonic()
+    cause, answered = store.abort_upload("backups/dev/x", upload["UploadId"])
+    elapsed = time.monotonic() - started
+    assert (cause, answered) == ("connection refused", False)
+    # 4 attempts, 3 backoffs of at most 1, 2 and 4 s: never the minutes a hung abort could take.
+    assert elapsed < 12, elapsed
+    assert [u["UploadId"] for u in bucket.uploads()] == [upload["UploadId"]]
