@@ -229,6 +229,9 @@ def test_endpoint_gone_midupload_names_the_cause_and_the_next_run_aborts_the_upl
     assert shown_upload["location"] == f"s3://{bucket.name}/{upload['Key']}", info
     table = ok(project.run("status", env=direct)).stdout
     assert "unaborted upload" in table and f"s3://{bucket.name}/{upload['Key']}" in table, table
+    checked = project.run("check", "--json", env=direct)
+    leftovers = {c["name"]: c for c in json.loads(checked.stdout)["checks"]}["leftovers"]
+    assert leftovers["state"] == "WARNING" and upload["UploadId"] in leftovers["detail"], checked
     assert len(bucket.uploads()) == 2
 
     # The endpoint is back: the next run that reaches it aborts the recorded upload.

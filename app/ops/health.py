@@ -22,7 +22,7 @@ from app.ops.backups import BackupManifest, list_backups
 from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
 from app.ops.leftovers import abandoned
 from app.ops.status import backup_item
-from app.ops.storage import open_storage
+from app.ops.storage import open_storage, unaborted_uploads
 from app.settings import engine_kind
 
 DEFAULT_BACKUP_MAX_AGE = "26h"
@@ -101,6 +101,7 @@ class Facts:
     leftover_databases: list[tuple[str, int]] = field(default_factory=list)  # (name, sessions)
     # (name, abandoned): a backup being written holds its `.partial` under an flock
     partial_files: list[tuple[str, bool]] = field(default_factory=list)
+    unaborted_uploads: list[dict] = field(default_factory=list)  # S3 parts still billed
     backups: list[BackupManifest] | None = None
     store_error: str | None = None
     newest_verified: BackupManifest | None = None
@@ -237,8 +238,10 @@ def _read_store(facts: Facts, settings, storage) -> None:
                                          for p in folder.glob(".*.partial") if p.is_file())
     except OSError:
         pass  # an unreadable folder is reported once, by the backup check below
-    # TODO(multipart): once a backup records the S3 multipart uploads it could not abort, list
-    # them here as leftovers of an interrupted run (WARNING), beside the `.partial` files.
+    try:
+        facts.unaborted_uploads = unaborted_uploads(settings)
+    except (OSError, ValueError):
+        pass  # a record that cannot be read is the S3 store's to report, not a check failure
     try:
         facts.backups = [m for m in list_backups(settings) if m.engine == facts.engine]
         for manifest in facts.backups:
@@ -365,6 +368,10 @@ def _heads(facts: Facts) -> Check:
 
 def _leftovers(facts: Facts, now: datetime) -> Check:
     problems, in_progress = [], []
+    for upload in facts.unaborted_uploads:
+        problems.append(f"multipart upload {upload['upload_id']} of {upload['location']} could "
+                        "not be aborted (its parts are still stored and billed): the next run "
+                        "that reaches the endpoint aborts it")
     for name, sessions in facts.leftover_databases:
         if "__pre_restore_" in name:
             problems.append(f"database {name} kept by a restore: drop it with `dropdb {name}` "
