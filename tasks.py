@@ -262,8 +262,11 @@ def stamp(c, rev, env=None, break_glass=None):
 
 
 @task(help={"backup": "the backup's id (default: the newest verified, not a safety backup)",
-            "yes": "do not ask for confirmation (needed without a terminal)"})
-def restore(c, env=None, backup=None, yes=False):
+            "yes": "do not ask for confirmation (needed without a terminal)",
+            "disconnect": "PostgreSQL: let the application keep using the database while the "
+                          "copy is built, and end its sessions only at the swap (without it, "
+                          "other sessions refuse the restore)"})
+def restore(c, env=None, backup=None, yes=False, disconnect=False):
     """Restore a backup over the database (after verifying it and a safety backup)."""
     from app.console import human_age, human_size
     from app.ops import restore as restoring
@@ -278,9 +281,14 @@ def restore(c, env=None, backup=None, yes=False):
         ("revision", b.revision or "base"), ("size", human_size(b.size)), ("reason", b.reason),
         ("replaces", f"{settings.masked_database_url}, now at {plan.current or 'base'}")])
     restoring.confirm(plan, yes=yes, ask=_terminal_prompt())
-    result = restoring.run_restore(settings, plan, now=now, reporter=console)
+    result = restoring.run_restore(settings, plan, now=now, reporter=console,
+                                   disconnect=disconnect)
     console.say(f"Restored backup {b.id} in {result.seconds:.1f} s: the database is at "
                 f"{result.revision or 'base'}.")
+    if result.downtime_seconds is not None:
+        console.say(f"The restored database is in service: time to service "
+                    f"{result.time_to_service_seconds:.3f} s, downtime "
+                    f"{result.downtime_seconds:.3f} s (closed to clients only for the swap).")
     if result.safety:
         console.say(f"Safety backup {result.safety.id} holds what was there before; undo with: "
                     f"invoke restore --env={settings.env} --backup={result.safety.id} --yes")

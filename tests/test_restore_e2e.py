@@ -6,6 +6,7 @@ only the exit code.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -871,3 +872,190 @@ def test_a_copy_at_another_revision_than_the_backups_is_never_swapped_in(project
     assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
     events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
     assert len(events) == 1 and events[0]["outcome"] == "failed", events
+
+
+# == 11. the application stays connected: --disconnect =========================================
+class AppSession(threading.Thread):
+    """The API, as the database sees it: one session (a role of its own choosing, application
+    name `mida-api-writer`) inserting a row every 100 ms, reconnecting whenever the connection
+    fails. Every insert the server acknowledged is recorded with the oid of the database that
+    served it, so the test can tell the old database's writes from the restored one's."""
+
+    def __init__(self, url, pace: float = 0.1):
+        super().__init__(daemon=True)
+        self.url = url
+        self.pace = pace
+        self.acked: list[tuple[int, int, float]] = []   # (n, database oid, monotonic time)
+        self.failures: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.served_by_other = threading.Event()
+        self.first_oid: int | None = None
+        self.enough = threading.Event()
+
+    def run(self) -> None:
+        import psycopg2
+
+        conn, n = None, 0
+        dsn = dict(host=self.url.host, port=self.url.port or 5432, user=self.url.username,
+                   password=self.url.password, dbname=self.url.database,
+                   application_name="mida-api-writer", connect_timeout=2)
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg2.connect(**dsn)
+                    conn.autocommit = True
+                n += 1
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO app_writes (n) VALUES (%s) RETURNING (SELECT oid "
+                                "FROM pg_database WHERE datname = current_database())", (n,))
+                    oid = cur.fetchone()[0]
+                self.acked.append((n, oid, time.monotonic()))
+                if self.first_oid is None:
+                    self.first_oid = oid
+                if len(self.acked) >= 5:
+                    self.enough.set()
+                if oid != self.first_oid:
+                    self.served_by_other.set()
+            except psycopg2.Error as exc:
+                self.failures.append((time.monotonic(), str(exc).strip().splitlines()[0]))
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+            self.stop.wait(self.pace)
+        if conn is not None:
+            conn.close()
+
+    def longest_gap(self) -> float:
+        times = [t for _, _, t in self.acked]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def with_app_table(project, db, env) -> dict:
+    """Migrate, add the `app_writes` table the application writes to (in the backup too, so
+    the restored database serves the application's writes), and take a backup."""
+    ok(project.run("migrate", env=env))
+    db.sql("CREATE TABLE app_writes (n integer PRIMARY KEY, at timestamptz DEFAULT now())")
+    insert_users(db, ("ada@example.org", None))
+    return take_backup(project, "pgtest", env)
+
+
+@pytest.mark.postgres
+def test_restore_with_disconnect_keeps_the_application_served_until_a_short_swap(
+        project, pgdb, pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    at_backup_users = pg_state(db)["users"]
+    insert_users(db, ("after-backup@example.org", None))
+    oid_before = db_properties(pg_admin, db.name)["oid"]
+
+    app = AppSession(db.url)
+    app.start()
+    try:
+        assert app.enough.wait(30), app.failures
+        result = ok(project.run("restore", "--yes", "--disconnect", f"--backup={backup['id']}",
+                                env=env))
+        # The same application session is served by the restored database afterwards.
+        assert app.served_by_other.wait(30), (app.failures, shown(result))
+        served_after = len(app.acked)
+        deadline = time.monotonic() + 30
+        while len(app.acked) < served_after + 3:
+            assert time.monotonic() < deadline, app.failures
+            time.sleep(0.05)
+    finally:
+        app.stop.set()
+        app.join(30)
+    assert not app.is_alive()
+
+    oid_after = db_properties(pg_admin, db.name)["oid"]
+    assert oid_after != oid_before
+    old = [n for n, oid, _ in app.acked if oid == oid_before]
+    new = [n for n, oid, _ in app.acked if oid == oid_after]
+    assert old and new and set(old) | set(new) == {n for n, _, _ in app.acked}
+    # The application kept working while the copy was built; its downtime was the swap's.
+    assert app.longest_gap() < 5.0, (app.longest_gap(), app.failures)
+    match = re.search(r"downtime ([0-9.]+) s", result.stdout)
+    assert match, shown(result)
+    assert float(match.group(1)) < 2.0, shown(result)
+    assert re.search(r"time to service ([0-9.]+) s", result.stdout), shown(result)
+
+    # The restored database holds the backup, plus what the application wrote after the swap.
+    assert pg_state(db)["users"] == at_backup_users
+    assert sorted(r[0] for r in db.sql("SELECT n FROM app_writes")) == sorted(new)
+    # Every write acknowledged by the old database is in it, kept under its dated name.
+    kept = derived_databases(pg_admin, db.name, "__pre_restore_")
+    assert len(kept) == 1, kept
+    kept_rows = {r[0] for r in sql_in(kept[0], "SELECT n FROM app_writes")}
+    assert set(old) <= kept_rows, sorted(set(old) - kept_rows)
+    assert derived_databases(pg_admin, db.name, "__restoring_") == []
+
+    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
+    assert len(events) == 1 and events[0]["outcome"] == "succeeded"
+    assert events[0]["downtime_seconds"] == float(match.group(1))
+    assert events[0]["time_to_service_seconds"] > 0
+    assert events[0]["disconnect"] is True
+
+
+@pytest.mark.postgres
+def test_restore_without_disconnect_refuses_at_once_naming_the_application(project, pgdb,
+                                                                          pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    store = project.root / "backups" / "pgtest"
+    manifest_before = (store / f"{backup['id']}.manifest.json").read_text()
+    untouched_files = {p.name for p in store.iterdir() if not p.name.endswith(".audit.json")}
+
+    app = AppSession(db.url)
+    app.start()
+    try:
+        assert app.enough.wait(30), app.failures
+        pid = admin_sql(pg_admin, "SELECT pid FROM pg_stat_activity WHERE datname = :d AND "
+                                  "application_name = 'mida-api-writer'", d=db.name)[0][0]
+        untouched = Untouched(project, db, pg_admin, env)
+        acked_before = len(app.acked)
+        line = failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
+                      "mida-api-writer", db.role, f"pid {pid}", "--disconnect")
+        untouched.check()
+    finally:
+        app.stop.set()
+        app.join(30)
+    assert "nothing was done" in line or "before any work" in line, line
+    # The application was never interrupted.
+    assert app.failures == [] and len(app.acked) > acked_before
+    # No work at all: the backup was not even verified again (its manifest is unchanged).
+    assert (store / f"{backup['id']}.manifest.json").read_text() == manifest_before
+    assert {p.name for p in store.iterdir() if not p.name.endswith(".audit.json")} == \
+        untouched_files
+
+
+@pytest.mark.postgres
+def test_restore_with_disconnect_by_a_role_that_may_not_end_the_sessions_is_told_the_grant(
+        project, pgdb, pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    other = f"mida_api_{secrets.token_hex(3)}"
+    admin_sql(pg_admin, f"CREATE ROLE \"{other}\" LOGIN PASSWORD 'api'")
+    db.sql(f'GRANT INSERT, SELECT ON app_writes TO "{other}"')
+    app = AppSession(db.url.set(username=other, password="api"))
+    app.start()
+    try:
+        assert app.enough.wait(30), app.failures
+        untouched = Untouched(project, db, pg_admin, env)
+        store = project.root / "backups" / "pgtest"
+        manifest_before = (store / f"{backup['id']}.manifest.json").read_text()
+        failed(project.run("restore", "--yes", "--disconnect", f"--backup={backup['id']}",
+                           env=env), 3, "pg_signal_backend", other, db.role)
+        untouched.check()
+        assert (store / f"{backup['id']}.manifest.json").read_text() == manifest_before
+        assert app.failures == []
+    finally:
+        app.stop.set()
+        app.join(30)
+        drop_derived(pg_admin, db.name)
+        admin_sql(pg_admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE usename = :r", r=other)
+        db.sql(f'REVOKE ALL ON app_writes FROM "{other}"')
+        admin_sql(pg_admin, f'DROP ROLE IF EXISTS "{other}"')

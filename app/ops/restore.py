@@ -49,6 +49,8 @@ class RestoreResult:
     revision: str | None
     seconds: float
     kept_database: str | None = None
+    downtime_seconds: float | None = None         # PostgreSQL: the swap, as clients see it
+    time_to_service_seconds: float | None = None  # from the start to the restored data served
 
 
 def is_safety_backup(manifest: BackupManifest) -> bool:
@@ -87,14 +89,17 @@ def confirm(plan: RestorePlan, *, yes: bool, ask: Callable[[str], str] | None) -
 
 
 def run_restore(settings, plan: RestorePlan, *, now: datetime,
-                reporter: Reporter = Reporter()) -> RestoreResult:
+                reporter: Reporter = Reporter(), disconnect: bool = False) -> RestoreResult:
+    """`disconnect` (PostgreSQL): the application's sessions may stay connected while the copy
+    is built, and are ended at the swap; without it, one connected refuses the restore."""
     started = time.monotonic()
     outcome, result = "failed", None
     with database_lock(settings, action="restore", now=now):
         try:
-            restore_one = (_restore_sqlite if engine_kind(settings.database_url) == "sqlite"
-                           else _restore_postgres)
-            result = restore_one(settings, plan, now, reporter)
+            if engine_kind(settings.database_url) == "sqlite":
+                result = _restore_sqlite(settings, plan, now, reporter)
+            else:
+                result = _restore_postgres(settings, plan, now, reporter, disconnect, started)
             result.revision = stamped_revision(settings.database_url)
             if result.revision != plan.backup.revision:
                 raise BackupFailed(f"after the restore the database is at {result.revision}, "
@@ -110,7 +115,11 @@ def run_restore(settings, plan: RestorePlan, *, now: datetime,
                          from_revision=plan.current, to_revision=plan.backup.revision,
                          backup_id=plan.backup.id,
                          safety_backup_id=result.safety.id if result and result.safety else None,
-                         duration_seconds=round(time.monotonic() - started, 3))
+                         duration_seconds=round(time.monotonic() - started, 3),
+                         disconnect=disconnect,
+                         downtime_seconds=result.downtime_seconds if result else None,
+                         time_to_service_seconds=(result.time_to_service_seconds if result
+                                                  else None))
 
 
 def _safety_backup(settings, plan: RestorePlan, now: datetime, version: int | None,
@@ -144,8 +153,8 @@ def _restore_sqlite(settings, plan: RestorePlan, now: datetime, reporter: Report
     return RestoreResult(plan.backup, safety, None, 0.0)
 
 
-def _restore_postgres(settings, plan: RestorePlan, now: datetime,
-                      reporter: Reporter) -> RestoreResult:
+def _restore_postgres(settings, plan: RestorePlan, now: datetime, reporter: Reporter,
+                      disconnect: bool, started: float) -> RestoreResult:
     from sqlalchemy import text
 
     from app.ops.dumpers import dumper_for
@@ -158,11 +167,14 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
         version = server_version_num(conn)
         user = conn.execute(text("SELECT current_user")).scalar()
     props = swap.properties()
-    swap.check_can_swap(user, props)
+    swap.check_can_swap(user, props, disconnect)
     dumper = dumper_for(settings)
     dumper.check_tools(version)
     for stale in swap.drop_stale():
         reporter.info(f"dropped {stale}, left behind by an interrupted restore")
+    if swap.reopen():
+        reporter.warn(f"{url.database} was closed to new connections by a restore killed "
+                      "during its swap; it accepts them again")
     # Before the safety backup starts beside it: an extract that cannot fit is refused at once.
     check_scratch_room(settings, plan.backup, extract=True, archive_check=False)
     stamp = database_stamp(now)  # to the millisecond: two restores in one second get two names
@@ -193,14 +205,17 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
                 _undo_before_swap(settings, swap, new, safety_job, cancel)
                 raise
     try:
-        swap.swap(new, kept)
+        downtime = swap.swap(new, kept, end_sessions=disconnect)
+        in_service = time.monotonic() - started
     except BaseException:
         # The rename may have committed before the failure reached us: the safety backup is
         # kept whatever happened, and the copy is dropped only if it still is one.
         with contextlib.suppress(Exception):
             swap.drop(new)
         raise
-    return RestoreResult(plan.backup, safety, None, 0.0, kept_database=kept)
+    return RestoreResult(plan.backup, safety, None, 0.0, kept_database=kept,
+                         downtime_seconds=round(downtime, 3),
+                         time_to_service_seconds=round(in_service, 3))
 
 
 def _undo_before_swap(settings, swap, new: str, safety_job, cancel: Cancellation) -> None:
