@@ -267,7 +267,7 @@ def stamp(c, rev, env=None, break_glass=None):
                           "copy is built, and end its sessions only at the swap (without it, "
                           "other sessions refuse the restore)"})
 def restore(c, env=None, backup=None, yes=False, disconnect=False):
-    """Restore a backup over the database (after verifying it and a safety backup)."""
+    """Restore a backup over the database (verified first; a safety backup of what it replaces)."""
     from app.console import human_age, human_size
     from app.ops import restore as restoring
 
@@ -291,10 +291,14 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False):
                     f"{result.downtime_seconds:.3f} s (closed to clients only for the swap).")
     if result.safety:
         console.say(f"Safety backup {result.safety.id} holds what was there before; undo with: "
-                    f"invoke restore --env={settings.env} --backup={result.safety.id} --yes")
+                    f"invoke restore --env={settings.env} --backup={result.safety.id} --yes"
+                    + (" --disconnect" if disconnect else ""))
     if result.kept_database:
         console.say(f"The previous database is kept as {result.kept_database}: drop it with "
                     f"`dropdb {result.kept_database}` once you are satisfied.")
+    if result.safety_error:
+        from app.ops.errors import BackupFailed
+        raise BackupFailed(result.safety_error)
 
 
 @task

@@ -377,10 +377,10 @@ def test_a_damaged_backup_is_refused_and_nothing_is_touched(project, pgdb, pg_ad
 
 
 @pytest.mark.postgres
-def test_a_damaged_backup_stops_the_safety_backup_running_beside_the_verify(project, pgdb,
-                                                                           pg_admin, tmp_path):
-    """The safety backup starts with the verify; when the verify fails, the safety backup is
-    stopped (its pg_dump killed), not waited for, and leaves nothing behind."""
+def test_a_damaged_backup_is_refused_before_anything_is_dumped(project, pgdb, pg_admin,
+                                                              tmp_path):
+    """The safety backup comes after the swap: a backup that fails its verify never gets as
+    far as dumping anything (pg_dump is only asked its version)."""
     db = pgdb
     env = pg_env(db)
     ok(project.run("migrate", env=env))
@@ -393,31 +393,16 @@ def test_a_damaged_backup_stops_the_safety_backup_running_beside_the_verify(proj
     untouched = Untouched(project, db, pg_admin, env)
     files = {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
 
-    # A pg_dump that logs each call, and when asked to dump waits for a line on a FIFO that
-    # nobody ever writes: only a kill ends it.
-    go, calls = tmp_path / "go.fifo", tmp_path / "pg_dump-calls"
-    os.mkfifo(go)
+    calls = tmp_path / "pg_dump-calls"
     bin_dir = pg_bin_dir(tmp_path, f"exec '{shutil.which('pg_restore')}' \"$@\"\n")
     (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
 echo "$1" >> '{calls}'
-if [ "$1" != "--version" ]; then read -r _ < '{go}'; fi
 exec '{shutil.which("pg_dump")}' "$@"
 """)
-    try:
-        result = project.run("restore", "--yes", f"--backup={backup['id']}",
-                             env=pg_env(db, PG_BIN_DIR=str(bin_dir)), timeout=120)
-    finally:
-        try:  # release a pg_dump still parked (only if the feature is broken)
-            fd = os.open(go, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            assert exc.errno == errno.ENXIO  # nobody reads the FIFO: the wrapper was killed
-        else:
-            os.write(fd, b"go\n")
-            os.close(fd)
-            pytest.fail("the safety backup's pg_dump was still running after the restore ended")
+    result = project.run("restore", "--yes", f"--backup={backup['id']}",
+                         env=pg_env(db, PG_BIN_DIR=str(bin_dir)), timeout=120)
     failed(result, 4, backup["id"], "checksum")
-    # restore's own version check, then the safety backup's, which began beside the verify.
-    assert calls.read_text().splitlines()[:2] == ["--version", "--version"], calls.read_text()
+    assert set(calls.read_text().splitlines()) == {"--version"}, calls.read_text()
 
     untouched.check()
     assert {p.name for p in artifact.parent.iterdir()
@@ -989,12 +974,23 @@ def test_restore_with_disconnect_keeps_the_application_served_until_a_short_swap
     kept_rows = {r[0] for r in sql_in(kept[0], "SELECT n FROM app_writes")}
     assert set(old) <= kept_rows, sorted(set(old) - kept_rows)
     assert derived_databases(pg_admin, db.name, "__restoring_") == []
+    # ...and in the safety backup, taken of that database after the swap: it counted exactly
+    # the rows the kept database holds, which include every acknowledged one.
+    safety = safety_id_from(result)
+    item = next(i for i in project.backups("pgtest", env=env) if i["id"] == safety)
+    assert item["reason"] == SAFETY_PREFIX + backup["id"] and item["verified"] is True
+    assert item["revision"] == HEAD
+    manifest = json.loads((project.root / "backups" / "pgtest" /
+                           f"{safety}.manifest.json").read_text())
+    assert manifest["row_counts"]["public.app_writes"] == len(kept_rows)
+    assert f"--backup={safety} --yes --disconnect" in result.stdout, shown(result)
 
     events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
     assert len(events) == 1 and events[0]["outcome"] == "succeeded"
     assert events[0]["downtime_seconds"] == float(match.group(1))
     assert events[0]["time_to_service_seconds"] > 0
     assert events[0]["disconnect"] is True
+    assert events[0]["safety_backup_id"] == safety
 
 
 @pytest.mark.postgres
@@ -1059,3 +1055,48 @@ def test_restore_with_disconnect_by_a_role_that_may_not_end_the_sessions_is_told
                             "WHERE usename = :r", r=other)
         db.sql(f'REVOKE ALL ON app_writes FROM "{other}"')
         admin_sql(pg_admin, f'DROP ROLE IF EXISTS "{other}"')
+
+
+@pytest.mark.postgres
+def test_a_safety_backup_failing_after_the_swap_leaves_the_restore_done_and_the_old_database_kept(
+        project, pgdb, pg_admin, tmp_path):
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    at_backup = pg_state(db)
+    insert_users(db, ("written-before-the-swap@example.org", None))
+    listed = ids(project.backups("pgtest", env=env))
+    # A pg_dump that fails for the previous database only (as a full store or a lost
+    # connection would): the restore itself dumps nothing else.
+    real = shutil.which("pg_dump")
+    bin_dir = pg_bin_dir(tmp_path, f"exec '{shutil.which('pg_restore')}' \"$@\"\n")
+    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
+case "$1 $PGDATABASE" in
+  --version*) ;;
+  *__pre_restore_*) echo "pg_dump: error: connection to server lost" >&2; exit 1 ;;
+esac
+exec '{real}' "$@"
+""")
+
+    result = project.run("restore", "--yes", f"--backup={backup['id']}",
+                         env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+
+    line = failed(result, 4, backup["id"], "was restored", "safety backup",
+                  "connection to server lost", "nothing was dropped")
+    # Restored all the same, and served: the backup's data under the live name.
+    assert pg_state(db) == at_backup
+    assert "Restored backup" in result.stdout, shown(result)
+    # The previous database is kept, with the write made before the swap, and named.
+    kept = derived_databases(pg_admin, db.name, "__pre_restore_")
+    assert len(kept) == 1 and kept[0] in line, (kept, line)
+    assert sql_in(kept[0], "SELECT count(*) FROM users WHERE email = "
+                           "'written-before-the-swap@example.org'") == [(1,)]
+    assert derived_databases(pg_admin, db.name, "__restoring_") == []
+    # No safety backup listed, no half-written file left in the store.
+    assert ids(project.backups("pgtest", env=env)) == listed
+    store = project.root / "backups" / "pgtest"
+    assert not [p for p in store.iterdir() if ".partial" in p.name]
+    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
+    assert len(events) == 1 and events[0]["outcome"] == "restored, safety backup failed"
+    assert events[0]["kept_database"] == kept[0]
+    assert "connection to server lost" in events[0]["safety_backup_error"]

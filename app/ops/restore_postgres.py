@@ -2,15 +2,16 @@
 then swap names in one transaction.
 
 Until the swap the live database is never touched, so a restore that fails or is killed leaves
-it exactly as it was (a killed run leaves a `__restoring_` database, which the next restore drops).
-The swap is two renames in one transaction: the old database stays under a dated name until the
-engineer drops it. Until the swap the application may keep using the live database (`--disconnect`):
-the swap stops new connections to it, ends its other sessions, renames, and lets connections in
-again, so the application's downtime is that of the swap alone. Without `--disconnect`, another
-session refuses the restore before any work. The new database gets the old one's encoding, locale, grants, settings,
-comment and connection limit, so its own properties survive; a setting the role may not set
-again refuses the restore before any work. Everything here works for a role that owns its
-database and may create databases; no superuser needed.
+it exactly as it was (a killed run leaves a `__restoring_` database, which the next restore
+drops). The swap is two renames in one transaction: the old database stays under a dated name
+until the engineer drops it. Until the swap the application may keep using the live database
+(`--disconnect`): the swap closes it to new connections, ends its other sessions, renames, and
+lets connections in again, so the application's downtime is that of the swap alone. Without
+`--disconnect`, another session refuses the restore before any work. The new database gets the
+old one's encoding, locale, grants, settings, comment and connection limit, so its own
+properties survive; a setting the role may not set again refuses the restore before any work.
+Everything here works for a role that owns its database and may create databases; no superuser
+needed.
 
 Why not `pg_restore --clean` into the live database: a table added by a later migration survives
 it, a foreign key from such a table makes the restore fail halfway, and it cannot run in parallel.
@@ -181,7 +182,8 @@ class DatabaseSwap:
         rows = self._run(
             "SELECT a.pid, coalesce(a.usename, '?'), coalesce(host(a.client_addr), 'local'), "
             "coalesce(a.application_name, ''), "
-            "CASE WHEN r.rolsuper THEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+            "CASE WHEN r.rolsuper "
+            "THEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
             "ELSE pg_has_role(a.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE') "
             "END FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid "
             "WHERE a.datname = :d AND a.pid <> pg_backend_pid() ORDER BY a.pid",
