@@ -1100,3 +1100,93 @@ exec '{real}' "$@"
     assert len(events) == 1 and events[0]["outcome"] == "restored, safety backup failed"
     assert events[0]["kept_database"] == kept[0]
     assert "connection to server lost" in events[0]["safety_backup_error"]
+
+
+# == 12. nothing decompressed has a name on disk ===============================================
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", [("restore", "--yes"), ("verify", "--restore-test")])
+def test_the_extracted_archive_never_has_a_name_and_a_kill_leaves_nothing(
+        project, pgdb, pg_admin, tmp_path, command):
+    """The seekable copy pg_restore --jobs needs is a file without a name, handed over as
+    /proc/self/fd/N: while pg_restore reads it, TMPDIR holds no file at all, and a kill -9 there
+    leaves nothing behind; the next run works."""
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", "+44 20 7946 0000"), ("grace@example.org", None))
+    backup = take_backup(project, "pgtest", env)
+    at_backup = pg_state(db)
+    insert_users(db, ("later@example.org", None))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    store = project.root / "backups" / "pgtest"
+
+    started, go, args = tmp_path / "started.fifo", tmp_path / "go.fifo", tmp_path / "args"
+    os.mkfifo(started)
+    os.mkfifo(go)
+    bin_dir = pg_bin_dir(tmp_path, f"""
+for arg in "$@"; do
+  case "$arg" in
+    --dbname=*)
+      printf '%s\\n' "$*" > '{args}'
+      echo started > '{started}'
+      read -r _ < '{go}' ;;
+  esac
+done
+exec '{shutil.which("pg_restore")}' "$@"
+""")
+    run_env = {**pg_env(db, PG_BIN_DIR=str(bin_dir)), "TMPDIR": str(tmp)}
+
+    def run_until_pg_restore():
+        started_fd = os.open(started, os.O_RDWR)
+        run = project.start(*command, f"--backup={backup['id']}", env=run_env)
+        try:
+            while not select.select([started_fd], [], [], 1)[0]:
+                assert run.poll() is None, f"ended early:\n{run.communicate()}"
+            os.read(started_fd, 100)
+        finally:
+            os.close(started_fd)
+        return run
+
+    def files_on_disk() -> list[str]:
+        """Any file in TMPDIR, and any half-written one in the store."""
+        return sorted(str(p) for p in tmp.rglob("*") if not p.is_dir()) + \
+            sorted(str(p) for p in store.iterdir() if ".partial" in p.name)
+
+    # Killed while pg_restore holds the archive open.
+    run = run_until_pg_restore()
+    try:
+        assert files_on_disk() == []
+        handed = args.read_text()
+        assert re.search(r" /proc/self/fd/\d+$", handed.strip()), handed
+        assert f"--jobs={max(1, min(os.cpu_count() or 1, 8))}" in handed, handed
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        run.stdout.close()
+        run.stderr.close()
+    assert files_on_disk() == []
+    wait_until_no_sessions(pg_admin, db.name)
+
+    # The next run reads the archive through that path, in parallel, and succeeds.
+    run = run_until_pg_restore()
+    try:
+        assert files_on_disk() == []
+        fd = os.open(go, os.O_WRONLY)
+        os.write(fd, b"go\n")
+        os.close(fd)
+        out, err = run.communicate(timeout=240)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 0, (out, err)
+    assert files_on_disk() == []
+    if command[0] == "restore":
+        assert pg_state(db) == at_backup
+    else:
+        assert "2 tables" in out and "3 rows" in out, out
+        assert derived_databases(pg_admin, db.name) == []

@@ -26,7 +26,7 @@ from app.ops.backups import (BackupManifest, check_scratch_room, find_backup, li
                              take_backup, verify_backup)
 from app.ops.database import connect, database_exists, server_version_num, stamped_revision
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused, OpsError
-from app.ops.leftovers import private_folder
+from app.ops.leftovers import child_path, private_folder, unnamed_file
 from app.ops.lock import database_lock
 from app.ops.report import Reporter
 from app.settings import engine_kind
@@ -181,18 +181,19 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime, reporter: Repo
     check_scratch_room(settings, plan.backup, extract=True, archive_check=False)
     stamp = database_stamp(now)  # to the millisecond: two restores in one second get two names
     new, kept = derived_name(url.database, RESTORING, stamp), derived_name(url.database, KEPT, stamp)
-    with private_folder("pg-restore") as folder:
-        archive = Path(folder) / "restore.pgdump"
+    # The seekable copy a parallel pg_restore needs has no name: a killed run leaves no
+    # decrypted, decompressed data on disk.
+    with private_folder("pg-restore") as folder, unnamed_file(folder) as archive:
         try:
             # One pass: checksum and zstd frame while writing the seekable copy that a
             # parallel pg_restore needs. That pg_restore then reads every block into the
             # new database before anything is swapped: a second reader would only add time.
-            with open(os.open(archive, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as extracted:
-                verify_backup(settings, plan.backup, now=now, extract_to=extracted,
-                              archive_check=False)
+            verify_backup(settings, plan.backup, now=now, extract_to=archive,
+                          archive_check=False)
             reporter.info(f"backup {plan.backup.id} verified; restoring into {new}")
             swap.create_like(new, props)
-            dumper.restore(str(archive), new, jobs=restore_jobs())
+            dumper.restore(child_path(archive), new, jobs=restore_jobs(),
+                           pass_fds=(archive.fileno(),))
             _check_copy(url.set(database=new), plan.backup)
             swap.copy_properties(new, props)
         except BaseException:

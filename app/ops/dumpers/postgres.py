@@ -154,9 +154,12 @@ class PostgresDumper:
                                    f"{_last_line(errors)}")
 
 
-    def restore(self, archive_path: str, database: str, jobs: int = 1) -> None:
+    def restore(self, archive_path: str, database: str, jobs: int = 1,
+                pass_fds: tuple[int, ...] = ()) -> None:
         """pg_restore a seekable custom-format archive into the (empty) `database`, in `jobs`
-        parallel workers, stopping at the first error."""
+        parallel workers, stopping at the first error. `pass_fds`: descriptors pg_restore
+        inherits, for an archive without a name given as `/proc/self/fd/N` (each worker
+        reopens the archive by that path, and finds the same file)."""
         argv = [self.tool("pg_restore"), "--exit-on-error", f"--jobs={max(1, jobs)}",
                 f"--dbname={database}", archive_path]
         env = self.environment()
@@ -164,7 +167,8 @@ class PostgresDumper:
         # Settings a database owner may set for its own sessions; they speed up index builds.
         env["PGOPTIONS"] += " -c maintenance_work_mem=256MB -c synchronous_commit=off"
         with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=errors, env=env)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=errors, env=env,
+                                    pass_fds=pass_fds)
             try:
                 status = proc.wait()
             except BaseException:
