@@ -279,7 +279,9 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False):
     console.fields("Restore", [
         ("backup", f"{b.id}, taken {human_age(b.created_at, now)} ({b.created_at})"),
         ("revision", b.revision or "base"), ("size", human_size(b.size)), ("reason", b.reason),
-        ("replaces", f"{settings.masked_database_url}, now at {plan.current or 'base'}")])
+        ("replaces", f"{settings.masked_database_url}, " + (
+            "closed to connections by an interrupted restore (opened again first)"
+            if plan.closed else f"now at {plan.current or 'base'}"))])
     restoring.confirm(plan, yes=yes, ask=_terminal_prompt())
     result = restoring.run_restore(settings, plan, now=now, reporter=console,
                                    disconnect=disconnect)

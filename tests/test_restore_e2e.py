@@ -1190,3 +1190,33 @@ exec '{shutil.which("pg_restore")}' "$@"
     else:
         assert "2 tables" in out and "3 rows" in out, out
         assert derived_databases(pg_admin, db.name) == []
+
+
+@pytest.mark.postgres
+def test_a_swap_killed_after_closing_the_database_is_opened_again_by_the_next_restore(
+        project, pgdb, pg_admin):
+    """kill -9 between closing the live database to connections and the rename's commit leaves
+    it closed (and its copy `__restoring_` beside it): the next restore opens it first, says
+    so, and restores."""
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    at_backup = pg_state(db)
+    insert_users(db, ("later@example.org", None))
+    # The state such a kill leaves: the copy beside it, the live database closed.
+    stale = f"{db.name}__restoring_20260101000000000"
+    admin_sql(pg_admin, f'CREATE DATABASE "{stale}" OWNER "{db.role}"')
+    admin_sql(pg_admin, f'ALTER DATABASE "{db.name}" ALLOW_CONNECTIONS false')
+    failed(project.run("status", env=env), 2, "not currently accepting connections")
+
+    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+
+    assert "closed to new connections" in result.stderr, shown(result)
+    assert admin_sql(pg_admin, "SELECT datallowconn FROM pg_database WHERE datname = :d",
+                     d=db.name) == [(True,)]
+    assert pg_state(db) == at_backup
+    assert derived_databases(pg_admin, db.name, "__restoring_") == []
+    kept = derived_databases(pg_admin, db.name, "__pre_restore_")
+    assert len(kept) == 1
+    assert sql_in(kept[0], "SELECT count(*) FROM users WHERE email = 'later@example.org'") == \
+        [(1,)]

@@ -25,7 +25,7 @@ from app.ops import audit
 from app.ops.backups import (BackupManifest, check_scratch_room, find_backup, list_backups,
                              take_backup, verify_backup)
 from app.ops.database import connect, database_exists, server_version_num, stamped_revision
-from app.ops.errors import BackupFailed, ConfigError, GuardRefused, OpsError
+from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused, OpsError
 from app.ops.leftovers import child_path, private_folder, unnamed_file
 from app.ops.lock import database_lock
 from app.ops.report import Reporter
@@ -39,6 +39,7 @@ class RestorePlan:
     backup: BackupManifest
     database_name: str      # what the engineer types to confirm
     current: str | None     # the live database's revision now
+    closed: bool = False    # PostgreSQL: closed to connections (a swap killed halfway)
 
 
 @dataclass
@@ -73,7 +74,22 @@ def plan_restore(settings, backup_id: str | None) -> RestorePlan:
                           f"restored over env '{settings.env}' ({engine})")
     url = settings.database_url
     name = Path(url.database).name if engine == "sqlite" else url.database
-    return RestorePlan(manifest, name, stamped_revision(settings.database_url))
+    try:
+        return RestorePlan(manifest, name, stamped_revision(url))
+    except DatabaseUnreachable:
+        # A restore killed during its swap leaves the live database closed to connections:
+        # its revision cannot be read until run_restore, under the lock, opens it again.
+        if engine == "sqlite" or not _closed(url):
+            raise
+        return RestorePlan(manifest, name, None, closed=True)
+
+
+def _closed(url) -> bool:
+    from app.ops.restore_postgres import DatabaseSwap
+    try:
+        return DatabaseSwap(url).is_closed()
+    except OpsError:
+        return False
 
 
 def confirm(plan: RestorePlan, *, yes: bool, ask: Callable[[str], str] | None) -> None:
@@ -165,6 +181,11 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime, reporter: Repo
 
     url = settings.database_url
     swap = DatabaseSwap(url)
+    if swap.reopen():
+        # Under the lock, so no other restore is in its swap: a swap killed halfway closed it.
+        reporter.warn(f"{url.database} was closed to new connections (a restore killed during "
+                      "its swap); it accepts them again")
+        plan.current = stamped_revision(url)
     with connect(url) as conn:
         version = server_version_num(conn)
         user = conn.execute(text("SELECT current_user")).scalar()
@@ -174,9 +195,6 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime, reporter: Repo
     dumper.check_tools(version)
     for stale in swap.drop_stale():
         reporter.info(f"dropped {stale}, left behind by an interrupted restore")
-    if swap.reopen():
-        reporter.warn(f"{url.database} was closed to new connections by a restore killed "
-                      "during its swap; it accepts them again")
     # An extract that cannot fit is refused before any work.
     check_scratch_room(settings, plan.backup, extract=True, archive_check=False)
     stamp = database_stamp(now)  # to the millisecond: two restores in one second get two names

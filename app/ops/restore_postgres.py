@@ -263,15 +263,19 @@ class DatabaseSwap:
                 pass
             raise
 
-    def reopen(self) -> bool:
-        """Let connections into the live database again if a swap killed halfway (kill -9)
-        left it closed; True if it had to."""
+    def is_closed(self) -> bool:
         closed = self._run("SELECT NOT datallowconn FROM pg_database WHERE datname = :d",
                            {"d": self.database}, fetch=True)
-        if closed and closed[0][0]:
-            self._run(f"ALTER DATABASE {quote(self.database)} ALLOW_CONNECTIONS true")
-            return True
-        return False
+        return bool(closed and closed[0][0])
+
+    def reopen(self) -> bool:
+        """Let connections into the live database again if a swap killed halfway (kill -9)
+        left it closed; True if it had to. The restore replaces the database with one open
+        to connections anyway."""
+        if not self.is_closed():
+            return False
+        self._run(f"ALTER DATABASE {quote(self.database)} ALLOW_CONNECTIONS true")
+        return True
 
     def drop(self, name: str) -> None:
         self._run(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
