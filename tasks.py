@@ -268,9 +268,12 @@ def stamp(c, rev, env=None, break_glass=None):
 
 
 @task(help={"backup": "the backup's id (default: the newest verified, not a safety backup)",
-            "yes": "do not ask for confirmation (needed without a terminal)"})
-def restore(c, env=None, backup=None, yes=False):
-    """Restore a backup over the database (after verifying it and a safety backup)."""
+            "yes": "do not ask for confirmation (needed without a terminal)",
+            "disconnect": "PostgreSQL: let the application keep using the database while the "
+                          "copy is built, and end its sessions only at the swap (without it, "
+                          "other sessions refuse the restore)"})
+def restore(c, env=None, backup=None, yes=False, disconnect=False):
+    """Restore a backup over the database (verified first; a safety backup of what it replaces)."""
     from app.console import human_age, human_size
     from app.ops import restore as restoring
 
@@ -282,17 +285,28 @@ def restore(c, env=None, backup=None, yes=False):
     console.fields("Restore", [
         ("backup", f"{b.id}, taken {human_age(b.created_at, now)} ({b.created_at})"),
         ("revision", b.revision or "base"), ("size", human_size(b.size)), ("reason", b.reason),
-        ("replaces", f"{settings.masked_database_url}, now at {plan.current or 'base'}")])
+        ("replaces", f"{settings.masked_database_url}, " + (
+            "closed to connections by an interrupted restore (opened again first)"
+            if plan.closed else f"now at {plan.current or 'base'}"))])
     restoring.confirm(plan, yes=yes, ask=_terminal_prompt())
-    result = restoring.run_restore(settings, plan, now=now, reporter=console)
+    result = restoring.run_restore(settings, plan, now=now, reporter=console,
+                                   disconnect=disconnect)
     console.say(f"Restored backup {b.id} in {result.seconds:.1f} s: the database is at "
                 f"{result.revision or 'base'}.")
+    if result.downtime_seconds is not None:
+        console.say(f"The restored database is in service: time to service "
+                    f"{result.time_to_service_seconds:.3f} s, downtime "
+                    f"{result.downtime_seconds:.3f} s (closed to clients only for the swap).")
     if result.safety:
         console.say(f"Safety backup {result.safety.id} holds what was there before; undo with: "
-                    f"invoke restore --env={settings.env} --backup={result.safety.id} --yes")
+                    f"invoke restore --env={settings.env} --backup={result.safety.id} --yes"
+                    + (" --disconnect" if disconnect else ""))
     if result.kept_database:
         console.say(f"The previous database is kept as {result.kept_database}: drop it with "
                     f"`dropdb {result.kept_database}` once you are satisfied.")
+    if result.safety_error:
+        from app.ops.errors import BackupFailed
+        raise BackupFailed(result.safety_error)
 
 
 @task

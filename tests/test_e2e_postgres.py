@@ -244,3 +244,25 @@ def test_a_killed_migrate_leaves_no_lock_behind(project, pg_database, tmp_path):
     assert db.revision() == FIRST
     ok(project.run("migrate", env=pg_env(db)))
     assert db.revision() == HEAD
+
+
+def test_a_pg_dump_failure_shows_the_servers_reason_and_its_detail(project, pg_database):
+    """PostgreSQL 15's pg_dump ends with a `detail:` line (the query it ran): the `error:` line
+    before it holds the reason, and the message must show both."""
+    db = pg_database
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    listed = project.backups("pgtest", env=env)
+    # A table the backup's role cannot read, made by the admin inside its database.
+    engine = create_engine(admin_url().set(database=db.name), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE scanner_secrets (id int)"))
+            conn.execute(text("REVOKE ALL ON scanner_secrets FROM PUBLIC"))
+    finally:
+        engine.dispose()
+
+    line = failed(project.run("backup", env=env), 4, "pg_dump failed",
+                  "permission denied for table scanner_secrets", "LOCK TABLE")
+    assert line.index("permission denied") < line.index("LOCK TABLE"), line
+    assert project.backups("pgtest", env=env) == listed

@@ -6,6 +6,7 @@ only the exit code.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -376,10 +377,10 @@ def test_a_damaged_backup_is_refused_and_nothing_is_touched(project, pgdb, pg_ad
 
 
 @pytest.mark.postgres
-def test_a_damaged_backup_stops_the_safety_backup_running_beside_the_verify(project, pgdb,
-                                                                           pg_admin, tmp_path):
-    """The safety backup starts with the verify; when the verify fails, the safety backup is
-    stopped (its pg_dump killed), not waited for, and leaves nothing behind."""
+def test_a_damaged_backup_is_refused_before_anything_is_dumped(project, pgdb, pg_admin,
+                                                              tmp_path):
+    """The safety backup comes after the swap: a backup that fails its verify never gets as
+    far as dumping anything (pg_dump is only asked its version)."""
     db = pgdb
     env = pg_env(db)
     ok(project.run("migrate", env=env))
@@ -392,31 +393,16 @@ def test_a_damaged_backup_stops_the_safety_backup_running_beside_the_verify(proj
     untouched = Untouched(project, db, pg_admin, env)
     files = {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
 
-    # A pg_dump that logs each call, and when asked to dump waits for a line on a FIFO that
-    # nobody ever writes: only a kill ends it.
-    go, calls = tmp_path / "go.fifo", tmp_path / "pg_dump-calls"
-    os.mkfifo(go)
+    calls = tmp_path / "pg_dump-calls"
     bin_dir = pg_bin_dir(tmp_path, f"exec '{shutil.which('pg_restore')}' \"$@\"\n")
     (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
 echo "$1" >> '{calls}'
-if [ "$1" != "--version" ]; then read -r _ < '{go}'; fi
 exec '{shutil.which("pg_dump")}' "$@"
 """)
-    try:
-        result = project.run("restore", "--yes", f"--backup={backup['id']}",
-                             env=pg_env(db, PG_BIN_DIR=str(bin_dir)), timeout=120)
-    finally:
-        try:  # release a pg_dump still parked (only if the feature is broken)
-            fd = os.open(go, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            assert exc.errno == errno.ENXIO  # nobody reads the FIFO: the wrapper was killed
-        else:
-            os.write(fd, b"go\n")
-            os.close(fd)
-            pytest.fail("the safety backup's pg_dump was still running after the restore ended")
+    result = project.run("restore", "--yes", f"--backup={backup['id']}",
+                         env=pg_env(db, PG_BIN_DIR=str(bin_dir)), timeout=120)
     failed(result, 4, backup["id"], "checksum")
-    # restore's own version check, then the safety backup's, which began beside the verify.
-    assert calls.read_text().splitlines()[:2] == ["--version", "--version"], calls.read_text()
+    assert set(calls.read_text().splitlines()) == {"--version"}, calls.read_text()
 
     untouched.check()
     assert {p.name for p in artifact.parent.iterdir()
@@ -871,3 +857,366 @@ def test_a_copy_at_another_revision_than_the_backups_is_never_swapped_in(project
     assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
     events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
     assert len(events) == 1 and events[0]["outcome"] == "failed", events
+
+
+# == 11. the application stays connected: --disconnect =========================================
+class AppSession(threading.Thread):
+    """The API, as the database sees it: one session (a role of its own choosing, application
+    name `mida-api-writer`) inserting a row every 100 ms, reconnecting whenever the connection
+    fails. Every insert the server acknowledged is recorded with the oid of the database that
+    served it, so the test can tell the old database's writes from the restored one's."""
+
+    def __init__(self, url, pace: float = 0.1):
+        super().__init__(daemon=True)
+        self.url = url
+        self.pace = pace
+        self.acked: list[tuple[int, int, float]] = []   # (n, database oid, monotonic time)
+        self.failures: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.served_by_other = threading.Event()
+        self.first_oid: int | None = None
+        self.enough = threading.Event()
+
+    def run(self) -> None:
+        import psycopg2
+
+        conn, n = None, 0
+        dsn = dict(host=self.url.host, port=self.url.port or 5432, user=self.url.username,
+                   password=self.url.password, dbname=self.url.database,
+                   application_name="mida-api-writer", connect_timeout=2)
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg2.connect(**dsn)
+                    conn.autocommit = True
+                n += 1
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO app_writes (n) VALUES (%s) RETURNING (SELECT oid "
+                                "FROM pg_database WHERE datname = current_database())", (n,))
+                    oid = cur.fetchone()[0]
+                self.acked.append((n, oid, time.monotonic()))
+                if self.first_oid is None:
+                    self.first_oid = oid
+                if len(self.acked) >= 5:
+                    self.enough.set()
+                if oid != self.first_oid:
+                    self.served_by_other.set()
+            except psycopg2.Error as exc:
+                self.failures.append((time.monotonic(), str(exc).strip().splitlines()[0]))
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+            self.stop.wait(self.pace)
+        if conn is not None:
+            conn.close()
+
+    def longest_gap(self) -> float:
+        times = [t for _, _, t in self.acked]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def with_app_table(project, db, env) -> dict:
+    """Migrate, add the `app_writes` table the application writes to (in the backup too, so
+    the restored database serves the application's writes), and take a backup."""
+    ok(project.run("migrate", env=env))
+    db.sql("CREATE TABLE app_writes (n integer PRIMARY KEY, at timestamptz DEFAULT now())")
+    insert_users(db, ("ada@example.org", None))
+    return take_backup(project, "pgtest", env)
+
+
+@pytest.mark.postgres
+def test_restore_with_disconnect_keeps_the_application_served_until_a_short_swap(
+        project, pgdb, pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    at_backup_users = pg_state(db)["users"]
+    insert_users(db, ("after-backup@example.org", None))
+    oid_before = db_properties(pg_admin, db.name)["oid"]
+
+    app = AppSession(db.url)
+    app.start()
+    try:
+        assert app.enough.wait(30), app.failures
+        result = ok(project.run("restore", "--yes", "--disconnect", f"--backup={backup['id']}",
+                                env=env))
+        # The same application session is served by the restored database afterwards.
+        assert app.served_by_other.wait(30), (app.failures, shown(result))
+        served_after = len(app.acked)
+        deadline = time.monotonic() + 30
+        while len(app.acked) < served_after + 3:
+            assert time.monotonic() < deadline, app.failures
+            time.sleep(0.05)
+    finally:
+        app.stop.set()
+        app.join(30)
+    assert not app.is_alive()
+
+    oid_after = db_properties(pg_admin, db.name)["oid"]
+    assert oid_after != oid_before
+    old = [n for n, oid, _ in app.acked if oid == oid_before]
+    new = [n for n, oid, _ in app.acked if oid == oid_after]
+    assert old and new and set(old) | set(new) == {n for n, _, _ in app.acked}
+    # The application kept working while the copy was built; its downtime was the swap's.
+    assert app.longest_gap() < 5.0, (app.longest_gap(), app.failures)
+    match = re.search(r"downtime ([0-9.]+) s", result.stdout)
+    assert match, shown(result)
+    assert float(match.group(1)) < 2.0, shown(result)
+    assert re.search(r"time to service ([0-9.]+) s", result.stdout), shown(result)
+
+    # The restored database holds the backup, plus what the application wrote after the swap.
+    assert pg_state(db)["users"] == at_backup_users
+    assert sorted(r[0] for r in db.sql("SELECT n FROM app_writes")) == sorted(new)
+    # Every write acknowledged by the old database is in it, kept under its dated name.
+    kept = derived_databases(pg_admin, db.name, "__pre_restore_")
+    assert len(kept) == 1, kept
+    kept_rows = {r[0] for r in sql_in(kept[0], "SELECT n FROM app_writes")}
+    assert set(old) <= kept_rows, sorted(set(old) - kept_rows)
+    assert derived_databases(pg_admin, db.name, "__restoring_") == []
+    # ...and in the safety backup, taken of that database after the swap: it counted exactly
+    # the rows the kept database holds, which include every acknowledged one.
+    safety = safety_id_from(result)
+    item = next(i for i in project.backups("pgtest", env=env) if i["id"] == safety)
+    assert item["reason"] == SAFETY_PREFIX + backup["id"] and item["verified"] is True
+    assert item["revision"] == HEAD
+    manifest = json.loads((project.root / "backups" / "pgtest" /
+                           f"{safety}.manifest.json").read_text())
+    assert manifest["row_counts"]["public.app_writes"] == len(kept_rows)
+    assert f"--backup={safety} --yes --disconnect" in result.stdout, shown(result)
+
+    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
+    assert len(events) == 1 and events[0]["outcome"] == "succeeded"
+    assert events[0]["downtime_seconds"] == float(match.group(1))
+    assert events[0]["time_to_service_seconds"] > 0
+    assert events[0]["disconnect"] is True
+    assert events[0]["safety_backup_id"] == safety
+
+
+@pytest.mark.postgres
+def test_restore_without_disconnect_refuses_at_once_naming_the_application(project, pgdb,
+                                                                          pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    store = project.root / "backups" / "pgtest"
+    manifest_before = (store / f"{backup['id']}.manifest.json").read_text()
+    untouched_files = {p.name for p in store.iterdir() if not p.name.endswith(".audit.json")}
+
+    app = AppSession(db.url)
+    app.start()
+    try:
+        assert app.enough.wait(30), app.failures
+        pid = admin_sql(pg_admin, "SELECT pid FROM pg_stat_activity WHERE datname = :d AND "
+                                  "application_name = 'mida-api-writer'", d=db.name)[0][0]
+        untouched = Untouched(project, db, pg_admin, env)
+        acked_before = len(app.acked)
+        line = failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
+                      "mida-api-writer", db.role, f"pid {pid}", "--disconnect")
+        untouched.check()
+    finally:
+        app.stop.set()
+        app.join(30)
+    assert "nothing was done" in line or "before any work" in line, line
+    # The application was never interrupted.
+    assert app.failures == [] and len(app.acked) > acked_before
+    # No work at all: the backup was not even verified again (its manifest is unchanged).
+    assert (store / f"{backup['id']}.manifest.json").read_text() == manifest_before
+    assert {p.name for p in store.iterdir() if not p.name.endswith(".audit.json")} == \
+        untouched_files
+
+
+@pytest.mark.postgres
+def test_restore_with_disconnect_by_a_role_that_may_not_end_the_sessions_is_told_the_grant(
+        project, pgdb, pg_admin):
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    other = f"mida_api_{secrets.token_hex(3)}"
+    admin_sql(pg_admin, f"CREATE ROLE \"{other}\" LOGIN PASSWORD 'api'")
+    db.sql(f'GRANT INSERT, SELECT ON app_writes TO "{other}"')
+    app = AppSession(db.url.set(username=other, password="api"))
+    app.start()
+    try:
+        assert app.enough.wait(30), app.failures
+        untouched = Untouched(project, db, pg_admin, env)
+        store = project.root / "backups" / "pgtest"
+        manifest_before = (store / f"{backup['id']}.manifest.json").read_text()
+        failed(project.run("restore", "--yes", "--disconnect", f"--backup={backup['id']}",
+                           env=env), 3, "pg_signal_backend", other, db.role)
+        untouched.check()
+        assert (store / f"{backup['id']}.manifest.json").read_text() == manifest_before
+        assert app.failures == []
+    finally:
+        app.stop.set()
+        app.join(30)
+        drop_derived(pg_admin, db.name)
+        admin_sql(pg_admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE usename = :r", r=other)
+        db.sql(f'REVOKE ALL ON app_writes FROM "{other}"')
+        admin_sql(pg_admin, f'DROP ROLE IF EXISTS "{other}"')
+
+
+@pytest.mark.postgres
+def test_a_safety_backup_failing_after_the_swap_leaves_the_restore_done_and_the_old_database_kept(
+        project, pgdb, pg_admin, tmp_path):
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    at_backup = pg_state(db)
+    insert_users(db, ("written-before-the-swap@example.org", None))
+    listed = ids(project.backups("pgtest", env=env))
+    # A pg_dump that fails for the previous database only (as a full store or a lost
+    # connection would): the restore itself dumps nothing else.
+    real = shutil.which("pg_dump")
+    bin_dir = pg_bin_dir(tmp_path, f"exec '{shutil.which('pg_restore')}' \"$@\"\n")
+    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
+case "$1 $PGDATABASE" in
+  --version*) ;;
+  *__pre_restore_*) echo "pg_dump: error: connection to server lost" >&2; exit 1 ;;
+esac
+exec '{real}' "$@"
+""")
+
+    result = project.run("restore", "--yes", f"--backup={backup['id']}",
+                         env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+
+    line = failed(result, 4, backup["id"], "was restored", "safety backup",
+                  "connection to server lost", "nothing was dropped")
+    # Restored all the same, and served: the backup's data under the live name.
+    assert pg_state(db) == at_backup
+    assert "Restored backup" in result.stdout, shown(result)
+    # The previous database is kept, with the write made before the swap, and named.
+    kept = derived_databases(pg_admin, db.name, "__pre_restore_")
+    assert len(kept) == 1 and kept[0] in line, (kept, line)
+    assert sql_in(kept[0], "SELECT count(*) FROM users WHERE email = "
+                           "'written-before-the-swap@example.org'") == [(1,)]
+    assert derived_databases(pg_admin, db.name, "__restoring_") == []
+    # No safety backup listed, no half-written file left in the store.
+    assert ids(project.backups("pgtest", env=env)) == listed
+    store = project.root / "backups" / "pgtest"
+    assert not [p for p in store.iterdir() if ".partial" in p.name]
+    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
+    assert len(events) == 1 and events[0]["outcome"] == "restored, safety backup failed"
+    assert events[0]["kept_database"] == kept[0]
+    assert "connection to server lost" in events[0]["safety_backup_error"]
+
+
+# == 12. nothing decompressed has a name on disk ===============================================
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", [("restore", "--yes"), ("verify", "--restore-test")])
+def test_the_extracted_archive_never_has_a_name_and_a_kill_leaves_nothing(
+        project, pgdb, pg_admin, tmp_path, command):
+    """The seekable copy pg_restore --jobs needs is a file without a name, handed over as
+    /proc/self/fd/N: while pg_restore reads it, TMPDIR holds no file at all, and a kill -9 there
+    leaves nothing behind; the next run works."""
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", "+44 20 7946 0000"), ("grace@example.org", None))
+    backup = take_backup(project, "pgtest", env)
+    at_backup = pg_state(db)
+    insert_users(db, ("later@example.org", None))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    store = project.root / "backups" / "pgtest"
+
+    started, go, args = tmp_path / "started.fifo", tmp_path / "go.fifo", tmp_path / "args"
+    os.mkfifo(started)
+    os.mkfifo(go)
+    bin_dir = pg_bin_dir(tmp_path, f"""
+for arg in "$@"; do
+  case "$arg" in
+    --dbname=*)
+      printf '%s\\n' "$*" > '{args}'
+      echo started > '{started}'
+      read -r _ < '{go}' ;;
+  esac
+done
+exec '{shutil.which("pg_restore")}' "$@"
+""")
+    run_env = {**pg_env(db, PG_BIN_DIR=str(bin_dir)), "TMPDIR": str(tmp)}
+
+    def run_until_pg_restore():
+        started_fd = os.open(started, os.O_RDWR)
+        run = project.start(*command, f"--backup={backup['id']}", env=run_env)
+        try:
+            while not select.select([started_fd], [], [], 1)[0]:
+                assert run.poll() is None, f"ended early:\n{run.communicate()}"
+            os.read(started_fd, 100)
+        finally:
+            os.close(started_fd)
+        return run
+
+    def files_on_disk() -> list[str]:
+        """Any file in TMPDIR, and any half-written one in the store."""
+        return sorted(str(p) for p in tmp.rglob("*") if not p.is_dir()) + \
+            sorted(str(p) for p in store.iterdir() if ".partial" in p.name)
+
+    # Killed while pg_restore holds the archive open.
+    run = run_until_pg_restore()
+    try:
+        assert files_on_disk() == []
+        handed = args.read_text()
+        assert re.search(r" /proc/self/fd/\d+$", handed.strip()), handed
+        assert f"--jobs={max(1, min(os.cpu_count() or 1, 8))}" in handed, handed
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        run.stdout.close()
+        run.stderr.close()
+    assert files_on_disk() == []
+    wait_until_no_sessions(pg_admin, db.name)
+
+    # The next run reads the archive through that path, in parallel, and succeeds.
+    run = run_until_pg_restore()
+    try:
+        assert files_on_disk() == []
+        fd = os.open(go, os.O_WRONLY)
+        os.write(fd, b"go\n")
+        os.close(fd)
+        out, err = run.communicate(timeout=240)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 0, (out, err)
+    assert files_on_disk() == []
+    if command[0] == "restore":
+        assert pg_state(db) == at_backup
+    else:
+        assert "2 tables" in out and "3 rows" in out, out
+        assert derived_databases(pg_admin, db.name) == []
+
+
+@pytest.mark.postgres
+def test_a_swap_killed_after_closing_the_database_is_opened_again_by_the_next_restore(
+        project, pgdb, pg_admin):
+    """kill -9 between closing the live database to connections and the rename's commit leaves
+    it closed (and its copy `__restoring_` beside it): the next restore opens it first, says
+    so, and restores."""
+    db = pgdb
+    env = pg_env(db)
+    backup = with_app_table(project, db, env)
+    at_backup = pg_state(db)
+    insert_users(db, ("later@example.org", None))
+    # The state such a kill leaves: the copy beside it, the live database closed.
+    stale = f"{db.name}__restoring_20260101000000000"
+    admin_sql(pg_admin, f'CREATE DATABASE "{stale}" OWNER "{db.role}"')
+    admin_sql(pg_admin, f'ALTER DATABASE "{db.name}" ALLOW_CONNECTIONS false')
+    failed(project.run("status", env=env), 2, "not currently accepting connections")
+
+    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+
+    assert "closed to new connections" in result.stderr, shown(result)
+    assert admin_sql(pg_admin, "SELECT datallowconn FROM pg_database WHERE datname = :d",
+                     d=db.name) == [(True,)]
+    assert pg_state(db) == at_backup
+    assert derived_databases(pg_admin, db.name, "__restoring_") == []
+    kept = derived_databases(pg_admin, db.name, "__pre_restore_")
+    assert len(kept) == 1
+    assert sql_in(kept[0], "SELECT count(*) FROM users WHERE email = 'later@example.org'") == \
+        [(1,)]

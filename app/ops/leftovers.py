@@ -5,17 +5,22 @@ decompressed copy of a backup (patient data) stays in $TMPDIR. Every such file o
 held under an flock for as long as its run works on it; the kernel drops the lock when the
 process dies, however it dies. The next run removes what nobody holds any more. An age floor
 closes the one gap: the instant between creating a file and locking it.
+
+Better still is a file that never has a name: `unnamed_file` (O_TMPFILE), which the kernel frees
+when the last process holding it ends, however it ends. Child processes are handed it as
+`/proc/self/fd/N`, a path that reopens the same file in the child (and in its forked workers).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 TEMP_PREFIX = "mida-"
 MIN_AGE_SECONDS = 60
@@ -72,3 +77,26 @@ def private_folder(purpose: str) -> Iterator[Path]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def unnamed_file(folder: Path) -> Iterator[BinaryIO]:
+    """A read-write 0600 file in `folder` without a name: nothing a run decrypts or decompresses
+    into it outlives the run, not even after kill -9. Give a child `child_path(file)` and
+    `pass_fds=(file.fileno(),)`."""
+    try:
+        fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError as exc:
+        # A file system without O_TMPFILE: a name for an instant, in a folder held by this run.
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            raise
+        fd, name = tempfile.mkstemp(dir=folder)
+        os.unlink(name)
+    with open(fd, "w+b") as file:
+        yield file
+
+
+def child_path(file) -> str:
+    """The path by which a child process given `file`'s descriptor (pass_fds) opens it."""
+    file.flush()
+    return f"/proc/self/fd/{file.fileno()}"

@@ -3,9 +3,11 @@ nothing at all.
 
 Order: choose the backup (default: the newest verified one that restore did not take itself as
 a safety backup, so two restores in a row never flip back and forth), confirm, lock, verify it,
-take a safety backup of the current database, restore, check the alembic revision, audit. On
-PostgreSQL the restore builds a new database and swaps names at the end, so the safety backup
-runs beside the verify and the restore; a restore that fails before the swap drops both.
+restore, check the alembic revision, audit. On PostgreSQL the restore builds a new database and
+swaps names at the end (app/ops/restore_postgres.py); a restore that fails before the swap drops
+the copy and has changed nothing. The safety backup is taken after the swap, of the previous
+database under its new name: it holds every write made until the swap, and is off the path to
+service. On SQLite it is taken just before the copy, under SQLite's locking.
 Never gated by the maintenance window: it is the incident tool.
 """
 from __future__ import annotations
@@ -14,22 +16,19 @@ import contextlib
 import os
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
 from app.ops import audit
-from app.ops.backups import (BackupManifest, check_scratch_room, delete_backup, find_backup,
-                             list_backups, take_backup, verify_backup)
-from app.ops.cancel import Cancellation
+from app.ops.backups import (BackupManifest, check_scratch_room, find_backup, list_backups,
+                             take_backup, verify_backup)
 from app.ops.database import connect, database_exists, server_version_num, stamped_revision
-from app.ops.errors import BackupFailed, ConfigError, GuardRefused
-from app.ops.leftovers import private_folder
+from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused, OpsError
+from app.ops.leftovers import child_path, private_folder, unnamed_file
 from app.ops.lock import database_lock
 from app.ops.report import Reporter
-from app.ops.storage import open_storage
 from app.settings import engine_kind
 
 SAFETY_REASON = "before restore of "
@@ -40,6 +39,7 @@ class RestorePlan:
     backup: BackupManifest
     database_name: str      # what the engineer types to confirm
     current: str | None     # the live database's revision now
+    closed: bool = False    # PostgreSQL: closed to connections (a swap killed halfway)
 
 
 @dataclass
@@ -49,6 +49,9 @@ class RestoreResult:
     revision: str | None
     seconds: float
     kept_database: str | None = None
+    safety_error: str | None = None  # the restore succeeded, its safety backup did not
+    downtime_seconds: float | None = None         # PostgreSQL: the swap, as clients see it
+    time_to_service_seconds: float | None = None  # from the start to the restored data served
 
 
 def is_safety_backup(manifest: BackupManifest) -> bool:
@@ -71,7 +74,22 @@ def plan_restore(settings, backup_id: str | None) -> RestorePlan:
                           f"restored over env '{settings.env}' ({engine})")
     url = settings.database_url
     name = Path(url.database).name if engine == "sqlite" else url.database
-    return RestorePlan(manifest, name, stamped_revision(settings.database_url))
+    try:
+        return RestorePlan(manifest, name, stamped_revision(url))
+    except DatabaseUnreachable:
+        # A restore killed during its swap leaves the live database closed to connections:
+        # its revision cannot be read until run_restore, under the lock, opens it again.
+        if engine == "sqlite" or not _closed(url):
+            raise
+        return RestorePlan(manifest, name, None, closed=True)
+
+
+def _closed(url) -> bool:
+    from app.ops.restore_postgres import DatabaseSwap
+    try:
+        return DatabaseSwap(url).is_closed()
+    except OpsError:
+        return False
 
 
 def confirm(plan: RestorePlan, *, yes: bool, ask: Callable[[str], str] | None) -> None:
@@ -87,20 +105,24 @@ def confirm(plan: RestorePlan, *, yes: bool, ask: Callable[[str], str] | None) -
 
 
 def run_restore(settings, plan: RestorePlan, *, now: datetime,
-                reporter: Reporter = Reporter()) -> RestoreResult:
+                reporter: Reporter = Reporter(), disconnect: bool = False) -> RestoreResult:
+    """`disconnect` (PostgreSQL): the application's sessions may stay connected while the copy
+    is built, and are ended at the swap; without it, one connected refuses the restore."""
     started = time.monotonic()
     outcome, result = "failed", None
     with database_lock(settings, action="restore", now=now):
         try:
-            restore_one = (_restore_sqlite if engine_kind(settings.database_url) == "sqlite"
-                           else _restore_postgres)
-            result = restore_one(settings, plan, now, reporter)
+            if engine_kind(settings.database_url) == "sqlite":
+                result = _restore_sqlite(settings, plan, now, reporter)
+            else:
+                result = _restore_postgres(settings, plan, now, reporter, disconnect, started)
             result.revision = stamped_revision(settings.database_url)
             if result.revision != plan.backup.revision:
                 raise BackupFailed(f"after the restore the database is at {result.revision}, "
                                    f"but backup {plan.backup.id} holds {plan.backup.revision}")
             result.seconds = round(time.monotonic() - started, 3)
-            outcome = "succeeded"
+            outcome = ("succeeded" if result.safety_error is None
+                       else "restored, safety backup failed")
             return result
         except KeyboardInterrupt:
             outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
@@ -110,13 +132,18 @@ def run_restore(settings, plan: RestorePlan, *, now: datetime,
                          from_revision=plan.current, to_revision=plan.backup.revision,
                          backup_id=plan.backup.id,
                          safety_backup_id=result.safety.id if result and result.safety else None,
-                         duration_seconds=round(time.monotonic() - started, 3))
+                         duration_seconds=round(time.monotonic() - started, 3),
+                         disconnect=disconnect,
+                         downtime_seconds=result.downtime_seconds if result else None,
+                         time_to_service_seconds=(result.time_to_service_seconds if result
+                                                  else None),
+                         kept_database=result.kept_database if result else None,
+                         safety_backup_error=result.safety_error if result else None)
 
 
-def _safety_backup(settings, plan: RestorePlan, now: datetime, version: int | None,
-                   cancel: Cancellation | None = None) -> BackupManifest:
+def _safety_backup(settings, plan: RestorePlan, now: datetime) -> BackupManifest:
     return take_backup(settings, reason=f"{SAFETY_REASON}{plan.backup.id}",
-                       revision=plan.current, now=now, server_version_num=version, cancel=cancel)
+                       revision=plan.current, now=now)
 
 
 def _restore_sqlite(settings, plan: RestorePlan, now: datetime, reporter: Reporter) -> RestoreResult:
@@ -128,7 +155,7 @@ def _restore_sqlite(settings, plan: RestorePlan, now: datetime, reporter: Report
         reporter.info(f"backup {plan.backup.id} verified")
         safety = None
         if database_exists(settings.database_url):
-            safety = _safety_backup(settings, plan, now, None)
+            safety = _safety_backup(settings, plan, now)
             reporter.info(f"safety backup {safety.id} taken")
         # The backup API writes through SQLite's own locking: readers see the old database or
         # the new one, never a mix, and WAL and journal files stay consistent.
@@ -144,8 +171,8 @@ def _restore_sqlite(settings, plan: RestorePlan, now: datetime, reporter: Report
     return RestoreResult(plan.backup, safety, None, 0.0)
 
 
-def _restore_postgres(settings, plan: RestorePlan, now: datetime,
-                      reporter: Reporter) -> RestoreResult:
+def _restore_postgres(settings, plan: RestorePlan, now: datetime, reporter: Reporter,
+                      disconnect: bool, started: float) -> RestoreResult:
     from sqlalchemy import text
 
     from app.ops.dumpers import dumper_for
@@ -154,69 +181,85 @@ def _restore_postgres(settings, plan: RestorePlan, now: datetime,
 
     url = settings.database_url
     swap = DatabaseSwap(url)
+    if swap.reopen():
+        # Under the lock, so no other restore is in its swap: a swap killed halfway closed it.
+        reporter.warn(f"{url.database} was closed to new connections (a restore killed during "
+                      "its swap); it accepts them again")
+        plan.current = stamped_revision(url)
     with connect(url) as conn:
         version = server_version_num(conn)
         user = conn.execute(text("SELECT current_user")).scalar()
     props = swap.properties()
-    swap.check_can_swap(user, props)
+    swap.check_can_swap(user, props, disconnect)
     dumper = dumper_for(settings)
     dumper.check_tools(version)
     for stale in swap.drop_stale():
         reporter.info(f"dropped {stale}, left behind by an interrupted restore")
-    # Before the safety backup starts beside it: an extract that cannot fit is refused at once.
+    # An extract that cannot fit is refused before any work.
     check_scratch_room(settings, plan.backup, extract=True, archive_check=False)
     stamp = database_stamp(now)  # to the millisecond: two restores in one second get two names
     new, kept = derived_name(url.database, RESTORING, stamp), derived_name(url.database, KEPT, stamp)
-    with private_folder("pg-restore") as folder:
-        archive = Path(folder) / "restore.pgdump"
-        # The live database is only read until the swap, so its safety backup runs from the
-        # start, beside the verify and the restore: on two cores that saves a few seconds.
-        cancel = Cancellation()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            safety_job = pool.submit(_safety_backup, settings, plan, now, version, cancel)
-            try:
-                # One pass: checksum and zstd frame while writing the seekable copy that a
-                # parallel pg_restore needs. That pg_restore then reads every block into the
-                # new database before anything is swapped: a second reader would only add time.
-                with open(os.open(archive, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as extracted:
-                    verify_backup(settings, plan.backup, now=now, extract_to=extracted,
-                                  archive_check=False)
-                reporter.info(f"backup {plan.backup.id} verified; restoring into {new} while "
-                              "the safety backup runs")
-                swap.create_like(new, props)
-                dumper.restore(str(archive), new, jobs=restore_jobs())
-                _check_copy(url.set(database=new), plan.backup)
-                swap.copy_properties(new, props)
-                safety = safety_job.result()
-                reporter.info(f"safety backup {safety.id} taken")
-            except BaseException:
-                _undo_before_swap(settings, swap, new, safety_job, cancel)
-                raise
+    # The seekable copy a parallel pg_restore needs has no name: a killed run leaves no
+    # decrypted, decompressed data on disk.
+    with private_folder("pg-restore") as folder, unnamed_file(folder) as archive:
+        try:
+            # One pass: checksum and zstd frame while writing the seekable copy that a
+            # parallel pg_restore needs. That pg_restore then reads every block into the
+            # new database before anything is swapped: a second reader would only add time.
+            verify_backup(settings, plan.backup, now=now, extract_to=archive,
+                          archive_check=False)
+            reporter.info(f"backup {plan.backup.id} verified; restoring into {new}")
+            swap.create_like(new, props)
+            dumper.restore(child_path(archive), new, jobs=restore_jobs(),
+                           pass_fds=(archive.fileno(),))
+            _check_copy(url.set(database=new), plan.backup)
+            swap.copy_properties(new, props)
+        except BaseException:
+            # Before the swap nothing has changed: the copy being built is dropped (else the
+            # next restore drops it).
+            with contextlib.suppress(Exception):
+                swap.drop(new)
+            raise
     try:
-        swap.swap(new, kept)
+        downtime = swap.swap(new, kept, end_sessions=disconnect)
+        in_service = time.monotonic() - started
     except BaseException:
-        # The rename may have committed before the failure reached us: the safety backup is
-        # kept whatever happened, and the copy is dropped only if it still is one.
+        # The rename may have committed before the failure reached us: the copy is dropped
+        # only if it still is one.
         with contextlib.suppress(Exception):
             swap.drop(new)
         raise
-    return RestoreResult(plan.backup, safety, None, 0.0, kept_database=kept)
+    result = RestoreResult(plan.backup, None, None, 0.0, kept_database=kept,
+                           downtime_seconds=round(downtime, 3),
+                           time_to_service_seconds=round(in_service, 3))
+    reporter.info(f"backup {plan.backup.id} is in service; the previous database is {kept}: "
+                  "taking its safety backup")
+    result.safety, result.safety_error = _safety_backup_of(
+        settings, plan, url.set(database=kept), now + timedelta(seconds=in_service), version)
+    return result
 
 
-def _undo_before_swap(settings, swap, new: str, safety_job, cancel: Cancellation) -> None:
-    """A restore that stops before the swap changes nothing: the copy being built is dropped,
-    and so is the safety backup (stopped if still running), since the live database it holds
-    is still there, untouched. Best effort: the original failure is the one to report."""
-    cancel.cancel()
+def _safety_backup_of(settings, plan: RestorePlan, kept_url, at: datetime,
+                      version: int) -> tuple[BackupManifest | None, str | None]:
+    """After the swap: the previous database, renamed, holds every write made until the swap,
+    and nobody writes to it any more. Its backup is taken, read back and listed like any other;
+    a failure here does not undo the restore (which has succeeded): it is reported, and the
+    previous database is kept."""
+    from app.ops.scratch import with_database
+
     try:
-        safety = safety_job.result()
-    except BaseException:
-        safety = None  # stopped, or failed: take_backup removed what it had stored
-    if safety is not None:
-        with contextlib.suppress(Exception):
-            delete_backup(open_storage(settings), safety)
-    with contextlib.suppress(Exception):  # else the next restore drops the stale copy
-        swap.drop(new)
+        return take_backup(with_database(settings, kept_url),
+                           reason=f"{SAFETY_REASON}{plan.backup.id}",
+                           revision=stamped_revision(kept_url), now=at,
+                           server_version_num=version), None
+    except OpsError as exc:
+        why = str(exc)
+    except KeyboardInterrupt:
+        why = "it was stopped"
+    return None, (f"backup {plan.backup.id} was restored and is in service, but the safety "
+                  f"backup of the previous database failed ({why}): that database is kept as "
+                  f"{kept_url.database} and nothing was dropped; keep it until it is backed up "
+                  f"(`invoke backup` cannot reach it: `pg_dump -Fc -d {kept_url.database}`)")
 
 
 def restore_jobs() -> int:

@@ -2,12 +2,16 @@
 then swap names in one transaction.
 
 Until the swap the live database is never touched, so a restore that fails or is killed leaves
-it exactly as it was (a killed run leaves a `__restoring_` database, which the next restore drops).
-The swap is two renames in one transaction: the old database stays under a dated name until the
-engineer drops it. The new database gets the old one's encoding, locale, grants, settings,
-comment and connection limit, so its own properties survive; a setting the role may not set
-again refuses the restore before any work. Everything here works for a role that owns its
-database and may create databases; no superuser needed.
+it exactly as it was (a killed run leaves a `__restoring_` database, which the next restore
+drops). The swap is two renames in one transaction: the old database stays under a dated name
+until the engineer drops it. Until the swap the application may keep using the live database
+(`--disconnect`): the swap closes it to new connections, ends its other sessions, renames, and
+lets connections in again, so the application's downtime is that of the swap alone. Without
+`--disconnect`, another session refuses the restore before any work. The new database gets the
+old one's encoding, locale, grants, settings, comment and connection limit, so its own
+properties survive; a setting the role may not set again refuses the restore before any work.
+Everything here works for a role that owns its database and may create databases; no superuser
+needed.
 
 Why not `pg_restore --clean` into the live database: a table added by a later migration survives
 it, a foreign key from such a table makes the restore fail halfway, and it cannot run in parallel.
@@ -15,6 +19,7 @@ it, a foreign key from such a table makes the restore fail halfway, and it canno
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -99,7 +104,8 @@ class DatabaseSwap:
             {"oid": r[0]}, fetch=True) for item in config]
         return DatabaseProperties(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], settings)
 
-    def check_can_swap(self, current_user: str, props: DatabaseProperties) -> None:
+    def check_can_swap(self, current_user: str, props: DatabaseProperties,
+                       disconnect: bool = False) -> None:
         if props.owner != current_user:
             raise GuardRefused(f"restore must run as the owner of database {self.database} "
                                f"({props.owner}), not as {current_user}")
@@ -110,11 +116,27 @@ class DatabaseSwap:
                                f"{self.database}, and {current_user} may not create databases: "
                                f"ALTER ROLE {quote(current_user)} CREATEDB, then run it again")
         self.check_can_copy_settings(current_user, props)
-        others = self.other_sessions(self.database)
-        if others:
-            raise GuardRefused(f"{len(others)} other session(s) are connected to "
-                               f"{self.database} ({', '.join(sorted(set(others)))}): stop the "
-                               "API and other clients, then run restore again")
+        self.check_sessions(current_user, disconnect)
+
+    def check_sessions(self, current_user: str, disconnect: bool) -> None:
+        """Without `disconnect`, another session refuses the restore now, not after minutes of
+        work. With it, every session there now must be one this role may end at the swap."""
+        sessions = self._sessions(self.database)
+        if sessions and not disconnect:
+            raise GuardRefused(
+                f"{len(sessions)} other session(s) are connected to {self.database} "
+                f"({'; '.join(s[0] for s in sessions)}): stop them, or run restore with "
+                "--disconnect to keep them served while the copy is built and end them only "
+                "at the swap; nothing was done")
+        barred = [(text_, role) for text_, role, may_end in sessions if not may_end]
+        if barred:
+            roles = sorted({role for _, role in barred})
+            raise GuardRefused(
+                f"restore --disconnect ends the other sessions of {self.database} at the swap, "
+                f"and {current_user} may not end {len(barred)} of them "
+                f"({'; '.join(t for t, _ in barred)}): a role may end only its own roles' "
+                f"sessions; as a superuser, GRANT pg_signal_backend TO {quote(current_user)} "
+                f"(or run restore as {', '.join(roles)}), then run it again; nothing was done")
 
     def check_can_copy_settings(self, current_user: str, props: DatabaseProperties) -> None:
         """Refuse before any work if the restored copy could not get the live database's
@@ -151,11 +173,23 @@ class DatabaseSwap:
             f"again and set them again afterwards ({sets})")
 
     def other_sessions(self, database: str) -> list[str]:
-        rows = self._run("SELECT usename || '@' || coalesce(host(client_addr), 'local') || ' ' || "
-                         "coalesce(application_name, '') FROM pg_stat_activity "
-                         "WHERE datname = :d AND pid <> pg_backend_pid()", {"d": database},
-                         fetch=True)
-        return [r[0].strip() for r in rows]
+        return [described for described, _, _ in self._sessions(database)]
+
+    def _sessions(self, database: str) -> list[tuple[str, str, bool]]:
+        """(description, role, may this role end it) of each other session of `database`.
+        The server's own rule for pg_terminate_backend: a superuser's session only by a
+        superuser, any other by a role with its privileges or with pg_signal_backend's."""
+        rows = self._run(
+            "SELECT a.pid, coalesce(a.usename, '?'), coalesce(host(a.client_addr), 'local'), "
+            "coalesce(a.application_name, ''), "
+            "CASE WHEN r.rolsuper "
+            "THEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+            "ELSE pg_has_role(a.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE') "
+            "END FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid "
+            "WHERE a.datname = :d AND a.pid <> pg_backend_pid() ORDER BY a.pid",
+            {"d": database}, fetch=True)
+        return [(f"pid {pid} {user}@{client} '{app}'", user, bool(may_end))
+                for pid, user, client, app, may_end in rows]
 
     def drop_stale(self, marker: str = RESTORING) -> list[str]:
         """Drop copies a killed restore (or rehearsal) left behind: `DB<marker>STAMP`, STAMP of
@@ -196,13 +230,52 @@ class DatabaseSwap:
             except BackupFailed as exc:
                 raise BackupFailed(f"{exc}, running: {statement}") from None
 
-    def swap(self, new: str, kept: str) -> None:
-        others = self.other_sessions(self.database)
-        if others:
-            raise BackupFailed(f"clients connected to {self.database} during the restore "
-                               f"({', '.join(sorted(set(others)))}); nothing was swapped")
-        self._run([f"ALTER DATABASE {quote(self.database)} RENAME TO {quote(kept)}",
-                   f"ALTER DATABASE {quote(new)} RENAME TO {quote(self.database)}"])
+    def swap(self, new: str, kept: str, *, end_sessions: bool = False) -> float:
+        """Rename the live database to `kept` and `new` to the live name, in one transaction;
+        return the downtime in seconds: from closing the live database to new connections to
+        the rename's commit. New connections are refused from the first step, so no session can
+        slip in between the check (or the ending of sessions) and the rename. With
+        `end_sessions`, the live database's other sessions are ended; without, one found there
+        stops the swap. Either way a swap that fails lets connections in again."""
+        live = quote(self.database)
+        started = time.monotonic()
+        self._run(f"ALTER DATABASE {live} ALLOW_CONNECTIONS false")
+        try:
+            if not end_sessions:
+                others = self.other_sessions(self.database)
+                if others:
+                    raise BackupFailed(f"clients connected to {self.database} during the "
+                                       f"restore ({'; '.join(others)}); nothing was swapped: "
+                                       "stop them, or run restore with --disconnect")
+            # pg_terminate_backend waits (up to 5 s) for each session to end, and the rename
+            # itself waits a few seconds more for one still on its way out.
+            self._run(["SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                       f"WHERE datname = {_literal(self.database)} AND pid <> pg_backend_pid()",
+                       f"ALTER DATABASE {live} RENAME TO {quote(kept)}",
+                       f"ALTER DATABASE {quote(new)} RENAME TO {live}",
+                       f"ALTER DATABASE {quote(kept)} ALLOW_CONNECTIONS true"])
+            return time.monotonic() - started
+        except BaseException:
+            # Connections come back to whichever database now has the live name.
+            try:
+                self._run(f"ALTER DATABASE {live} ALLOW_CONNECTIONS true")
+            except Exception:
+                pass
+            raise
+
+    def is_closed(self) -> bool:
+        closed = self._run("SELECT NOT datallowconn FROM pg_database WHERE datname = :d",
+                           {"d": self.database}, fetch=True)
+        return bool(closed and closed[0][0])
+
+    def reopen(self) -> bool:
+        """Let connections into the live database again if a swap killed halfway (kill -9)
+        left it closed; True if it had to. The restore replaces the database with one open
+        to connections anyway."""
+        if not self.is_closed():
+            return False
+        self._run(f"ALTER DATABASE {quote(self.database)} ALLOW_CONNECTIONS true")
+        return True
 
     def drop(self, name: str) -> None:
         self._run(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")

@@ -1,7 +1,7 @@
 """Scratch copies of a backup, for rehearsals and restore tests: built, used, always dropped.
 
 PostgreSQL: a new database on the same server (`DB__scratch_STAMP`), restored in parallel from
-the verified archive. SQLite: a file in a private temporary folder. The copy is dropped whatever
+the verified archive, a file without a name (app/ops/leftovers.py). SQLite: a file in a private temporary folder. The copy is dropped whatever
 happens inside the block; one left behind by a killed run is dropped by the next.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Iterator
 
 from app.ops.backups import BackupManifest, verify_backup
 from app.ops.database import connect, postgres_row_counts, server_version_num
-from app.ops.leftovers import private_folder
+from app.ops.leftovers import child_path, private_folder, unnamed_file
 from app.settings import engine_kind
 
 SCRATCH = "__scratch_"
@@ -32,18 +32,22 @@ def with_database(settings, url):
 def scratch_copy(settings, backup: BackupManifest, *, now: datetime) -> Iterator[object]:
     """Yields settings whose database is a fresh, verified restore of `backup`."""
     with private_folder("scratch") as folder:
-        archive = Path(folder) / "archive"
-        with open(os.open(archive, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as extracted:
-            verify_backup(settings, backup, now=now, extract_to=extracted)
         if engine_kind(settings.database_url) == "sqlite":
+            # SQLite opens files by name (and resolves /proc/self/fd links): this copy lives
+            # in the run's held folder, which the next run sweeps if this one is killed.
+            archive = Path(folder) / "archive"
+            with open(os.open(archive, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as extracted:
+                verify_backup(settings, backup, now=now, extract_to=extracted)
             yield with_database(settings, settings.database_url.set(database=str(archive)))
             return
-        with _postgres_scratch(settings, archive, now) as scratch_url:
-            yield with_database(settings, scratch_url)
+        with unnamed_file(folder) as archive:  # no name: a killed run leaves nothing
+            verify_backup(settings, backup, now=now, extract_to=archive)
+            with _postgres_scratch(settings, archive, now) as scratch_url:
+                yield with_database(settings, scratch_url)
 
 
 @contextlib.contextmanager
-def _postgres_scratch(settings, archive: Path, now: datetime):
+def _postgres_scratch(settings, archive, now: datetime):
     from app.ops.dumpers import dumper_for
     from app.ops.restore import restore_jobs
     from app.ops.restore_postgres import DatabaseSwap, database_stamp, derived_name
@@ -58,7 +62,8 @@ def _postgres_scratch(settings, archive: Path, now: datetime):
         dumper.check_tools(server_version_num(conn))
     server.create_like(name, props)
     try:
-        dumper.restore(str(archive), name, jobs=restore_jobs())
+        dumper.restore(child_path(archive), name, jobs=restore_jobs(),
+                       pass_fds=(archive.fileno(),))
         yield url.set(database=name)
     finally:
         server.drop(name)

@@ -129,7 +129,7 @@ class PostgresDumper:
                 status = proc.wait()
                 if status != 0:
                     raise BackupFailed(f"pg_dump failed (exit status {status}): "
-                                       f"{_last_line(errors)}; nothing was changed")
+                                       f"{_reason(errors)}; nothing was changed")
             self.row_counts = counter.result()
 
     def read_back(self, feed: Callable[[object], None]) -> None:
@@ -151,12 +151,15 @@ class PostgresDumper:
             status = proc.wait()
             if status != 0:
                 raise BackupFailed(f"the archive does not read back whole: pg_restore: "
-                                   f"{_last_line(errors)}")
+                                   f"{_reason(errors)}")
 
 
-    def restore(self, archive_path: str, database: str, jobs: int = 1) -> None:
+    def restore(self, archive_path: str, database: str, jobs: int = 1,
+                pass_fds: tuple[int, ...] = ()) -> None:
         """pg_restore a seekable custom-format archive into the (empty) `database`, in `jobs`
-        parallel workers, stopping at the first error."""
+        parallel workers, stopping at the first error. `pass_fds`: descriptors pg_restore
+        inherits, for an archive without a name given as `/proc/self/fd/N` (each worker
+        reopens the archive by that path, and finds the same file)."""
         argv = [self.tool("pg_restore"), "--exit-on-error", f"--jobs={max(1, jobs)}",
                 f"--dbname={database}", archive_path]
         env = self.environment()
@@ -164,7 +167,8 @@ class PostgresDumper:
         # Settings a database owner may set for its own sessions; they speed up index builds.
         env["PGOPTIONS"] += " -c maintenance_work_mem=256MB -c synchronous_commit=off"
         with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=errors, env=env)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=errors, env=env,
+                                    pass_fds=pass_fds)
             try:
                 status = proc.wait()
             except BaseException:
@@ -173,7 +177,7 @@ class PostgresDumper:
                 raise
             if status != 0:
                 raise BackupFailed(f"pg_restore into {database} failed (exit status {status}): "
-                                   f"{_last_line(errors)}")
+                                   f"{_reason(errors)}")
 
 
 @contextlib.contextmanager
@@ -204,7 +208,11 @@ class RowCounter(threading.Thread):
         from app.ops.database import postgres_row_counts
 
         try:
-            self.counts = postgres_row_counts(self.conn)
+            # In a savepoint: a count the server refuses (a table the role may not read) must
+            # not abort the snapshot's transaction under pg_dump, which then fails on that
+            # table itself and says why, instead of on a snapshot that vanished.
+            with self.conn.begin_nested():
+                self.counts = postgres_row_counts(self.conn)
         except Exception as exc:  # reported by result(), in the caller's thread
             self.error = exc
 
@@ -214,8 +222,25 @@ class RowCounter(threading.Thread):
         return self.counts
 
 
-def _last_line(stream) -> str:
+def _reason(stream) -> str:
+    """What a failed pg_dump or pg_restore said: its first `error:` line and the `detail:`,
+    `hint:` or `Query was:` lines after it (PostgreSQL 15's tools end with the detail, so the
+    last line alone would drop the reason), else its last line."""
     stream.seek(0)
-    lines = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()
-             if line.strip()]
-    return lines[-1] if lines else "no message"
+    lines = [" ".join(line.split()) for line in
+             stream.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    first = next((i for i, line in enumerate(lines) if ERROR_LINE.search(line)), None)
+    if first is None:
+        return lines[-1]
+    shown = [lines[first]]
+    for line in lines[first + 1:]:
+        if not FOLLOW_LINE.search(line):
+            break
+        shown.append(line)
+    return " -- ".join(shown)
+
+
+ERROR_LINE = re.compile(r"^(pg_\w+: )?(error|fatal):", re.IGNORECASE)
+FOLLOW_LINE = re.compile(r"^(pg_\w+: )?(detail|hint|query was|command was):", re.IGNORECASE)
