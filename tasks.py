@@ -145,11 +145,21 @@ def _report_run(console, result):
         where = result.before or "base"
         verb = "migrate" if result.action == "migrate" else "roll back"
         return console.say(f"Nothing to {verb}: the database is at {where}. No backup taken.")
-    if result.backup:
+    if result.backup and result.backup.is_restore_point:
+        console.say(_restore_point_line(result.backup))
+    elif result.backup:
         console.say(f"Backup {result.backup.id} ({human_size(result.backup.size)}, verified) "
                     f"at {result.backup.location}")
     console.say(f"{result.action.capitalize()} done: {result.before or 'base'} -> "
                 f"{result.after or 'base'}")
+
+
+def _restore_point_line(manifest):
+    rp = manifest.pgbackrest
+    return (f"Backup {manifest.id}: restore point {rp['restore_point']} at LSN {rp['lsn']} "
+            f"(timeline {rp['timeline']}), WAL segment {rp['segment']} archived, resting on "
+            f"pgBackRest backup {rp['backup_label']} of stanza {rp['stanza']}; revision "
+            f"{manifest.revision or 'base'}, taken in {manifest.duration_seconds:.2f} s")
 
 
 @task(help={"label": "a note stored in the backup's manifest"})
@@ -161,6 +171,8 @@ def backup(c, env=None, label=None):
     console = _console()
     settings = _settings(env)
     manifest = backup_on_demand(settings, now=_now(), label=label, reporter=console)
+    if manifest.is_restore_point:
+        return console.say(_restore_point_line(manifest))
     console.say(f"Backup {manifest.id}: {human_size(manifest.size)} "
                 f"(from {human_size(manifest.raw_size)}), revision {manifest.revision or 'base'}, "
                 f"sha256 {manifest.sha256}, verified, at {manifest.location}")

@@ -6,8 +6,14 @@ output, the manifests in the store and the database's schema and rows afterwards
 from __future__ import annotations
 
 import json
+import secrets
+import time
+from dataclasses import dataclass
 
 import pytest
+
+from conftest import AWKWARD_PASSWORD, Project
+from helpers import failed, ok, shown
 
 
 def test_the_throwaway_cluster_archives_and_has_a_full_backup(archiving_cluster):
@@ -24,3 +30,132 @@ def test_the_throwaway_cluster_archives_and_has_a_full_backup(archiving_cluster)
     assert archived >= segment
     assert cluster.psql("SHOW fsync") == "off"
     assert cluster.data.stat().st_uid != 0 and cluster.repo.stat().st_uid != 0
+
+
+@dataclass
+class ClusterDatabase:
+    """A database in the throwaway cluster owned by its own non-superuser role, as the
+    application's owner role would be, with the grants the README asks a DBA for."""
+    cluster: object
+    name: str
+    role: str
+
+    def sql(self, statement: str) -> str:
+        return self.cluster.psql(statement, database=self.name)
+
+    def env(self, **extra: str) -> dict:
+        return {"APP_ENV": "pgtest", "POSTGRES_SERVER": "127.0.0.1",
+                "POSTGRES_PORT": str(self.cluster.port), "POSTGRES_USER": self.role,
+                "POSTGRES_PASSWORD": AWKWARD_PASSWORD, "POSTGRES_DB": self.name,
+                **self.cluster.settings, **extra}
+
+    def revision(self) -> str:
+        return self.sql("SELECT version_num FROM alembic_version") if "alembic_version" in \
+            self.tables() else ""
+
+    def tables(self) -> list[str]:
+        return self.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                        "ORDER BY 1").split()
+
+    def schema(self) -> str:
+        return self.sql("SELECT string_agg(table_name || '.' || column_name || ':' || data_type, "
+                        "',' ORDER BY table_name, column_name) FROM information_schema.columns "
+                        "WHERE table_schema = 'public'")
+
+
+@pytest.fixture
+def cluster_db(archiving_cluster):
+    cluster = archiving_cluster
+    suffix = secrets.token_hex(4)
+    role, name = f"mida_owner_{suffix}", f"mida_test_{suffix}"
+    password = AWKWARD_PASSWORD.replace("'", "''")
+    cluster.psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    cluster.psql(f"CREATE DATABASE {name} OWNER {role}")
+    # Function privileges live in each database's catalog: granted in the app's database.
+    cluster.psql(f"GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() "
+                 f"TO {role}", database=name)
+    yield ClusterDatabase(cluster, name, role)
+    if cluster.psql("SELECT pg_is_in_recovery()") == "f":
+        cluster.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cluster.psql(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+
+
+def wait_archived(cluster) -> None:
+    """Switch WAL and poll the archiver until it has the segment (the archiver's own record)."""
+    segment = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    for _ in range(600):
+        if cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= segment:
+            return
+    raise AssertionError(f"segment {segment} was never archived")
+
+
+def stored_files(project: Project) -> set[str]:
+    folder = project.root / "backups" / "pgtest"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def test_migrate_takes_a_restore_point_whose_wal_is_archived_and_no_dump(project, cluster_db):
+    cluster = cluster_db.cluster
+    started = time.monotonic()
+    result = ok(project.run("migrate", env=cluster_db.env()))
+    migrate_seconds = time.monotonic() - started
+    assert "restore point before-migrate-" in result.stdout, shown(result)
+    assert cluster_db.revision() == "f8ff2ab1fdfa"
+    [item] = project.backups("pgtest", env=cluster_db.env())
+    rp = item["pgbackrest"]
+    assert item["method"] == "pgbackrest" and item["verified"] and item["revision"] is None
+    assert item["reason"] == "before migrate base -> f8ff2ab1fdfa"
+    assert rp["restore_point"] == f"before-migrate-{item['id']}"
+    # The restore point's segment is in the repository's archive, and the backup it rests on
+    # is the fixture's full backup, on the same timeline.
+    info = json.loads(cluster.pgbackrest("info", "--output=json").stdout)[0]
+    assert rp["backup_label"] in [b["label"] for b in info["backup"]]
+    assert rp["timeline"] == int(rp["segment"][:8], 16)
+    archived = [p.name for p in cluster.repo.glob(f"archive/mida/*/*/{rp['segment']}-*")]
+    assert archived, f"{rp['segment']} is not in the repository"
+    assert cluster.psql(f"SELECT '{rp['lsn']}'::pg_lsn <= pg_current_wal_lsn()") == "t"
+    # No dump: the store holds the manifest and the audit record only.
+    files = stored_files(project)
+    assert {f for f in files if not f.endswith((".manifest.json", ".audit.json", ".lock"))} == set()
+    assert sum(f.endswith(".manifest.json") for f in files) == 1
+    assert item["duration_seconds"] < 2.0, item
+    print(f"migrate with a restore point: {migrate_seconds:.2f} s, restore point "
+          f"{item['duration_seconds']:.3f} s (archive wait {rp['archive_wait_seconds']:.3f} s)")
+
+
+def test_backup_on_demand_then_verify_finds_it(project, cluster_db):
+    ok(project.run("migrate", env=cluster_db.env()))
+    result = ok(project.run("backup", env=cluster_db.env()))
+    assert "restore point on-demand-" in result.stdout, shown(result)
+    newest = project.backups("pgtest", env=cluster_db.env())[0]
+    assert newest["reason"] == "on demand" and newest["revision"] == "f8ff2ab1fdfa"
+    verified = ok(project.run("verify", f"--backup={newest['id']}", env=cluster_db.env()))
+    assert newest["id"] in verified.stdout
+
+
+def test_archiving_broken_refuses_migrate_with_exit_4_and_changes_nothing(project, cluster_db):
+    cluster = cluster_db.cluster
+    cluster.psql("ALTER SYSTEM SET archive_command = 'false'")
+    cluster.psql("SELECT pg_reload_conf()")
+    try:
+        started = time.monotonic()
+        result = project.run("migrate", env=cluster_db.env())
+        seconds = time.monotonic() - started
+        failed(result, 4, "could not be archived", "nothing was changed")
+        assert seconds < 30, seconds
+    finally:
+        cluster.psql("ALTER SYSTEM RESET archive_command")
+        cluster.psql("SELECT pg_reload_conf()")
+        wait_archived(cluster)
+    assert cluster_db.tables() == [] and cluster_db.revision() == ""
+    assert project.backups("pgtest", env=cluster_db.env()) == []
+    # With archiving back, the next migrate goes through.
+    ok(project.run("migrate", env=cluster_db.env()))
+    assert cluster_db.revision() == "f8ff2ab1fdfa"
+
+
+def test_no_backup_on_the_current_timeline_or_no_stanza_is_refused(project, cluster_db):
+    failed(project.run("migrate", env=cluster_db.env(PGBACKREST_STANZA="nosuch")), 4, "nosuch")
+    assert cluster_db.tables() == []
+    failed(project.run("migrate", env=cluster_db.env(PGBACKREST_STANZA="")), 2,
+           "PGBACKREST_STANZA")

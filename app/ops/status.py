@@ -20,6 +20,7 @@ def backup_item(manifest: BackupManifest) -> dict:
         "artifact": manifest.artifact_state,
         "reason": manifest.reason, "label": manifest.label,
         "duration_seconds": manifest.duration_seconds,
+        "method": manifest.method, "pgbackrest": manifest.pgbackrest,
     }
 
 
