@@ -274,8 +274,10 @@ def stamp(c, rev, env=None, break_glass=None):
 
 
 @task(help={"backup": "the backup's id (default: the newest verified, not a safety backup)",
-            "yes": "do not ask for confirmation (needed without a terminal)"})
-def restore(c, env=None, backup=None, yes=False):
+            "yes": "do not ask for confirmation (needed without a terminal)",
+            "whole_cluster": "restoring a pgBackRest restore point rewinds every database of the "
+                             "cluster: allow it when the cluster holds other databases"})
+def restore(c, env=None, backup=None, yes=False, whole_cluster=False):
     """Restore a backup over the database (after verifying it and a safety backup)."""
     from app.console import human_age, human_size
     from app.ops import restore as restoring
@@ -287,15 +289,21 @@ def restore(c, env=None, backup=None, yes=False):
     b = plan.backup
     console.fields("Restore", [
         ("backup", f"{b.id}, taken {human_age(b.created_at, now)} ({b.created_at})"),
-        ("revision", b.revision or "base"), ("size", human_size(b.size)), ("reason", b.reason),
+        ("revision", b.revision or "base"),
+        ("restore point", f"{b.pgbackrest['restore_point']} at LSN {b.pgbackrest['lsn']}, a "
+                          "point-in-time recovery of the whole cluster") if b.is_restore_point
+        else ("size", human_size(b.size)), ("reason", b.reason),
         ("replaces", f"{settings.masked_database_url}, now at {plan.current or 'base'}")])
     restoring.confirm(plan, yes=yes, ask=_terminal_prompt())
-    result = restoring.run_restore(settings, plan, now=now, reporter=console)
+    result = restoring.run_restore(settings, plan, now=now, reporter=console,
+                                   whole_cluster=whole_cluster)
     console.say(f"Restored backup {b.id} in {result.seconds:.1f} s: the database is at "
                 f"{result.revision or 'base'}.")
     if result.safety:
         console.say(f"Safety backup {result.safety.id} holds what was there before; undo with: "
                     f"invoke restore --env={settings.env} --backup={result.safety.id} --yes")
+    for note in result.notes:
+        console.say(note[0].upper() + note[1:])
     if result.kept_database:
         console.say(f"The previous database is kept as {result.kept_database}: drop it with "
                     f"`dropdb {result.kept_database}` once you are satisfied.")

@@ -159,3 +159,101 @@ def test_no_backup_on_the_current_timeline_or_no_stanza_is_refused(project, clus
     assert cluster_db.tables() == []
     failed(project.run("migrate", env=cluster_db.env(PGBACKREST_STANZA="")), 2,
            "PGBACKREST_STANZA")
+
+
+BAD_REVISION = '''"""a bad release: deletes rows and adds a column
+
+Revision ID: 0badc0ffee01
+Revises: f8ff2ab1fdfa
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "0badc0ffee01"
+down_revision = "f8ff2ab1fdfa"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.execute("DELETE FROM users WHERE id > 1")
+    op.execute("UPDATE users SET email = 'clobbered@example.org'")
+    op.add_column("users", sa.Column("junk", sa.Integer()))
+    op.create_table("leftover", sa.Column("id", sa.Integer(), primary_key=True))
+
+
+def downgrade():
+    op.drop_table("leftover")
+    op.drop_column("users", "junk")
+'''
+
+
+def users(db: ClusterDatabase) -> str:
+    return db.sql("SELECT string_agg(format('%s|%s|%s', id, email, phone_number), ';' "
+                  "ORDER BY id) FROM users")
+
+
+def test_restore_undoes_a_bad_migration_exactly_even_with_a_later_backup(project, cluster_db):
+    cluster = cluster_db.cluster
+    # ALTER SYSTEM on the settings pgBackRest writes, so restore can clear them (README).
+    cluster.psql(f"GRANT ALTER SYSTEM ON PARAMETER recovery_target_lsn, recovery_target_action, "
+                 f"recovery_target_timeline TO {cluster_db.role}")
+    env = cluster_db.env()
+    ok(project.run("migrate", env=env))
+    cluster_db.sql("INSERT INTO users (email, hashed_password, phone_number) SELECT "
+                   "'u' || g || '@example.org', md5(g::text), '+41 ' || g "
+                   "FROM generate_series(1, 500) g")
+    assert cluster_db.sql("SELECT count(*) FROM users") == "500"
+    schema_before, rows_before = cluster_db.schema(), users(cluster_db)
+    timeline_before = cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()")
+
+    (project.root / "alembic" / "versions" / "0badc0ffee01_bad_release.py").write_text(BAD_REVISION)
+    ok(project.run("migrate", env=env))
+    assert cluster_db.revision() == "0badc0ffee01" and "leftover" in cluster_db.tables()
+    assert users(cluster_db) != rows_before
+    # A pgBackRest backup taken after the restore point: a plain restore would use it and end
+    # recovery before the target; ours names the backup the restore point rests on.
+    cluster.pgbackrest("--type=incr", "backup")
+    # And a write after the restore point, to be kept on the old timeline in the archive.
+    cluster_db.sql("INSERT INTO leftover VALUES (42)")
+    [newest, *_] = project.backups("pgtest", env=env)
+    assert newest["reason"] == "before migrate f8ff2ab1fdfa -> 0badc0ffee01"
+
+    started = time.monotonic()
+    result = ok(project.run("restore", f"--backup={newest['id']}", "--yes", env=env))
+    seconds = time.monotonic() - started
+    assert cluster_db.revision() == "f8ff2ab1fdfa"
+    assert cluster_db.tables() == ["alembic_version", "users"]
+    assert cluster_db.schema() == schema_before
+    assert users(cluster_db) == rows_before
+    assert cluster.psql("SELECT pg_is_in_recovery()") == "f"
+    assert int(cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()")) > \
+        int(timeline_before)
+    assert "recovery_target" not in cluster.auto_conf(), cluster.auto_conf()
+    assert f"--target-timeline={timeline_before}" in result.stdout, shown(result)
+    assert "restore them aside" in result.stdout, shown(result)
+    [event, *_] = json.loads(ok(project.run("audit", "--json", env=env)).stdout)
+    assert (event["action"], event["outcome"], event["backup_id"]) == \
+        ("restore", "succeeded", newest["id"])
+    # The new timeline has a backup of its own: the next migrate takes a restore point at once.
+    ok(project.run("migrate", env=env))
+    assert cluster_db.revision() == "0badc0ffee01"
+    print(f"restore of a restore point (PITR, incl. incremental backup): {seconds:.2f} s")
+
+
+def test_restore_refuses_a_cluster_with_other_databases_without_whole_cluster(project,
+                                                                              cluster_db):
+    cluster = cluster_db.cluster
+    other = f"other_app_{secrets.token_hex(3)}"
+    cluster.psql(f"CREATE DATABASE {other}")
+    try:
+        ok(project.run("migrate", env=cluster_db.env()))
+        timeline = cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()")
+        started = cluster.psql("SELECT pg_postmaster_start_time()")
+        failed(project.run("restore", "--yes", env=cluster_db.env()), 3, other,
+               "--whole-cluster", "nothing was changed")
+        assert cluster.psql("SELECT pg_postmaster_start_time()") == started
+        assert cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()") == timeline
+        assert cluster_db.revision() == "f8ff2ab1fdfa"
+    finally:
+        cluster.psql(f"DROP DATABASE {other}")

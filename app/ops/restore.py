@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -49,6 +49,7 @@ class RestoreResult:
     revision: str | None
     seconds: float
     kept_database: str | None = None
+    notes: list = field(default_factory=list)  # what the engineer must know afterwards
 
 
 def is_safety_backup(manifest: BackupManifest) -> bool:
@@ -87,14 +88,17 @@ def confirm(plan: RestorePlan, *, yes: bool, ask: Callable[[str], str] | None) -
 
 
 def run_restore(settings, plan: RestorePlan, *, now: datetime,
-                reporter: Reporter = Reporter()) -> RestoreResult:
+                reporter: Reporter = Reporter(), whole_cluster: bool = False) -> RestoreResult:
     started = time.monotonic()
     outcome, result = "failed", None
     with database_lock(settings, action="restore", now=now):
         try:
-            restore_one = (_restore_sqlite if engine_kind(settings.database_url) == "sqlite"
-                           else _restore_postgres)
-            result = restore_one(settings, plan, now, reporter)
+            if plan.backup.is_restore_point:
+                result = _restore_pitr(settings, plan, reporter, whole_cluster)
+            else:
+                restore_one = (_restore_sqlite if engine_kind(settings.database_url) == "sqlite"
+                               else _restore_postgres)
+                result = restore_one(settings, plan, now, reporter)
             result.revision = stamped_revision(settings.database_url)
             if result.revision != plan.backup.revision:
                 raise BackupFailed(f"after the restore the database is at {result.revision}, "
@@ -111,6 +115,16 @@ def run_restore(settings, plan: RestorePlan, *, now: datetime,
                          backup_id=plan.backup.id,
                          safety_backup_id=result.safety.id if result and result.safety else None,
                          duration_seconds=round(time.monotonic() - started, 3))
+
+
+def _restore_pitr(settings, plan: RestorePlan, reporter: Reporter,
+                  whole_cluster: bool) -> RestoreResult:
+    """A pgBackRest restore point: no safety backup, the archived old timeline keeps the writes
+    made since (app/ops/restore_pitr.py)."""
+    from app.ops.restore_pitr import restore_restore_point
+    notes = restore_restore_point(settings, plan.backup, whole_cluster=whole_cluster,
+                                  reporter=reporter)
+    return RestoreResult(plan.backup, None, None, 0.0, notes=notes)
 
 
 def _safety_backup(settings, plan: RestorePlan, now: datetime, version: int | None,
