@@ -131,6 +131,12 @@ def test_backup_on_demand_then_verify_finds_it(project, cluster_db):
     assert newest["reason"] == "on demand" and newest["revision"] == "f8ff2ab1fdfa"
     verified = ok(project.run("verify", f"--backup={newest['id']}", env=cluster_db.env()))
     assert newest["id"] in verified.stdout
+    # Health counts it as the newest verified backup; a scratch drill says why it cannot.
+    health = json.loads(project.run("check", "--json", env=cluster_db.env()).stdout)
+    assert health["last_verified_backup"]["id"] == newest["id"], health
+    assert [c["state"] for c in health["checks"] if c["name"] == "backup"] == ["OK"], health
+    failed(project.run("verify", "--restore-test", f"--backup={newest['id']}",
+                       env=cluster_db.env()), 2, "restore point", "aside")
 
 
 def test_archiving_broken_refuses_migrate_with_exit_4_and_changes_nothing(project, cluster_db):

@@ -29,8 +29,18 @@ def with_database(settings, url):
 
 
 @contextlib.contextmanager
+def refuse_restore_point(backup: BackupManifest) -> None:
+    """A restore point is a whole cluster's state: a scratch database cannot hold it."""
+    if backup.is_restore_point:
+        from app.ops.errors import ConfigError
+        raise ConfigError(f"backup {backup.id} is a pgBackRest restore point, which only a whole "
+                          "cluster can hold: drill it by restoring it aside with pgbackrest on "
+                          "another host or port (README, 'pgBackRest restore points')")
+
+
 def scratch_copy(settings, backup: BackupManifest, *, now: datetime) -> Iterator[object]:
     """Yields settings whose database is a fresh, verified restore of `backup`."""
+    refuse_restore_point(backup)
     with private_folder("scratch") as folder:
         archive = Path(folder) / "archive"
         with open(os.open(archive, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as extracted:
