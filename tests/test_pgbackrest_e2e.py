@@ -149,6 +149,9 @@ def test_archiving_broken_refuses_migrate_with_exit_4_and_changes_nothing(projec
         seconds = time.monotonic() - started
         failed(result, 4, "could not be archived", "nothing was changed")
         assert seconds < 30, seconds
+        # The archiver now records the failure: the next run is refused before any restore point.
+        failed(project.run("migrate", env=cluster_db.env()), 4, "WAL archiving is failing",
+               "nothing was changed")
     finally:
         cluster.psql("ALTER SYSTEM RESET archive_command")
         cluster.psql("SELECT pg_reload_conf()")
