@@ -91,11 +91,25 @@ def status(c, env=None, json=False):
          f"{last['id']}, {human_age(last['created_at'], now)}, {human_size(last['size'])}, "
          f"{'verified' if last['verified'] else 'NOT VERIFIED'}, {last['location']}"
          + ("" if last["artifact"] == "present" else f", ARTIFACT {last['artifact'].upper()}")),
+        *([("pgbackrest", _pgbackrest_status(info["pgbackrest"]))] if "pgbackrest" in info
+          else []),
         ("production", "yes" if info["production"] else "no"),
         ("window", "not configured" if window is None else
          f"open until {window['closes_at']}" if window["open"] else
          f"closed, next opening {window['next_open'] or 'none configured'}"),
     ])
+
+
+def _pgbackrest_status(facts: dict) -> str:
+    if "error" in facts:
+        return f"stanza {facts['stanza']}: ERROR {facts['error']}"
+    full, incr, archive, archiver = (facts.get("newest_full"), facts.get("newest_incr"),
+                                     facts.get("archive") or {}, facts.get("archiver") or {})
+    return (f"stanza {facts['stanza']} ({facts.get('repo_status')}), newest full "
+            f"{full['label'] if full else 'none'}, newest incr {incr['label'] if incr else 'none'}, "
+            f"archive {archive.get('min')}..{archive.get('max')}, archiver "
+            + ("FAILING" if archiver.get("failing") else
+               f"{archiver.get('segments_behind')} segment(s) behind"))
 
 
 @task(help={"revision": "target revision (default: head)",

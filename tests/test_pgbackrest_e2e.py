@@ -266,3 +266,21 @@ def test_restore_refuses_a_cluster_with_other_databases_without_whole_cluster(pr
         assert cluster_db.revision() == "f8ff2ab1fdfa"
     finally:
         cluster.psql(f"DROP DATABASE {other}")
+
+
+def test_status_shows_the_stanza_and_the_archiver(project, cluster_db):
+    cluster = cluster_db.cluster
+    ok(project.run("migrate", env=cluster_db.env()))
+    info = json.loads(ok(project.run("status", "--json", env=cluster_db.env())).stdout)
+    facts = info["pgbackrest"]
+    repo = json.loads(cluster.pgbackrest("info", "--output=json").stdout)[0]
+    fulls = [b["label"] for b in repo["backup"] if b["type"] == "full"]
+    assert facts["newest_full"]["label"] == fulls[-1], facts
+    assert facts["archive"]["max"] == repo["archive"][-1]["max"], facts
+    assert facts["archiver"]["failing"] is False and facts["archiver"]["segments_behind"] == 0
+    assert info["last_backup"]["pgbackrest"]["segment"] <= facts["archive"]["max"]
+    table = ok(project.run("status", env=cluster_db.env())).stdout
+    assert f"newest full {fulls[-1]}" in table and "0 segment(s) behind" in table, table
+    # A stanza pgBackRest does not know: status still answers, and says so.
+    broken = ok(project.run("status", "--json", env=cluster_db.env(PGBACKREST_STANZA="nosuch")))
+    assert "nosuch" in json.loads(broken.stdout)["pgbackrest"]["error"]

@@ -300,3 +300,46 @@ def verify_restore_point(settings, manifest) -> None:
         raise BackupFailed(f"the WAL archive of stanza '{stanza.get('name')}' does not hold every "
                            f"segment from {start} to {segment}: restore point "
                            f"{record.get('restore_point')} cannot be reached")
+
+
+def status_facts(settings) -> dict:
+    """For `invoke status`: the stanza's newest backups and archive range (`pgbackrest info`),
+    and how far the server's archiver is behind. A failure is reported in the dict, not
+    raised: status must show everything else."""
+    from sqlalchemy import text
+
+    from app.ops.database import connect
+    from app.ops.errors import OpsError
+
+    facts: dict = {"stanza": settings.get("PGBACKREST_STANZA")}
+    try:
+        stanza = PgBackRest.from_settings(settings).info()
+        backups = stanza.get("backup") or []
+        for kind in ("full", "incr", "diff"):
+            newest = max((b for b in backups if b.get("type") == kind),
+                         key=lambda b: (b.get("timestamp") or {}).get("stop") or 0, default=None)
+            facts[f"newest_{kind}"] = None if newest is None else {
+                "label": newest.get("label"),
+                "stopped_at": (newest.get("timestamp") or {}).get("stop")}
+        archive = stanza.get("archive") or []
+        facts["archive"] = {"min": min((a.get("min") or "" for a in archive), default=None),
+                            "max": max((a.get("max") or "" for a in archive), default=None)}
+        facts["repo_status"] = (stanza.get("status") or {}).get("message")
+    except OpsError as exc:
+        facts["error"] = str(exc)
+    try:
+        with connect(settings.database_url) as conn:
+            archiver = read_archiver(conn)
+            current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
+        behind = None
+        if archiver.archived and SEGMENT_RE.fullmatch(archiver.archived) and \
+                archiver.archived[:8] == current[:8]:
+            behind = max(0, int(current[8:], 16) - int(archiver.archived[8:], 16) - 1)
+        facts["archiver"] = {"last_archived_wal": archiver.archived,
+                             "last_archived_at": archiver.archived_at.isoformat()
+                             if archiver.archived_at else None,
+                             "failing": archiver.failing, "last_failed_wal": archiver.failed,
+                             "segments_behind": behind}
+    except OpsError as exc:
+        facts.setdefault("error", str(exc))
+    return facts

@@ -43,6 +43,11 @@ def collect_status(settings, now: datetime, warn=None) -> dict:
     current = migrations.current()
     pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
     backups = list_backups(settings, warn)
+    extra = {}
+    if settings.database_url.get_backend_name() == "postgresql" and \
+            settings.backup_method == "pgbackrest":
+        from app.ops.pgbackrest import status_facts
+        extra["pgbackrest"] = status_facts(settings)
     return {
         "env": settings.env,
         "database": settings.masked_database_url,
@@ -52,4 +57,5 @@ def collect_status(settings, now: datetime, warn=None) -> dict:
         "last_backup": backup_item(backups[0]) if backups else None,
         "production": settings.production,
         "window": window_status(settings, now),
+        **extra,
     }
