@@ -284,3 +284,22 @@ def test_status_shows_the_stanza_and_the_archiver(project, cluster_db):
     # A stanza pgBackRest does not know: status still answers, and says so.
     broken = ok(project.run("status", "--json", env=cluster_db.env(PGBACKREST_STANZA="nosuch")))
     assert "nosuch" in json.loads(broken.stdout)["pgbackrest"]["error"]
+
+
+def test_a_standby_is_refused_before_anything(project, cluster_db):
+    from pgbackrest_cluster import PG_BIN, free_port
+    cluster = cluster_db.cluster
+    standby, port = cluster.root / "standby", free_port()
+    cluster.run(str(PG_BIN / "pg_basebackup"), "-h", str(cluster.socket_dir), "-p",
+                str(cluster.port), "-D", str(standby), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast")
+    pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(standby)]
+    cluster.run(*pg_ctl, "-o", f"-p {port}", "-l", str(cluster.root / "standby.log"), "start", "-w")
+    try:
+        env = cluster_db.env(POSTGRES_PORT=str(port))
+        failed(project.run("migrate", env=env), 3, "standby", "primary")
+        failed(project.run("backup", env=env), 3, "standby")
+        assert cluster_db.tables() == []
+        assert project.backups("pgtest", env=env) == []
+    finally:
+        cluster.run(*pg_ctl, "stop", "-m", "immediate", "-w", check=False)
+        cluster.run("rm", "-rf", str(standby))
