@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -303,3 +304,26 @@ def test_a_standby_is_refused_before_anything(project, cluster_db):
     finally:
         cluster.run(*pg_ctl, "stop", "-m", "immediate", "-w", check=False)
         cluster.run("rm", "-rf", str(standby))
+
+
+def test_an_unreachable_repository_or_a_hanging_pgbackrest_fails_within_the_timeout(
+        project, cluster_db):
+    cluster = cluster_db.cluster
+    wrong = cluster.root / "wrong-repo.conf"
+    wrong.write_text(cluster.config.read_text().replace(
+        f"repo1-path={cluster.repo}", f"repo1-path={cluster.root / 'no-such-repo'}"))
+    result = project.run("migrate", env=cluster_db.env(PGBACKREST_CONFIG=str(wrong)))
+    failed(result, 4, "stanza 'mida' is not usable", "missing stanza path", "nothing was changed")
+    # A pgbackrest that never answers (a repository behind a dead endpoint hangs for minutes):
+    # our own timeout ends it, in one sentence.
+    started = time.monotonic()
+    result = project.run("migrate", env=cluster_db.env(
+        PGBACKREST_TIMEOUT="2",
+        PGBACKREST_COMMAND="sh -c 'sleep 117.31; :'"))
+    seconds = time.monotonic() - started
+    failed(result, 4, "did not finish within 2 s", "PGBACKREST_TIMEOUT")
+    assert seconds < 15, seconds
+    # The whole process group went, not only its leader (as with sudo or runuser in front).
+    left = subprocess.run(["pgrep", "-f", "sleep 117.31"], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout
+    assert cluster_db.tables() == [] and project.backups("pgtest", env=cluster_db.env()) == []

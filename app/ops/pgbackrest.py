@@ -70,9 +70,7 @@ class PgBackRest:
         timeout = self.timeout if timeout is None else timeout
         what = f"pgbackrest {args[-1] if args else ''}".strip()
         try:
-            result = subprocess.run(self.argv(*args), capture_output=True, text=True,
-                                    timeout=timeout, env=_child_environment(),
-                                    stdin=subprocess.DEVNULL)
+            result = run_bounded(self.argv(*args), timeout, env=_child_environment())
         except FileNotFoundError:
             raise ConfigError(f"cannot run {self.command[0]}: install pgBackRest or set "
                               "PGBACKREST_COMMAND to how it is run as the cluster's owner") from None
@@ -95,8 +93,29 @@ class PgBackRest:
         status = stanza.get("status") or {}
         if status.get("code") not in (0, None):
             raise BackupFailed(f"pgBackRest stanza '{self.stanza}' is not usable: "
-                               f"{status.get('message', 'unknown status')}")
+                               f"{status.get('message', 'unknown status')}; check "
+                               "PGBACKREST_CONFIG and the repository (`pgbackrest "
+                               f"--stanza={self.stanza} check`)")
         return stanza
+
+
+def run_bounded(argv: list[str], timeout: float, env: dict | None = None):
+    """subprocess.run with a timeout that ends the whole process group: `sudo -u postgres
+    pgbackrest` or `runuser` killed alone would leave a hanging pgbackrest behind. Stopped
+    (Ctrl-C, SIGTERM) the same way."""
+    import signal
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          stdin=subprocess.DEVNULL, env=env, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.communicate()
+            raise
+        return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 def _child_environment() -> dict:
@@ -236,7 +255,10 @@ def take_restore_point(settings, *, reason: str, revision: str | None, now: date
         current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
         timeline = timeline_of(current)
         system_id = conn.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar()
-        stanza = pgbackrest.info()
+        try:
+            stanza = pgbackrest.info()
+        except BackupFailed as exc:
+            raise BackupFailed(f"{exc}; nothing was changed") from None
         base = newest_backup_on(stanza, timeline)
         if base is None:
             raise BackupFailed(f"pgBackRest stanza '{pgbackrest.stanza}' has no backup on the "

@@ -18,7 +18,7 @@ import time
 
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.ops.pgbackrest import (POLL_SECONDS, PgBackRest, check_primary, read_archiver,
-                                timeline_of, verify_restore_point, wait_archived)
+                                run_bounded, timeline_of, verify_restore_point, wait_archived)
 
 DEFAULT_RESTORE_TIMEOUT = 3600.0
 # What this restore asks pgBackRest to write (--type=lsn, --target-action, --target-timeline).
@@ -47,8 +47,7 @@ def _command(settings, name: str) -> list[str]:
 
 def _run(argv: list[str], what: str, timeout: float, after: str) -> None:
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL)
+        result = run_bounded(argv, timeout)
     except FileNotFoundError:
         raise BackupFailed(f"cannot run {argv[0]} ({what}); {after}") from None
     except subprocess.TimeoutExpired:
