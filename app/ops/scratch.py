@@ -28,7 +28,6 @@ def with_database(settings, url):
     return dataclasses.replace(settings, values=values)
 
 
-@contextlib.contextmanager
 def refuse_restore_point(backup: BackupManifest) -> None:
     """A restore point is a whole cluster's state: a scratch database cannot hold it."""
     if backup.is_restore_point:
@@ -38,6 +37,7 @@ def refuse_restore_point(backup: BackupManifest) -> None:
                           "another host or port (README, 'pgBackRest restore points')")
 
 
+@contextlib.contextmanager
 def scratch_copy(settings, backup: BackupManifest, *, now: datetime) -> Iterator[object]:
     """Yields settings whose database is a fresh, verified restore of `backup`."""
     refuse_restore_point(backup)
