@@ -104,6 +104,13 @@ def restore_restore_point(settings, manifest, *, whole_cluster: bool, reporter) 
             raise BackupFailed("WAL archiving is failing: the writes since the restore point "
                                "would be lost; fix archiving first; nothing was changed")
     reporter.info(f"WAL up to {end_lsn} (timeline {old_timeline}) archived; stopping the cluster")
+    steps, clock = [], time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        steps.append(f"{name} {time.monotonic() - clock:.1f} s")
+        clock = time.monotonic()
+
     _run(stop, "PG_STOP_COMMAND", long_timeout,
          "the cluster may still be running; nothing was restored")
     restore = pgbackrest.argv(
@@ -111,21 +118,28 @@ def restore_restore_point(settings, manifest, *, whole_cluster: bool, reporter) 
         f"--target={record['lsn']}", f"--target-timeline={record['timeline']}",
         "--target-action=promote", "restore")
     by_hand = " ".join(shlex.quote(a) for a in restore)
+    step("stop")
     _run(restore, "pgbackrest restore", long_timeout,
          f"the cluster is stopped; run `{by_hand}` and then PG_START_COMMAND by hand")
+    step("pgbackrest restore")
     reporter.info(f"pgBackRest restored backup {record['backup_label']}; starting the cluster "
                   f"to replay WAL up to {record['lsn']}")
     _run(start, "PG_START_COMMAND", long_timeout,
          "the cluster is restored but stopped: look at its log, then start it by hand")
     _wait_promoted(url, long_timeout)
+    step("start, replay and promotion")
     notes = [_clear_recovery_settings(url)]
     try:
-        pgbackrest.run("--type=incr", "backup", timeout=long_timeout)
+        # --start-fast: an immediate checkpoint, not a spread one that could take minutes
+        # whatever the DBA's pgbackrest.conf says.
+        pgbackrest.run("--type=incr", "--start-fast", "backup", timeout=long_timeout)
         notes.append("an incremental pgBackRest backup was taken on the new timeline.")
     except (BackupFailed, ConfigError) as exc:
         notes.append(f"WARNING: no pgBackRest backup on the new timeline ({exc}): take one "
                      f"(`pgbackrest --stanza={pgbackrest.stanza} --type=incr backup`) before the "
                      "next migrate.")
+    step("incremental backup")
+    notes.append(f"steps: {', '.join(steps)}.")
     # Aside: into another folder, from the backup the restore point rests on (the newest one
     # is now on the new timeline), and with archiving off so the copy never pushes WAL into
     # the stanza.
