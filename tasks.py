@@ -96,12 +96,26 @@ def status(c, env=None, json=False):
          f"{last['id']}, {human_age(last['created_at'], now)}, {human_size(last['size'])}, "
          f"{'verified' if last['verified'] else 'NOT VERIFIED'}, {last['location']}"
          + ("" if last["artifact"] == "present" else f", ARTIFACT {last['artifact'].upper()}")),
+        *([("pgbackrest", _pgbackrest_status(info["pgbackrest"]))] if "pgbackrest" in info
+          else []),
         ("production", "yes" if info["production"] else "no"),
         ("window", "not configured" if window is None else
          f"open until {window['closes_at']}" if window["open"] else
          f"closed, next opening {window['next_open'] or 'none configured'}"),
         *unaborted,
     ])
+
+
+def _pgbackrest_status(facts: dict) -> str:
+    if "error" in facts:
+        return f"stanza {facts['stanza']}: ERROR {facts['error']}"
+    full, incr, archive, archiver = (facts.get("newest_full"), facts.get("newest_incr"),
+                                     facts.get("archive") or {}, facts.get("archiver") or {})
+    return (f"stanza {facts['stanza']} ({facts.get('repo_status')}), newest full "
+            f"{full['label'] if full else 'none'}, newest incr {incr['label'] if incr else 'none'}, "
+            f"archive {archive.get('min')}..{archive.get('max')}, archiver "
+            + ("FAILING" if archiver.get("failing") else
+               f"{archiver.get('segments_behind')} segment(s) behind"))
 
 
 @task(help={"revision": "target revision (default: head)",
@@ -151,11 +165,21 @@ def _report_run(console, result):
         where = result.before or "base"
         verb = "migrate" if result.action == "migrate" else "roll back"
         return console.say(f"Nothing to {verb}: the database is at {where}. No backup taken.")
-    if result.backup:
+    if result.backup and result.backup.is_restore_point:
+        console.say(_restore_point_line(result.backup))
+    elif result.backup:
         console.say(f"Backup {result.backup.id} ({human_size(result.backup.size)}, verified) "
                     f"at {result.backup.location}")
     console.say(f"{result.action.capitalize()} done: {result.before or 'base'} -> "
                 f"{result.after or 'base'}")
+
+
+def _restore_point_line(manifest):
+    rp = manifest.pgbackrest
+    return (f"Backup {manifest.id}: restore point {rp['restore_point']} at LSN {rp['lsn']} "
+            f"(timeline {rp['timeline']}), WAL segment {rp['segment']} archived, resting on "
+            f"pgBackRest backup {rp['backup_label']} of stanza {rp['stanza']}; revision "
+            f"{manifest.revision or 'base'}, taken in {manifest.duration_seconds:.2f} s")
 
 
 @task(help={"label": "a note stored in the backup's manifest"})
@@ -167,6 +191,8 @@ def backup(c, env=None, label=None):
     console = _console()
     settings = _settings(env)
     manifest = backup_on_demand(settings, now=_now(), label=label, reporter=console)
+    if manifest.is_restore_point:
+        return console.say(_restore_point_line(manifest))
     console.say(f"Backup {manifest.id}: {human_size(manifest.size)} "
                 f"(from {human_size(manifest.raw_size)}), revision {manifest.revision or 'base'}, "
                 f"sha256 {manifest.sha256}, verified, at {manifest.location}")
@@ -271,8 +297,10 @@ def stamp(c, rev, env=None, break_glass=None):
             "yes": "do not ask for confirmation (needed without a terminal)",
             "disconnect": "PostgreSQL: let the application keep using the database while the "
                           "copy is built, and end its sessions only at the swap (without it, "
-                          "other sessions refuse the restore)"})
-def restore(c, env=None, backup=None, yes=False, disconnect=False):
+                          "other sessions refuse the restore)",
+            "whole_cluster": "restoring a pgBackRest restore point rewinds every database of the "
+                             "cluster: allow it when the cluster holds other databases"})
+def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster=False):
     """Restore a backup over the database (verified first; a safety backup of what it replaces)."""
     from app.console import human_age, human_size
     from app.ops import restore as restoring
@@ -284,13 +312,16 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False):
     b = plan.backup
     console.fields("Restore", [
         ("backup", f"{b.id}, taken {human_age(b.created_at, now)} ({b.created_at})"),
-        ("revision", b.revision or "base"), ("size", human_size(b.size)), ("reason", b.reason),
+        ("revision", b.revision or "base"),
+        ("restore point", f"{b.pgbackrest['restore_point']} at LSN {b.pgbackrest['lsn']}, a "
+                          "point-in-time recovery of the whole cluster") if b.is_restore_point
+        else ("size", human_size(b.size)), ("reason", b.reason),
         ("replaces", f"{settings.masked_database_url}, " + (
             "closed to connections by an interrupted restore (opened again first)"
             if plan.closed else f"now at {plan.current or 'base'}"))])
     restoring.confirm(plan, yes=yes, ask=_terminal_prompt())
     result = restoring.run_restore(settings, plan, now=now, reporter=console,
-                                   disconnect=disconnect)
+                                   disconnect=disconnect, whole_cluster=whole_cluster)
     console.say(f"Restored backup {b.id} in {result.seconds:.1f} s: the database is at "
                 f"{result.revision or 'base'}.")
     if result.downtime_seconds is not None:
@@ -301,6 +332,8 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False):
         console.say(f"Safety backup {result.safety.id} holds what was there before; undo with: "
                     f"invoke restore --env={settings.env} --backup={result.safety.id} --yes"
                     + (" --disconnect" if disconnect else ""))
+    for note in result.notes:
+        console.say(note[0].upper() + note[1:])
     if result.kept_database:
         console.say(f"The previous database is kept as {result.kept_database}: drop it with "
                     f"`dropdb {result.kept_database}` once you are satisfied.")

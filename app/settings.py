@@ -64,6 +64,16 @@ class Settings:
             raise ConfigError(f"BACKUP_STORAGE '{kind}' is not supported: use local or s3")
         return kind
 
+    @property
+    def backup_method(self) -> str:
+        method = self.get("BACKUP_METHOD", "dump").lower()
+        if method not in {"dump", "pgbackrest"}:
+            raise ConfigError(f"BACKUP_METHOD '{method}' is not supported: use dump or pgbackrest")
+        if method == "pgbackrest" and engine_kind(self.database_url) != "postgresql":
+            raise ConfigError(f"BACKUP_METHOD=pgbackrest needs a PostgreSQL database, but env "
+                              f"'{self.env}' is {engine_kind(self.database_url)}")
+        return method
+
     def duration(self, name: str, default: str | None = None) -> str | None:
         """A PostgreSQL duration setting (5s, 500ms, 2min), validated so that a typo is a clear
         error before anything runs, not a failed SET halfway into a release."""

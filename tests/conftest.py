@@ -183,6 +183,23 @@ def pg_env(db: PgDatabase, **extra: str) -> dict:
     return env
 
 
+@pytest.fixture(scope="session")
+def archiving_cluster():
+    """A throwaway PostgreSQL 15 cluster archiving to a local pgBackRest repository, with one
+    full backup (tests/pgbackrest_cluster.py); stopped and removed at the end of the session.
+    Under CI=true a cluster that cannot be built fails the tests instead of skipping them."""
+    from pgbackrest_cluster import ClusterUnavailable, build_cluster, remove_cluster
+    try:
+        cluster = build_cluster()
+    except (ClusterUnavailable, RuntimeError, OSError) as exc:
+        message = f"cannot build a throwaway pgBackRest cluster: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield cluster
+    remove_cluster(cluster)
+
+
 @dataclass
 class SmallDisk:
     """A small tmpfs of its own: a real full disk, ENOSPC and all, without filling the machine's."""

@@ -65,6 +65,9 @@ class BackupManifest:
     verified: bool = True
     verified_at: str | None = None
     verify_error: str | None = None
+    # "dump" (an artifact in our store) or "pgbackrest" (a restore point; see app/ops/pgbackrest.py)
+    method: str = "dump"
+    pgbackrest: dict | None = None
     # Seen in the store by the listing, never written into the manifest: None = no artifact.
     stored_size: int | None = field(default=None, compare=False, repr=False)
 
@@ -94,6 +97,10 @@ class BackupManifest:
             raise ValueError("its reason, label, revision or location holds control characters")
         if not BACKUP_ID_RE.fullmatch(data["id"]):
             raise ValueError(f"its id {data['id']!r} is not a backup id")
+        if data.get("method", "dump") == "pgbackrest":
+            return cls._restore_point(data)
+        if data.get("method", "dump") != "dump":
+            raise ValueError(f"its method {data['method']!r} is not dump or pgbackrest")
         suffixes = [s + e for s in ARTIFACT_SUFFIXES for e in ("", ".age")]
         if data["artifact"] not in [data["id"] + suffix for suffix in suffixes]:
             raise ValueError(f"its artifact {data['artifact']!r} is not named after its id")
@@ -103,13 +110,34 @@ class BackupManifest:
             raise ValueError("created_at has no time zone")
         return cls(**data)
 
+    @classmethod
+    def _restore_point(cls, data: dict) -> "BackupManifest":
+        """A pgBackRest restore point has no artifact of ours: its data is in pgBackRest's
+        repository, and what it needs to be found again is checked here."""
+        record = data.get("pgbackrest")
+        if data["artifact"] != "" or not isinstance(record, dict) or not all(
+                isinstance(record.get(k), str) and record.get(k)
+                for k in ("restore_point", "lsn", "segment", "backup_label", "stanza")):
+            raise ValueError("its pgbackrest restore point record is incomplete")
+        if datetime.fromisoformat(data["created_at"]).tzinfo is None:
+            raise ValueError("created_at has no time zone")
+        return cls(**data)
+
+    @property
+    def is_restore_point(self) -> bool:
+        return self.method == "pgbackrest"
+
     @property
     def intact(self) -> bool:
         """The artifact is in the store at the recorded size (as the listing saw it)."""
+        if self.is_restore_point:
+            return True  # in pgBackRest's repository; verify asks pgBackRest
         return self.stored_size == self.size
 
     @property
     def artifact_state(self) -> str:
+        if self.is_restore_point:
+            return "present"
         if self.stored_size is None:
             return "missing"
         return "present" if self.intact else f"wrong size ({self.stored_size} bytes)"
@@ -121,7 +149,7 @@ class BackupManifest:
 
 _OPTIONAL = {"stored_size", "tool", "versions", "verified", "verified_at", "verify_error",
              "label", "duration_seconds", "database_size", "row_counts", "encryption",
-             "recipients"}
+             "recipients", "method", "pgbackrest"}
 _FIELD_TYPES = {
     **{name: (str,) for name in ("id", "env", "engine", "database", "created_at", "sha256",
                                  "artifact", "location", "format", "reason", "tool")},
@@ -130,6 +158,7 @@ _FIELD_TYPES = {
     "size": (int,), "raw_size": (int,), "database_size": (int, None),
     "duration_seconds": (int, float, None), "row_counts": (dict, None),
     "recipients": (list, None), "versions": (dict,), "verified": (bool,),
+    "method": (str,), "pgbackrest": (dict, None),
 }
 
 
@@ -237,7 +266,8 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
 def delete_backup(storage, manifest: BackupManifest) -> None:
     """Manifest first: a backup deleted halfway is never listed as complete."""
     storage.delete(manifest.id + MANIFEST_SUFFIX)
-    storage.delete(manifest.artifact)
+    if manifest.artifact:  # a restore point has none: its data is pgBackRest's to expire
+        storage.delete(manifest.artifact)
 
 
 def _discard(storage, name: str) -> None:
@@ -293,6 +323,15 @@ def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
     """Check the stored artifact against its manifest and read it back whole. The manifest
     records the outcome either way, so a backup found broken is never chosen as verified."""
     storage = open_storage(settings)
+    if manifest.is_restore_point:
+        from app.ops.pgbackrest import verify_restore_point
+        try:
+            verify_restore_point(settings, manifest)
+        except BackupFailed as exc:
+            _record_verification(storage, manifest, now, str(exc))
+            raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None
+        _record_verification(storage, manifest, now, None)
+        return manifest
     dumper = dumper_for(settings) if manifest.engine == _engine_of(settings) else None
     if dumper is None:
         raise ConfigError(f"backup {manifest.id} is a {manifest.engine} backup but env "

@@ -20,7 +20,7 @@ from app.ops.diskspace import STORE_ADVICE, in_blocks, is_full, no_room
 from app.ops.errors import BackupFailed, MigrationFailed, OpsError
 from app.ops.migrations import Migrations
 from app.ops.report import Reporter
-from app.ops.scratch import row_counts, scratch_copy
+from app.ops.scratch import refuse_restore_point, row_counts, scratch_copy
 from app.ops.storage import open_storage
 
 REHEARSAL_SUFFIX = ".rehearsal.json"
@@ -34,6 +34,7 @@ class RestoreTest:
 
 
 def restore_test(settings, backup: BackupManifest, *, now: datetime) -> RestoreTest:
+    refuse_restore_point(backup)
     if not backup.row_counts:
         raise BackupFailed(f"backup {backup.id} recorded no row counts (taken by an older "
                            "version): take a new backup to restore-test")

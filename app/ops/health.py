@@ -247,7 +247,8 @@ def _read_store(facts: Facts, settings, storage) -> None:
         for manifest in facts.backups:
             if not manifest.verified:
                 continue
-            if storage.exists(manifest.artifact):  # a stat locally, a HEAD on S3
+            # a stat locally, a HEAD on S3; a restore point's data is in pgBackRest's repository
+            if manifest.is_restore_point or storage.exists(manifest.artifact):
                 facts.newest_verified = manifest
                 break
             facts.lost.append(manifest)

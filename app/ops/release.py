@@ -174,6 +174,11 @@ def backup_before_change(settings, *, now: datetime, revision: str | None, reaso
         reporter.info(f"database {settings.masked_database_url} does not exist yet: "
                       "there is nothing to back up")
         return None
+    if settings.backup_method == "pgbackrest":
+        # A restore point, not a dump: see app/ops/pgbackrest.py.
+        from app.ops.pgbackrest import take_restore_point
+        return take_restore_point(settings, reason=reason, revision=revision, now=now,
+                                  label=label)
     version, size = database_facts(url)
     check_free_disk(settings, size, reporter)
     with reporter.progress("dumping") as dumped:

@@ -16,7 +16,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
@@ -52,6 +52,7 @@ class RestoreResult:
     safety_error: str | None = None  # the restore succeeded, its safety backup did not
     downtime_seconds: float | None = None         # PostgreSQL: the swap, as clients see it
     time_to_service_seconds: float | None = None  # from the start to the restored data served
+    notes: list = field(default_factory=list)  # what the engineer must know afterwards
 
 
 def is_safety_backup(manifest: BackupManifest) -> bool:
@@ -105,14 +106,18 @@ def confirm(plan: RestorePlan, *, yes: bool, ask: Callable[[str], str] | None) -
 
 
 def run_restore(settings, plan: RestorePlan, *, now: datetime,
-                reporter: Reporter = Reporter(), disconnect: bool = False) -> RestoreResult:
+                reporter: Reporter = Reporter(), disconnect: bool = False,
+                whole_cluster: bool = False) -> RestoreResult:
     """`disconnect` (PostgreSQL): the application's sessions may stay connected while the copy
-    is built, and are ended at the swap; without it, one connected refuses the restore."""
+    is built, and are ended at the swap; without it, one connected refuses the restore.
+    `whole_cluster` (a pgBackRest restore point): rewind a cluster that holds other databases."""
     started = time.monotonic()
     outcome, result = "failed", None
     with database_lock(settings, action="restore", now=now):
         try:
-            if engine_kind(settings.database_url) == "sqlite":
+            if plan.backup.is_restore_point:
+                result = _restore_pitr(settings, plan, reporter, whole_cluster)
+            elif engine_kind(settings.database_url) == "sqlite":
                 result = _restore_sqlite(settings, plan, now, reporter)
             else:
                 result = _restore_postgres(settings, plan, now, reporter, disconnect, started)
@@ -139,6 +144,16 @@ def run_restore(settings, plan: RestorePlan, *, now: datetime,
                                                   else None),
                          kept_database=result.kept_database if result else None,
                          safety_backup_error=result.safety_error if result else None)
+
+
+def _restore_pitr(settings, plan: RestorePlan, reporter: Reporter,
+                  whole_cluster: bool) -> RestoreResult:
+    """A pgBackRest restore point: no safety backup, the archived old timeline keeps the writes
+    made since (app/ops/restore_pitr.py)."""
+    from app.ops.restore_pitr import restore_restore_point
+    notes = restore_restore_point(settings, plan.backup, whole_cluster=whole_cluster,
+                                  reporter=reporter)
+    return RestoreResult(plan.backup, None, None, 0.0, notes=notes)
 
 
 def _safety_backup(settings, plan: RestorePlan, now: datetime) -> BackupManifest:

@@ -28,9 +28,19 @@ def with_database(settings, url):
     return dataclasses.replace(settings, values=values)
 
 
+def refuse_restore_point(backup: BackupManifest) -> None:
+    """A restore point is a whole cluster's state: a scratch database cannot hold it."""
+    if backup.is_restore_point:
+        from app.ops.errors import ConfigError
+        raise ConfigError(f"backup {backup.id} is a pgBackRest restore point, which only a whole "
+                          "cluster can hold: drill it by restoring it aside with pgbackrest on "
+                          "another host or port (README, 'pgBackRest restore points')")
+
+
 @contextlib.contextmanager
 def scratch_copy(settings, backup: BackupManifest, *, now: datetime) -> Iterator[object]:
     """Yields settings whose database is a fresh, verified restore of `backup`."""
+    refuse_restore_point(backup)
     with private_folder("scratch") as folder:
         if engine_kind(settings.database_url) == "sqlite":
             # SQLite opens files by name (and resolves /proc/self/fd links): this copy lives

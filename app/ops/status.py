@@ -21,6 +21,7 @@ def backup_item(manifest: BackupManifest) -> dict:
         "artifact": manifest.artifact_state,
         "reason": manifest.reason, "label": manifest.label,
         "duration_seconds": manifest.duration_seconds,
+        "method": manifest.method, "pgbackrest": manifest.pgbackrest,
     }
 
 
@@ -43,6 +44,11 @@ def collect_status(settings, now: datetime, warn=None) -> dict:
     current = migrations.current()
     pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
     backups = list_backups(settings, warn)  # on S3 this also aborts recorded uploads it can
+    extra = {}
+    if settings.database_url.get_backend_name() == "postgresql" and \
+            settings.backup_method == "pgbackrest":
+        from app.ops.pgbackrest import status_facts
+        extra["pgbackrest"] = status_facts(settings)
     return {
         "env": settings.env,
         "database": settings.masked_database_url,
@@ -53,4 +59,5 @@ def collect_status(settings, now: datetime, warn=None) -> dict:
         "production": settings.production,
         "window": window_status(settings, now),
         "unaborted_uploads": unaborted_uploads(settings),
+        **extra,
     }

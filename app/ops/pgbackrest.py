@@ -1,0 +1,367 @@
+"""BACKUP_METHOD=pgbackrest: a backup is a named restore point whose WAL pgBackRest has
+archived, resting on a pgBackRest backup of the current timeline.
+
+This module owns talking to pgBackRest (always through PGBACKREST_COMMAND split like a shell
+would, never through one, with our own timeout: with the repository unreachable one
+`archive-push` hangs for minutes) and to the server's archiver. The restore point is recorded
+in a manifest in our own store, like every other backup, because `pgbackrest info` does not
+list restore points. The point-in-time restore itself lives in app/ops/restore_pitr.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.ops.errors import BackupFailed, ConfigError, GuardRefused
+
+METHOD = "pgbackrest"
+FORMAT = "pgbackrest-restore-point"
+DEFAULT_TIMEOUT = 60.0
+SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
+POLL_SECONDS = 0.05
+
+
+def timeout_of(settings) -> float:
+    """PGBACKREST_TIMEOUT (seconds): the longest any pgbackrest call or wait may take."""
+    value = settings.get("PGBACKREST_TIMEOUT", str(DEFAULT_TIMEOUT))
+    try:
+        seconds = float(value.rstrip("s"))
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise ConfigError(f"PGBACKREST_TIMEOUT '{value}' is not a number of seconds: use e.g. 60")
+    return seconds
+
+
+@dataclass
+class PgBackRest:
+    """One stanza, run through the configured command."""
+    command: list[str]
+    stanza: str
+    config: str | None
+    timeout: float
+
+    @classmethod
+    def from_settings(cls, settings) -> "PgBackRest":
+        stanza = settings.get("PGBACKREST_STANZA")
+        if not stanza:
+            raise ConfigError(f"BACKUP_METHOD=pgbackrest needs PGBACKREST_STANZA for env "
+                              f"'{settings.env}': set it to the stanza that archives this cluster")
+        try:
+            command = shlex.split(settings.get("PGBACKREST_COMMAND", "pgbackrest"))
+        except ValueError as exc:
+            raise ConfigError(f"PGBACKREST_COMMAND cannot be split into words: {exc}") from None
+        if not command:
+            raise ConfigError("PGBACKREST_COMMAND is empty: set it to e.g. `pgbackrest`")
+        return cls(command, stanza, settings.get("PGBACKREST_CONFIG"), timeout_of(settings))
+
+    def argv(self, *args: str) -> list[str]:
+        config = [f"--config={self.config}"] if self.config else []
+        return [*self.command, *config, f"--stanza={self.stanza}", *args]
+
+    def run(self, *args: str, timeout: float | None = None) -> str:
+        """Run one pgbackrest command; its stdout. Any failure is one sentence (BackupFailed)."""
+        timeout = self.timeout if timeout is None else timeout
+        what = f"pgbackrest {args[-1] if args else ''}".strip()
+        try:
+            result = run_bounded(self.argv(*args), timeout, env=_child_environment())
+        except FileNotFoundError:
+            raise ConfigError(f"cannot run {self.command[0]}: install pgBackRest or set "
+                              "PGBACKREST_COMMAND to how it is run as the cluster's owner") from None
+        except subprocess.TimeoutExpired:
+            raise BackupFailed(f"{what} did not finish within {timeout:g} s (PGBACKREST_TIMEOUT): "
+                               "check that the repository is reachable") from None
+        if result.returncode != 0:
+            raise BackupFailed(f"{what} failed (exit {result.returncode}): "
+                               f"{_last_line(result.stderr or result.stdout)}")
+        return result.stdout
+
+    def info(self) -> dict:
+        """The stanza's entry of `pgbackrest info --output=json`."""
+        try:
+            stanzas = json.loads(self.run("--output=json", "info"))
+            stanza = next(s for s in stanzas if s.get("name") == self.stanza)
+        except (ValueError, StopIteration, TypeError, AttributeError):
+            raise BackupFailed(f"pgbackrest info gave no readable entry for stanza "
+                               f"'{self.stanza}'") from None
+        status = stanza.get("status") or {}
+        if status.get("code") not in (0, None):
+            raise BackupFailed(f"pgBackRest stanza '{self.stanza}' is not usable: "
+                               f"{status.get('message', 'unknown status')}; check "
+                               "PGBACKREST_CONFIG and the repository (`pgbackrest "
+                               f"--stanza={self.stanza} check`)")
+        return stanza
+
+
+def run_bounded(argv: list[str], timeout: float, env: dict | None = None):
+    """subprocess.run with a timeout that ends the whole process group: `sudo -u postgres
+    pgbackrest` or `runuser` killed alone would leave a hanging pgbackrest behind. Stopped
+    (Ctrl-C, SIGTERM) the same way."""
+    import signal
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          stdin=subprocess.DEVNULL, env=env, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.communicate()
+            raise
+        return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
+def _child_environment() -> dict:
+    # pgbackrest reads PGBACKREST_* variables as its own options: ours (PGBACKREST_COMMAND,
+    # PGBACKREST_TIMEOUT) would be warned about, and the stanza and config are given as options.
+    # The database password never goes to pgbackrest: it connects as the cluster's owner.
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("PGBACKREST_") and k not in ("PGPASSWORD", "DATABASE_URL",
+                                                              "POSTGRES_PASSWORD")}
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def timeline_of(segment: str) -> int:
+    return int(segment[:8], 16)
+
+
+@dataclass
+class Archiver:
+    """pg_stat_archiver, as one row."""
+    archived: str | None
+    archived_at: datetime | None
+    failed: str | None
+    failed_at: datetime | None
+
+    @property
+    def failing(self) -> bool:
+        return self.failed_at is not None and (self.archived_at is None
+                                               or self.failed_at > self.archived_at)
+
+    def reached(self, segment: str) -> bool:
+        """Has the archiver archived `segment` or a later one of the same timeline?"""
+        archived = self.archived or ""
+        return (bool(SEGMENT_RE.fullmatch(archived)) and archived[:8] == segment[:8]
+                and archived >= segment)
+
+
+def read_archiver(conn) -> Archiver:
+    from sqlalchemy import text
+    row = conn.execute(text("SELECT last_archived_wal, last_archived_time, last_failed_wal, "
+                            "last_failed_time FROM pg_stat_archiver")).one()
+    return Archiver(*row)
+
+
+def check_primary(conn) -> None:
+    """A restore point can only be made on a primary that archives."""
+    from sqlalchemy import text
+    if conn.execute(text("SELECT pg_is_in_recovery()")).scalar():
+        raise GuardRefused("the database server is a standby (in recovery): a restore point can "
+                           "only be created on the primary; point the env at the primary")
+    mode = conn.execute(text("SHOW archive_mode")).scalar()
+    if mode == "off":
+        raise ConfigError("the server has archive_mode=off, so pgBackRest receives no WAL: set "
+                          "archive_mode and archive_command as pgBackRest's user guide says")
+
+
+def check_archiving(archiver: Archiver) -> None:
+    if archiver.failing:
+        raise BackupFailed(f"WAL archiving is failing (last failed segment {archiver.failed} at "
+                           f"{archiver.failed_at:%Y-%m-%d %H:%M:%S %Z}, after the last archived "
+                           f"one): fix archive_command or the pgBackRest repository; nothing was "
+                           "changed")
+
+
+def wait_archived(conn, segment: str, timeout: float) -> float:
+    """Poll the archiver until `segment` is archived; the seconds it took. An archive_command
+    that fails on the way, or the timeout, is BackupFailed."""
+    started = time.monotonic()
+    while True:
+        archiver = read_archiver(conn)
+        if archiver.reached(segment):
+            return time.monotonic() - started
+        if archiver.failing and archiver.failed and archiver.failed[:24] >= segment:
+            raise BackupFailed(f"WAL segment {segment} could not be archived (archive_command "
+                               f"failed on {archiver.failed}): fix archive_command or the "
+                               "pgBackRest repository; nothing was changed")
+        if time.monotonic() - started > timeout:
+            raise BackupFailed(f"WAL segment {segment} was not archived within {timeout:g} s "
+                               f"(PGBACKREST_TIMEOUT; last archived: {archiver.archived or 'none'})"
+                               ": check archive_command and the pgBackRest repository; nothing "
+                               "was changed")
+        time.sleep(POLL_SECONDS)
+
+
+def newest_backup_on(stanza_info: dict, timeline: int, lsn: int | None = None) -> dict | None:
+    """The newest pgBackRest backup (full, diff or incr) of `timeline` that ended at or before
+    `lsn` (when given), or None."""
+    found = []
+    for backup in stanza_info.get("backup") or []:
+        start = (backup.get("archive") or {}).get("start") or ""
+        stop_lsn = (backup.get("lsn") or {}).get("stop")
+        if backup.get("error") or not SEGMENT_RE.fullmatch(start) or timeline_of(start) != timeline:
+            continue
+        if lsn is not None and stop_lsn and parse_lsn(stop_lsn) > lsn:
+            continue
+        found.append(backup)
+    return max(found, key=lambda b: (b.get("timestamp") or {}).get("stop") or 0, default=None)
+
+
+def parse_lsn(lsn: str) -> int:
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def restore_point_name(reason: str, backup_id: str) -> str:
+    """Unique (PostgreSQL allows duplicate names and stops at the first), and within the 63
+    characters a restore point name may have: what it was for, then our backup id."""
+    words = re.sub(r"[^a-z]+", "-", reason.lower()).strip("-").split("-")
+    return f"{'-'.join(words[:2])}-{backup_id}"[-63:]
+
+
+def take_restore_point(settings, *, reason: str, revision: str | None, now: datetime,
+                       label: str | None = None):
+    """Create a restore point, switch WAL, wait until it is archived, find the pgBackRest backup
+    it rests on, and record the manifest. Refuses (nothing changed) when archiving is failing,
+    the server is a standby, or the current timeline has no backup."""
+    from sqlalchemy import text
+
+    from app.ops.backups import (MANIFEST_SUFFIX, TOOL_NAME, BackupManifest, iso,
+                                 new_backup_id)
+    from app.ops.database import connect, server_version_num
+    from app.ops.storage import open_storage
+
+    pgbackrest = PgBackRest.from_settings(settings)
+    storage = open_storage(settings)
+    storage.prepare()
+    started = time.monotonic()
+    url = settings.database_url
+    with connect(url) as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        check_primary(conn)
+        check_archiving(read_archiver(conn))
+        version = server_version_num(conn)
+        current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
+        timeline = timeline_of(current)
+        system_id = conn.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar()
+        try:
+            stanza = pgbackrest.info()
+        except BackupFailed as exc:
+            raise BackupFailed(f"{exc}; nothing was changed") from None
+        base = newest_backup_on(stanza, timeline)
+        if base is None:
+            raise BackupFailed(f"pgBackRest stanza '{pgbackrest.stanza}' has no backup on the "
+                               f"current timeline {timeline}: take one with `pgbackrest "
+                               f"--stanza={pgbackrest.stanza} --type=incr backup`; nothing was "
+                               "changed")
+        known = {str(db.get("system-id")) for db in stanza.get("db") or []}
+        if known and str(system_id) not in known:
+            raise ConfigError(f"pgBackRest stanza '{pgbackrest.stanza}' backs up another cluster "
+                              f"(system identifier {', '.join(sorted(known))}, this one is "
+                              f"{system_id}): check PGBACKREST_STANZA and PGBACKREST_CONFIG")
+        backup_id = new_backup_id(now)
+        name = restore_point_name(reason, backup_id)
+        try:
+            lsn = conn.execute(text("SELECT pg_create_restore_point(:n)::text"), {"n": name}).scalar()
+            segment = conn.execute(text("SELECT pg_walfile_name(CAST(:l AS pg_lsn))"), {"l": lsn}).scalar()
+            conn.execute(text("SELECT pg_switch_wal()"))
+        except Exception as exc:
+            from sqlalchemy.exc import DBAPIError
+            if not isinstance(exc, DBAPIError):
+                raise
+            from app.ops.database import first_line
+            why = first_line(exc.orig)
+            advice = ("the role needs EXECUTE on pg_create_restore_point(text) and "
+                      "pg_switch_wal() in this database (see the README)"
+                      if "permission denied" in why else "see the server's log")
+            raise BackupFailed(f"cannot create restore point {name}: {why}; {advice}; nothing "
+                               "was changed") from None
+        waited = wait_archived(conn, segment, pgbackrest.timeout)
+    manifest = BackupManifest(
+        id=backup_id, env=settings.env, engine="postgresql", database=settings.masked_database_url,
+        created_at=iso(now), revision=revision, size=0, raw_size=0, sha256="", artifact="",
+        location=f"pgBackRest stanza {pgbackrest.stanza}, restore point {name}",
+        format=FORMAT, reason=reason, label=label,
+        duration_seconds=round(time.monotonic() - started, 3), tool=TOOL_NAME,
+        versions={"postgresql": str(version)}, verified=True, verified_at=iso(now),
+        method=METHOD,
+        pgbackrest={"stanza": pgbackrest.stanza, "restore_point": name, "lsn": lsn,
+                    "segment": segment, "timeline": timeline, "system_identifier": str(system_id),
+                    "backup_label": base["label"], "backup_type": base.get("type"),
+                    "archive_wait_seconds": round(waited, 3)})
+    storage.put_bytes(backup_id + MANIFEST_SUFFIX, manifest.to_json().encode())
+    return manifest
+
+
+def verify_restore_point(settings, manifest) -> None:
+    """The restore point is still reachable: the backup it rests on is in the repository and
+    the archive holds every WAL segment from that backup's start to the restore point's."""
+    record = manifest.pgbackrest or {}
+    stanza = PgBackRest.from_settings(settings).info()
+    label = record.get("backup_label")
+    backup = next((b for b in stanza.get("backup") or [] if b.get("label") == label), None)
+    if backup is None:
+        raise BackupFailed(f"pgBackRest backup {label}, which restore point "
+                           f"{record.get('restore_point')} rests on, is no longer in the "
+                           "repository (expired by pgBackRest's retention?)")
+    start, segment = (backup.get("archive") or {}).get("start", ""), record.get("segment", "")
+    ranges = [(a.get("min") or "", a.get("max") or "") for a in stanza.get("archive") or []]
+    if not any(low <= start and segment <= high for low, high in ranges
+               if low[:8] <= start[:8] and high[:8] >= segment[:8]):
+        raise BackupFailed(f"the WAL archive of stanza '{stanza.get('name')}' does not hold every "
+                           f"segment from {start} to {segment}: restore point "
+                           f"{record.get('restore_point')} cannot be reached")
+
+
+def status_facts(settings) -> dict:
+    """For `invoke status`: the stanza's newest backups and archive range (`pgbackrest info`),
+    and how far the server's archiver is behind. A failure is reported in the dict, not
+    raised: status must show everything else."""
+    from sqlalchemy import text
+
+    from app.ops.database import connect
+    from app.ops.errors import OpsError
+
+    facts: dict = {"stanza": settings.get("PGBACKREST_STANZA")}
+    try:
+        stanza = PgBackRest.from_settings(settings).info()
+        backups = stanza.get("backup") or []
+        for kind in ("full", "incr", "diff"):
+            newest = max((b for b in backups if b.get("type") == kind),
+                         key=lambda b: (b.get("timestamp") or {}).get("stop") or 0, default=None)
+            facts[f"newest_{kind}"] = None if newest is None else {
+                "label": newest.get("label"),
+                "stopped_at": (newest.get("timestamp") or {}).get("stop")}
+        archive = stanza.get("archive") or []
+        facts["archive"] = {"min": min((a.get("min") or "" for a in archive), default=None),
+                            "max": max((a.get("max") or "" for a in archive), default=None)}
+        facts["repo_status"] = (stanza.get("status") or {}).get("message")
+    except OpsError as exc:
+        facts["error"] = str(exc)
+    try:
+        with connect(settings.database_url) as conn:
+            archiver = read_archiver(conn)
+            current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
+        behind = None
+        if archiver.archived and SEGMENT_RE.fullmatch(archiver.archived) and \
+                archiver.archived[:8] == current[:8]:
+            behind = max(0, int(current[8:], 16) - int(archiver.archived[8:], 16) - 1)
+        facts["archiver"] = {"last_archived_wal": archiver.archived,
+                             "last_archived_at": archiver.archived_at.isoformat()
+                             if archiver.archived_at else None,
+                             "failing": archiver.failing, "last_failed_wal": archiver.failed,
+                             "segments_behind": behind}
+    except OpsError as exc:
+        facts.setdefault("error", str(exc))
+    return facts

@@ -1,0 +1,329 @@
+"""End to end with BACKUP_METHOD=pgbackrest: `invoke` runs as a subprocess against a throwaway
+PostgreSQL cluster that archives its WAL to a real local pgBackRest repository (the
+`archiving_cluster` fixture, tests/pgbackrest_cluster.py). The tests assert on exit codes,
+output, the manifests in the store and the database's schema and rows afterwards.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from conftest import AWKWARD_PASSWORD, Project
+from helpers import failed, ok, shown
+
+
+def test_the_throwaway_cluster_archives_and_has_a_full_backup(archiving_cluster):
+    cluster = archiving_cluster
+    info = json.loads(cluster.pgbackrest("info", "--output=json").stdout)
+    assert [b["type"] for b in info[0]["backup"]] == ["full"]
+    segment = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    archived = cluster.psql("SELECT last_archived_wal FROM pg_stat_archiver")
+    # archive-push runs asynchronously to the switch: poll the archiver's own record
+    for _ in range(200):
+        if archived >= segment:
+            break
+        archived = cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+    assert archived >= segment
+    assert cluster.psql("SHOW fsync") == "off"
+    assert cluster.data.stat().st_uid != 0 and cluster.repo.stat().st_uid != 0
+
+
+@dataclass
+class ClusterDatabase:
+    """A database in the throwaway cluster owned by its own non-superuser role, as the
+    application's owner role would be, with the grants the README asks a DBA for."""
+    cluster: object
+    name: str
+    role: str
+
+    def sql(self, statement: str) -> str:
+        return self.cluster.psql(statement, database=self.name)
+
+    def env(self, **extra: str) -> dict:
+        return {"APP_ENV": "pgtest", "POSTGRES_SERVER": "127.0.0.1",
+                "POSTGRES_PORT": str(self.cluster.port), "POSTGRES_USER": self.role,
+                "POSTGRES_PASSWORD": AWKWARD_PASSWORD, "POSTGRES_DB": self.name,
+                **self.cluster.settings, **extra}
+
+    def revision(self) -> str:
+        return self.sql("SELECT version_num FROM alembic_version") if "alembic_version" in \
+            self.tables() else ""
+
+    def tables(self) -> list[str]:
+        return self.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                        "ORDER BY 1").split()
+
+    def schema(self) -> str:
+        return self.sql("SELECT string_agg(table_name || '.' || column_name || ':' || data_type, "
+                        "',' ORDER BY table_name, column_name) FROM information_schema.columns "
+                        "WHERE table_schema = 'public'")
+
+
+@pytest.fixture
+def cluster_db(archiving_cluster):
+    cluster = archiving_cluster
+    suffix = secrets.token_hex(4)
+    role, name = f"mida_owner_{suffix}", f"mida_test_{suffix}"
+    password = AWKWARD_PASSWORD.replace("'", "''")
+    cluster.psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    cluster.psql(f"CREATE DATABASE {name} OWNER {role}")
+    # Function privileges live in each database's catalog: granted in the app's database.
+    cluster.psql(f"GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() "
+                 f"TO {role}", database=name)
+    yield ClusterDatabase(cluster, name, role)
+    if cluster.psql("SELECT pg_is_in_recovery()") == "f":
+        cluster.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cluster.psql(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+
+
+def wait_archived(cluster) -> None:
+    """Switch WAL and poll the archiver until it has the segment (the archiver's own record)."""
+    segment = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    for _ in range(600):
+        if cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= segment:
+            return
+    raise AssertionError(f"segment {segment} was never archived")
+
+
+def stored_files(project: Project) -> set[str]:
+    folder = project.root / "backups" / "pgtest"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def test_migrate_takes_a_restore_point_whose_wal_is_archived_and_no_dump(project, cluster_db):
+    cluster = cluster_db.cluster
+    started = time.monotonic()
+    result = ok(project.run("migrate", env=cluster_db.env()))
+    migrate_seconds = time.monotonic() - started
+    assert "restore point before-migrate-" in result.stdout, shown(result)
+    assert cluster_db.revision() == "f8ff2ab1fdfa"
+    [item] = project.backups("pgtest", env=cluster_db.env())
+    rp = item["pgbackrest"]
+    assert item["method"] == "pgbackrest" and item["verified"] and item["revision"] is None
+    assert item["reason"] == "before migrate base -> f8ff2ab1fdfa"
+    assert rp["restore_point"] == f"before-migrate-{item['id']}"
+    # The restore point's segment is in the repository's archive, and the backup it rests on
+    # is the fixture's full backup, on the same timeline.
+    info = json.loads(cluster.pgbackrest("info", "--output=json").stdout)[0]
+    assert rp["backup_label"] in [b["label"] for b in info["backup"]]
+    assert rp["timeline"] == int(rp["segment"][:8], 16)
+    archived = [p.name for p in cluster.repo.glob(f"archive/mida/*/*/{rp['segment']}-*")]
+    assert archived, f"{rp['segment']} is not in the repository"
+    assert cluster.psql(f"SELECT '{rp['lsn']}'::pg_lsn <= pg_current_wal_lsn()") == "t"
+    # No dump: the store holds the manifest and the audit record only.
+    files = stored_files(project)
+    assert {f for f in files if not f.endswith((".manifest.json", ".audit.json", ".lock"))} == set()
+    assert sum(f.endswith(".manifest.json") for f in files) == 1
+    assert item["duration_seconds"] < 2.0, item
+    print(f"migrate with a restore point: {migrate_seconds:.2f} s, restore point "
+          f"{item['duration_seconds']:.3f} s (archive wait {rp['archive_wait_seconds']:.3f} s)")
+
+
+def test_backup_on_demand_then_verify_finds_it(project, cluster_db):
+    ok(project.run("migrate", env=cluster_db.env()))
+    result = ok(project.run("backup", env=cluster_db.env()))
+    assert "restore point on-demand-" in result.stdout, shown(result)
+    newest = project.backups("pgtest", env=cluster_db.env())[0]
+    assert newest["reason"] == "on demand" and newest["revision"] == "f8ff2ab1fdfa"
+    verified = ok(project.run("verify", f"--backup={newest['id']}", env=cluster_db.env()))
+    assert newest["id"] in verified.stdout
+    # Health counts it as the newest verified backup; a scratch drill says why it cannot.
+    health = json.loads(project.run("check", "--json", env=cluster_db.env()).stdout)
+    assert health["last_verified_backup"]["id"] == newest["id"], health
+    assert [c["state"] for c in health["checks"] if c["name"] == "backup"] == ["OK"], health
+    failed(project.run("verify", "--restore-test", f"--backup={newest['id']}",
+                       env=cluster_db.env()), 2, "restore point", "aside")
+
+
+def test_archiving_broken_refuses_migrate_with_exit_4_and_changes_nothing(project, cluster_db):
+    cluster = cluster_db.cluster
+    cluster.psql("ALTER SYSTEM SET archive_command = 'false'")
+    cluster.psql("SELECT pg_reload_conf()")
+    try:
+        started = time.monotonic()
+        result = project.run("migrate", env=cluster_db.env())
+        seconds = time.monotonic() - started
+        failed(result, 4, "could not be archived", "nothing was changed")
+        assert seconds < 30, seconds
+        # The archiver now records the failure: the next run is refused before any restore point.
+        failed(project.run("migrate", env=cluster_db.env()), 4, "WAL archiving is failing",
+               "nothing was changed")
+    finally:
+        cluster.psql("ALTER SYSTEM RESET archive_command")
+        cluster.psql("SELECT pg_reload_conf()")
+        wait_archived(cluster)
+    assert cluster_db.tables() == [] and cluster_db.revision() == ""
+    assert project.backups("pgtest", env=cluster_db.env()) == []
+    # With archiving back, the next migrate goes through.
+    ok(project.run("migrate", env=cluster_db.env()))
+    assert cluster_db.revision() == "f8ff2ab1fdfa"
+
+
+def test_no_backup_on_the_current_timeline_or_no_stanza_is_refused(project, cluster_db):
+    failed(project.run("migrate", env=cluster_db.env(PGBACKREST_STANZA="nosuch")), 4, "nosuch")
+    assert cluster_db.tables() == []
+    failed(project.run("migrate", env=cluster_db.env(PGBACKREST_STANZA="")), 2,
+           "PGBACKREST_STANZA")
+
+
+BAD_REVISION = '''"""a bad release: deletes rows and adds a column
+
+Revision ID: 0badc0ffee01
+Revises: f8ff2ab1fdfa
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "0badc0ffee01"
+down_revision = "f8ff2ab1fdfa"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.execute("DELETE FROM users WHERE id > 1")
+    op.execute("UPDATE users SET email = 'clobbered@example.org'")
+    op.add_column("users", sa.Column("junk", sa.Integer()))
+    op.create_table("leftover", sa.Column("id", sa.Integer(), primary_key=True))
+
+
+def downgrade():
+    op.drop_table("leftover")
+    op.drop_column("users", "junk")
+'''
+
+
+def users(db: ClusterDatabase) -> str:
+    return db.sql("SELECT string_agg(format('%s|%s|%s', id, email, phone_number), ';' "
+                  "ORDER BY id) FROM users")
+
+
+def test_restore_undoes_a_bad_migration_exactly_even_with_a_later_backup(project, cluster_db):
+    cluster = cluster_db.cluster
+    # ALTER SYSTEM on the settings pgBackRest writes, so restore can clear them (README).
+    cluster.psql(f"GRANT ALTER SYSTEM ON PARAMETER recovery_target_lsn, recovery_target_action, "
+                 f"recovery_target_timeline TO {cluster_db.role}")
+    env = cluster_db.env()
+    ok(project.run("migrate", env=env))
+    cluster_db.sql("INSERT INTO users (email, hashed_password, phone_number) SELECT "
+                   "'u' || g || '@example.org', md5(g::text), '+41 ' || g "
+                   "FROM generate_series(1, 500) g")
+    assert cluster_db.sql("SELECT count(*) FROM users") == "500"
+    schema_before, rows_before = cluster_db.schema(), users(cluster_db)
+    timeline_before = cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()")
+
+    (project.root / "alembic" / "versions" / "0badc0ffee01_bad_release.py").write_text(BAD_REVISION)
+    ok(project.run("migrate", env=env))
+    assert cluster_db.revision() == "0badc0ffee01" and "leftover" in cluster_db.tables()
+    assert users(cluster_db) != rows_before
+    # A pgBackRest backup taken after the restore point: a plain restore would use it and end
+    # recovery before the target; ours names the backup the restore point rests on.
+    cluster.pgbackrest("--type=incr", "backup")
+    # And a write after the restore point, to be kept on the old timeline in the archive.
+    cluster_db.sql("INSERT INTO leftover VALUES (42)")
+    [newest, *_] = project.backups("pgtest", env=env)
+    assert newest["reason"] == "before migrate f8ff2ab1fdfa -> 0badc0ffee01"
+
+    started = time.monotonic()
+    result = ok(project.run("restore", f"--backup={newest['id']}", "--yes", env=env))
+    seconds = time.monotonic() - started
+    assert cluster_db.revision() == "f8ff2ab1fdfa"
+    assert cluster_db.tables() == ["alembic_version", "users"]
+    assert cluster_db.schema() == schema_before
+    assert users(cluster_db) == rows_before
+    assert cluster.psql("SELECT pg_is_in_recovery()") == "f"
+    assert int(cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()")) > \
+        int(timeline_before)
+    assert "recovery_target" not in cluster.auto_conf(), cluster.auto_conf()
+    assert f"--target-timeline={timeline_before}" in result.stdout, shown(result)
+    assert "restore them aside" in result.stdout, shown(result)
+    [event, *_] = json.loads(ok(project.run("audit", "--json", env=env)).stdout)
+    assert (event["action"], event["outcome"], event["backup_id"]) == \
+        ("restore", "succeeded", newest["id"])
+    # The new timeline has a backup of its own: the next migrate takes a restore point at once.
+    ok(project.run("migrate", env=env))
+    assert cluster_db.revision() == "0badc0ffee01"
+    print(f"restore of a restore point (PITR, incl. incremental backup): {seconds:.2f} s")
+
+
+def test_restore_refuses_a_cluster_with_other_databases_without_whole_cluster(project,
+                                                                              cluster_db):
+    cluster = cluster_db.cluster
+    other = f"other_app_{secrets.token_hex(3)}"
+    cluster.psql(f"CREATE DATABASE {other}")
+    try:
+        ok(project.run("migrate", env=cluster_db.env()))
+        timeline = cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()")
+        started = cluster.psql("SELECT pg_postmaster_start_time()")
+        failed(project.run("restore", "--yes", env=cluster_db.env()), 3, other,
+               "--whole-cluster", "nothing was changed")
+        assert cluster.psql("SELECT pg_postmaster_start_time()") == started
+        assert cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()") == timeline
+        assert cluster_db.revision() == "f8ff2ab1fdfa"
+    finally:
+        cluster.psql(f"DROP DATABASE {other}")
+
+
+def test_status_shows_the_stanza_and_the_archiver(project, cluster_db):
+    cluster = cluster_db.cluster
+    ok(project.run("migrate", env=cluster_db.env()))
+    info = json.loads(ok(project.run("status", "--json", env=cluster_db.env())).stdout)
+    facts = info["pgbackrest"]
+    repo = json.loads(cluster.pgbackrest("info", "--output=json").stdout)[0]
+    fulls = [b["label"] for b in repo["backup"] if b["type"] == "full"]
+    assert facts["newest_full"]["label"] == fulls[-1], facts
+    assert facts["archive"]["max"] == repo["archive"][-1]["max"], facts
+    assert facts["archiver"]["failing"] is False and facts["archiver"]["segments_behind"] == 0
+    assert info["last_backup"]["pgbackrest"]["segment"] <= facts["archive"]["max"]
+    table = ok(project.run("status", env=cluster_db.env())).stdout
+    assert f"newest full {fulls[-1]}" in table and "0 segment(s) behind" in table, table
+    # A stanza pgBackRest does not know: status still answers, and says so.
+    broken = ok(project.run("status", "--json", env=cluster_db.env(PGBACKREST_STANZA="nosuch")))
+    assert "nosuch" in json.loads(broken.stdout)["pgbackrest"]["error"]
+
+
+def test_a_standby_is_refused_before_anything(project, cluster_db):
+    from pgbackrest_cluster import PG_BIN, free_port
+    cluster = cluster_db.cluster
+    standby, port = cluster.root / "standby", free_port()
+    cluster.run(str(PG_BIN / "pg_basebackup"), "-h", str(cluster.socket_dir), "-p",
+                str(cluster.port), "-D", str(standby), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast")
+    pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(standby)]
+    cluster.run(*pg_ctl, "-o", f"-p {port}", "-l", str(cluster.root / "standby.log"), "start", "-w")
+    try:
+        env = cluster_db.env(POSTGRES_PORT=str(port))
+        failed(project.run("migrate", env=env), 3, "standby", "primary")
+        failed(project.run("backup", env=env), 3, "standby")
+        assert cluster_db.tables() == []
+        assert project.backups("pgtest", env=env) == []
+    finally:
+        cluster.run(*pg_ctl, "stop", "-m", "immediate", "-w", check=False)
+        cluster.run("rm", "-rf", str(standby))
+
+
+def test_an_unreachable_repository_or_a_hanging_pgbackrest_fails_within_the_timeout(
+        project, cluster_db):
+    cluster = cluster_db.cluster
+    wrong = cluster.root / "wrong-repo.conf"
+    wrong.write_text(cluster.config.read_text().replace(
+        f"repo1-path={cluster.repo}", f"repo1-path={cluster.root / 'no-such-repo'}"))
+    result = project.run("migrate", env=cluster_db.env(PGBACKREST_CONFIG=str(wrong)))
+    failed(result, 4, "stanza 'mida' is not usable", "missing stanza path", "nothing was changed")
+    # A pgbackrest that never answers (a repository behind a dead endpoint hangs for minutes):
+    # our own timeout ends it, in one sentence.
+    started = time.monotonic()
+    result = project.run("migrate", env=cluster_db.env(
+        PGBACKREST_TIMEOUT="2",
+        PGBACKREST_COMMAND="sh -c 'sleep 117.31; :'"))
+    seconds = time.monotonic() - started
+    failed(result, 4, "did not finish within 2 s", "PGBACKREST_TIMEOUT")
+    assert seconds < 15, seconds
+    # The whole process group went, not only its leader (as with sudo or runuser in front).
+    left = subprocess.run(["pgrep", "-f", "sleep 117.31"], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout
+    assert cluster_db.tables() == [] and project.backups("pgtest", env=cluster_db.env()) == []
