@@ -50,7 +50,6 @@ exec '{real}' "$@"
         while not select.select([said_fd], [], [], 1)[0]:
             assert run.poll() is None, f"restore ended early:\n{run.communicate()}"
         pg_restore_pid = int(os.read(said_fd, 64).split()[0])
-        assert list(scratch_tmp.iterdir()), "the decompressed copy should exist by now"
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=120)
     finally:

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 TEMP_PREFIX = "mida-"
+# Only folders this module made carry it: anything else named mida-* in $TMPDIR is left alone.
+MARKER = ".mida-private-folder"
 MIN_AGE_SECONDS = 60
 
 
@@ -68,11 +70,13 @@ def private_folder(purpose: str) -> Iterator[Path]:
     """A 0700 folder in $TMPDIR for decompressed backups, held while in use and removed after;
     abandoned ones of earlier runs are removed first."""
     root = Path(tempfile.gettempdir())
-    remove_abandoned(root.glob(f"{TEMP_PREFIX}*"))
+    remove_abandoned(p for p in root.glob(f"{TEMP_PREFIX}*")
+                     if (p / MARKER).is_file() and p.lstat().st_uid == os.getuid())
     folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{purpose}-"))
     fd = os.open(folder, os.O_RDONLY)
     try:
         hold(fd)
+        (folder / MARKER).touch(mode=0o600)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)

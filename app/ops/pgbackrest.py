@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
+from app.ops.signals import spawn
 
 METHOD = "pgbackrest"
 FORMAT = "pgbackrest-restore-point"
@@ -104,7 +105,7 @@ def run_bounded(argv: list[str], timeout: float, env: dict | None = None):
     pgbackrest` or `runuser` killed alone would leave a hanging pgbackrest behind. Stopped
     (Ctrl-C, SIGTERM) the same way."""
     import signal
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    with spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           stdin=subprocess.DEVNULL, env=env, start_new_session=True) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)

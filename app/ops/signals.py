@@ -6,11 +6,20 @@ files on disk and no audit record. Inside `stop_on_signals()` they raise `Stoppe
 KeyboardInterrupt, in the main thread, so the clean-up that already runs for Ctrl-C (kill the
 child, remove the partial file, write the audit record, roll the transaction back) runs for
 them too. The exit code follows the shell's convention: 128 + the signal's number.
+
+A child process must never outlive the run, however the signal falls: the handler kills every
+live child started through `spawn` before it raises, and a signal that lands while `spawn` is
+starting one (after the fork, before the caller holds the child) waits until the child is
+registered, so even that child is killed.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import subprocess
+import threading
+import weakref
 from typing import Iterator
 
 HANDLED = (signal.SIGTERM, signal.SIGHUP)
@@ -24,10 +33,49 @@ class Stopped(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
+_children: "weakref.WeakSet[subprocess.Popen]" = weakref.WeakSet()
+_spawning = False           # the main thread is inside spawn(): a signal waits in _pending
+_pending: int | None = None
+
+
+def spawn(argv, **kwargs) -> subprocess.Popen:
+    """subprocess.Popen, with the child registered so that a signal always kills it."""
+    global _spawning, _pending
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        _spawning = True
+    try:
+        proc = subprocess.Popen(argv, **kwargs)
+        proc.own_group = bool(kwargs.get("start_new_session") or kwargs.get("process_group") == 0)
+        _children.add(proc)
+    finally:
+        if main:
+            _spawning = False
+    if main and _pending is not None:
+        signum, _pending = _pending, None
+        _stop(signum)
+    return proc
+
+
 def _raise_stopped(signum, frame) -> None:
+    global _pending
     # Once is enough: a second signal while cleaning up must not cut the clean-up short.
     for handled in HANDLED:
         signal.signal(handled, signal.SIG_IGN)
+    if _spawning:
+        _pending = signum
+        return
+    _stop(signum)
+
+
+def _stop(signum: int) -> None:
+    for proc in list(_children):
+        if proc.returncode is None:  # not reaped yet, so its pid is still its own
+            with contextlib.suppress(OSError):
+                if proc.own_group:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
     raise Stopped(signum)
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 from app.ops.database import maintenance_options
 from app.ops.errors import BackupFailed, ConfigError
+from app.ops.signals import spawn
 from app.ops.streams import CHUNK
 
 VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -108,7 +109,7 @@ class PostgresDumper:
             if cancel is not None:
                 cancel.on_cancel(stop_counting)
             with tempfile.TemporaryFile() as errors:
-                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
+                proc = spawn(argv, stdout=subprocess.PIPE, stderr=errors,
                                         env=self.environment())
                 if cancel is not None:
                     cancel.on_cancel(proc.kill)
@@ -137,7 +138,7 @@ class PostgresDumper:
         (`pg_restore --list` would not notice a truncated archive)."""
         argv = [self.tool("pg_restore"), "--file", os.devnull]
         with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=errors,
+            proc = spawn(argv, stdin=subprocess.PIPE, stderr=errors,
                                     env=self.environment())
             try:
                 feed(proc.stdin)
@@ -167,7 +168,7 @@ class PostgresDumper:
         # Settings a database owner may set for its own sessions; they speed up index builds.
         env["PGOPTIONS"] += " -c maintenance_work_mem=256MB -c synchronous_commit=off"
         with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=errors, env=env,
+            proc = spawn(argv, stdin=subprocess.DEVNULL, stderr=errors, env=env,
                                     pass_fds=pass_fds)
             try:
                 status = proc.wait()

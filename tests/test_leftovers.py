@@ -1,0 +1,84 @@
+"""app.ops.leftovers: what a kill -9 leaves is removed by the next run, and nothing else is.
+
+flock locks belong to an open file description, so a lock taken here conflicts with the
+module's own check exactly as another process's would.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from app.ops.leftovers import MARKER, private_folder
+from app.ops.storage.local import LocalStorage
+
+AN_HOUR_AGO = time.time() - 3600
+
+
+def aged(path: Path) -> Path:
+    os.utime(path, (AN_HOUR_AGO, AN_HOUR_AGO))
+    return path
+
+
+@pytest.fixture
+def tmpdir_env(tmp_path, monkeypatch):
+    import tempfile
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+def left_by_a_kill(root: Path, name: str, marked: bool = True) -> Path:
+    folder = root / name
+    folder.mkdir()
+    (folder / "restore.sqlite3").write_bytes(b"patient data")
+    if marked:
+        (folder / MARKER).touch()
+    return aged(folder)
+
+
+def test_a_private_folder_is_held_marked_and_removed_after_use(tmpdir_env):
+    with private_folder("restore") as folder:
+        assert folder.parent == tmpdir_env and (folder / MARKER).is_file()
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    assert not folder.exists()
+
+
+def test_the_next_private_folder_removes_only_abandoned_marked_old_ones(tmpdir_env):
+    abandoned = left_by_a_kill(tmpdir_env, "mida-restore-abandoned")
+    not_ours = left_by_a_kill(tmpdir_env, "mida-notes", marked=False)
+    fresh = left_by_a_kill(tmpdir_env, "mida-restore-fresh")
+    os.utime(fresh)  # just made: maybe being created right now
+    held = left_by_a_kill(tmpdir_env, "mida-restore-held")
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a run still working in it
+        with private_folder("restore"):
+            pass
+    finally:
+        os.close(fd)
+    assert not abandoned.exists()
+    assert not_ours.exists() and fresh.exists() and held.exists()
+
+
+def test_a_backup_removes_abandoned_partials_but_not_one_being_written(tmp_path):
+    store = LocalStorage(tmp_path / "dev")
+    with store.writer("20260101T000000.000Z-aaaaaa.sqlite3.zst") as out:
+        out.write(b"half")
+        being_written = aged(tmp_path / "dev" / ".20260101T000000.000Z-aaaaaa.sqlite3.zst.partial")
+        abandoned = tmp_path / "dev" / ".20250101T000000.000Z-bbbbbb.sqlite3.zst.partial"
+        abandoned.write_bytes(b"left by kill -9")
+        aged(abandoned)
+        LocalStorage(tmp_path / "dev").prepare()  # another run's backup starting
+        assert being_written.exists()
+        assert not abandoned.exists()
+    assert store.exists("20260101T000000.000Z-aaaaaa.sqlite3.zst")
