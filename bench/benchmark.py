@@ -926,7 +926,7 @@ def main() -> int:
           f"{os.cpu_count()} CPUs, parts {','.join(map(str, args.parts))}, "
           f"{args.rounds} round(s)", flush=True)
     checks: list[tuple] = []
-    # Not "mida-...": the tools sweep unheld mida-* folders from TMPDIR (app/ops/leftovers.py).
+    # Not "mida-private-...": the tools sweep unheld ones from TMPDIR (app/ops/leftovers.py).
     with tempfile.TemporaryDirectory(prefix="bench-mida-") as tmpdir:
         tmp = Path(tmpdir)
         if args.snapshot:

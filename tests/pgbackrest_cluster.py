@@ -114,7 +114,7 @@ def build_cluster() -> ArchivingCluster:
         owner = pwd.getpwnam(OWNER)
     except KeyError:
         raise ClusterUnavailable(f"there is no '{OWNER}' OS user to own the cluster") from None
-    # Not "mida-...": the tool removes abandoned mida-* folders from the temporary folder.
+    # Not "mida-private-...": the tool removes abandoned ones from the temporary folder.
     root = Path(tempfile.mkdtemp(prefix="pgbackrest-cluster-"))
     os.chmod(root, 0o755)  # the project runs as root; the cluster's owner must reach its files
     os.chown(root, owner.pw_uid, owner.pw_gid)

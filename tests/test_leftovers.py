@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.ops.leftovers import MARKER, private_folder
+from app.ops.leftovers import TEMP_PREFIX, private_folder
 from app.ops.storage.local import LocalStorage
 
 AN_HOUR_AGO = time.time() - 3600
@@ -32,18 +32,16 @@ def tmpdir_env(tmp_path, monkeypatch):
     return root
 
 
-def left_by_a_kill(root: Path, name: str, marked: bool = True) -> Path:
+def left_by_a_kill(root: Path, name: str) -> Path:
     folder = root / name
     folder.mkdir()
     (folder / "restore.sqlite3").write_bytes(b"patient data")
-    if marked:
-        (folder / MARKER).touch()
     return aged(folder)
 
 
 def test_a_private_folder_is_held_marked_and_removed_after_use(tmpdir_env):
     with private_folder("restore") as folder:
-        assert folder.parent == tmpdir_env and (folder / MARKER).is_file()
+        assert folder.parent == tmpdir_env and folder.name.startswith(TEMP_PREFIX)
         fd = os.open(folder, os.O_RDONLY)
         try:
             with pytest.raises(BlockingIOError):
@@ -53,12 +51,12 @@ def test_a_private_folder_is_held_marked_and_removed_after_use(tmpdir_env):
     assert not folder.exists()
 
 
-def test_the_next_private_folder_removes_only_abandoned_marked_old_ones(tmpdir_env):
-    abandoned = left_by_a_kill(tmpdir_env, "mida-restore-abandoned")
-    not_ours = left_by_a_kill(tmpdir_env, "mida-notes", marked=False)
-    fresh = left_by_a_kill(tmpdir_env, "mida-restore-fresh")
+def test_the_next_private_folder_removes_only_abandoned_old_ones_of_its_own(tmpdir_env):
+    abandoned = left_by_a_kill(tmpdir_env, f"{TEMP_PREFIX}restore-abandoned")
+    not_ours = left_by_a_kill(tmpdir_env, "mida-notes")
+    fresh = left_by_a_kill(tmpdir_env, f"{TEMP_PREFIX}restore-fresh")
     os.utime(fresh)  # just made: maybe being created right now
-    held = left_by_a_kill(tmpdir_env, "mida-restore-held")
+    held = left_by_a_kill(tmpdir_env, f"{TEMP_PREFIX}restore-held")
     fd = os.open(held, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a run still working in it

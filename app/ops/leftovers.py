@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-TEMP_PREFIX = "mida-"
-# Only folders this module made carry it: anything else named mida-* in $TMPDIR is left alone.
-MARKER = ".mida-private-folder"
+# Only folders this module made carry this prefix: anything else in $TMPDIR is left alone.
+TEMP_PREFIX = "mida-private-"
 MIN_AGE_SECONDS = 60
 
 
@@ -71,12 +70,11 @@ def private_folder(purpose: str) -> Iterator[Path]:
     abandoned ones of earlier runs are removed first."""
     root = Path(tempfile.gettempdir())
     remove_abandoned(p for p in root.glob(f"{TEMP_PREFIX}*")
-                     if (p / MARKER).is_file() and p.lstat().st_uid == os.getuid())
+                     if p.is_dir() and p.lstat().st_uid == os.getuid())
     folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{purpose}-"))
     fd = os.open(folder, os.O_RDONLY)
     try:
         hold(fd)
-        (folder / MARKER).touch(mode=0o600)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
