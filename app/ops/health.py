@@ -247,8 +247,9 @@ def _read_store(facts: Facts, settings, storage) -> None:
         for manifest in facts.backups:
             if not manifest.verified:
                 continue
-            # a stat locally, a HEAD on S3; a restore point's data is in pgBackRest's repository
-            if manifest.is_restore_point or storage.exists(manifest.artifact):
+            # The listing saw the artifact (no stat or HEAD per backup); a restore point's data
+            # is in pgBackRest's repository.
+            if manifest.is_restore_point or manifest.stored_size is not None:
                 facts.newest_verified = manifest
                 break
             facts.lost.append(manifest)
