@@ -64,6 +64,12 @@ def _settings(env):
     return load_settings(env)
 
 
+def _target(env):
+    """The env's settings, database and backup store: opened once per task, passed down."""
+    from app.ops.target import open_target
+    return open_target(_settings(env))
+
+
 def _console():
     from app.console import Console
     return Console()
@@ -77,7 +83,7 @@ def status(c, env=None, json=False):
 
     console = _console()
     now = _now()
-    info = collect_status(_settings(env), now, console.warn)
+    info = collect_status(_target(env), now, console.warn)
     if json:
         return console.json(info)
     last = info["last_backup"]
@@ -126,12 +132,12 @@ def migrate(c, env=None, revision="head", sql=False, break_glass=None):
     from app.ops import release
 
     console = _console()
-    settings = _settings(env)
+    target = _target(env)
     if sql:
-        return console.say(release.upgrade_sql(settings, revision))
-    console.info(f"env {settings.env}: {settings.masked_database_url}")
+        return console.say(release.upgrade_sql(target, revision))
+    console.info(f"env {target.env}: {target.database.masked_url}")
     console.show_migration_log()
-    result = release.migrate(settings, revision=revision, now=_now(), reporter=console,
+    result = release.migrate(target, revision=revision, now=_now(), reporter=console,
                              break_glass=break_glass)
     _report_run(console, result)
 
@@ -144,10 +150,10 @@ def rollback(c, env=None, to="-1", break_glass=None, yes=False):
     from app.ops import release
 
     console = _console()
-    settings = _settings(env)
-    console.info(f"env {settings.env}: {settings.masked_database_url}")
+    target = _target(env)
+    console.info(f"env {target.env}: {target.database.masked_url}")
     console.show_migration_log()
-    result = release.rollback(settings, to=to, now=_now(), reporter=console,
+    result = release.rollback(target, to=to, now=_now(), reporter=console,
                               break_glass=break_glass, yes=yes, ask=_terminal_prompt())
     _report_run(console, result)
 
@@ -186,11 +192,10 @@ def _restore_point_line(manifest):
 def backup(c, env=None, label=None):
     """Take a verified backup now."""
     from app.console import human_size
-    from app.ops.release import backup_on_demand
+    from app.ops.backups import backup_on_demand
 
     console = _console()
-    settings = _settings(env)
-    manifest = backup_on_demand(settings, now=_now(), label=label, reporter=console)
+    manifest = backup_on_demand(_target(env), now=_now(), label=label, reporter=console)
     if manifest.is_restore_point:
         return console.say(_restore_point_line(manifest))
     console.say(f"Backup {manifest.id}: {human_size(manifest.size)} "
@@ -206,7 +211,7 @@ def backups(c, env=None, json=False):
     from app.ops.status import backup_item
 
     console = _console()
-    items = list_backups(_settings(env), console.warn)
+    items = list_backups(_target(env), console.warn)
     if json:
         return console.json([backup_item(m) for m in items])
     if not items:
@@ -227,18 +232,18 @@ def verify(c, env=None, backup=None, restore_test=False):
     from app.ops.backups import find_backup, verify_backup
 
     console = _console()
-    settings = _settings(env)
-    manifest = find_backup(settings, backup)
+    target = _target(env)
+    manifest = find_backup(target, backup)
     if restore_test:
         from app.ops.drills import restore_test as run_restore_test
 
-        result = run_restore_test(settings, manifest, now=_now())
+        result = run_restore_test(target, manifest, now=_now())
         console.say(f"Restore test of backup {manifest.id} passed in {result.seconds:.1f} s: "
                     f"{len(result.counts)} tables, {sum(result.counts.values())} rows, all as "
                     "recorded. The scratch copy is dropped.")
         return
     with console.progress("verifying", total=manifest.size) as advance:
-        verify_backup(settings, manifest, now=_now(), progress=advance)
+        verify_backup(target, manifest, now=_now(), progress=advance)
     console.say(f"Backup {manifest.id} is intact: sha256 {manifest.sha256} matches and "
                 "the archive reads back whole.")
 
@@ -251,7 +256,7 @@ def create(c, message, env=None, empty=False):
     from app.ops.revisions import create_revision
 
     console = _console()
-    created = create_revision(_settings(env), message, empty=empty)
+    created = create_revision(_target(env), message, empty=empty)
     console.say(f"Created {created.path}")
     console.say(created.review)
     for warning in created.warnings:
@@ -262,21 +267,21 @@ def create(c, message, env=None, empty=False):
 def history(c, env=None):
     """Show the revisions, oldest at the bottom, marking the database's current one."""
     from app.ops.migrations import Migrations
-    Migrations(_settings(env)).history()
+    Migrations(_target(env)).history()
 
 
 @task
 def heads(c, env=None):
     """Show the head revisions (more than one needs `invoke merge`)."""
     from app.ops.migrations import Migrations
-    Migrations(_settings(env)).show_heads()
+    Migrations(_target(env)).show_heads()
 
 
 @task(help={"message": "the merge revision's message"})
 def merge(c, env=None, message="merge heads"):
     """Join several heads into one with a merge revision."""
     from app.ops.migrations import Migrations
-    script = Migrations(_settings(env)).merge(message)
+    script = Migrations(_target(env)).merge(message)
     _console().say(f"Created merge revision {script.revision} at {script.path}")
 
 
@@ -288,7 +293,7 @@ def stamp(c, rev, env=None, break_glass=None):
     from app.ops import release
 
     console = _console()
-    before, after = release.stamp(_settings(env), revision=rev, now=_now(), reporter=console,
+    before, after = release.stamp(_target(env), revision=rev, now=_now(), reporter=console,
                                   break_glass=break_glass)
     console.say(f"Stamped: {before or 'base'} -> {after or 'base'} (no migration ran)")
 
@@ -306,8 +311,8 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster
     from app.ops import restore as restoring
 
     console = _console()
-    settings = _settings(env)
-    plan = restoring.plan_restore(settings, backup)
+    target = _target(env)
+    plan = restoring.plan_restore(target, backup)
     now = _now()
     b = plan.backup
     console.fields("Restore", [
@@ -316,11 +321,11 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster
         ("restore point", f"{b.pgbackrest['restore_point']} at LSN {b.pgbackrest['lsn']}, a "
                           "point-in-time recovery of the whole cluster") if b.is_restore_point
         else ("size", human_size(b.size)), ("reason", b.reason),
-        ("replaces", f"{settings.masked_database_url}, " + (
+        ("replaces", f"{target.database.masked_url}, " + (
             "closed to connections by an interrupted restore (opened again first)"
             if plan.closed else f"now at {plan.current or 'base'}"))])
     restoring.confirm(plan, yes=yes, ask=_terminal_prompt())
-    result = restoring.run_restore(settings, plan, now=now, reporter=console,
+    result = restoring.run_restore(target, plan, now=now, reporter=console,
                                    disconnect=disconnect, whole_cluster=whole_cluster)
     console.say(f"Restored backup {b.id} in {result.seconds:.1f} s: the database is at "
                 f"{result.revision or 'base'}.")
@@ -330,7 +335,7 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster
                     f"{result.downtime_seconds:.3f} s (closed to clients only for the swap).")
     if result.safety:
         console.say(f"Safety backup {result.safety.id} holds what was there before; undo with: "
-                    f"invoke restore --env={settings.env} --backup={result.safety.id} --yes"
+                    f"invoke restore --env={target.env} --backup={result.safety.id} --yes"
                     + (" --disconnect" if disconnect else ""))
     for note in result.notes:
         console.say(note[0].upper() + note[1:])
@@ -348,9 +353,9 @@ def rehearse(c, env=None):
     from app.ops.drills import rehearse as run_rehearsal
 
     console = _console()
-    settings = _settings(env)
+    target = _target(env)
     console.show_migration_log()
-    rehearsal = run_rehearsal(settings, now=_now(), reporter=console)
+    rehearsal = run_rehearsal(target, now=_now(), reporter=console)
     console.table(f"Rehearsal on backup {rehearsal.backup_id} ({rehearsal.outcome})",
                   ["step", "revision", "seconds"],
                   [[s.action, s.revision or "base", f"{s.seconds:.2f}"] for s in rehearsal.steps])
@@ -364,9 +369,9 @@ def prune(c, env=None, dry_run=False):
     from app.ops.prune import apply_prune, confirm_protected, plan_prune
 
     console = _console()
-    settings = _settings(env)
+    target = _target(env)
     # A real prune first reads back the backup it must keep; a dry run only reads manifests.
-    plan = (plan_prune if dry_run else confirm_protected)(settings, _now(), console.warn)
+    plan = (plan_prune if dry_run else confirm_protected)(target, _now(), console.warn)
     console.say(f"Retention: {plan.rules}.")
     for m in plan.damaged or ():
         console.warn(f"backup {m.id}'s artifact is {m.artifact_state}: kept for a person to look "
@@ -377,7 +382,7 @@ def prune(c, env=None, dry_run=False):
     for m in plan.delete:
         console.say(f"{verb} {m.id} ({m.created_at}, {human_size(m.size)}, {m.reason})")
     if not dry_run:
-        apply_prune(settings, plan)
+        apply_prune(target, plan)
     console.say(f"{len(plan.delete)} {'would go' if dry_run else 'deleted'}, "
                 f"{len(plan.keep)} kept.")
 
@@ -388,7 +393,7 @@ def audit(c, env=None, json=False):
     from app.ops.audit import read_events
 
     console = _console()
-    events = read_events(_settings(env))
+    events = read_events(_target(env))
     if json:
         return console.json(events)
     if not events:
@@ -415,7 +420,7 @@ def check(c, env=None, json=False, prometheus=None):
     now = _now()
     name = resolve_env_name(env)
     try:
-        report = health.run_check(_settings(env), now)
+        report = health.run_check(_target(env), now)
     except KeyboardInterrupt:
         report = health.unknown(name, "interrupted")
     except Exception as exc:

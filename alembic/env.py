@@ -1,8 +1,8 @@
 """Alembic's environment: the URL comes from the project's settings, never from alembic.ini.
 
-`invoke` (app/ops/migrations.py) hands the URL in through the config's main option, with `%`
-doubled for configparser. Run as the bare `alembic` command, the URL is read from the settings of
-APP_ENV (default `dev`), exactly as `invoke --env` would read them.
+`invoke` (app/ops/migrations.py) hands in the URL object through `config.attributes`, as
+Alembic's cookbook shares a connection. Run as the bare `alembic` command, the URL is read from
+the settings of APP_ENV (default `dev`), exactly as `invoke --env` would read them.
 """
 from logging.config import fileConfig
 
@@ -20,8 +20,9 @@ if config.cmd_opts is not None and config.config_file_name is not None:
 
 
 def database_url():
-    url = config.get_main_option("sqlalchemy.url")
-    if url:
+    """A SQLAlchemy URL object, either way."""
+    url = config.attributes.get("database_url")
+    if url is not None:
         return url
     from app.settings import load_settings
     return load_settings().database_url
@@ -38,9 +39,8 @@ def configure_options(dialect_name: str) -> dict:
 
 def run_migrations_offline() -> None:
     url = database_url()
-    dialect = url.get_backend_name() if hasattr(url, "get_backend_name") else url.split(":")[0]
     context.configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"},
-                      **configure_options(dialect.split("+")[0]))
+                      **configure_options(url.get_backend_name()))
     with context.begin_transaction():
         context.run_migrations()
 

@@ -13,8 +13,6 @@ import secrets
 import socket
 from datetime import datetime, timezone
 
-from app.ops.storage import open_storage
-
 AUDIT_SUFFIX = ".audit.json"
 
 
@@ -26,18 +24,18 @@ def who() -> dict:
     return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def record(settings, *, action: str, now: datetime, outcome: str, reporter=None,
+def record(target, *, action: str, now: datetime, outcome: str, reporter=None,
            **details) -> dict:
     """Write one event. A store that fails here must not hide what the run itself did (it may
     have migrated, or be failing for a reason of its own): it is reported, never raised."""
     from app.ops.errors import OpsError
 
-    event = {"action": action, "env": settings.env, "database": settings.masked_database_url,
+    event = {"action": action, "env": target.env, "database": target.database.masked_url,
              "at": now.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
              "outcome": outcome, **who(), **details}
     name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{AUDIT_SUFFIX}"
     try:
-        open_storage(settings).put_bytes(name, (json.dumps(event, sort_keys=True) + "\n").encode())
+        target.storage.put_bytes(name, (json.dumps(event, sort_keys=True) + "\n").encode())
     except (OpsError, OSError) as exc:
         if reporter is not None:
             reporter.warn(f"the audit record of this {action} ({outcome}) could not be written: "
@@ -45,9 +43,9 @@ def record(settings, *, action: str, now: datetime, outcome: str, reporter=None,
     return event
 
 
-def read_events(settings) -> list[dict]:
+def read_events(target) -> list[dict]:
     """The environment's audit trail, newest first."""
-    storage = open_storage(settings)
+    storage = target.storage
     events = []
     for name in sorted(storage.list(AUDIT_SUFFIX), reverse=True):
         try:

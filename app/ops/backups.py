@@ -1,208 +1,83 @@
-"""Backups: take one, read it back, describe it in a manifest; list, find and verify them.
+"""Backups: take one (before a change, or on demand), read it back, list, find and verify them.
 
 Data flows one way: dumper -> zstd -> [age] -> SHA-256 -> store, with the same bytes read back
-whole on the way (app/ops/readback.py), then the stored object hashed again, then the manifest.
-The manifest is written last, so a backup without one (interrupted, or failed its read-back)
-is never listed.
-The manifest holds no secret: the database URL in it has its password masked.
-A manifest read back is input like any other: its fields are type-checked, and its artifact's
-name must be derived from its id inside the env's folder or prefix, so a forged one can make
-nothing read or delete a file elsewhere. An invalid manifest is skipped with a warning.
+whole on the way (app/ops/readback.py), then the stored object hashed again, then the manifest
+(app/ops/manifest.py). The manifest is written last, so a backup without one (interrupted, or
+failed its read-back) is never listed. An invalid manifest is skipped with a warning.
 """
 from __future__ import annotations
 
-import json
-import re
-import secrets
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 from app.ops.diskspace import (STORE_ADVICE, TEMP_ADVICE, check_room, in_blocks, is_full,
                                no_room, room_for, temp_folder)
-from app.ops.dumpers import dumper_for
-from app.ops.errors import BackupFailed, ConfigError, NoRoom, TransferFailed
-from app.ops.storage import open_storage
 from app.ops.encryption import Encryption, encrypting
+from app.ops.errors import BackupFailed, ConfigError, NoRoom, TransferFailed
+from app.ops.manifest import (MANIFEST_SUFFIX, BackupManifest, check_label, iso,
+                              new_backup_id)
 from app.ops.readback import InlineReadBack, check_read, read_back_stored, stored_sha256
+from app.ops.report import Reporter
 from app.ops.streams import CountingWriter, HashingWriter, TeeWriter, compressor
-
-MANIFEST_SUFFIX = ".manifest.json"
-TOOL_NAME = "mida-db-tasks 1.0"
-BACKUP_ID_RE = re.compile(r"\d{8}T\d{6}(\.\d{3})?Z-[0-9a-f]{6}")
-ARTIFACT_SUFFIXES = (".pgdump.zst", ".sqlite3.zst")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 Progress = Callable[[int], None]
 
 
-@dataclass
-class BackupManifest:
-    id: str
-    env: str
-    engine: str
-    database: str
-    created_at: str
-    revision: str | None
-    size: int
-    raw_size: int
-    sha256: str
-    artifact: str
-    location: str
-    format: str
-    reason: str
-    label: str | None = None
-    duration_seconds: float | None = None
-    database_size: int | None = None
-    row_counts: dict | None = None
-    encryption: str | None = None
-    recipients: list | None = None
-    tool: str = TOOL_NAME
-    versions: dict = field(default_factory=dict)
-    verified: bool = True
-    verified_at: str | None = None
-    verify_error: str | None = None
-    # "dump" (an artifact in our store) or "pgbackrest" (a restore point; see app/ops/pgbackrest.py)
-    method: str = "dump"
-    pgbackrest: dict | None = None
-    # Seen in the store by the listing, never written into the manifest: None = no artifact.
-    stored_size: int | None = field(default=None, compare=False, repr=False)
 
-    def to_json(self) -> str:
-        data = asdict(self)
-        del data["stored_size"]
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> "BackupManifest":
-        """Parse and check a manifest; ValueError says what is wrong with it."""
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a backup manifest")
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        for name, kinds in _FIELD_TYPES.items():
-            if name not in data and (name in _OPTIONAL or None in kinds):
-                continue
-            value = data.get(name)
-            if not any(value is None if kind is None else
-                       isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-                       for kind in kinds):
-                raise ValueError(f"its {name} is {value!r}")
-        shown = [data.get(name) for name in ("reason", "label", "revision", "location")]
-        if any(isinstance(text, str) and has_control_characters(text) for text in shown):
-            raise ValueError("its reason, label, revision or location holds control characters")
-        if not BACKUP_ID_RE.fullmatch(data["id"]):
-            raise ValueError(f"its id {data['id']!r} is not a backup id")
-        if data.get("method", "dump") == "pgbackrest":
-            return cls._restore_point(data)
-        if data.get("method", "dump") != "dump":
-            raise ValueError(f"its method {data['method']!r} is not dump or pgbackrest")
-        suffixes = [s + e for s in ARTIFACT_SUFFIXES for e in ("", ".age")]
-        if data["artifact"] not in [data["id"] + suffix for suffix in suffixes]:
-            raise ValueError(f"its artifact {data['artifact']!r} is not named after its id")
-        if not SHA256_RE.fullmatch(data["sha256"]) or data["size"] < 0 or data["raw_size"] < 0:
-            raise ValueError("its sha256 or size is not one")
-        if datetime.fromisoformat(data["created_at"]).tzinfo is None:  # ValueError: unreadable
-            raise ValueError("created_at has no time zone")
-        return cls(**data)
-
-    @classmethod
-    def _restore_point(cls, data: dict) -> "BackupManifest":
-        """A pgBackRest restore point has no artifact of ours: its data is in pgBackRest's
-        repository, and what it needs to be found again is checked here."""
-        record = data.get("pgbackrest")
-        if data["artifact"] != "" or not isinstance(record, dict) or not all(
-                isinstance(record.get(k), str) and record.get(k)
-                for k in ("restore_point", "lsn", "segment", "backup_label", "stanza")):
-            raise ValueError("its pgbackrest restore point record is incomplete")
-        if datetime.fromisoformat(data["created_at"]).tzinfo is None:
-            raise ValueError("created_at has no time zone")
-        return cls(**data)
-
-    @property
-    def is_restore_point(self) -> bool:
-        return self.method == "pgbackrest"
-
-    @property
-    def intact(self) -> bool:
-        """The artifact is in the store at the recorded size (as the listing saw it)."""
-        if self.is_restore_point:
-            return True  # in pgBackRest's repository; verify asks pgBackRest
-        return self.stored_size == self.size
-
-    @property
-    def artifact_state(self) -> str:
-        if self.is_restore_point:
-            return "present"
-        if self.stored_size is None:
-            return "missing"
-        return "present" if self.intact else f"wrong size ({self.stored_size} bytes)"
-
-    @property
-    def created(self) -> datetime:
-        return datetime.fromisoformat(self.created_at)
+def backup_on_demand(target, *, now: datetime, label: str | None,
+                     reporter: Reporter = Reporter()) -> BackupManifest:
+    """`invoke backup`: the same backup migrate takes, with an optional label."""
+    check_label(label)
+    manifest = backup_before_change(target, now=now, revision=target.database.revision(),
+                                    reporter=reporter, reason="on demand", label=label)
+    if manifest is None:
+        raise ConfigError(f"database {target.database.masked_url} does not exist yet: "
+                          "there is nothing to back up")
+    return manifest
 
 
-_OPTIONAL = {"stored_size", "tool", "versions", "verified", "verified_at", "verify_error",
-             "label", "duration_seconds", "database_size", "row_counts", "encryption",
-             "recipients", "method", "pgbackrest"}
-_FIELD_TYPES = {
-    **{name: (str,) for name in ("id", "env", "engine", "database", "created_at", "sha256",
-                                 "artifact", "location", "format", "reason", "tool")},
-    **{name: (str, None) for name in ("revision", "label", "verified_at", "verify_error",
-                                      "encryption")},
-    "size": (int,), "raw_size": (int,), "database_size": (int, None),
-    "duration_seconds": (int, float, None), "row_counts": (dict, None),
-    "recipients": (list, None), "versions": (dict,), "verified": (bool,),
-    "method": (str,), "pgbackrest": (dict, None),
-}
+def backup_before_change(target, facts=None, *, now: datetime, revision: str | None,
+                         reason: str, reporter: Reporter,
+                         label: str | None = None) -> BackupManifest | None:
+    """The backup a run takes before it changes anything (None: no database yet). `facts`: the
+    run's RunFacts (app/ops/guards.py), so nothing is read twice."""
+    from app.ops.guards import RunFacts, check_free_disk
+
+    facts = facts or RunFacts(target)
+    if not facts.database.exists:
+        reporter.info(f"database {target.database.masked_url} does not exist yet: "
+                      "there is nothing to back up")
+        return None
+    if target.settings.backup_method == "pgbackrest":
+        # A restore point, not a dump: see app/ops/pgbackrest.py.
+        from app.ops.pgbackrest import take_restore_point
+        return take_restore_point(target, reason=reason, revision=revision, now=now,
+                                  label=label)
+    check_free_disk(target.settings, facts, reporter)
+    with reporter.progress("dumping") as dumped:
+        with reporter.progress("reading back") as read_back:
+            return take_backup(target, reason=reason, revision=revision, now=now, label=label,
+                               database_size=facts.database.size,
+                               progress=dumped, readback_progress=read_back)
 
 
-def check_label(label: str | None) -> None:
-    """A label is shown in tables and terminals: a newline would split the table and an escape
-    sequence would reach the terminal raw."""
-    if label is not None and has_control_characters(label):
-        raise ConfigError("--label may not hold control characters (newlines, tabs, escape "
-                          "sequences): give it as one line of plain text")
-
-
-def has_control_characters(text: str) -> bool:
-    import unicodedata
-    return any(unicodedata.category(ch) == "Cc" for ch in text)
-
-
-def new_backup_id(now: datetime) -> str:
-    # Sortable by time to the millisecond, so a backup taken right after another (the one
-    # migrate takes before a rollback, say) still lists first; the random tail keeps two
-    # backups in one millisecond apart.
-    utc = now.astimezone(timezone.utc)
-    return f"{utc:%Y%m%dT%H%M%S}.{utc.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
-
-
-def iso(now: datetime) -> str:
-    return now.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
-                label: str | None = None, server_version_num: int | None = None,
-                database_size: int | None = None,
+def take_backup(target, *, reason: str, revision: str | None, now: datetime,
+                label: str | None = None, database_size: int | None = None,
                 progress: Progress | None = None,
                 readback_progress: Progress | None = None,
                 cancel=None) -> BackupManifest:
     """Dump, compress, hash and store; read the stored artifact back whole; then write the
     manifest. Any failure removes what this call stored and raises BackupFailed; so does
     `cancel` (a Cancellation), from another thread."""
-    storage = open_storage(settings)
+    storage = target.storage
     storage.prepare()
-    dumper = dumper_for(settings)
-    if server_version_num is not None:
-        dumper.check_tools(server_version_num)
+    target.database.check_tools()
+    dumper = target.database.dumper()
     backup_id = new_backup_id(now)
-    encryption = Encryption.from_settings(settings)
+    encryption = Encryption.from_settings(target.settings)
     sealed = encryption is not None and bool(encryption.recipients)
     if sealed:
         # Both keys are checked before anything is dumped: the read-back must decrypt.
@@ -215,8 +90,8 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
         with storage.writer(artifact) as out:
             with InlineReadBack(dumper, identities if sealed else None, artifact) as check:
                 hashed = HashingWriter(TeeWriter(out, check))
-                with (encrypting(hashed, recipients) if sealed else nullcontext(hashed)) as target:
-                    with compressor(target) as zstd_stream:
+                with (encrypting(hashed, recipients) if sealed else nullcontext(hashed)) as sealed_out:
+                    with compressor(sealed_out) as zstd_stream:
                         counted = CountingWriter(zstd_stream, progress or (lambda n: None))
                         dumper.dump(counted, cancel)
                 if cancel is not None and cancel.cancelled:
@@ -236,7 +111,8 @@ def take_backup(settings, *, reason: str, revision: str | None, now: datetime,
                                f"failed: {exc.strerror or exc}; nothing was changed") from None
         raise
     manifest = BackupManifest(
-        id=backup_id, env=settings.env, engine=dumper.engine, database=settings.masked_database_url,
+        id=backup_id, env=target.env, engine=target.database.kind,
+        database=target.database.masked_url,
         created_at=iso(now), revision=revision, size=hashed.size, raw_size=counted.size,
         sha256=hashed.sha256.hexdigest(), artifact=artifact, location=storage.location(artifact),
         format=dumper.format, reason=reason, label=label,
@@ -278,10 +154,10 @@ def _discard(storage, name: str) -> None:
         pass
 
 
-def list_backups(settings, warn: Callable[[str], None] | None = None) -> list[BackupManifest]:
+def list_backups(target, warn: Callable[[str], None] | None = None) -> list[BackupManifest]:
     """The environment's backups, newest first, each with the size its artifact has in the
     store (one listing, no extra request). An invalid manifest is skipped, and `warn` is told."""
-    storage = open_storage(settings)
+    storage = target.storage
     stored = storage.sizes()
     manifests = []
     for name in sorted(n for n in stored if n.endswith(MANIFEST_SUFFIX)):
@@ -293,17 +169,17 @@ def list_backups(settings, warn: Callable[[str], None] | None = None) -> list[Ba
             if warn is not None:
                 warn(f"skipped the invalid backup manifest {storage.location(name)}: {exc}")
             continue
-        if manifest.env == settings.env:
+        if manifest.env == target.env:
             manifest.stored_size = stored.get(manifest.artifact)
             manifests.append(manifest)
     return sorted(manifests, key=lambda m: (m.created, m.id), reverse=True)
 
 
-def find_backup(settings, backup_id: str | None) -> BackupManifest:
-    backups = list_backups(settings)
+def find_backup(target, backup_id: str | None) -> BackupManifest:
+    backups = list_backups(target)
     if backup_id is None:
         if not backups:
-            raise ConfigError(f"env '{settings.env}' has no backups yet: take one with "
+            raise ConfigError(f"env '{target.env}' has no backups yet: take one with "
                               "`invoke backup`")
         return backups[0]
     matches = [m for m in backups if m.id == backup_id] or \
@@ -311,38 +187,38 @@ def find_backup(settings, backup_id: str | None) -> BackupManifest:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise ConfigError(f"backup '{backup_id}' is not among env '{settings.env}' backups: "
+        raise ConfigError(f"backup '{backup_id}' is not among env '{target.env}' backups: "
                           "`invoke backups` lists them")
     raise ConfigError(f"backup id '{backup_id}' is ambiguous ({len(matches)} match): "
                       "give more of it")
 
 
-def verify_backup(settings, manifest: BackupManifest, *, now: datetime,
+def verify_backup(target, manifest: BackupManifest, *, now: datetime,
                   progress: Progress | None = None, extract_to=None,
                   archive_check: bool = True) -> BackupManifest:
     """Check the stored artifact against its manifest and read it back whole. The manifest
     records the outcome either way, so a backup found broken is never chosen as verified."""
-    storage = open_storage(settings)
+    storage = target.storage
     if manifest.is_restore_point:
         from app.ops.pgbackrest import verify_restore_point
         try:
-            verify_restore_point(settings, manifest)
+            verify_restore_point(target.settings, manifest)
         except BackupFailed as exc:
             _record_verification(storage, manifest, now, str(exc))
             raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None
         _record_verification(storage, manifest, now, None)
         return manifest
-    dumper = dumper_for(settings) if manifest.engine == _engine_of(settings) else None
-    if dumper is None:
+    if manifest.engine != target.database.kind:
         raise ConfigError(f"backup {manifest.id} is a {manifest.engine} backup but env "
-                          f"'{settings.env}' is configured for {_engine_of(settings)}")
+                          f"'{target.env}' is configured for {target.database.kind}")
+    dumper = target.database.dumper()
     if not storage.exists(manifest.artifact):
         error = f"backup {manifest.id} has lost its artifact {manifest.location}"
         _record_verification(storage, manifest, now, error)
         raise BackupFailed(error)
     identities = None
     if manifest.encryption:
-        identities = (Encryption.from_settings(settings) or Encryption((), None)).identities(
+        identities = (Encryption.from_settings(target.settings) or Encryption((), None)).identities(
             manifest.id)
     try:
         needed, what = _scratch(manifest, dumper, extract_to is not None, archive_check)
@@ -370,10 +246,10 @@ def _scratch(manifest: BackupManifest, dumper, extract: bool,
             f"{'extract and ' if extract else ''}read back backup {manifest.id}")
 
 
-def check_scratch_room(settings, manifest: BackupManifest, *, extract: bool,
+def check_scratch_room(target, manifest: BackupManifest, *, extract: bool,
                        archive_check: bool = True) -> None:
     """Refuse, before any work, a read-back whose copies cannot fit the temporary folder."""
-    needed, what = _scratch(manifest, dumper_for(settings), extract, archive_check)
+    needed, what = _scratch(manifest, target.database.dumper(), extract, archive_check)
     check_room(temp_folder(), needed, what, advice=TEMP_ADVICE)
 
 
@@ -400,8 +276,3 @@ def _record_verification(storage, manifest: BackupManifest, now: datetime,
             f"{outcome}, but this could not be recorded, so its manifest still says {said}: "
             f"{why}, then run `invoke verify --env={manifest.env} --backup={manifest.id}` "
             "again") from None
-
-
-def _engine_of(settings) -> str:
-    from app.settings import engine_kind
-    return engine_kind(settings.database_url)

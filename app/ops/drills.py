@@ -1,5 +1,8 @@
 """Drills on scratch copies: `invoke verify --restore-test` and `invoke rehearse`.
 
+A scratch copy is the database's own (`scratch_copy` of app/ops/databases/): built from a
+verified backup, used, and always dropped; one left behind by a killed run is dropped by the next.
+
 A backup is only as good as the last restore test: restore it into a scratch database and compare
 every table's row count with what the dump's own snapshot counted. A rehearsal restores the newest
 backup, runs the pending migrations there, down and up again (proving the rollback plan), and
@@ -15,13 +18,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from app.ops.backups import BackupManifest, iso
 from app.ops.diskspace import STORE_ADVICE, in_blocks, is_full, no_room
-from app.ops.errors import BackupFailed, MigrationFailed, OpsError
+from app.ops.errors import BackupFailed, ConfigError, MigrationFailed, OpsError
+from app.ops.manifest import BackupManifest, iso
 from app.ops.migrations import Migrations
 from app.ops.report import Reporter
-from app.ops.scratch import refuse_restore_point, row_counts, scratch_copy
-from app.ops.storage import open_storage
 
 REHEARSAL_SUFFIX = ".rehearsal.json"
 
@@ -33,14 +34,28 @@ class RestoreTest:
     seconds: float
 
 
-def restore_test(settings, backup: BackupManifest, *, now: datetime) -> RestoreTest:
+def refuse_restore_point(backup: BackupManifest) -> None:
+    """A restore point is a whole cluster's state: a scratch database cannot hold it."""
+    if backup.is_restore_point:
+        raise ConfigError(f"backup {backup.id} is a pgBackRest restore point, which only a whole "
+                          "cluster can hold: drill it by restoring it aside with pgbackrest on "
+                          "another host or port (README, 'pgBackRest restore points')")
+
+
+def scratch_copy(target, backup: BackupManifest, now: datetime):
+    """A context manager yielding the target of a fresh, verified restore of `backup`."""
+    refuse_restore_point(backup)
+    return target.database.scratch_copy(target, backup, now)
+
+
+def restore_test(target, backup: BackupManifest, *, now: datetime) -> RestoreTest:
     refuse_restore_point(backup)
     if not backup.row_counts:
         raise BackupFailed(f"backup {backup.id} recorded no row counts (taken by an older "
                            "version): take a new backup to restore-test")
     started = time.monotonic()
-    with scratch_copy(settings, backup, now=now) as scratch:
-        counts = row_counts(scratch)
+    with scratch_copy(target, backup, now) as scratch:
+        counts = scratch.database.row_counts()
     differences = [f"{t}: {backup.row_counts.get(t)} recorded, {counts.get(t)} restored"
                    for t in sorted(set(counts) | set(backup.row_counts))
                    if counts.get(t) != backup.row_counts.get(t)]
@@ -67,16 +82,23 @@ class Rehearsal:
     def upgrade_seconds(self) -> dict[str, float]:
         return {s.revision: s.seconds for s in self.steps if s.action == "upgrade"}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "Rehearsal":
+        steps = [Step(s["action"], s.get("revision"), float(s["seconds"]))
+                 for s in data.get("steps") or []]
+        return cls(data["env"], data["backup_id"], data["started_at"], steps,
+                   data.get("outcome", "failed"))
 
-def rehearse(settings, *, now: datetime, reporter: Reporter = Reporter()) -> Rehearsal:
+
+def rehearse(target, *, now: datetime, reporter: Reporter = Reporter()) -> Rehearsal:
     from app.ops.restore import plan_restore
 
-    backup = plan_restore(settings, None).backup
-    head = Migrations(settings).single_head()
-    rehearsal = Rehearsal(settings.env, backup.id, iso(now))
+    backup = plan_restore(target, None).backup
+    head = Migrations(target).single_head()
+    rehearsal = Rehearsal(target.env, backup.id, iso(now))
     try:
         clock = time.monotonic()
-        with scratch_copy(settings, backup, now=now) as scratch:
+        with scratch_copy(target, backup, now) as scratch:
             rehearsal.steps.append(Step("restore", backup.revision, _since(clock)))
             reporter.info(f"restored backup {backup.id} into a scratch copy in "
                           f"{rehearsal.steps[-1].seconds:.1f} s")
@@ -99,9 +121,9 @@ def rehearse(settings, *, now: datetime, reporter: Reporter = Reporter()) -> Reh
         # The run's own failure is the one to report: a store that cannot take its record
         # too (full, say) must not replace it.
         with contextlib.suppress(OpsError):
-            _save(settings, rehearsal, now)
+            _save(target, rehearsal, now)
         raise
-    _save(settings, rehearsal, now)
+    _save(target, rehearsal, now)
     return rehearsal
 
 
@@ -109,9 +131,9 @@ def _since(clock: float) -> float:
     return round(time.monotonic() - clock, 3)
 
 
-def _save(settings, rehearsal: Rehearsal, now: datetime) -> None:
+def _save(target, rehearsal: Rehearsal, now: datetime) -> None:
     name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{REHEARSAL_SUFFIX}"
-    storage = open_storage(settings)
+    storage = target.storage
     data = (json.dumps(asdict(rehearsal), indent=2) + "\n").encode()
     try:
         storage.put_bytes(name, data)
@@ -125,13 +147,14 @@ def _save(settings, rehearsal: Rehearsal, now: datetime) -> None:
         raise BackupFailed(f"could not {what} to {folder}: {exc.strerror or exc}") from None
 
 
-def past_rehearsals(settings) -> list[dict]:
-    """Saved rehearsals, newest first (the "will it fit?" estimate reads them)."""
-    storage = open_storage(settings)
+def past_rehearsals(target) -> list[Rehearsal]:
+    """Saved rehearsals, newest first (the "will it fit?" estimate reads them); an unreadable
+    record is passed over."""
+    storage = target.storage
     out = []
     for name in sorted(storage.list(REHEARSAL_SUFFIX), reverse=True):
         try:
-            out.append(json.loads(storage.get_bytes(name)))
-        except (ValueError, OSError):
+            out.append(Rehearsal.from_json(json.loads(storage.get_bytes(name))))
+        except (ValueError, OSError, KeyError, TypeError, AttributeError):
             continue
     return out

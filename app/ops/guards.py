@@ -1,15 +1,46 @@
-"""Production guards that run before anything changes: the maintenance window and break-glass.
+"""The guards a migrate or rollback passes before anything changes, and the facts they read.
 
-In production (PRODUCTION=true, or an env named prod/production) migrate and rollback run only
-inside MAINTENANCE_WINDOW; a missing or malformed window refuses too (fail closed).
-`--break-glass REASON` lifts the window guard; the caller records the reason in the audit trail.
+- `check_window`: in production (PRODUCTION=true, or an env named prod/production) only inside
+  MAINTENANCE_WINDOW; a missing or malformed window refuses too (fail closed). `--break-glass
+  REASON` lifts it (and `check_fit`); the caller records the reason in the audit trail.
+- `review_pending`: risky operations are warnings; an empty downgrade() refuses in production.
+- `confirm_data_loss`: a production rollback that drops tables or columns needs --yes.
+- `check_staging_first`: REQUIRE_STAGING_FIRST, in production.
+- `check_free_disk`: room for a local backup, estimated from earlier backups.
+- `check_fit` (with `estimate_run`): in production, will the run end before the window closes?
+
+`RunFacts` reads what they need once per run: the database's facts, the env's backups (on S3 a
+LIST and a GET per manifest) and the parsed window.
 """
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cached_property
 
 from app.ops.errors import ConfigError, GuardRefused
 from app.ops.report import Reporter
+
+
+class RunFacts:
+    """What one run's guards and its backup read, each read once, when first needed."""
+
+    def __init__(self, target):
+        self.target = target
+
+    @cached_property
+    def database(self):
+        """The database's DatabaseFacts (app/ops/databases/)."""
+        return self.target.database.facts()
+
+    @cached_property
+    def backups(self) -> list:
+        from app.ops.backups import list_backups
+        return list_backups(self.target)
+
+    @cached_property
+    def window(self):
+        """The parsed MAINTENANCE_WINDOW (read only where one is configured)."""
+        return load_window(self.target.settings)
 
 
 def load_window(settings):
@@ -22,8 +53,8 @@ def load_window(settings):
         raise ConfigError(str(exc)) from None
 
 
-def check_window(settings, *, action: str, now: datetime, break_glass: str | None,
-                 reporter: Reporter) -> None:
+def check_window(settings, facts: RunFacts, *, action: str, now: datetime,
+                 break_glass: str | None, reporter: Reporter) -> None:
     if break_glass is not None and not break_glass.strip():
         raise ConfigError("--break-glass needs a reason, e.g. --break-glass 'INC-1234 hotfix'")
     if not settings.production:
@@ -38,7 +69,7 @@ def check_window(settings, *, action: str, now: datetime, break_glass: str | Non
                            "--break-glass REASON in an emergency")
     from app.ops.window import describe
 
-    window = load_window(settings)
+    window = facts.window
     if window.is_open(now):
         close = window.current_close(now)
         reporter.info(f"maintenance window open until {describe(close)}" if close else
@@ -94,40 +125,40 @@ def confirm_data_loss(settings, steps, *, yes: bool, ask, reporter: Reporter) ->
                            f"'{settings.env}'; nothing was changed")
 
 
-def check_staging_first(settings, target: str | None, migrations) -> None:
-    """REQUIRE_STAGING_FIRST=ENV, in production: the target must be where ENV already is (or
+def check_staging_first(settings, goal: str | None, migrations) -> None:
+    """REQUIRE_STAGING_FIRST=ENV, in production: the goal must be where ENV already is (or
     below it). Fails closed: if ENV cannot be read, production does not go first."""
     staging_env = settings.get("REQUIRE_STAGING_FIRST")
-    if not (settings.production and staging_env) or target is None:
+    if not (settings.production and staging_env) or goal is None:
         return
     from app.ops.errors import OpsError
     from app.ops.migrations import Migrations
+    from app.ops.target import open_target
     from app.settings import load_settings
 
     try:
-        staging = Migrations(load_settings(staging_env, environ=None, root=settings.root))
+        staging = Migrations(open_target(load_settings(staging_env, environ=None,
+                                                       root=settings.root)))
         reached = staging.current()
     except OpsError as exc:
         raise GuardRefused(f"REQUIRE_STAGING_FIRST={staging_env}: cannot read {staging_env}'s "
                            f"revision ({exc}); refusing to go first") from None
-    behind = reached is None or target not in {
+    behind = reached is None or goal not in {
         s.revision for s in migrations.script.iterate_revisions(reached, "base")}
     if behind:
-        raise GuardRefused(f"revision {target} has not reached env '{staging_env}' yet (it is at "
+        raise GuardRefused(f"revision {goal} has not reached env '{staging_env}' yet (it is at "
                            f"{reached or 'base'}): migrate {staging_env} first, test, then "
                            "production")
 
 
-def check_free_disk(settings, database_size: int | None, reporter: Reporter) -> None:
+def check_free_disk(settings, facts: RunFacts, reporter: Reporter) -> None:
     """A local backup needs room: estimate it from the database's size and earlier backups."""
     import shutil
 
-    from app.ops.backups import list_backups
-
+    database_size = facts.database.size
     if settings.backup_storage != "local" or not database_size:
         return
-    ratios = [m.size / m.database_size for m in list_backups(settings)[:5]
-              if getattr(m, "database_size", None)]
+    ratios = [m.size / m.database_size for m in facts.backups[:5] if m.database_size]
     # Without history assume no compression at all: better a false alarm than a full disk.
     needed = int(database_size * (max(ratios) * 1.5 if ratios else 1.0))
     folder = settings.backup_dir
@@ -141,16 +172,16 @@ def check_free_disk(settings, database_size: int | None, reporter: Reporter) -> 
                            "prune old backups")
 
 
-def estimate_run(settings, steps, database_size: int | None) -> tuple[float | None, str]:
+def estimate_run(target, facts: RunFacts, steps) -> tuple[float | None, str]:
     """Seconds a run will likely take, and how that was worked out: the backup from this env's
     earlier backups' throughput (bytes of database per second), the migrations from the newest
     rehearsal's timings where it has them."""
     from statistics import median
 
-    from app.ops.backups import list_backups
     from app.ops.drills import past_rehearsals
 
-    rates = [m.database_size / m.duration_seconds for m in list_backups(settings)[:10]
+    database_size = facts.database.size
+    rates = [m.database_size / m.duration_seconds for m in facts.backups[:10]
              if m.database_size and m.duration_seconds]
     parts, total = [], 0.0
     if database_size and rates:
@@ -159,9 +190,8 @@ def estimate_run(settings, steps, database_size: int | None) -> tuple[float | No
         parts.append(f"backup ~{backup_seconds:.0f} s ({database_size / 1e6:.0f} MB at the "
                      f"median {median(rates) / 1e6:.0f} MB/s of {len(rates)} earlier backups)")
     known = {}
-    for rehearsal in reversed(past_rehearsals(settings)):  # newest wins
-        known.update({s["revision"]: s["seconds"] for s in rehearsal.get("steps", [])
-                      if s.get("action") == "upgrade"})
+    for rehearsal in reversed(past_rehearsals(target)):  # newest wins
+        known.update(rehearsal.upgrade_seconds())
     timed = [s.id for s in steps if s.id in known]
     if timed:
         total += sum(known[r] for r in timed)
@@ -172,17 +202,18 @@ def estimate_run(settings, steps, database_size: int | None) -> tuple[float | No
     return total, "; ".join(parts)
 
 
-def check_fit(settings, steps, *, now: datetime, break_glass: str | None,
-              database_size: int | None, reporter: Reporter) -> None:
+def check_fit(target, facts: RunFacts, steps, *, now: datetime, break_glass: str | None,
+              reporter: Reporter) -> None:
     """In production, refuse a run that would likely not finish before the window closes."""
+    settings = target.settings
     if not settings.production or break_glass or not settings.get("MAINTENANCE_WINDOW"):
         return
     from datetime import timedelta
 
     from app.ops.window import describe
 
-    close = load_window(settings).current_close(now)
-    seconds, how = estimate_run(settings, steps, database_size)
+    close = facts.window.current_close(now)
+    seconds, how = estimate_run(target, facts, steps)
     if seconds is None or close is None:
         reporter.info(f"run time estimate: unknown ({how})")
         return

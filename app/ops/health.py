@@ -22,16 +22,13 @@ from app.ops.backups import BackupManifest, list_backups
 from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
 from app.ops.leftovers import abandoned
 from app.ops.status import backup_item
-from app.ops.storage import open_storage, unaborted_uploads
-from app.settings import engine_kind
+from app.ops.storage import unaborted_uploads
 
 DEFAULT_BACKUP_MAX_AGE = "26h"
 AGE_RE = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$")
 UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 AUDITED_RUNS = ("migrate", "rollback", "restore")
 FINE_OUTCOMES = {"succeeded", "nothing to do"}
-STAMPED_DATABASE = re.compile(
-    r"(__restoring_|__pre_restore_|__scratch_)([0-9]{14}(?:[0-9]{3})?)$")
 METRIC_PREFIX = "mida_db_"
 
 
@@ -150,56 +147,54 @@ def unknown(env: str, reason: str) -> HealthReport:
     return HealthReport(env, State.UNKNOWN, reason, [])
 
 
-def run_check(settings, now: datetime) -> HealthReport:
-    limits = Limits.from_settings(settings)
-    return evaluate(gather(settings), limits, now)
+def run_check(target, now: datetime) -> HealthReport:
+    limits = Limits.from_settings(target.settings)
+    return evaluate(gather(target), limits, now)
 
 
 # -- one pass over the environment ----------------------------------------------------------
 
 
-def gather(settings) -> Facts:
+def gather(target) -> Facts:
     from app.ops.migrations import Migrations
 
     # Settings first: a bad one is the check's UNKNOWN, not a finding.
-    url = settings.database_url
-    engine = engine_kind(url)
-    storage = open_storage(settings)
-    migrations = Migrations(settings)
+    settings = target.settings
+    target.storage  # opened first too: a bad store setting is the check's UNKNOWN
+    migrations = Migrations(target)
     facts = Facts(env=settings.env, production=settings.production,
-                  database=settings.masked_database_url, engine=engine,
+                  database=target.database.masked_url, engine=target.database.kind,
                   heads=migrations.heads())
-    _read_database(facts, url, engine)
+    _read_database(facts, target.database)
     if not facts.reachable:
         facts.pending_error = "the database cannot be read"
     elif len(facts.heads) > 1:
         facts.pending_error = "several heads"
     else:
         try:
-            target = facts.heads[0] if facts.heads else None
-            facts.pending = [r.id for r in migrations.pending(facts.current, target)]
+            head = facts.heads[0] if facts.heads else None
+            facts.pending = [r.id for r in migrations.pending(facts.current, head)]
         except ConfigError as exc:  # the database is at a revision the scripts do not lead to
             facts.pending_error = str(exc)
-    _read_store(facts, settings, storage)
+    _read_store(facts, target)
     return facts
 
 
-def _read_database(facts: Facts, url, engine: str) -> None:
-    """The revision and, on PostgreSQL, the databases an interrupted run left, over one
+def _read_database(facts: Facts, database) -> None:
+    """The revision and the databases an interrupted run left (PostgreSQL's), over one
     connection. An SQLite file that is not there is not created to find that out."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.database import connect, database_exists, first_line, revision_of
+    from app.ops.connection import connect, first_line, revision_of
 
-    if engine == "sqlite" and not database_exists(url):
-        facts.database_error = f"SQLite database {url.database} does not exist"
+    if not database.exists():
+        facts.database_error = f"SQLite database {database.url.database} does not exist"
         return
     try:
-        with connect(url) as conn:
+        with connect(database.url) as conn:
             facts.current = revision_of(conn)
             facts.reachable = True
-            if engine == "postgresql":
-                facts.leftover_databases = _leftover_databases(conn, url.database)
+            facts.leftover_databases = database.leftover_copies(conn)
     except DatabaseUnreachable as exc:
         facts.database_error = str(exc)
     except OpsError as exc:  # several stamped revisions: reachable, but not sound
@@ -208,29 +203,8 @@ def _read_database(facts: Facts, url, engine: str) -> None:
         facts.reachable, facts.database_error = False, first_line(exc.orig)
 
 
-def _leftover_databases(conn, database: str) -> list[tuple[str, int]]:
-    """`DB__restoring_STAMP`, `DB__pre_restore_STAMP` and `DB__scratch_STAMP`, each with how
-    many sessions use it (a copy in use belongs to a run in progress). pg_database is a shared
-    catalog: the target's own connection sees every database's name."""
-    from sqlalchemy import text
-
-    from app.ops.restore_postgres import derived_name
-
-    rows = conn.execute(text(
-        "SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname) "
-        "FROM pg_database d WHERE strpos(d.datname, '__') > 0 ORDER BY 1")).all()
-    found = []
-    for name, sessions in rows:
-        match = STAMPED_DATABASE.search(name)
-        # The name restore or a rehearsal would give this database's copy with that stamp
-        # (derived_name cuts a long base to fit 63 bytes), so another database's copies and
-        # look-alikes are never reported.
-        if match and name == derived_name(database, match.group(1), match.group(2)):
-            found.append((name, int(sessions)))
-    return found
-
-
-def _read_store(facts: Facts, settings, storage) -> None:
+def _read_store(facts: Facts, target) -> None:
+    settings, storage = target.settings, target.storage
     folder = getattr(storage, "folder", None)
     try:
         if isinstance(folder, Path) and folder.is_dir():
@@ -243,7 +217,7 @@ def _read_store(facts: Facts, settings, storage) -> None:
     except (OSError, ValueError):
         pass  # a record that cannot be read is the S3 store's to report, not a check failure
     try:
-        facts.backups = [m for m in list_backups(settings) if m.engine == facts.engine]
+        facts.backups = [m for m in list_backups(target) if m.engine == facts.engine]
         for manifest in facts.backups:
             if not manifest.verified:
                 continue

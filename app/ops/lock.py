@@ -25,7 +25,6 @@ from typing import Iterator
 
 from app.ops.audit import who
 from app.ops.errors import GuardRefused, LockLost
-from app.settings import engine_kind
 
 MAINTENANCE_DATABASE = "postgres"
 
@@ -42,7 +41,7 @@ def holder_text(now: datetime) -> str:
 
 
 class HeldLock:
-    """What `database_lock` yields. `check()` raises LockLost when the lock is no longer held;
+    """What `database.lock(action, now)` yields. `check()` raises LockLost when the lock is no longer held;
     after the block, `lost` says whether releasing it found it already gone."""
 
     def __init__(self, description: str):
@@ -89,17 +88,6 @@ class _AdvisoryLock(HeldLock):
         self.lost = self.lost or not released
 
 
-@contextlib.contextmanager
-def database_lock(settings, *, action: str, now: datetime) -> Iterator[HeldLock]:
-    url = settings.database_url
-    if engine_kind(url) == "sqlite":
-        with _sqlite_lock(Path(url.database), action, now):
-            yield HeldLock(f"env '{settings.env}'")
-    else:
-        with _postgres_lock(url, action, now, settings.env) as lock:
-            yield lock
-
-
 # The lock's own session may idle for as long as the migration runs; whatever the role's
 # settings say, it must neither be timed out nor time out its one short query.
 _SESSION_SETTINGS = ("SET idle_session_timeout = 0", "SET idle_in_transaction_session_timeout = 0",
@@ -107,10 +95,11 @@ _SESSION_SETTINGS = ("SET idle_session_timeout = 0", "SET idle_in_transaction_se
 
 
 @contextlib.contextmanager
-def _postgres_lock(url, action: str, now: datetime, env: str) -> Iterator[HeldLock]:
+def advisory_lock(url, action: str, now: datetime, env: str) -> Iterator[HeldLock]:
+    """PostgreSQL's: `database.lock(action, now)` of app/ops/databases/postgres.py."""
     from sqlalchemy import text
 
-    from app.ops.database import connect
+    from app.ops.connection import connect
 
     identity = f"mida {action} {holder_text(now)}"[:63]
     key = advisory_key(url.database)
@@ -141,7 +130,8 @@ def _postgres_lock(url, action: str, now: datetime, env: str) -> Iterator[HeldLo
 
 
 @contextlib.contextmanager
-def _sqlite_lock(database: Path, action: str, now: datetime) -> Iterator[None]:
+def file_lock(database: Path, action: str, now: datetime, env: str) -> Iterator[HeldLock]:
+    """SQLite's: `database.lock(action, now)` of app/ops/databases/sqlite.py."""
     import fcntl
 
     path = database.with_name(database.name + ".lock")
@@ -160,6 +150,6 @@ def _sqlite_lock(database: Path, action: str, now: datetime) -> Iterator[None]:
                                f"lock {path}: {held}; wait for it to finish") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"action": action, "holder": holder_text(now)}).encode(), 0)
-        yield
+        yield HeldLock(f"env '{env}'")
     finally:
         os.close(fd)

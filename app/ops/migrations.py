@@ -1,6 +1,6 @@
 """Alembic through its Python API: the scripts on disk and the database's state.
 
-`Migrations(settings)` answers current, heads, pending (in apply order) and the downgrade path,
+`Migrations(target)` answers current, heads, pending (in apply order) and the downgrade path,
 and runs upgrade, downgrade, stamp, merge and revision. Alembic's own errors become ConfigError
 (a bad revision) or MigrationFailed (the migration itself).
 """
@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from app.ops.database import database_exists, stamped_revision
 from app.ops.errors import ConfigError, MigrationFailed, OpsError
 from app.ops.report import Reporter
 from app.settings import PROJECT_ROOT
@@ -84,20 +83,19 @@ class Revision:
 
 
 class Migrations:
-    def __init__(self, settings, stdout: TextIO | None = None, reporter: Reporter = Reporter()):
+    def __init__(self, target, stdout: TextIO | None = None, reporter: Reporter = Reporter()):
         from alembic.config import Config
         from alembic.script import ScriptDirectory
 
-        self.settings = settings
-        self.url = settings.database_url
+        self.settings, self.database = target.settings, target.database
         kwargs = {"stdout": stdout} if stdout is not None else {}
         self.config = Config(str(ALEMBIC_INI), **kwargs)
-        # configparser would read a lone % as interpolation: double it so any password survives.
-        self.config.set_main_option(
-            "sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
+        # The URL object itself, as Alembic's cookbook passes a connection's details
+        # (alembic/env.py): never a string with the password in it, through configparser.
+        self.config.attributes["database_url"] = target.database.url
         self.script = ScriptDirectory.from_config(self.config)
-        self.config.attributes["postgres_timeouts"] = postgres_timeouts(settings)
-        self.lock_retries = LockRetries.of(settings)
+        self.config.attributes["postgres_timeouts"] = postgres_timeouts(target.settings)
+        self.lock_retries = LockRetries.of(target.settings)
         self.reporter = reporter
 
     # -- reading state ---------------------------------------------------------------------
@@ -113,7 +111,7 @@ class Migrations:
 
     def current(self) -> str | None:
         """The database's revision; None when it has none yet (or does not exist yet)."""
-        return stamped_revision(self.url)
+        return self.database.revision()
 
     def resolve(self, revision: str) -> str | None:
         """A full revision id for `revision` (an id, a unique prefix, head or base)."""
@@ -273,7 +271,7 @@ class Migrations:
 
     def history(self) -> None:
         from alembic import command
-        command.history(self.config, verbose=False, indicate_current=database_exists(self.url))
+        command.history(self.config, verbose=False, indicate_current=self.database.exists())
 
     def show_heads(self) -> None:
         from alembic import command

@@ -231,28 +231,26 @@ def restore_point_name(reason: str, backup_id: str) -> str:
     return f"{'-'.join(words[:2])}-{backup_id}"[-63:]
 
 
-def take_restore_point(settings, *, reason: str, revision: str | None, now: datetime,
+def take_restore_point(target, *, reason: str, revision: str | None, now: datetime,
                        label: str | None = None):
     """Create a restore point, switch WAL, wait until it is archived, find the pgBackRest backup
     it rests on, and record the manifest. Refuses (nothing changed) when archiving is failing,
     the server is a standby, or the current timeline has no backup."""
     from sqlalchemy import text
 
-    from app.ops.backups import (MANIFEST_SUFFIX, TOOL_NAME, BackupManifest, iso,
-                                 new_backup_id)
-    from app.ops.database import connect, server_version_num
-    from app.ops.storage import open_storage
+    from app.ops.connection import connect
+    from app.ops.manifest import (MANIFEST_SUFFIX, TOOL_NAME, BackupManifest, iso,
+                                  new_backup_id)
 
-    pgbackrest = PgBackRest.from_settings(settings)
-    storage = open_storage(settings)
+    pgbackrest = PgBackRest.from_settings(target.settings)
+    storage = target.storage
     storage.prepare()
     started = time.monotonic()
-    url = settings.database_url
-    with connect(url) as conn:
+    with connect(target.database.url) as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         check_primary(conn)
         check_archiving(read_archiver(conn))
-        version = server_version_num(conn)
+        version = int(conn.execute(text("SHOW server_version_num")).scalar())
         current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
         timeline = timeline_of(current)
         system_id = conn.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar()
@@ -281,7 +279,7 @@ def take_restore_point(settings, *, reason: str, revision: str | None, now: date
             from sqlalchemy.exc import DBAPIError
             if not isinstance(exc, DBAPIError):
                 raise
-            from app.ops.database import first_line
+            from app.ops.connection import first_line
             why = first_line(exc.orig)
             advice = ("the role needs EXECUTE on pg_create_restore_point(text) and "
                       "pg_switch_wal() in this database (see the README)"
@@ -290,7 +288,8 @@ def take_restore_point(settings, *, reason: str, revision: str | None, now: date
                                "was changed") from None
         waited = wait_archived(conn, segment, pgbackrest.timeout)
     manifest = BackupManifest(
-        id=backup_id, env=settings.env, engine="postgresql", database=settings.masked_database_url,
+        id=backup_id, env=target.env, engine=target.database.kind,
+        database=target.database.masked_url,
         created_at=iso(now), revision=revision, size=0, raw_size=0, sha256="", artifact="",
         location=f"pgBackRest stanza {pgbackrest.stanza}, restore point {name}",
         format=FORMAT, reason=reason, label=label,
@@ -325,15 +324,16 @@ def verify_restore_point(settings, manifest) -> None:
                            f"{record.get('restore_point')} cannot be reached")
 
 
-def status_facts(settings) -> dict:
+def status_facts(target) -> dict:
     """For `invoke status`: the stanza's newest backups and archive range (`pgbackrest info`),
     and how far the server's archiver is behind. A failure is reported in the dict, not
     raised: status must show everything else."""
     from sqlalchemy import text
 
-    from app.ops.database import connect
+    from app.ops.connection import connect
     from app.ops.errors import OpsError
 
+    settings = target.settings
     facts: dict = {"stanza": settings.get("PGBACKREST_STANZA")}
     try:
         stanza = PgBackRest.from_settings(settings).info()
@@ -351,7 +351,7 @@ def status_facts(settings) -> dict:
     except OpsError as exc:
         facts["error"] = str(exc)
     try:
-        with connect(settings.database_url) as conn:
+        with connect(target.database.url) as conn:
             archiver = read_archiver(conn)
             current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
         behind = None

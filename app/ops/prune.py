@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 
 from app.ops.backups import BackupManifest, delete_backup, list_backups, verify_backup
 from app.ops.errors import BackupFailed, ConfigError
-from app.ops.storage import open_storage
 
 # Backups kept longer than this are kept "forever": a bigger number is a typo, not a policy.
 MAX_KEEP_DAYS = 36500
@@ -48,10 +47,10 @@ def _number(settings, name: str, kind=int):
     return number
 
 
-def plan_prune(settings, now: datetime, warn=None) -> PrunePlan:
-    keep_last = _number(settings, "BACKUP_KEEP_LAST")
-    keep_days = _number(settings, "BACKUP_KEEP_DAYS", float)
-    backups = list_backups(settings, warn)
+def plan_prune(target, now: datetime, warn=None) -> PrunePlan:
+    keep_last = _number(target.settings, "BACKUP_KEEP_LAST")
+    keep_days = _number(target.settings, "BACKUP_KEEP_DAYS", float)
+    backups = list_backups(target, warn)
     intact = [m for m in backups if m.intact]
     damaged = [m for m in backups if not m.intact]
     protected = next((m for m in intact if m.verified), None)
@@ -70,26 +69,25 @@ def plan_prune(settings, now: datetime, warn=None) -> PrunePlan:
     return PrunePlan(keep, delete, rules, protected, damaged)
 
 
-def confirm_protected(settings, now: datetime, warn=None) -> PrunePlan:
+def confirm_protected(target, now: datetime, warn=None) -> PrunePlan:
     """Plan, then read the backup that must survive back whole before anything is deleted.
     One that fails is recorded as failed by verify_backup, so planning again protects the
     next one; with none left that verifies, nothing is deleted."""
     while True:
-        plan = plan_prune(settings, now, warn)
+        plan = plan_prune(target, now, warn)
         if not plan.delete:
             return plan
         if plan.protected is None:
-            raise BackupFailed(f"env '{settings.env}' has no backup that verifies: prune deleted "
+            raise BackupFailed(f"env '{target.env}' has no backup that verifies: prune deleted "
                                "nothing; take a backup with `invoke backup`")
         try:
-            verify_backup(settings, plan.protected, now=now)
+            verify_backup(target, plan.protected, now=now)
             return plan
         except BackupFailed as exc:
             if warn is not None:
                 warn(f"{exc}; it is no longer counted as the newest verified backup")
 
 
-def apply_prune(settings, plan: PrunePlan) -> None:
-    storage = open_storage(settings)
+def apply_prune(target, plan: PrunePlan) -> None:
     for manifest in plan.delete:
-        delete_backup(storage, manifest)
+        delete_backup(target.storage, manifest)

@@ -1,26 +1,25 @@
-"""migrate and rollback: guards, then a verified backup, then Alembic, then a check of the result.
+"""migrate, rollback and stamp: guards, then a verified backup, then Alembic, then a check of
+the result.
 
 Nothing changes a schema unless a backup taken in this run was stored and read back whole. A
-database with nothing pending is left alone, without a backup.
+database with nothing pending is left alone, without a backup. Every run that changes something
+holds the database's lock and is audited, whatever its outcome (`_locked_and_audited`).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from typing import Iterator
 
 from app.ops import audit
-from app.ops.backups import BackupManifest, check_label, take_backup
-from app.ops.database import (connect, database_exists, database_size, server_version_num,
-                              stamped_revision)
-from app.ops.errors import BackupFailed, ConfigError, LockLost, MigrationFailed
-from app.ops.guards import (check_fit, check_free_disk, check_staging_first, check_window,
+from app.ops.backups import BackupManifest, backup_before_change
+from app.ops.errors import BackupFailed, LockLost, MigrationFailed
+from app.ops.guards import (RunFacts, check_fit, check_staging_first, check_window,
                             confirm_data_loss, review_pending)
-from app.ops.lock import database_lock
 from app.ops.migrations import Migrations, Revision
 from app.ops.report import Reporter
-from app.settings import engine_kind
 
 
 @dataclass
@@ -37,90 +36,64 @@ class RunResult:
         return not self.steps
 
 
-def migrate(settings, *, revision: str = "head", now: datetime,
+def migrate(target, *, revision: str = "head", now: datetime,
             reporter: Reporter = Reporter(), break_glass: str | None = None) -> RunResult:
-    migrations = Migrations(settings, reporter=reporter)
-    target = migrations.resolve(revision)
-    return _guarded_run(settings, migrations, "migrate", now, reporter, break_glass,
-                        lambda current: (target, migrations.pending(current, target)),
+    migrations = Migrations(target, reporter=reporter)
+    goal = migrations.resolve(revision)
+    return _guarded_run(target, migrations, "migrate", now, reporter, break_glass,
+                        lambda current: (goal, migrations.pending(current, goal)),
                         migrations.upgrade)
 
 
-def rollback(settings, *, to: str = "-1", now: datetime,
+def rollback(target, *, to: str = "-1", now: datetime,
              reporter: Reporter = Reporter(), break_glass: str | None = None,
              yes: bool = False, ask=None) -> RunResult:
-    migrations = Migrations(settings, reporter=reporter)
-    return _guarded_run(settings, migrations, "rollback", now, reporter, break_glass,
+    migrations = Migrations(target, reporter=reporter)
+    return _guarded_run(target, migrations, "rollback", now, reporter, break_glass,
                         lambda current: migrations.downgrade_target(current, to),
                         migrations.downgrade,
-                        confirm=lambda steps: confirm_data_loss(settings, steps, yes=yes,
+                        confirm=lambda steps: confirm_data_loss(target.settings, steps, yes=yes,
                                                                 ask=ask, reporter=reporter))
 
 
-def stamp(settings, *, revision: str, now: datetime, reporter: Reporter = Reporter(),
+def stamp(target, *, revision: str, now: datetime, reporter: Reporter = Reporter(),
           break_glass: str | None = None) -> tuple[str | None, str | None]:
     """Record a revision without running it: it changes what every later migrate does, so it
     runs under the same window, lock and audit as migrate. Returns (before, after)."""
-    migrations = Migrations(settings, reporter=reporter)
-    target = migrations.resolve(revision)
-    check_window(settings, action="stamp", now=now, break_glass=break_glass, reporter=reporter)
-    with database_lock(settings, action="stamp", now=now) as lock:
-        migrations.config.attributes["before_commit"] = lock.check
-        before, outcome = migrations.current(), "failed"
-        try:
-            migrations.stamp(revision)
-            outcome = "succeeded"
-        except KeyboardInterrupt:
-            outcome = "stopped"
-            raise
-        finally:
-            audit.record(settings, action="stamp", now=now, outcome=outcome, reporter=reporter,
-                         from_revision=before, to_revision=target, backup_id=None,
-                         break_glass=break_glass)
+    migrations = Migrations(target, reporter=reporter)
+    goal = migrations.resolve(revision)
+    with _locked_and_audited(target, RunFacts(target), "stamp", now, reporter,
+                             break_glass) as run:
+        migrations.config.attributes["before_commit"] = run.lock.check
+        before = migrations.current()
+        run.details.update(from_revision=before, to_revision=goal, backup_id=None)
+        migrations.stamp(revision)
     return before, migrations.current()
 
 
-def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
-                 reporter: Reporter, break_glass: str | None, plan, step,
-                 confirm=None) -> RunResult:
-    """Window, then lock, then plan (under the lock, so nobody moves the database meanwhile),
-    then backup and the Alembic step; every run that changes something is audited."""
-    check_window(settings, action=action, now=now, break_glass=break_glass, reporter=reporter)
+@dataclass
+class AuditedRun:
+    """What `_locked_and_audited` records: the block fills in the details as it learns them."""
+    lock: object
+    details: dict = field(default_factory=dict)
+    outcome: str | None = None   # None: succeeded, unless the block raised
+    audited: bool = True
+
+
+@contextlib.contextmanager
+def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
+                        reporter: Reporter, break_glass: str | None) -> Iterator[AuditedRun]:
+    """The maintenance window, then the database's lock, then the block; its outcome is audited
+    whatever happens, and a lock found gone at release is a warning after it."""
+    check_window(target.settings, facts, action=action, now=now, break_glass=break_glass,
+                 reporter=reporter)
     started = time.monotonic()
-    with database_lock(settings, action=action, now=now) as lock:
-        current = migrations.current()
-        target, steps = plan(current)
-        result = RunResult(action, current, target, steps)
-        if result.nothing_to_do:
-            if break_glass:
-                audit.record(settings, action=action, now=now, outcome="nothing to do",
-                             reporter=reporter,
-                             from_revision=current, to_revision=target, backup_id=None,
-                             duration_seconds=0.0, break_glass=break_glass)
-            return result
-        verb = "pending" if action == "migrate" else "to undo"
-        reporter.info(f"{len(steps)} {verb}: " + ", ".join(map(str, steps)))
-        review_pending(settings, steps, action=action, break_glass=break_glass,
-                       reporter=reporter)
-        if confirm is not None:
-            confirm(steps)
-        if action == "migrate":
-            check_staging_first(settings, target, migrations)
-        if settings.production and database_exists(settings.database_url):
-            check_fit(settings, steps, now=now, break_glass=break_glass,
-                      database_size=database_facts(settings.database_url)[1], reporter=reporter)
-        # Asked again just before the change commits (alembic/env.py): a lock lost meanwhile
-        # means another run may be changing the database too.
-        migrations.config.attributes["before_commit"] = lock.check
+    with target.database.lock(action, now) as lock:
+        run = AuditedRun(lock)
         outcome = "failed"
         try:
-            result.backup = backup_before_change(
-                settings, now=now, revision=current, reporter=reporter,
-                reason=f"before {action} {current or 'base'} -> {target or 'base'}")
-            lock.check()
-            _change(step, target, settings, result)
-            _checked(migrations, result)
-            outcome = "succeeded"
+            yield run
+            outcome = run.outcome or "succeeded"
         except BackupFailed:
             outcome = "backup failed"
             raise
@@ -129,90 +102,96 @@ def _guarded_run(settings, migrations: Migrations, action: str, now: datetime,
             raise
         except LockLost as exc:
             outcome = "lock lost"
+            before = run.details.get("from_revision")
             raise LockLost(f"{action} stopped: {exc}; nothing was changed, the database is "
-                           f"still at {current or 'base'}; run it again once no other run holds "
+                           f"still at {before or 'base'}; run it again once no other run holds "
                            "the lock") from None
         finally:
-            audit.record(settings, action=action, now=now, outcome=outcome, reporter=reporter,
-                         from_revision=current, to_revision=target,
-                         backup_id=result.backup.id if result.backup else None,
-                         duration_seconds=round(time.monotonic() - started, 3),
-                         break_glass=break_glass)
+            if run.audited:
+                details = {"duration_seconds": round(time.monotonic() - started, 3),
+                           **run.details}
+                audit.record(target, action=action, now=now, outcome=outcome,
+                             reporter=reporter, break_glass=break_glass, **details)
     if lock.lost:
-        reporter.warn(f"the lock on env '{settings.env}' was lost while the {action} ran (its "
+        reporter.warn(f"the lock on env '{target.env}' was lost while the {action} ran (its "
                       "session was ended); the outcome above is the run's own, but check that "
                       "no other run changed the database meanwhile (`invoke audit`)")
+
+
+def _guarded_run(target, migrations: Migrations, action: str, now: datetime,
+                 reporter: Reporter, break_glass: str | None, plan, step,
+                 confirm=None) -> RunResult:
+    """Window, then lock, then plan (under the lock, so nobody moves the database meanwhile),
+    then the guards, the backup and the Alembic step."""
+    facts = RunFacts(target)
+    with _locked_and_audited(target, facts, action, now, reporter, break_glass) as run:
+        current = migrations.current()
+        goal, steps = plan(current)
+        result = RunResult(action, current, goal, steps)
+        run.details.update(from_revision=current, to_revision=goal, backup_id=None)
+        if result.nothing_to_do:
+            # Audited only when break-glass was asked for: that request is what is recorded.
+            run.outcome, run.audited = "nothing to do", bool(break_glass)
+            run.details["duration_seconds"] = 0.0
+            return result
+        _check_plan(target, facts, migrations, result, now, reporter, break_glass, confirm)
+        # Asked again just before the change commits (alembic/env.py): a lock lost meanwhile
+        # means another run may be changing the database too.
+        migrations.config.attributes["before_commit"] = run.lock.check
+        result.backup = backup_before_change(
+            target, facts, now=now, revision=current, reporter=reporter,
+            reason=f"before {action} {current or 'base'} -> {goal or 'base'}")
+        run.details["backup_id"] = result.backup.id if result.backup else None
+        run.lock.check()
+        _change(step, target, result)
+        _checked(target, migrations, result)
     return result
 
 
-def upgrade_sql(settings, revision: str = "head") -> str:
+def _check_plan(target, facts: RunFacts, migrations: Migrations, result: RunResult,
+                now: datetime, reporter: Reporter, break_glass: str | None, confirm) -> None:
+    """The guards on what the run would do, before its backup."""
+    verb = "pending" if result.action == "migrate" else "to undo"
+    reporter.info(f"{len(result.steps)} {verb}: " + ", ".join(map(str, result.steps)))
+    settings = target.settings
+    review_pending(settings, result.steps, action=result.action, break_glass=break_glass,
+                   reporter=reporter)
+    if confirm is not None:
+        confirm(result.steps)
+    if result.action == "migrate":
+        check_staging_first(settings, result.target, migrations)
+    if settings.production and facts.database.exists:
+        check_fit(target, facts, result.steps, now=now, break_glass=break_glass,
+                  reporter=reporter)
+
+
+def upgrade_sql(target, revision: str = "head") -> str:
     """The SQL of exactly the pending range, from the database's current revision."""
-    migrations = Migrations(settings)
-    target = migrations.resolve(revision)
+    migrations = Migrations(target)
+    goal = migrations.resolve(revision)
     current = migrations.current()
-    if not migrations.pending(current, target):
+    if not migrations.pending(current, goal):
         return f"-- Nothing pending: the database is at {current or 'base'}."
-    return migrations.upgrade_sql(current, target)
+    return migrations.upgrade_sql(current, goal)
 
 
-def backup_on_demand(settings, *, now: datetime, label: str | None,
-                     reporter: Reporter = Reporter()) -> BackupManifest:
-    check_label(label)
-    current = stamped_revision(settings.database_url)
-    manifest = backup_before_change(settings, now=now, revision=current, reporter=reporter,
-                                    reason="on demand", label=label)
-    if manifest is None:
-        raise ConfigError(f"database {settings.masked_database_url} does not exist yet: "
-                          "there is nothing to back up")
-    return manifest
-
-
-def backup_before_change(settings, *, now: datetime, revision: str | None, reason: str,
-                         reporter: Reporter, label: str | None = None) -> BackupManifest | None:
-    url = settings.database_url
-    if not database_exists(url):
-        reporter.info(f"database {settings.masked_database_url} does not exist yet: "
-                      "there is nothing to back up")
-        return None
-    if settings.backup_method == "pgbackrest":
-        # A restore point, not a dump: see app/ops/pgbackrest.py.
-        from app.ops.pgbackrest import take_restore_point
-        return take_restore_point(settings, reason=reason, revision=revision, now=now,
-                                  label=label)
-    version, size = database_facts(url)
-    check_free_disk(settings, size, reporter)
-    with reporter.progress("dumping") as dumped:
-        with reporter.progress("reading back") as read_back:
-            return take_backup(settings, reason=reason, revision=revision, now=now, label=label,
-                               server_version_num=version, database_size=size,
-                               progress=dumped, readback_progress=read_back)
-
-
-def database_facts(url) -> tuple[int | None, int | None]:
-    """(server_version_num, size in bytes): the server's for PostgreSQL, the file's for SQLite."""
-    if engine_kind(url) == "sqlite":
-        return None, Path(url.database).stat().st_size
-    with connect(url) as conn:
-        return server_version_num(conn), database_size(conn)
-
-
-def _change(step, target, settings, result: RunResult) -> None:
+def _change(step, target, result: RunResult) -> None:
     try:
-        step(target)
+        step(result.target)
     except MigrationFailed as exc:
-        raise MigrationFailed(f"{exc}. {restore_hint(settings, result.backup)}") from exc
+        raise MigrationFailed(f"{exc}. {restore_hint(target, result.backup)}") from exc
 
 
-def restore_hint(settings, backup: BackupManifest | None) -> str:
+def restore_hint(target, backup: BackupManifest | None) -> str:
     if backup is None:
         return "No backup was taken: the database did not exist before this run"
     return (f"Backup {backup.id} was taken before it; restore it with: "
-            f"invoke restore --env={settings.env} --backup={backup.id}")
+            f"invoke restore --env={target.env} --backup={backup.id}")
 
 
-def _checked(migrations: Migrations, result: RunResult) -> None:
+def _checked(target, migrations: Migrations, result: RunResult) -> None:
     result.after = migrations.current()
     if result.after != result.target:
         raise MigrationFailed(
             f"after the {result.action} the database is at {result.after or 'base'}, not at "
-            f"the target {result.target or 'base'}. {restore_hint(migrations.settings, result.backup)}")
+            f"the target {result.target or 'base'}. {restore_hint(target, result.backup)}")

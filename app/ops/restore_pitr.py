@@ -66,17 +66,18 @@ def restore_timeout(settings) -> float:
                           "use e.g. 3600") from None
 
 
-def restore_restore_point(settings, manifest, *, whole_cluster: bool, reporter) -> list[str]:
+def restore_restore_point(target, manifest, *, whole_cluster: bool, reporter) -> list[str]:
     """Rewind the cluster to `manifest`'s restore point; returns what to tell the engineer."""
     from sqlalchemy import text
 
-    from app.ops.database import connect
+    from app.ops.connection import connect
 
     record = manifest.pgbackrest
+    settings = target.settings
     pgbackrest = PgBackRest.from_settings(settings)
     stop, start = _command(settings, "PG_STOP_COMMAND"), _command(settings, "PG_START_COMMAND")
     long_timeout = restore_timeout(settings)
-    url = settings.database_url
+    url = target.database.url
     with connect(url) as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         others = other_databases(conn)
@@ -157,7 +158,7 @@ def _wait_promoted(url, timeout: float) -> None:
     """Until the server takes connections and is out of recovery (promoted)."""
     from sqlalchemy import text
 
-    from app.ops.database import connect
+    from app.ops.connection import connect
     from app.ops.errors import DatabaseUnreachable
 
     started, last = time.monotonic(), "not reachable"
@@ -180,7 +181,7 @@ def _clear_recovery_settings(url) -> str:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.database import connect
+    from app.ops.connection import connect
 
     failed = []
     with connect(url) as conn:

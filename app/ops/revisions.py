@@ -23,7 +23,7 @@ class CreatedRevision:
     warnings: list[str] = field(default_factory=list)
 
 
-def create_revision(settings, message: str, *, empty: bool = False) -> CreatedRevision:
+def create_revision(target, message: str, *, empty: bool = False) -> CreatedRevision:
     words = re.findall(r"\w+", message or "")
     if len(words) < MIN_WORDS:
         raise ConfigError(f"revision message '{message}' says too little: describe the change in "
@@ -31,7 +31,7 @@ def create_revision(settings, message: str, *, empty: bool = False) -> CreatedRe
     from alembic import command
     from alembic.util import CommandError
 
-    migrations = Migrations(settings)
+    migrations = Migrations(target)
     migrations.single_head()
 
     def inspect(context, revision, directives):

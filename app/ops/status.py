@@ -38,20 +38,20 @@ def window_status(settings, now: datetime) -> dict | None:
             "spec": spec, "timezone": str(window.tz)}
 
 
-def collect_status(settings, now: datetime, warn=None) -> dict:
-    migrations = Migrations(settings)
+def collect_status(target, now: datetime, warn=None) -> dict:
+    settings = target.settings
+    migrations = Migrations(target)
     heads = migrations.heads()
     current = migrations.current()
     pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
-    backups = list_backups(settings, warn)  # on S3 this also aborts recorded uploads it can
+    backups = list_backups(target, warn)  # on S3 this also aborts recorded uploads it can
     extra = {}
-    if settings.database_url.get_backend_name() == "postgresql" and \
-            settings.backup_method == "pgbackrest":
+    if settings.backup_method == "pgbackrest":  # PostgreSQL only (app/settings.py)
         from app.ops.pgbackrest import status_facts
-        extra["pgbackrest"] = status_facts(settings)
+        extra["pgbackrest"] = status_facts(target)
     return {
         "env": settings.env,
-        "database": settings.masked_database_url,
+        "database": target.database.masked_url,
         "current": current,
         "heads": heads,
         "pending": [r.id for r in pending],

@@ -15,7 +15,7 @@ import tempfile
 import threading
 from typing import Callable
 
-from app.ops.database import maintenance_options
+from app.ops.connection import maintenance_options
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.signals import spawn
 from app.ops.streams import CHUNK
@@ -186,7 +186,7 @@ def exported_snapshot(url, lock_timeout: str | None):
     """A REPEATABLE READ transaction whose snapshot pg_dump can share (--snapshot)."""
     from sqlalchemy import text
 
-    from app.ops.database import connect
+    from app.ops.connection import connect
 
     with connect(url) as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
@@ -206,7 +206,7 @@ class RowCounter(threading.Thread):
         self.error: Exception | None = None
 
     def run(self) -> None:
-        from app.ops.database import postgres_row_counts
+        from app.ops.databases.postgres import postgres_row_counts
 
         try:
             # In a savepoint: a count the server refuses (a table the role may not read) must

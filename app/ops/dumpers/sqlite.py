@@ -25,9 +25,8 @@ class SqliteDumper:
     format = "SQLite database file (online backup API), zstd-compressed"
     read_back_copies = 1  # read_back writes the database to a temporary file to check it
 
-    def __init__(self, url):
-        self.url = url
-        self.path = Path(url.database)
+    def __init__(self, path: Path):
+        self.path = path
         self.versions = {"sqlite": sqlite3.sqlite_version}
         self.row_counts: dict[str, int] | None = None
 

@@ -43,11 +43,6 @@ MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
 SSE_VALUES = {"AES256": "AES256", "AWS:KMS": "aws:kms"}
 MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
-AWS_SETTINGS = ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE",
-                "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-_CLIENTS: dict[tuple, object] = {}  # see S3Storage.client
-_CLIENTS_LOCK = threading.Lock()
 # Endpoints that answered in this process: a connection refused after that means the endpoint
 # went away mid-run (exit 4), not that it was configured wrongly (exit 2).
 _REACHED: set[str] = set()
@@ -93,7 +88,8 @@ class S3Storage:
             retries={"mode": "standard", "max_attempts": ABORT_ATTEMPTS},
             connect_timeout=min(connect_timeout, ABORT_CONNECT_TIMEOUT),
             read_timeout=min(read_timeout, ABORT_READ_TIMEOUT))
-        self.page_size, self._s3 = page_size, None
+        self.page_size, self._s3, self._abort_s3 = page_size, None, None
+        self._client_lock = threading.Lock()  # prepare()'s thread may be building the client
         # Where an upload that could not be aborted is recorded (None: nowhere, say so).
         self.unaborted_folder = unaborted_folder
 
@@ -120,37 +116,33 @@ class S3Storage:
 
     @property
     def client(self):
-        """One client per distinct configuration and process: building one costs ~0.2 s, and
-        a single run opens the store several times (backup, manifest, audit)."""
-        if self._s3 is None:
-            with _CLIENTS_LOCK:  # prepare()'s thread may be building it right now
+        """Built once per store, and a task opens one store (app/ops/target.py)."""
+        with self._client_lock:
+            if self._s3 is None:
                 self._s3 = self._build_client(self._config)
         return self._s3
 
     def _build_client(self, config: dict):
+        import boto3
+        import botocore.session
+        from botocore.config import Config
+
         get = self._get
-        wanted = (tuple(get(v) for v in AWS_SETTINGS), repr(config),
-                  tuple(sorted((k, v) for k, v in os.environ.items() if k[:4] == "AWS_")))
-        if wanted not in _CLIENTS:
-            import boto3
-            import botocore.session
-            from botocore.config import Config
-            with self._errors("connecting to"):
-                core = botocore.session.Session()
-                for var, key in (("AWS_CONFIG_FILE", "config_file"),
-                                 ("AWS_SHARED_CREDENTIALS_FILE", "credentials_file")):
-                    if get(var):
-                        core.set_config_variable(key, get(var))
-                session = boto3.session.Session(
-                    aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
-                    aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
-                    aws_session_token=get("AWS_SESSION_TOKEN"),
-                    region_name=get("AWS_DEFAULT_REGION"), profile_name=get("AWS_PROFILE"),
-                    botocore_session=core)
-                _CLIENTS[wanted] = session.client(
-                    "s3", endpoint_url=get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL"),
-                    config=Config(**config))
-        return _CLIENTS[wanted]
+        with self._errors("connecting to"):
+            core = botocore.session.Session()
+            for var, key in (("AWS_CONFIG_FILE", "config_file"),
+                             ("AWS_SHARED_CREDENTIALS_FILE", "credentials_file")):
+                if get(var):
+                    core.set_config_variable(key, get(var))
+            session = boto3.session.Session(
+                aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
+                aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
+                aws_session_token=get("AWS_SESSION_TOKEN"),
+                region_name=get("AWS_DEFAULT_REGION"), profile_name=get("AWS_PROFILE"),
+                botocore_session=core)
+            return session.client(
+                "s3", endpoint_url=get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL"),
+                config=Config(**config))
 
     def key(self, name: str) -> str:
         return f"{self.folder}/{name}" if self.folder else name
@@ -223,8 +215,10 @@ class S3Storage:
         and whether the endpoint answered at all."""
         from botocore.exceptions import BotoCoreError, ClientError
         try:
-            with _CLIENTS_LOCK:
-                client = self._build_client(self._abort_config)
+            with self._client_lock:
+                if self._abort_s3 is None:
+                    self._abort_s3 = self._build_client(self._abort_config)
+                client = self._abort_s3
             client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))

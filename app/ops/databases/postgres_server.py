@@ -1,20 +1,16 @@
-"""Restoring PostgreSQL by swapping databases: build the restored copy beside the live one,
-then swap names in one transaction.
+"""A PostgreSQL server's databases, as a restore and a scratch copy need them: a database's
+properties, creating one like it, copying its grants and settings, its sessions, and the swap.
 
-Until the swap the live database is never touched, so a restore that fails or is killed leaves
-it exactly as it was (a killed run leaves a `__restoring_` database, which the next restore
-drops). The swap is two renames in one transaction: the old database stays under a dated name
-until the engineer drops it. Until the swap the application may keep using the live database
+Restoring by swap (postgres_restore.py) builds the restored copy beside the live database and
+swaps names in one transaction. Until the swap the application may keep using the live database
 (`--disconnect`): the swap closes it to new connections, ends its other sessions, renames, and
 lets connections in again, so the application's downtime is that of the swap alone. Without
 `--disconnect`, another session refuses the restore before any work. The new database gets the
 old one's encoding, locale, grants, settings, comment and connection limit, so its own
 properties survive; a setting the role may not set again refuses the restore before any work.
 Everything here works for a role that owns its database and may create databases; no superuser
-needed.
-
-Why not `pg_restore --clean` into the live database: a table added by a later migration survives
-it, a foreign key from such a table makes the restore fail halfway, and it cannot run in parallel.
+needed. Every statement runs over a connection to the maintenance database: a database can be
+renamed only with nobody connected to it.
 """
 from __future__ import annotations
 
@@ -60,8 +56,8 @@ class DatabaseProperties:
     settings: list[tuple[str | None, str]]  # (role or None for everyone, "name=value")
 
 
-class DatabaseSwap:
-    """Operations on the server level, over a connection to the maintenance database."""
+class PostgresServer:
+    """The server of `url`'s database, seen from its maintenance database."""
 
     def __init__(self, url):
         self.url = url
@@ -71,7 +67,7 @@ class DatabaseSwap:
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        from app.ops.database import connect, first_line
+        from app.ops.connection import connect, first_line
 
         with connect(self.url.set(database=MAINTENANCE_DATABASE)) as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -147,7 +143,7 @@ class DatabaseSwap:
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        from app.ops.database import connect, first_line
+        from app.ops.connection import connect, first_line
 
         refused = []
         with connect(self.url.set(database=MAINTENANCE_DATABASE)) as conn:

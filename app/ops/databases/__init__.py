@@ -1,0 +1,31 @@
+"""The env's database, one class per kind: `PostgresDatabase` (postgres.py) and
+`SqliteDatabase` (sqlite.py).
+
+`open_database(settings)` decides the kind once, from the settings' URL; everything below asks the
+object and never the URL's scheme: whether the database exists, its facts (size, server
+version), its tools (checked once), a dumper for it, its one-at-a-time lock, its row counts, a
+scratch copy of a backup, and restoring a verified backup over it. A restore's previous database
+or a scratch copy is another object of the same class (`at`), sharing the tools' check.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DatabaseFacts:
+    """What a run reads of its database once: a backup's estimate, the guards and the manifest
+    use the same values."""
+    exists: bool
+    server_version_num: int | None  # None for SQLite
+    size: int | None                # bytes; None while an SQLite file does not exist
+
+
+def open_database(settings):
+    from app.settings import engine_kind
+
+    if engine_kind(settings.database_url) == "sqlite":
+        from app.ops.databases.sqlite import SqliteDatabase
+        return SqliteDatabase(settings.database_url, settings.env)
+    from app.ops.databases.postgres import PostgresDatabase
+    return PostgresDatabase.from_settings(settings)

@@ -1,0 +1,37 @@
+"""What a task acts on: one env's settings, its database and its backup store, each opened once.
+
+tasks.py opens one `Target` per task (`open_target(settings)`) and passes it down: nothing below
+decides the kind of database again or opens a second store (one S3 client per task). A restore's
+previous database and a scratch copy are targets too (`at`): another database, the same store.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+
+class Target:
+    def __init__(self, settings, database, storage=None):
+        self.settings = settings
+        self.database = database
+        if storage is not None:
+            self.storage = storage
+
+    @cached_property
+    def storage(self):
+        """Opened on first use: `migrate --sql` never needs one, and a bad store setting is
+        reported by the step that needs the store."""
+        from app.ops.storage import open_storage
+        return open_storage(self.settings)
+
+    @property
+    def env(self) -> str:
+        return self.settings.env
+
+    def at(self, database) -> "Target":
+        """The same env and store, another database (of the same kind)."""
+        return Target(self.settings, database, self.storage)
+
+
+def open_target(settings) -> Target:
+    from app.ops.databases import open_database
+    return Target(settings, open_database(settings))
