@@ -14,7 +14,7 @@ import pytest
 
 from conftest import admin_url, pg_env
 from helpers import failed, ok
-from test_e2e_faults import FIRST, HEAD, at_first_revision, last_audit, tools
+from test_faults_e2e import FIRST, HEAD, at_first_revision, last_audit, tools
 from test_lock import advisory_locks_held, pg_settings
 
 from app.ops.errors import ExitCode, LockLost

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import pg_env
 from helpers import failed, ok
-from test_e2e_faults import FIRST, at_first_revision, last_audit, non_audit_files, tools
+from test_faults_e2e import FIRST, at_first_revision, last_audit, non_audit_files, tools
 
 pytestmark = pytest.mark.postgres
 
