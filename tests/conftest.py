@@ -1,4 +1,5 @@
-"""Shared fixtures: a copy of the project to run `invoke` in, and real PostgreSQL databases.
+"""Shared fixtures: a copy of the project to run `invoke` in, real PostgreSQL databases, an S3
+endpoint (moto) with a bucket per test, a throwaway pgBackRest cluster and small disks.
 
 PostgreSQL comes from TEST_DATABASE_URL (a role that may create roles and databases), else the
 local server on 127.0.0.1:5432 as `postgres`. Each test gets its own non-superuser role that
@@ -7,7 +8,9 @@ server fails the tests that need it instead of skipping them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -19,19 +22,16 @@ from pathlib import Path
 
 import pytest
 
+from helpers import (AWKWARD_PASSWORD, Key, admin_url, drop_derived,  # noqa: F401
+                     pg_env, write_dotenv)
+
 REPO = Path(__file__).resolve().parent.parent
-AWKWARD_PASSWORD = "p@ss:w/o%rd#1 'q' \"dq\" \\ end"
-DEFAULT_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+S3_PREFIX = "mida/backups"   # where the e2e tests keep backups in their bucket
 # Settings that must not leak from the developer's shell into a test's invoke run.
 CLEARED = ("APP_ENV", "DATABASE_URL", "USE_SQLITE", "SQLITE_PATH", "PRODUCTION", "BACKUP_DIR",
            "BACKUP_STORAGE", "MAINTENANCE_WINDOW", "MAINTENANCE_TIMEZONE", "PG_BIN_DIR",
            "REQUIRE_STAGING_FIRST")
 CLEARED_PREFIXES = ("POSTGRES_", "AWS_", "BACKUP_", "MIGRATION_", "PG", "CHECK_")
-
-
-def admin_url():
-    from sqlalchemy.engine import make_url
-    return make_url(os.environ.get("TEST_DATABASE_URL", DEFAULT_ADMIN_URL))
 
 
 @pytest.fixture(scope="session")
@@ -93,25 +93,43 @@ class PgDatabase:
             "ORDER BY ordinal_position", t=table)]
 
 
-@pytest.fixture
-def pg_database(pg_admin):
+@contextlib.contextmanager
+def owned_database(admin):
     """A fresh database owned by a fresh non-superuser role (LOGIN CREATEDB) with an awkward
-    password; dropped afterwards."""
+    password; dropped, with the role, on leaving."""
     from sqlalchemy import text
 
     suffix = secrets.token_hex(4)
     role, name = f"mida_owner_{suffix}", f"mida_test_{suffix}"
-    with pg_admin.connect() as conn:
+    with admin.connect() as conn:
         conn.execute(text(f'CREATE ROLE "{role}" LOGIN CREATEDB PASSWORD :pw'),
                      {"pw": AWKWARD_PASSWORD})
         conn.execute(text(f'CREATE DATABASE "{name}" OWNER "{role}"'))
     url = admin_url().set(username=role, password=AWKWARD_PASSWORD, database=name)
-    yield PgDatabase(url, name, role, pg_admin)
-    with pg_admin.connect() as conn:
-        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": name})
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+    try:
+        yield PgDatabase(url, name, role, admin)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": name})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+
+
+@pytest.fixture
+def pg_database(pg_admin):
+    """A database of its own for the test (owned_database)."""
+    with owned_database(pg_admin) as db:
+        yield db
+
+
+@pytest.fixture
+def pgdb(pg_database):
+    """pg_database, plus clean-up of every `<name>__...` database a restore, a drill or a
+    rehearsal leaves or keeps: they belong to the test's role, which pg_database drops
+    afterwards."""
+    yield pg_database
+    drop_derived(pg_database.admin, pg_database.name)
 
 
 @dataclass
@@ -120,9 +138,7 @@ class Project:
     root: Path
 
     def env_file(self, name: str, **settings: str) -> Path:
-        path = self.root / f".env.{name}"
-        path.write_text("".join(f"{k}={_dotenv_quote(v)}\n" for k, v in settings.items()))
-        return path
+        return write_dotenv(self.root / f".env.{name}", **settings)
 
     def environ(self, env: dict | None) -> dict:
         """This process's environment without the project's settings, plus `env`."""
@@ -150,18 +166,17 @@ class Project:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def store(self, env_name: str = "dev") -> Path:
+        """The local store folder of one environment."""
+        return self.root / "backups" / env_name
+
     def backup_files(self, env_name: str = "dev") -> set[str]:
-        folder = self.root / "backups" / env_name
+        folder = self.store(env_name)
         return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
-def _dotenv_quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-@pytest.fixture
-def project(tmp_path) -> Project:
-    root = tmp_path / "project"
+def make_project(root: Path) -> Project:
+    """A copy of the project's app, migrations and tasks in `root` (which must not exist)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     root.mkdir()
     for name in ("app", "alembic"):
@@ -173,16 +188,118 @@ def project(tmp_path) -> Project:
     return Project(root)
 
 
-def pg_env(db: PgDatabase, **extra: str) -> dict:
-    """Process environment that points an invoke run at `db` through POSTGRES_* settings."""
-    url = db.url
-    env = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
-           "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
-           "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
-    env.update(extra)
-    return env
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return make_project(tmp_path / "project")
 
 
+@pytest.fixture
+def keys(tmp_path):
+    """keys(name) makes an age key pair whose identity file is in a 0700 folder of the test's."""
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700)
+    return lambda name: Key(folder, name)
+
+
+# -- S3 ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def e2e_moto():
+    """One moto server for the session, on a free port, serving S3 over HTTP; its port."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    yield server._server.server_port
+    server.stop()
+
+
+@pytest.fixture
+def no_ambient_aws(monkeypatch, tmp_path):
+    """The developer's own AWS variables, profiles and instance metadata stay out of the tests'
+    own boto3 clients (invoke runs get none of them anyway: Project.environ)."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def s3_client(endpoint: str, **config):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing", **config)
+
+
+@dataclass
+class Bucket:
+    client: object
+    name: str
+    endpoint: str
+    home: Path   # where the empty AWS config files live
+
+    def env(self, endpoint: str | None = None, **extra: str) -> dict:
+        """The process environment of an invoke run that keeps its backups in this bucket."""
+        return {"BACKUP_STORAGE": "s3", "BACKUP_S3_BUCKET": self.name,
+                "BACKUP_S3_PREFIX": S3_PREFIX, "BACKUP_S3_SSE": "AES256",
+                "AWS_ENDPOINT_URL": endpoint or self.endpoint,
+                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_CONFIG_FILE": str(self.home / "no-aws-config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(self.home / "no-aws-credentials"),
+                "AWS_EC2_METADATA_DISABLED": "true", **extra}
+
+    def key(self, env_name: str, name: str) -> str:
+        return f"{S3_PREFIX}/{env_name}/{name}"
+
+    def objects(self, prefix: str = "") -> dict[str, str]:
+        """{key: ETag} of every object under `prefix`."""
+        found = {}
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name,
+                                                                       Prefix=prefix)
+        for page in pages:
+            found.update({o["Key"]: o["ETag"] for o in page.get("Contents", [])})
+        return found
+
+    def folder(self, env_name: str) -> dict[str, str]:
+        """{name: ETag} of the objects in one environment's folder."""
+        start = f"{S3_PREFIX}/{env_name}/"
+        return {k[len(start):]: v for k, v in self.objects(start).items()}
+
+    def head(self, key: str) -> dict:
+        return self.client.head_object(Bucket=self.name, Key=key)
+
+    def body(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
+
+    def manifest(self, env_name: str, backup_id: str) -> dict:
+        return json.loads(self.body(self.key(env_name, f"{backup_id}.manifest.json")))
+
+    def put_manifest(self, env_name: str, manifest: dict) -> None:
+        self.client.put_object(Bucket=self.name,
+                               Key=self.key(env_name, f"{manifest['id']}.manifest.json"),
+                               Body=json.dumps(manifest, indent=2).encode(),
+                               ServerSideEncryption="AES256")
+
+    def uploads(self) -> list[dict]:
+        return self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
+
+
+@pytest.fixture
+def bucket(e2e_moto, tmp_path) -> Bucket:
+    """A fresh bucket of the test's own on the session's moto server."""
+    endpoint = f"http://127.0.0.1:{e2e_moto}"
+    client = s3_client(endpoint)
+    name = f"mida-e2e-{secrets.token_hex(4)}"
+    client.create_bucket(Bucket=name)
+    home = tmp_path / "aws-home"
+    home.mkdir()
+    return Bucket(client, name, endpoint, home)
+
+
+# -- pgBackRest, small disks -------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def archiving_cluster():
     """A throwaway PostgreSQL 15 cluster archiving to a local pgBackRest repository, with one

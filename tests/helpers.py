@@ -1,15 +1,38 @@
-"""Assertions shared by the end-to-end tests: how a finished `invoke` run must look, and what
-an SQLite database holds afterwards."""
+"""What the tests share that is not a fixture: the revisions the project ships, how a finished
+`invoke` run must look, fake client tools, the audit trail, age keys, hand-written revisions,
+and what a PostgreSQL or SQLite database holds afterwards. Fixtures are in conftest.py, which
+builds on this module (never the other way round)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import sqlite3
+import textwrap
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
-from conftest import AWKWARD_PASSWORD
+from pyrage import x25519
+from sqlalchemy import create_engine, pool, text
+
+# The project's two revisions: the first creates `users`, the head adds its phone_number.
+FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+AWKWARD_PASSWORD = "p@ss:w/o%rd#1 'q' \"dq\" \\ end"
+DEFAULT_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+SAFETY_PREFIX = "before restore of "   # the reason of the safety backup a restore takes
+REAL_PG_DUMP = shutil.which("pg_dump") or "/usr/bin/pg_dump"
+REAL_PG_RESTORE = shutil.which("pg_restore") or "/usr/bin/pg_restore"
 
 
+def admin_url():
+    from sqlalchemy.engine import make_url
+    return make_url(os.environ.get("TEST_DATABASE_URL", DEFAULT_ADMIN_URL))
+
+
+# -- a finished run ----------------------------------------------------------------------------
 def _password_forms(pw: str) -> tuple[str, ...]:
     """Every form the test password could leak in: plain, cut at a `#` (a URL fragment), each
     way a URL library percent-encodes it (SQLAlchemy's URL renders `quote(pw, safe=" +")`), and
@@ -63,6 +86,286 @@ def failed(result, code: int, *fragments: str) -> str:
     return errors[0]
 
 
+# -- backups and their records -----------------------------------------------------------------
+def ids(items: list[dict]) -> list[str]:
+    return [i["id"] for i in items]
+
+
+def take_backup(project, env_name: str, env: dict | None = None) -> dict:
+    """`invoke backup`, and the one new item it lists (first, on demand, verified)."""
+    before = set(ids(project.backups(env_name, env=env)))
+    ok(project.run("backup", f"--env={env_name}", env=env))
+    items = project.backups(env_name, env=env)
+    new = [i for i in items if i["id"] not in before]
+    assert len(new) == 1, items
+    assert items[0]["id"] == new[0]["id"], "a backup just taken is not listed first"
+    assert new[0]["reason"] == "on demand" and new[0]["verified"] is True
+    return new[0]
+
+
+def safety_id_from(result) -> str:
+    match = re.search(r"Safety backup (\S+) holds", result.stdout)
+    assert match, shown(result)
+    return match.group(1)
+
+
+def audit_events(folder: Path) -> list[dict]:
+    """Every audit event in a store folder, oldest first."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.audit.json"))]
+
+
+def last_audit(folder: Path) -> dict:
+    return audit_events(folder)[-1]
+
+
+def without_audit(names: Iterable[str]) -> set[str]:
+    """Artifacts and manifests: every name but the audit trail's."""
+    return {n for n in names if not n.endswith(".audit.json")}
+
+
+# -- settings files, revisions, keys, tools ---------------------------------------------------
+def dotenv_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def write_dotenv(path: Path, **settings: str) -> Path:
+    path.write_text("".join(f"{k}={dotenv_quote(v)}\n" for k, v in settings.items()))
+    return path
+
+
+def add_revision(project, rev: str, down: str | tuple, upgrade: str, downgrade: str = "pass",
+                 message: str = "A hand-written revision", slug: str = "hand_written") -> Path:
+    """A revision file in the project's alembic/versions; `upgrade` and `downgrade` are the
+    bodies of its two functions."""
+    path = project.root / "alembic" / "versions" / f"{rev}_{slug}.py"
+    path.write_text(f'''"""{message}
+
+Revision ID: {rev}
+Revises: {down}
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "{rev}"
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+{textwrap.indent(textwrap.dedent(upgrade).strip(), "    ")}
+
+
+def downgrade():
+{textwrap.indent(textwrap.dedent(downgrade).strip(), "    ")}
+''')
+    return path
+
+
+class Key:
+    """An age key pair; the identity is written to a 0600 file as `age-keygen` would."""
+
+    def __init__(self, folder: Path, name: str):
+        self.identity = x25519.Identity.generate()
+        self.recipient = str(self.identity.to_public())
+        self.path = folder / f"{name}.key"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# public key: {self.recipient}\n{self.identity}\n")
+        assert self.recipient.startswith("age1")
+        assert str(self.identity).startswith("AGE-SECRET-KEY-1")
+
+
+def sealed(*recipients: Key, identity: Key | None = None, **extra: str) -> dict:
+    """The settings that encrypt backups to `recipients` (and decrypt with `identity`)."""
+    env = {"BACKUP_ENCRYPTION_RECIPIENTS": ",".join(k.recipient for k in recipients)}
+    if identity is not None:
+        env["BACKUP_ENCRYPTION_IDENTITY_FILE"] = str(identity.path)
+    env.update(extra)
+    return env
+
+
+def fake_pg_bin(folder: Path, *, pg_dump: str | None = None,
+                pg_restore: str | None = None) -> Path:
+    """A PG_BIN_DIR of bash scripts: each of pg_dump and pg_restore runs the body given for it
+    (with $REAL set to the real tool), or just execs the real tool."""
+    folder.mkdir()
+    for tool, real, body in (("pg_dump", REAL_PG_DUMP, pg_dump),
+                             ("pg_restore", REAL_PG_RESTORE, pg_restore)):
+        script = folder / tool
+        script.write_text(f"#!/bin/bash\nREAL='{real}'\n"
+                          + (body if body is not None else 'exec "$REAL" "$@"\n'))
+        script.chmod(0o755)
+    return folder
+
+
+def wrapped_pg_dump(tmp_path: Path, pg_dump_body: str, *, version: str | None = None) -> Path:
+    """A PG_BIN_DIR (tmp_path/pg-bin): pg_dump answers --version (really, or with `version`)
+    and otherwise logs its call to tmp_path/dump.log (dump_calls) and runs `pg_dump_body`
+    ($REAL is the real pg_dump, $LOG the log); pg_restore is the real one."""
+    answer = f"echo 'pg_dump (PostgreSQL) {version}'; exit 0" if version else 'exec "$REAL" "$@"'
+    return fake_pg_bin(tmp_path / "pg-bin", pg_dump=f"""LOG='{tmp_path / "dump.log"}'
+if [ "$1" = "--version" ]; then {answer}; fi
+echo "dump $*" >> "$LOG"
+{pg_dump_body}
+""")
+
+
+def dump_calls(tmp_path: Path) -> list[str]:
+    """The calls wrapped_pg_dump logged, other than --version."""
+    log = tmp_path / "dump.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def fifo_pair(folder: Path) -> tuple[Path, Path]:
+    """Two named pipes, `started.fifo` and `go.fifo`: a fake tool says it got somewhere on
+    the first and waits for the test's line on the second."""
+    started, go = folder / "started.fifo", folder / "go.fifo"
+    os.mkfifo(started)
+    os.mkfifo(go)
+    return started, go
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+def pg_env(db, **extra: str) -> dict:
+    """Process environment that points an invoke run at `db` through POSTGRES_* settings."""
+    url = db.url
+    env = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
+           "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
+           "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
+    env.update(extra)
+    return env
+
+
+def admin_sql(admin, statement: str, **params):
+    with admin.connect() as conn:
+        result = conn.execute(text(statement), params)
+        return [tuple(r) for r in result.fetchall()] if result.returns_rows else None
+
+
+def sql_in(database: str, statement: str, **params):
+    """Run one statement as the admin in another database (e.g. the kept one)."""
+    engine = create_engine(admin_url().set(database=database), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(statement), params).fetchall()]
+    finally:
+        engine.dispose()
+
+
+def at_first_revision(project, db) -> tuple[list[dict], set[str]]:
+    """`db` at FIRST through the real tools; its backups and backup files (audit aside)."""
+    ok(project.run("migrate", f"--revision={FIRST}", env=pg_env(db)))
+    assert db.revision() == FIRST
+    return project.backups("pgtest", env=pg_env(db)), without_audit(project.backup_files("pgtest"))
+
+
+def derived_databases(admin, name: str, marker: str = "__") -> list[str]:
+    """The databases named `<name><marker>...`: what restores, drills and rehearsals leave."""
+    prefix = name + marker
+    return sorted(r[0] for r in admin_sql(
+        admin, "SELECT datname FROM pg_database WHERE left(datname, :n) = :p",
+        n=len(prefix), p=prefix))
+
+
+def drop_derived(admin, name: str) -> None:
+    for other in derived_databases(admin, name):
+        admin_sql(admin, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+
+
+def insert_users(db, *rows: tuple[str, str | None]) -> None:
+    for email, phone in rows:
+        db.sql("INSERT INTO users (email, full_name, hashed_password, phone_number) "
+               "VALUES (:e, :n, 'x', :p)", e=email, n=email.split("@")[0].title(), p=phone)
+
+
+def pg_state(db) -> dict:
+    """Everything a restore must bring back exactly."""
+    tables = db.tables()
+    return {
+        "tables": tables,
+        "revision": db.revision(),
+        "users": [tuple(r) for r in db.sql("SELECT * FROM users ORDER BY id")]
+        if "users" in tables else None,
+        "sequence": [tuple(r) for r in db.sql("SELECT last_value, is_called FROM users_id_seq")]
+        if "users" in tables else None,
+        "indexes": sorted(tuple(r) for r in db.sql(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")),
+        "constraints": sorted(tuple(r) for r in db.sql(
+            "SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid) "
+            "FROM pg_constraint WHERE connamespace = 'public'::regnamespace")),
+    }
+
+
+def db_properties(admin, name: str) -> dict:
+    rows = admin_sql(admin, (
+        "SELECT d.oid, pg_get_userbyid(d.datdba), d.datacl::text[], d.datconnlimit, "
+        "shobj_description(d.oid, 'pg_database'), "
+        "(SELECT s.setconfig FROM pg_db_role_setting s "
+        " WHERE s.setdatabase = d.oid AND s.setrole = 0), "
+        "pg_encoding_to_char(d.encoding), d.datcollate, d.datctype "
+        "FROM pg_database d WHERE d.datname = :n"), n=name)
+    assert rows, f"database {name} does not exist"
+    oid, owner, acl, limit, comment, settings, encoding, collate, ctype = rows[0]
+    return {"oid": oid, "owner": owner, "acl": sorted(acl) if acl is not None else None,
+            "conn_limit": limit, "comment": comment, "settings": sorted(settings or []),
+            "encoding": encoding, "collate": collate, "ctype": ctype}
+
+
+class Untouched:
+    """What a refused or failed restore must leave exactly as it was: the live database's
+    state and identity (its oid: it was not swapped), the listed backups, and no copies."""
+
+    def __init__(self, project, db, admin, env: dict):
+        self.project, self.db, self.admin, self.env = project, db, admin, env
+        self.state, self.oid, self.listed = self._read()
+
+    def _read(self):
+        return (pg_state(self.db), db_properties(self.admin, self.db.name)["oid"],
+                ids(self.project.backups("pgtest", env=self.env)))
+
+    def check(self) -> None:
+        state, oid, listed = self._read()
+        assert state == self.state
+        assert oid == self.oid
+        assert listed == self.listed
+        assert derived_databases(self.admin, self.db.name) == []
+
+
+def wait_until_no_sessions(admin, *databases: str, timeout: float = 30) -> None:
+    """Poll the server until the backends of a killed client have gone (the server notices a
+    dead client asynchronously); a condition, not a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = admin_sql(admin, "SELECT datname, application_name FROM pg_stat_activity "
+                                "WHERE (datname = ANY(:d) OR application_name LIKE 'mida %') "
+                                "AND pid <> pg_backend_pid()", d=list(databases))
+        if not rows:
+            return
+        assert time.monotonic() < deadline, f"sessions of the killed run linger: {rows}"
+        time.sleep(0.05)
+
+
+class HeldLock:
+    """Another session holding a lock in an open transaction (`statement` takes it), as an API
+    request or a report query would."""
+
+    def __init__(self, db, statement: str):
+        self.engine = create_engine(db.url, poolclass=pool.NullPool)
+        self.conn = self.engine.connect()
+        # Never wait forever here: if the test's own setup holds a lock, fail loudly instead.
+        self.conn.execute(text("SET lock_timeout = '10s'"))
+        self.conn.execute(text(statement))
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.rollback()
+            self.conn.close()
+            self.engine.dispose()
+            self.conn = None
+
+
+# -- SQLite ------------------------------------------------------------------------------------
 def sqlite_state(path: Path) -> dict | None:
     """Revision and {table: [columns]} of an SQLite file, read-only; None if it is absent."""
     if not path.exists():
@@ -77,5 +380,14 @@ def sqlite_state(path: Path) -> dict | None:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             revision = row[0] if row else None
         return {"revision": revision, "tables": tables}
+    finally:
+        conn.close()
+
+
+def sqlite_query(path: Path, statement: str) -> list[tuple]:
+    """All rows of one query on an SQLite file, opened read-only."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(statement).fetchall()
     finally:
         conn.close()

@@ -435,7 +435,7 @@ class FlippingLocalStorage(LocalStorage):
     """A local store on a disk that silently damages what it is given: one bit of every
     artifact flips on its way in. The SQLite dump runs inside the process, from start to end in
     one call, so no outside fault can be timed to land while it writes (the PostgreSQL and S3
-    cases are end to end, in test_e2e_faults.py and test_s3_e2e.py); this store stands in for
+    cases are end to end, in test_faults_e2e.py and test_s3_e2e.py); this store stands in for
     the disk instead. Manifests are left whole: they are written after the read-back."""
 
     @contextlib.contextmanager

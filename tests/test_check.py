@@ -18,51 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pg_env
-from helpers import assert_no_password, shown
-from test_s3_e2e import Bucket, bucket, e2e_moto, no_ambient_aws  # noqa: F401 (fixtures)
+from conftest import Bucket, pg_env
+from helpers import FIRST, HEAD, add_revision, assert_no_password, shown
 
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+pytestmark = pytest.mark.usefixtures("no_ambient_aws")
+
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
-FAILING_REVISION = '''"""Fail on purpose
-
-Revision ID: 0badc0ffee01
-Revises: f8ff2ab1fdfa
-"""
-revision = "0badc0ffee01"
-down_revision = "f8ff2ab1fdfa"
-branch_labels = None
-depends_on = None
+FAILING = "0badc0ffee01"   # a revision after HEAD whose upgrade fails
 
 
-def upgrade():
-    raise RuntimeError("the migration failed on purpose")
-
-
-def downgrade():
-    pass
-'''
-
-BRANCH_REVISION = '''"""A second branch from the first revision
-
-Revision ID: 0b2a2c4e0001
-Revises: a9ef987fd631
-"""
-revision = "0b2a2c4e0001"
-down_revision = "a9ef987fd631"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    pass
-
-
-def downgrade():
-    pass
-'''
+def add_failing_revision(project):
+    return add_revision(project, FAILING, HEAD,
+                        'raise RuntimeError("the migration failed on purpose")',
+                        message="Fail on purpose", slug="fail")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -217,8 +187,7 @@ def test_verification_older_than_check_verify_max_age_warns(project):
 
 def test_a_failed_migrate_in_the_audit_warns_until_a_run_succeeds(project):
     backed_up(project)
-    failing = project.root / "alembic" / "versions" / "0badc0ffee01_fail.py"
-    failing.write_text(FAILING_REVISION)
+    failing = add_failing_revision(project)
     assert project.run("migrate").returncode == 5
     lines = checked(project.run("check"), WARNING)
     assert "migrate" in line_of(lines, "last_run") and "failed" in line_of(lines, "last_run")
@@ -244,7 +213,8 @@ def test_pending_migrations_warn_in_production_only(project):
 
 def test_several_heads_warn(project):
     backed_up(project)
-    (project.root / "alembic" / "versions" / "0b2a2c4e0001_branch.py").write_text(BRANCH_REVISION)
+    add_revision(project, "0b2a2c4e0001", FIRST, "pass",
+                 message="A second branch from the first revision", slug="branch")
     lines = checked(project.run("check"), WARNING)
     assert "0b2a2c4e0001" in line_of(lines, "heads") and "invoke merge" in line_of(lines, "heads")
     assert "heads=2" in lines[0] and "pending=" not in lines[0]  # unknown, not 0
@@ -365,7 +335,7 @@ def test_check_never_changes_anything(project, tmp_path):
     assert not (project.root / "backups" / "dev").exists()
     # A migrated database with a backup, a failed run and a leftover: every byte stays.
     backed_up(project)
-    (project.root / "alembic" / "versions" / "0badc0ffee01_fail.py").write_text(FAILING_REVISION)
+    add_failing_revision(project)
     assert project.run("migrate").returncode == 5
     before = snapshot(project.root / "backups"), snapshot_db(project)
     checked(project.run("check", f"--prometheus={tmp_path / 'm.prom'}"), WARNING)

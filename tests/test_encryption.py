@@ -6,7 +6,6 @@ backup can be decrypted by hand with standard tools.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -16,13 +15,10 @@ from pathlib import Path
 import pyrage
 import pytest
 import zstandard
-from pyrage import x25519
 
 from conftest import pg_env
-from sqlalchemy import text
-from helpers import failed, ok
+from helpers import FIRST, HEAD, failed, ok, sealed, sqlite_query, without_audit
 
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 AGE_MAGIC = b"age-encryption.org/v1\n"
 SQLITE_MAGIC = b"SQLite format 3"
 ROWS = [("ada@example.org", "Ada Lovelace", "+44 20 7946 0000"),
@@ -32,55 +28,17 @@ ROWS = [("ada@example.org", "Ada Lovelace", "+44 20 7946 0000"),
 # -- helpers ---------------------------------------------------------------------------------
 
 
-class Key:
-    """An age key pair; the identity is written to a 0600 file as `age-keygen` would."""
-
-    def __init__(self, folder: Path, name: str):
-        self.identity = x25519.Identity.generate()
-        self.recipient = str(self.identity.to_public())
-        self.path = folder / f"{name}.key"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"# public key: {self.recipient}\n{self.identity}\n")
-        assert self.recipient.startswith("age1")
-        assert str(self.identity).startswith("AGE-SECRET-KEY-1")
-
-
-@pytest.fixture
-def keys(tmp_path):
-    folder = tmp_path / "keys"
-    folder.mkdir(mode=0o700)
-    return lambda name: Key(folder, name)
-
-
-def sealed(*recipients: Key, identity: Key | None = None, **extra: str) -> dict:
-    env = {"BACKUP_ENCRYPTION_RECIPIENTS": ",".join(k.recipient for k in recipients)}
-    if identity is not None:
-        env["BACKUP_ENCRYPTION_IDENTITY_FILE"] = str(identity.path)
-    env.update(extra)
-    return env
-
-
 def dev_db(project) -> Path:
     return project.root / "dev.db"
 
 
 def sqlite_rows(path: Path) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT email, full_name, phone_number FROM users "
-                            "ORDER BY email").fetchall()
-    finally:
-        conn.close()
+    return sqlite_query(path, "SELECT email, full_name, phone_number FROM users ORDER BY email")
 
 
 def sqlite_revision(path: Path) -> str | None:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        return row[0] if row else None
-    finally:
-        conn.close()
+    rows = sqlite_query(path, "SELECT version_num FROM alembic_version")
+    return rows[0][0] if rows else None
 
 
 def dev_with_rows(project) -> Path:
@@ -103,7 +61,18 @@ def manifest_of(project, item_or_id, env_name: str = "dev") -> dict:
 
 def stored(project, env_name: str = "dev") -> set[str]:
     """Backup artifacts and manifests in the env's local store (audit records aside)."""
-    return {n for n in project.backup_files(env_name) if not n.endswith(".audit.json")}
+    return without_audit(project.backup_files(env_name))
+
+
+def encrypted_backup(project, keys) -> tuple:
+    """dev.db with ROWS, one backup encrypted to (and decryptable by) a key `ops`: the key,
+    the settings that use it, and the backup as listed."""
+    dev_with_rows(project)
+    key = keys("ops")
+    env = sealed(key, identity=key)
+    ok(project.run("backup", env=env))
+    [item] = project.backups(env=env)
+    return key, env, item
 
 
 def unzstd(data: bytes) -> bytes:
@@ -160,11 +129,7 @@ def test_an_encrypted_backup_is_age_and_holds_nothing_in_the_clear(project, keys
 
 
 def test_an_encrypted_backup_verifies_with_its_key(project, keys):
-    dev_with_rows(project)
-    key = keys("ops")
-    env = sealed(key, identity=key)
-    ok(project.run("backup", env=env))
-    [item] = project.backups(env=env)
+    key, env, item = encrypted_backup(project, keys)
     result = ok(project.run("verify", "--backup", item["id"], env=env))
     assert item["id"] in result.stdout
     [after] = project.backups(env=env)
@@ -173,11 +138,7 @@ def test_an_encrypted_backup_verifies_with_its_key(project, keys):
 
 
 def test_an_encrypted_backup_decrypts_by_hand(project, keys):
-    dev_with_rows(project)
-    key = keys("ops")
-    env = sealed(key, identity=key)
-    ok(project.run("backup", env=env))
-    [item] = project.backups(env=env)
+    key, env, item = encrypted_backup(project, keys)
     data = Path(item["location"]).read_bytes()
 
     # pyrage (rage) + zstandard: the by-hand path.
@@ -195,11 +156,8 @@ def test_an_encrypted_backup_decrypts_by_hand(project, keys):
 
 
 def test_an_encrypted_backup_restores_over_the_database(project, keys):
-    path = dev_with_rows(project)
-    key = keys("ops")
-    env = sealed(key, identity=key)
-    ok(project.run("backup", env=env))
-    [item] = project.backups(env=env)
+    key, env, item = encrypted_backup(project, keys)
+    path = dev_db(project)
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("DELETE FROM users")
@@ -281,11 +239,7 @@ def test_verify_without_a_usable_identity_is_bad_input(project, keys, tmp_path, 
 # -- damage ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("damage", ["flip a payload bit", "flip a header bit", "truncate"])
 def test_a_damaged_encrypted_backup_fails_verify_and_is_marked_unverified(project, keys, damage):
-    dev_with_rows(project)
-    key = keys("ops")
-    env = sealed(key, identity=key)
-    ok(project.run("backup", env=env))
-    [item] = project.backups(env=env)
+    key, env, item = encrypted_backup(project, keys)
     artifact = Path(item["location"])
     data = bytearray(artifact.read_bytes())
     start = payload_offset(bytes(data))
@@ -359,20 +313,6 @@ def test_each_of_several_recipients_can_verify_alone(project, keys):
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
-@pytest.fixture
-def pgdb(pg_database):
-    """pg_database, plus dropping what a restore keeps beside it (`NAME__pre_restore_...`), so
-    the fixture can drop the role afterwards."""
-    yield pg_database
-    prefix = pg_database.name + "__"
-    with pg_database.admin.connect() as conn:
-        names = [r[0] for r in conn.execute(
-            text("SELECT datname FROM pg_database WHERE left(datname, :n) = :p"),
-            {"n": len(prefix), "p": prefix})]
-        for name in names:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 @pytest.mark.postgres
 def test_postgres_encrypted_backup_verify_and_restore(project, pgdb, keys):
     db = pgdb

@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from conftest import admin_url, pg_env
-from helpers import failed, ok
-from test_e2e_faults import FIRST, HEAD, at_first_revision, last_audit, tools
+from helpers import (FIRST, HEAD, add_revision, admin_url, at_first_revision, failed, last_audit,
+                     ok, pg_env, wrapped_pg_dump)
 from test_lock import advisory_locks_held, pg_settings
 
 from app.ops.errors import ExitCode, LockLost
@@ -82,16 +81,16 @@ def test_a_slow_backup_under_an_idle_session_timeout_still_migrates(project, pg_
     at_first_revision(project, db)
     role_setting(db, "idle_session_timeout = 300")
     # pg_dump takes a second: the lock's session idles through three of the role's timeouts.
-    bin_dir = tools(tmp_path, 'sleep 1\nexec "$REAL" "$@"')
+    bin_dir = wrapped_pg_dump(tmp_path, 'sleep 1\nexec "$REAL" "$@"')
     ok(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))))
     assert db.revision() == HEAD
-    assert last_audit(project)["outcome"] == "succeeded"
+    assert last_audit(project.store("pgtest"))["outcome"] == "succeeded"
 
 
 def test_a_lock_lost_during_the_backup_stops_before_the_change(project, pg_database, tmp_path):
     db = pg_database
     backups_before, _ = at_first_revision(project, db)
-    bin_dir = tools(tmp_path, f'{END_LOCK_SESSION}\nexec "$REAL" "$@"')
+    bin_dir = wrapped_pg_dump(tmp_path, f'{END_LOCK_SESSION}\nexec "$REAL" "$@"')
     result = project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
     failed(result, 3, "lock", "was lost", "nothing was changed", FIRST)
     assert (tmp_path / "dump.log.ended").read_text().strip() == "1"  # the fault did happen
@@ -99,43 +98,26 @@ def test_a_lock_lost_during_the_backup_stops_before_the_change(project, pg_datab
     assert "phone_number" not in db.columns("users")
     # The backup it took is a good one and stays listed; the run is audited as stopped.
     assert len(project.backups("pgtest", env=pg_env(db))) == len(backups_before) + 1
-    audit = last_audit(project)
+    audit = last_audit(project.store("pgtest"))
     assert audit["action"] == "migrate" and audit["outcome"] == "lock lost"
     assert advisory_locks_held(db) == 0
 
 
-LOSES_ITS_LOCK = '''"""Ends the lock's session mid-migration, as a server restart would
-
-Revision ID: 0badlock0001
-Revises: f8ff2ab1fdfa
-"""
-from alembic import op
-
-revision = "0badlock0001"
-down_revision = "f8ff2ab1fdfa"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("CREATE TABLE made_without_the_lock (id integer)")
-    op.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-               "WHERE application_name LIKE 'mida migrate%'")
-
-
-def downgrade() -> None:
-    op.execute("DROP TABLE made_without_the_lock")
-'''
 
 
 def test_a_lock_lost_during_the_migration_rolls_the_change_back(project, pg_database):
     db = pg_database
     ok(project.run("migrate", env=pg_env(db)))
     assert db.revision() == HEAD
-    (project.root / "alembic" / "versions" / "0badlock0001_loses_its_lock.py").write_text(
-        LOSES_ITS_LOCK)
+    add_revision(project, "0badlock0001", HEAD, """
+        op.execute("CREATE TABLE made_without_the_lock (id integer)")
+        op.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE application_name LIKE 'mida migrate%'")
+        """, 'op.execute("DROP TABLE made_without_the_lock")',
+                 message="Ends the lock's session mid-migration, as a server restart would",
+                 slug="loses_its_lock")
     result = project.run("migrate", env=pg_env(db))
     failed(result, 3, "lock", "was lost", "nothing was changed")
     assert db.revision() == HEAD
     assert "made_without_the_lock" not in db.tables()
-    assert last_audit(project)["outcome"] == "lock lost"
+    assert last_audit(project.store("pgtest"))["outcome"] == "lock lost"

@@ -24,10 +24,11 @@ import pytest
 
 from app.ops.storage.s3 import S3Storage
 from app.settings import Settings
-from conftest import pg_env
-from helpers import failed, ok, shown, sqlite_state
-from test_s3_e2e import (FIRST, HEAD, PREFIX, Bucket, backup_id_of, bucket,  # noqa: F401
-                         dev_db, e2e_moto, listed, no_ambient_aws, pgdb)
+from conftest import S3_PREFIX, Bucket, pg_env
+from helpers import FIRST, HEAD, failed, ok, shown, sqlite_query, sqlite_state
+from test_s3_e2e import backup_id_of, dev_db, listed
+
+pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
 MiB = 1 << 20
 REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (/\S*) HTTP/1\.1\r\n")
@@ -159,12 +160,8 @@ def fill_sqlite(path: Path, mib: int) -> None:
 
 
 def sqlite_rows(path: Path) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT id, length(image), hex(substr(image, 1, 16)) FROM scans "
-                            "ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    return sqlite_query(path, "SELECT id, length(image), hex(substr(image, 1, 16)) FROM scans "
+                              "ORDER BY id")
 
 
 def record_folder(project, env_name: str = "dev") -> Path:
@@ -197,7 +194,7 @@ def test_endpoint_gone_midupload_names_the_cause_and_the_next_run_aborts_the_upl
     finally:
         proxy.close()
     assert proxy.gone, (proxy.requests, shown(result))
-    error = failed(result, 4, f"s3://{bucket.name}/{PREFIX}/dev/",
+    error = failed(result, 4, f"s3://{bucket.name}/{S3_PREFIX}/dev/",
                    f"could not connect to the S3 endpoint {proxy.endpoint}",
                    "connection refused", "could not be aborted", str(record_folder(project)))
     assert "already failed" not in error, error
@@ -205,7 +202,7 @@ def test_endpoint_gone_midupload_names_the_cause_and_the_next_run_aborts_the_upl
 
     # Nothing could abort the upload: its first part is still in the bucket, and recorded.
     [upload] = bucket.uploads()
-    assert upload["Key"].startswith(f"{PREFIX}/dev/"), upload
+    assert upload["Key"].startswith(f"{S3_PREFIX}/dev/"), upload
     parts = bucket.client.list_parts(Bucket=bucket.name, Key=upload["Key"],
                                      UploadId=upload["UploadId"])["Parts"]
     assert [p["PartNumber"] for p in parts] == [1]
@@ -220,7 +217,7 @@ def test_endpoint_gone_midupload_names_the_cause_and_the_next_run_aborts_the_upl
 
     # Another process's upload in progress in the same folder: never touched.
     other = bucket.client.create_multipart_upload(Bucket=bucket.name,
-                                                  Key=f"{PREFIX}/dev/in-progress-elsewhere")
+                                                  Key=f"{S3_PREFIX}/dev/in-progress-elsewhere")
 
     # Reached by another endpoint URL, the upload is not this run's to abort: status shows it.
     info = json.loads(ok(project.run("status", "--json", env=direct)).stdout)
@@ -268,7 +265,7 @@ def test_sqlite_restore_whose_endpoint_goes_midway_is_exit_4_and_changes_nothing
     finally:
         proxy.close()
     assert proxy.gone, (proxy.requests, shown(result))
-    failed(result, 4, f"reading s3://{bucket.name}/{PREFIX}/dev/{backup_id}", "failed midway",
+    failed(result, 4, f"reading s3://{bucket.name}/{S3_PREFIX}/dev/{backup_id}", "failed midway",
            "connection to S3 was lost")
     assert sqlite_state(dev_db(project)) == state and state["revision"] == FIRST
     assert sqlite_rows(dev_db(project)) == rows
@@ -301,7 +298,7 @@ def test_postgres_restore_whose_endpoint_goes_midway_is_exit_4_and_changes_nothi
     finally:
         proxy.close()
     assert proxy.gone, (proxy.requests, shown(result))
-    failed(result, 4, f"reading s3://{bucket.name}/{PREFIX}/pgtest/{backup_id}",
+    failed(result, 4, f"reading s3://{bucket.name}/{S3_PREFIX}/pgtest/{backup_id}",
            "failed midway", "connection to S3 was lost")
     assert db.revision() == HEAD
     assert [r[0] for r in db.sql("SELECT email FROM users")] == ["late@x.org"]

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pg_env
-from helpers import failed, ok
-from test_e2e_faults import FIRST, at_first_revision, last_audit, non_audit_files, tools
+from helpers import (FIRST, at_first_revision, failed, last_audit, ok, pg_env, without_audit,
+                     wrapped_pg_dump)
 
 pytestmark = pytest.mark.postgres
 
@@ -25,7 +24,7 @@ def parked_after_dump(tmp_path) -> tuple[Path, Path]:
     (as one stuck on a slow table would), with the backup's partial file open."""
     said = tmp_path / "pid.fifo"
     os.mkfifo(said)
-    return tools(tmp_path, f'"$REAL" "$@"\necho $$ > \'{said}\'\nexec sleep 600'), said
+    return wrapped_pg_dump(tmp_path, f'"$REAL" "$@"\necho $$ > \'{said}\'\nexec sleep 600'), said
 
 
 def gone(pid: int) -> bool:
@@ -60,10 +59,10 @@ def test_a_signal_mid_backup_stops_pg_dump_cleans_up_and_audits(project, pg_data
     failed(result, 128 + signum, f"stopped by {signal.Signals(signum).name}")
     assert gone(pg_dump_pid), "pg_dump was left running"
     assert partials(project) == []
-    assert non_audit_files(project) == files_before
+    assert without_audit(project.backup_files("pgtest")) == files_before
     assert project.backups("pgtest", env=pg_env(db)) == backups_before
     assert db.revision() == FIRST
-    audit = last_audit(project)
+    audit = last_audit(project.store("pgtest"))
     assert audit["action"] == "migrate" and audit["outcome"] == "stopped"
 
 

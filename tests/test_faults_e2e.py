@@ -4,68 +4,25 @@ called. Whatever goes wrong with the backup, the database must stay where it was
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from pyrage import x25519
 
-from conftest import AWKWARD_PASSWORD, pg_env
-from helpers import failed, ok
+from helpers import (AWKWARD_PASSWORD, FIRST, HEAD, REAL_PG_RESTORE, at_first_revision,
+                     dump_calls, failed, last_audit, ok, pg_env, without_audit, wrapped_pg_dump)
+from helpers import sealed as age_sealed  # `sealed` is a parameter of a test here
 
 pytestmark = pytest.mark.postgres
-
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
-REAL_PG_DUMP = shutil.which("pg_dump") or "/usr/bin/pg_dump"
-REAL_PG_RESTORE = shutil.which("pg_restore") or "/usr/bin/pg_restore"
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def tools(tmp_path, pg_dump_body: str, *, version: str | None = None) -> Path:
-    """A PG_BIN_DIR: pg_dump answers --version (really, or with `version`) and otherwise logs
-    its call to dump.log and runs `pg_dump_body` ($REAL is the real pg_dump); pg_restore is the
-    real one."""
-    bin_dir = tmp_path / "pg-bin"
-    bin_dir.mkdir()
-    answer = f"echo 'pg_dump (PostgreSQL) {version}'; exit 0" if version else 'exec "$REAL" "$@"'
-    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
-REAL='{REAL_PG_DUMP}'
-LOG='{tmp_path / "dump.log"}'
-if [ "$1" = "--version" ]; then {answer}; fi
-echo "dump $*" >> "$LOG"
-{pg_dump_body}
-""")
-    (bin_dir / "pg_restore").write_text(f"#!/bin/bash\nexec '{REAL_PG_RESTORE}' \"$@\"\n")
-    for tool in bin_dir.iterdir():
-        tool.chmod(0o755)
-    return bin_dir
-
-
-def dump_calls(tmp_path) -> list[str]:
-    log = tmp_path / "dump.log"
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def at_first_revision(project, db) -> tuple[list[dict], set[str]]:
-    """The database at FIRST through the real tools; returns its backups and backup files."""
-    ok(project.run("migrate", "--revision=a9ef987fd631", env=pg_env(db)))
-    assert db.revision() == FIRST
-    return project.backups("pgtest", env=pg_env(db)), non_audit_files(project)
-
-
 def non_audit_files(project) -> set[str]:
-    return {n for n in project.backup_files("pgtest") if not n.endswith(".audit.json")}
-
-
-def last_audit(project) -> dict:
-    folder = project.root / "backups" / "pgtest"
-    return json.loads(sorted(folder.glob("*.audit.json"))[-1].read_text())
+    return without_audit(project.backup_files("pgtest"))
 
 
 def assert_untouched(project, db, backups_before, files_before) -> None:
@@ -79,12 +36,13 @@ def assert_untouched(project, db, backups_before, files_before) -> None:
 def test_pg_dump_failing_stops_the_migration(project, pg_database, tmp_path):
     db = pg_database
     backups_before, files_before = at_first_revision(project, db)
-    bin_dir = tools(tmp_path, 'echo "pg_dump: error: connection to server lost" >&2\nexit 1')
+    bin_dir = wrapped_pg_dump(tmp_path,
+                              'echo "pg_dump: error: connection to server lost" >&2\nexit 1')
     failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4,
            "pg_dump", "connection to server lost")
     assert len(dump_calls(tmp_path)) == 1
     assert_untouched(project, db, backups_before, files_before)
-    audit = last_audit(project)
+    audit = last_audit(project.store("pgtest"))
     assert audit["action"] == "migrate" and audit["outcome"] != "succeeded"
 
 
@@ -98,7 +56,7 @@ def test_a_truncated_dump_that_exits_0_stops_the_migration(project, pg_database,
     backups_before = project.backups("pgtest", env=pg_env(db))
     files_before = non_audit_files(project)
     assert backups_before[0]["raw_size"] > 8000  # so 2000 bytes really is a truncation
-    bin_dir = tools(tmp_path, '"$REAL" "$@" | head -c 2000\nexit 0')
+    bin_dir = wrapped_pg_dump(tmp_path, '"$REAL" "$@" | head -c 2000\nexit 0')
     failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4)
     assert len(dump_calls(tmp_path)) == 1
     assert_untouched(project, db, backups_before, files_before)
@@ -109,7 +67,7 @@ def test_a_pg_dump_older_than_the_server_is_refused_before_anything_runs(project
                                                                           tmp_path):
     db = pg_database
     backups_before, files_before = at_first_revision(project, db)
-    bin_dir = tools(tmp_path, 'exec "$REAL" "$@"', version="9.6.24")
+    bin_dir = wrapped_pg_dump(tmp_path, 'exec "$REAL" "$@"', version="9.6.24")
     failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 2, "9.6", "15")
     assert dump_calls(tmp_path) == []  # the dump mode never ran
     assert_untouched(project, db, backups_before, files_before)
@@ -131,7 +89,7 @@ def test_the_password_reaches_pg_dump_only_through_its_environment(project, pg_d
     backups_before, _ = at_first_revision(project, db)
     record = tmp_path / "record"
     record.mkdir()
-    bin_dir = tools(tmp_path, f"""
+    bin_dir = wrapped_pg_dump(tmp_path, f"""
 printf '%s\\0' "$@" > '{record}/argv'
 env -0 > '{record}/environ'
 cat /proc/$$/cmdline > '{record}/cmdline'
@@ -185,25 +143,19 @@ pathlib.Path({str(tmp_path / "flipped")!r}).write_text(f"{{path.name}} {{size //
 
 @pytest.mark.parametrize("sealed", [False, True], ids=["plain", "age"])
 def test_a_backup_damaged_on_disk_while_written_stops_the_migration(project, pg_database,
-                                                                    tmp_path, sealed):
+                                                                    tmp_path, keys, sealed):
     db = pg_database
     env = pg_env(db)
     if sealed:
-        keys = tmp_path / "keys"
-        keys.mkdir(mode=0o700)
-        identity = x25519.Identity.generate()
-        key = keys / "ops.key"
-        with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(f"{identity}\n")
-        env.update(BACKUP_ENCRYPTION_RECIPIENTS=str(identity.to_public()),
-                   BACKUP_ENCRYPTION_IDENTITY_FILE=str(key))
+        key = keys("ops")
+        env.update(age_sealed(key, identity=key))
     ok(project.run("migrate", "--revision=a9ef987fd631", env=env))
     # 4 MiB that neither zstd nor age shrinks: far more than the store's 1 MiB write buffer,
     # so most of the backup is on disk while pg_dump is still running.
     db.sql("CREATE TABLE scans (id serial PRIMARY KEY, image bytea NOT NULL)")
     db.sql("INSERT INTO scans (image) VALUES (:b)", b=os.urandom(4 << 20))
     backups_before, files_before = project.backups("pgtest", env=env), non_audit_files(project)
-    bin_dir = tools(tmp_path, scribbling_pg_dump(tmp_path, project.root / "backups" / "pgtest"))
+    bin_dir = wrapped_pg_dump(tmp_path, scribbling_pg_dump(tmp_path, project.store("pgtest")))
 
     error = failed(project.run("migrate", env=dict(env, PG_BIN_DIR=str(bin_dir))), 4,
                    "SHA-256")
@@ -219,7 +171,7 @@ def test_a_complete_dump_from_a_pg_dump_that_exits_1_stops_the_migration(project
     db = pg_database
     backups_before, files_before = at_first_revision(project, db)
     archive = tmp_path / "what-pg_dump-wrote.pgdump"
-    bin_dir = tools(tmp_path, f"""set -o pipefail
+    bin_dir = wrapped_pg_dump(tmp_path, f"""set -o pipefail
 "$REAL" "$@" | tee '{archive}' || exit
 echo "pg_dump: error: could not close the output: input/output error" >&2
 exit 1""")
