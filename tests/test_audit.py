@@ -8,24 +8,26 @@ from datetime import UTC, datetime, timedelta
 
 from app.ops.audit import AUDIT_SUFFIX, read_events, record
 from app.ops.backups import list_backups
+from app.ops.target import open_target
 from app.settings import load_settings
 
 T0 = datetime(2026, 3, 2, 22, 5, 7, tzinfo=UTC)
 PASSWORD = "p@ss:w/o%rd#1 'q' \"dq\" end"
 
 
-def settings_for(tmp_path, **values):
-    return load_settings("dev", environ=values, root=tmp_path)
+def target_for(tmp_path, **values):
+    """The target of a dev env (audit events are written through its store)."""
+    return open_target(load_settings("dev", environ=values, root=tmp_path))
 
 
-def audit_files(settings) -> list[str]:
-    folder = settings.backup_dir / settings.env
+def audit_files(target) -> list[str]:
+    folder = target.settings.backup_dir / target.env
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(AUDIT_SUFFIX))
 
 
 def test_record_returns_and_stores_the_event(tmp_path):
-    settings = settings_for(tmp_path)
-    event = record(settings, action="migrate", now=T0, outcome="ok",
+    target = target_for(tmp_path)
+    event = record(target, action="migrate", now=T0, outcome="ok",
                    from_revision="a9ef987fd631", to_revision="f8ff2ab1fdfa",
                    backup_id="20260302T220507Z-abcdef")
     assert event["action"] == "migrate"
@@ -38,56 +40,56 @@ def test_record_returns_and_stores_the_event(tmp_path):
     assert event["pid"] == os.getpid()
     assert event["host"] == socket.gethostname()
     assert event["user"]
-    assert event["database"] == settings.masked_database_url
-    assert read_events(settings) == [event]
-    (name,) = audit_files(settings)
-    assert json.loads((settings.backup_dir / "dev" / name).read_text()) == event
+    assert event["database"] == target.database.masked_url
+    assert read_events(target) == [event]
+    (name,) = audit_files(target)
+    assert json.loads((target.settings.backup_dir / "dev" / name).read_text()) == event
 
 
 def test_read_events_newest_first(tmp_path):
-    settings = settings_for(tmp_path)
+    target = target_for(tmp_path)
     for offset, action in ((1, "rollback"), (0, "migrate"), (2, "restore"), (-1, "break-glass")):
-        record(settings, action=action, now=T0 + timedelta(days=offset), outcome="ok")
-    events = read_events(settings)
+        record(target, action=action, now=T0 + timedelta(days=offset), outcome="ok")
+    events = read_events(target)
     assert [e["action"] for e in events] == ["restore", "rollback", "migrate", "break-glass"]
     assert [e["at"] for e in events] == sorted((e["at"] for e in events), reverse=True)
 
 
 def test_events_are_separate_objects_even_in_the_same_instant(tmp_path):
-    settings = settings_for(tmp_path)
-    first = record(settings, action="migrate", now=T0, outcome="failed", error="boom")
-    second = record(settings, action="migrate", now=T0, outcome="ok")
-    assert len(audit_files(settings)) == 2
-    events = read_events(settings)
+    target = target_for(tmp_path)
+    first = record(target, action="migrate", now=T0, outcome="failed", error="boom")
+    second = record(target, action="migrate", now=T0, outcome="ok")
+    assert len(audit_files(target)) == 2
+    events = read_events(target)
     assert len(events) == 2
     assert sorted(e["outcome"] for e in events) == ["failed", "ok"]
     assert first in events and second in events
     # Reading back gives fresh objects: changing one changes neither the store nor the other.
     events[0]["outcome"] = "tampered"
-    assert sorted(e["outcome"] for e in read_events(settings)) == ["failed", "ok"]
+    assert sorted(e["outcome"] for e in read_events(target)) == ["failed", "ok"]
 
 
 def test_audit_objects_are_private(tmp_path):
-    settings = settings_for(tmp_path)
+    target = target_for(tmp_path)
     previous = os.umask(0o022)
     try:
-        record(settings, action="restore", now=T0, outcome="ok")
+        record(target, action="restore", now=T0, outcome="ok")
     finally:
         os.umask(previous)
-    folder = settings.backup_dir / "dev"
+    folder = target.settings.backup_dir / "dev"
     assert os.stat(folder).st_mode & 0o777 == 0o700
-    (name,) = audit_files(settings)
+    (name,) = audit_files(target)
     assert os.stat(folder / name).st_mode & 0o777 == 0o600
 
 
 def test_audit_never_holds_the_password(tmp_path):
     (tmp_path / ".env.pgtest").write_text("")
-    settings = load_settings("pgtest", environ={
+    target = open_target(load_settings("pgtest", environ={
         "POSTGRES_SERVER": "db.internal", "POSTGRES_USER": "mida", "POSTGRES_DB": "mida",
-        "POSTGRES_PASSWORD": PASSWORD}, root=tmp_path)
-    event = record(settings, action="migrate", now=T0, outcome="ok", break_glass="INC-1")
-    (name,) = audit_files(settings)
-    text = (settings.backup_dir / "pgtest" / name).read_text()
+        "POSTGRES_PASSWORD": PASSWORD}, root=tmp_path))
+    event = record(target, action="migrate", now=T0, outcome="ok", break_glass="INC-1")
+    (name,) = audit_files(target)
+    text = (target.settings.backup_dir / "pgtest" / name).read_text()
     assert "db.internal" in event["database"]
     for haystack in (text, json.dumps(event)):
         assert PASSWORD not in haystack
@@ -96,21 +98,21 @@ def test_audit_never_holds_the_password(tmp_path):
 
 
 def test_unreadable_event_is_reported_not_fatal(tmp_path):
-    settings = settings_for(tmp_path)
-    record(settings, action="migrate", now=T0, outcome="ok")
+    target = target_for(tmp_path)
+    record(target, action="migrate", now=T0, outcome="ok")
     broken = f"20990101T000000000000Z-000000{AUDIT_SUFFIX}"
-    (settings.backup_dir / "dev" / broken).write_text("{not json")
-    events = read_events(settings)
+    (target.settings.backup_dir / "dev" / broken).write_text("{not json")
+    events = read_events(target)
     assert events[0] == {"action": "unreadable", "object": broken}
     assert events[1]["action"] == "migrate"
 
 
 def test_audit_and_backups_do_not_mix(tmp_path):
-    settings = settings_for(tmp_path)
-    record(settings, action="migrate", now=T0, outcome="ok")
-    assert list_backups(settings) == []
-    assert len(read_events(settings)) == 1
+    target = target_for(tmp_path)
+    record(target, action="migrate", now=T0, outcome="ok")
+    assert list_backups(target) == []
+    assert len(read_events(target)) == 1
 
 
 def test_no_events_yet(tmp_path):
-    assert read_events(settings_for(tmp_path)) == []
+    assert read_events(target_for(tmp_path)) == []

@@ -15,12 +15,14 @@ import pytest
 import zstandard
 from pyrage import x25519
 
-from app.ops import backups
-from app.ops.backups import (MANIFEST_SUFFIX, BackupManifest, find_backup, list_backups,
-                             take_backup, verify_backup)
+from app.ops.backups import find_backup, list_backups, take_backup, verify_backup
+from app.ops.databases import open_database
 from app.ops.errors import BackupFailed, ConfigError
+from app.ops.manifest import MANIFEST_SUFFIX, BackupManifest
 from app.ops.storage.local import LocalStorage
+from app.ops.target import Target, open_target
 from app.settings import load_settings
+from helpers import dump_calls, wrapped_pg_dump
 
 T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
@@ -54,31 +56,35 @@ def recompress(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(write_checksum=True).compress(data)
 
 
+def dev_target(root: Path):
+    return open_target(load_settings("dev", environ={}, root=root))
+
+
 @pytest.fixture
-def sqlite_settings(tmp_path):
-    settings = load_settings("dev", environ={}, root=tmp_path)
-    make_sqlite(Path(settings.database_url.database))
-    return settings
+def sqlite_target(tmp_path):
+    target = dev_target(tmp_path)
+    make_sqlite(target.database.path)
+    return target
 
 
-def backup_folder(settings) -> Path:
-    return settings.backup_dir / settings.env
+def backup_folder(target) -> Path:
+    return target.settings.backup_dir / target.env
 
 
-def stored_manifest(settings, backup_id: str) -> BackupManifest:
+def stored_manifest(target, backup_id: str) -> BackupManifest:
     return BackupManifest.from_json(
-        (backup_folder(settings) / (backup_id + MANIFEST_SUFFIX)).read_text())
+        (backup_folder(target) / (backup_id + MANIFEST_SUFFIX)).read_text())
 
 
 # -- take_backup on SQLite ---------------------------------------------------------------------
-def test_take_backup_sqlite_manifest_fields(sqlite_settings, tmp_path):
-    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0,
+def test_take_backup_sqlite_manifest_fields(sqlite_target, tmp_path):
+    manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0,
                            label="before release 7")
-    artifact = backup_folder(sqlite_settings) / manifest.artifact
+    artifact = backup_folder(sqlite_target) / manifest.artifact
     assert manifest.id.startswith("20260302T101530.000Z-")
     assert manifest.env == "dev"
     assert manifest.engine == "sqlite"
-    assert manifest.database == sqlite_settings.masked_database_url
+    assert manifest.database == sqlite_target.database.masked_url
     assert manifest.created_at == "2026-03-02T10:15:30.000Z"
     assert datetime.fromisoformat(manifest.created_at) == T0
     assert manifest.revision == FIRST
@@ -97,57 +103,57 @@ def test_take_backup_sqlite_manifest_fields(sqlite_settings, tmp_path):
     assert raw.startswith(b"SQLite format 3\x00")
     copy = tmp_path / "copy.db"
     copy.write_bytes(raw)
-    assert sqlite_rows(copy) == sqlite_rows(Path(sqlite_settings.database_url.database))
+    assert sqlite_rows(copy) == sqlite_rows(Path(sqlite_target.database.url.database))
     assert len(sqlite_rows(copy)) == 50
 
 
-def test_take_backup_writes_the_manifest_last_and_matching(sqlite_settings):
-    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
-    assert sorted(os.listdir(backup_folder(sqlite_settings))) == sorted(
+def test_take_backup_writes_the_manifest_last_and_matching(sqlite_target):
+    manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
+    assert sorted(os.listdir(backup_folder(sqlite_target))) == sorted(
         [manifest.artifact, manifest.id + MANIFEST_SUFFIX])
-    assert stored_manifest(sqlite_settings, manifest.id) == manifest
+    assert stored_manifest(sqlite_target, manifest.id) == manifest
 
 
-def test_take_backup_files_are_private(sqlite_settings):
+def test_take_backup_files_are_private(sqlite_target):
     previous = os.umask(0o022)
     try:
-        manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+        manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
     finally:
         os.umask(previous)
-    folder = backup_folder(sqlite_settings)
+    folder = backup_folder(sqlite_target)
     assert os.stat(folder).st_mode & 0o777 == 0o700
     for name in (manifest.artifact, manifest.id + MANIFEST_SUFFIX):
         assert os.stat(folder / name).st_mode & 0o777 == 0o600
 
 
 def test_take_backup_of_missing_sqlite_db_fails_and_stores_nothing(tmp_path):
-    settings = load_settings("dev", environ={}, root=tmp_path)
+    settings = dev_target(tmp_path)
     with pytest.raises(BackupFailed):
         take_backup(settings, reason="manual", revision=None, now=T0)
     assert list_backups(settings) == []
     folder = backup_folder(settings)
     assert not folder.exists() or os.listdir(folder) == []
-    assert not Path(settings.database_url.database).exists()
+    assert not settings.database.path.exists()
 
 
-def test_verify_backup_ok_records_verification(sqlite_settings):
-    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+def test_verify_backup_ok_records_verification(sqlite_target):
+    manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
     later = T0 + timedelta(hours=2)
-    verified = verify_backup(sqlite_settings, manifest, now=later)
+    verified = verify_backup(sqlite_target, manifest, now=later)
     assert verified.verified is True
     assert verified.verify_error is None
     assert verified.verified_at == "2026-03-02T12:15:30.000Z"
-    on_disk = stored_manifest(sqlite_settings, manifest.id)
+    on_disk = stored_manifest(sqlite_target, manifest.id)
     assert on_disk.verified is True
     assert on_disk.verified_at == "2026-03-02T12:15:30.000Z"
 
 
-def test_verify_backup_extracts_the_database(sqlite_settings, tmp_path):
-    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+def test_verify_backup_extracts_the_database(sqlite_target, tmp_path):
+    manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
     target = tmp_path / "extracted.db"
     with open(target, "wb") as out:
-        verify_backup(sqlite_settings, manifest, now=T0, extract_to=out)
-    assert sqlite_rows(target) == sqlite_rows(Path(sqlite_settings.database_url.database))
+        verify_backup(sqlite_target, manifest, now=T0, extract_to=out)
+    assert sqlite_rows(target) == sqlite_rows(Path(sqlite_target.database.url.database))
 
 
 def corrupt(path: Path) -> None:
@@ -156,47 +162,47 @@ def corrupt(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_corrupt_artifact_fails_and_is_recorded(sqlite_settings):
-    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
-    corrupt(backup_folder(sqlite_settings) / manifest.artifact)
+def test_corrupt_artifact_fails_and_is_recorded(sqlite_target):
+    manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
+    corrupt(backup_folder(sqlite_target) / manifest.artifact)
     with pytest.raises(BackupFailed, match=manifest.id):
-        verify_backup(sqlite_settings, manifest, now=T0 + timedelta(minutes=5))
-    on_disk = stored_manifest(sqlite_settings, manifest.id)
+        verify_backup(sqlite_target, manifest, now=T0 + timedelta(minutes=5))
+    on_disk = stored_manifest(sqlite_target, manifest.id)
     assert on_disk.verified is False
     assert on_disk.verify_error
     assert on_disk.verified_at == "2026-03-02T10:20:30.000Z"
-    assert [m.verified for m in list_backups(sqlite_settings)] == [False]
+    assert [m.verified for m in list_backups(sqlite_target)] == [False]
 
 
-def test_truncated_artifact_fails(sqlite_settings):
-    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
-    artifact = backup_folder(sqlite_settings) / manifest.artifact
+def test_truncated_artifact_fails(sqlite_target):
+    manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
+    artifact = backup_folder(sqlite_target) / manifest.artifact
     artifact.write_bytes(artifact.read_bytes()[:-20])
     with pytest.raises(BackupFailed):
-        verify_backup(sqlite_settings, manifest, now=T0)
-    assert stored_manifest(sqlite_settings, manifest.id).verified is False
+        verify_backup(sqlite_target, manifest, now=T0)
+    assert stored_manifest(sqlite_target, manifest.id).verified is False
 
 
-def test_artifact_replaced_by_other_valid_backup_fails_checksum(sqlite_settings):
-    first = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
-    conn = sqlite3.connect(sqlite_settings.database_url.database)
+def test_artifact_replaced_by_other_valid_backup_fails_checksum(sqlite_target):
+    first = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
+    conn = sqlite3.connect(sqlite_target.database.url.database)
     with conn:
         conn.execute("DELETE FROM users WHERE id > 10")
     conn.close()
-    second = take_backup(sqlite_settings, reason="manual", revision=FIRST,
+    second = take_backup(sqlite_target, reason="manual", revision=FIRST,
                          now=T0 + timedelta(seconds=1))
-    folder = backup_folder(sqlite_settings)
+    folder = backup_folder(sqlite_target)
     (folder / first.artifact).write_bytes((folder / second.artifact).read_bytes())
     with pytest.raises(BackupFailed, match="SHA-256|checksum"):
-        verify_backup(sqlite_settings, first, now=T0)
-    assert stored_manifest(sqlite_settings, first.id).verified is False
-    assert stored_manifest(sqlite_settings, second.id).verified is True
+        verify_backup(sqlite_target, first, now=T0)
+    assert stored_manifest(sqlite_target, first.id).verified is False
+    assert stored_manifest(sqlite_target, second.id).verified is True
 
 
-def test_well_formed_zstd_of_a_broken_database_fails_integrity(sqlite_settings):
+def test_well_formed_zstd_of_a_broken_database_fails_integrity(sqlite_target):
     """The checksum and zstd frame are consistent; only the dumper's own read-back can notice."""
-    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
-    artifact = backup_folder(sqlite_settings) / manifest.artifact
+    manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
+    artifact = backup_folder(sqlite_target) / manifest.artifact
     raw = decompress(artifact.read_bytes())
     broken = raw[:100] + b"\xff" * (len(raw) - 100)  # header survives, pages do not
     artifact.write_bytes(recompress(broken))
@@ -204,119 +210,119 @@ def test_well_formed_zstd_of_a_broken_database_fails_integrity(sqlite_settings):
     manifest.size = artifact.stat().st_size
     manifest.raw_size = len(broken)
     with pytest.raises(BackupFailed):
-        verify_backup(sqlite_settings, manifest, now=T0)
-    assert stored_manifest(sqlite_settings, manifest.id).verified is False
+        verify_backup(sqlite_target, manifest, now=T0)
+    assert stored_manifest(sqlite_target, manifest.id).verified is False
 
 
-def test_missing_artifact_fails_and_is_recorded(sqlite_settings):
-    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
-    (backup_folder(sqlite_settings) / manifest.artifact).unlink()
+def test_missing_artifact_fails_and_is_recorded(sqlite_target):
+    manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
+    (backup_folder(sqlite_target) / manifest.artifact).unlink()
     with pytest.raises(BackupFailed, match=manifest.id):
-        verify_backup(sqlite_settings, manifest, now=T0)
-    on_disk = stored_manifest(sqlite_settings, manifest.id)
+        verify_backup(sqlite_target, manifest, now=T0)
+    on_disk = stored_manifest(sqlite_target, manifest.id)
     assert on_disk.verified is False
     assert on_disk.verify_error
 
 
-def test_verify_refuses_a_backup_of_another_engine(sqlite_settings):
-    manifest = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+def test_verify_refuses_a_backup_of_another_engine(sqlite_target):
+    manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
     manifest.engine = "postgresql"
     with pytest.raises(ConfigError, match="postgresql"):
-        verify_backup(sqlite_settings, manifest, now=T0)
+        verify_backup(sqlite_target, manifest, now=T0)
 
 
 # -- list_backups / find_backup ----------------------------------------------------------------
-def test_list_backups_newest_first(sqlite_settings):
+def test_list_backups_newest_first(sqlite_target):
     # Two of them in one second: the one taken a few milliseconds later still lists first.
     times = [T0 + timedelta(days=1), T0, T0 + timedelta(days=2), T0 + timedelta(seconds=1),
              T0 + timedelta(seconds=1, milliseconds=4)]
-    taken = {take_backup(sqlite_settings, reason="manual", revision=FIRST, now=t).id: t
+    taken = {take_backup(sqlite_target, reason="manual", revision=FIRST, now=t).id: t
              for t in times}
-    listed = list_backups(sqlite_settings)
+    listed = list_backups(sqlite_target)
     assert [m.id for m in listed] == sorted(taken, key=taken.get, reverse=True)
     assert [m.created for m in listed] == sorted(times, reverse=True)
 
 
 def test_list_backups_empty_store(tmp_path):
-    assert list_backups(load_settings("dev", environ={}, root=tmp_path)) == []
+    assert list_backups(dev_target(tmp_path)) == []
 
 
-def test_list_backups_skips_unreadable_manifests(sqlite_settings):
-    good = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
-    folder = backup_folder(sqlite_settings)
+def test_list_backups_skips_unreadable_manifests(sqlite_target):
+    good = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
+    folder = backup_folder(sqlite_target)
     (folder / ("20990101T000000Z-aaaaaa" + MANIFEST_SUFFIX)).write_text("{not json")
     (folder / ("20990101T000000Z-bbbbbb" + MANIFEST_SUFFIX)).write_text('{"id": "x"}')
     (folder / ("20990101T000000Z-cccccc" + MANIFEST_SUFFIX)).write_bytes(b"\xff\xfe\x00")
     (folder / ("20990101T000000Z-dddddd" + MANIFEST_SUFFIX)).write_text("")
-    assert [m.id for m in list_backups(sqlite_settings)] == [good.id]
+    assert [m.id for m in list_backups(sqlite_target)] == [good.id]
 
 
 @pytest.mark.parametrize("text", ["[]", "null", "42", '"a string"'])
-def test_list_backups_skips_json_that_is_not_an_object(sqlite_settings, text):
-    good = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
-    folder = backup_folder(sqlite_settings)
+def test_list_backups_skips_json_that_is_not_an_object(sqlite_target, text):
+    good = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
+    folder = backup_folder(sqlite_target)
     (folder / ("20990101T000000Z-eeeeee" + MANIFEST_SUFFIX)).write_text(text)
-    assert [m.id for m in list_backups(sqlite_settings)] == [good.id]
+    assert [m.id for m in list_backups(sqlite_target)] == [good.id]
 
 
 
-def test_list_backups_survives_a_manifest_with_a_broken_created_at(sqlite_settings):
-    good = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+def test_list_backups_survives_a_manifest_with_a_broken_created_at(sqlite_target):
+    good = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
     bad = json.loads(good.to_json())
     bad["id"], bad["created_at"] = "20990101T000000Z-abcabc", None
-    folder = backup_folder(sqlite_settings)
+    folder = backup_folder(sqlite_target)
     (folder / (bad["id"] + MANIFEST_SUFFIX)).write_text(json.dumps(bad))
     bad["id"], bad["created_at"] = "20990101T000000Z-defdef", "yesterday"
     (folder / (bad["id"] + MANIFEST_SUFFIX)).write_text(json.dumps(bad))
     bad["id"], bad["created_at"] = "20990101T000000Z-fedfed", "2099-01-01T00:00:00"  # no zone
     (folder / (bad["id"] + MANIFEST_SUFFIX)).write_text(json.dumps(bad))
-    assert [m.id for m in list_backups(sqlite_settings)] == [good.id]
+    assert [m.id for m in list_backups(sqlite_target)] == [good.id]
 
 
-def test_list_backups_only_lists_its_own_env(sqlite_settings):
-    good = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+def test_list_backups_only_lists_its_own_env(sqlite_target):
+    good = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
     stray = BackupManifest.from_json(good.to_json())
     stray.id, stray.env = "20990101T000000Z-ffffff", "staging"
-    (backup_folder(sqlite_settings) / (stray.id + MANIFEST_SUFFIX)).write_text(stray.to_json())
-    assert [m.id for m in list_backups(sqlite_settings)] == [good.id]
+    (backup_folder(sqlite_target) / (stray.id + MANIFEST_SUFFIX)).write_text(stray.to_json())
+    assert [m.id for m in list_backups(sqlite_target)] == [good.id]
 
 
-def test_find_backup(sqlite_settings):
-    a = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
-    b = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0 + timedelta(seconds=1))
-    c = take_backup(sqlite_settings, reason="manual", revision=HEAD, now=T0 + timedelta(days=3))
-    assert find_backup(sqlite_settings, None).id == c.id
-    assert find_backup(sqlite_settings, a.id).id == a.id
-    assert find_backup(sqlite_settings, b.id).id == b.id
-    assert find_backup(sqlite_settings, c.id[:12]).id == c.id  # 20260305T101 is unique
-    assert find_backup(sqlite_settings, b.id[:-2]).id == b.id
+def test_find_backup(sqlite_target):
+    a = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
+    b = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0 + timedelta(seconds=1))
+    c = take_backup(sqlite_target, reason="manual", revision=HEAD, now=T0 + timedelta(days=3))
+    assert find_backup(sqlite_target, None).id == c.id
+    assert find_backup(sqlite_target, a.id).id == a.id
+    assert find_backup(sqlite_target, b.id).id == b.id
+    assert find_backup(sqlite_target, c.id[:12]).id == c.id  # 20260305T101 is unique
+    assert find_backup(sqlite_target, b.id[:-2]).id == b.id
     with pytest.raises(ConfigError, match="nope"):
-        find_backup(sqlite_settings, "nope")
+        find_backup(sqlite_target, "nope")
     with pytest.raises(ConfigError, match="ambiguous"):
-        find_backup(sqlite_settings, "20260302T1015")  # a and b
+        find_backup(sqlite_target, "20260302T1015")  # a and b
 
 
-def test_find_backup_exact_id_wins_over_prefix(sqlite_settings):
-    a = take_backup(sqlite_settings, reason="manual", revision=FIRST, now=T0)
+def test_find_backup_exact_id_wins_over_prefix(sqlite_target):
+    a = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
     longer = BackupManifest.from_json(a.to_json())
     longer.id = a.id + "x"
-    (backup_folder(sqlite_settings) / (longer.id + MANIFEST_SUFFIX)).write_text(longer.to_json())
-    assert find_backup(sqlite_settings, a.id).id == a.id
+    (backup_folder(sqlite_target) / (longer.id + MANIFEST_SUFFIX)).write_text(longer.to_json())
+    assert find_backup(sqlite_target, a.id).id == a.id
 
 
 def test_find_backup_with_no_backups_is_config_error(tmp_path):
-    settings = load_settings("dev", environ={}, root=tmp_path)
+    settings = dev_target(tmp_path)
     with pytest.raises(ConfigError, match="no backups"):
         find_backup(settings, None)
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
-def pg_settings(db, root: Path):
+def pg_settings(db, root: Path, **extra: str):
     url = db.url
     environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
                "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
-               "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
-    return load_settings("pgtest", environ=environ, root=root)
+               "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database, **extra}
+    return open_target(load_settings("pgtest", environ=environ, root=root))
 
 
 def password_forms(password: str) -> list[str]:
@@ -334,19 +340,16 @@ def pg_settings_with_rows(pg_database, tmp_path):
     return pg_settings(pg_database, tmp_path)
 
 
-def server_version(settings) -> int:
-    from app.ops.database import connect, server_version_num
-    with connect(settings.database_url) as conn:
-        return server_version_num(conn)
+def server_version(target) -> int:
+    return target.database.facts().server_version_num
 
 
 @pytest.mark.postgres
 def test_take_backup_postgres(pg_database, pg_settings_with_rows):
     settings = pg_settings_with_rows
-    assert settings.database_url.password == pg_database.url.password
+    assert settings.database.url.password == pg_database.url.password
     version = server_version(settings)
-    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0,
-                           server_version_num=version)
+    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0)
     artifact = backup_folder(settings) / manifest.artifact
     assert manifest.engine == "postgresql"
     assert manifest.env == "pgtest"
@@ -369,8 +372,7 @@ def test_take_backup_postgres(pg_database, pg_settings_with_rows):
 def test_postgres_manifest_never_holds_the_password(pg_database, pg_settings_with_rows):
     settings = pg_settings_with_rows
     password = pg_database.url.password
-    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0,
-                           server_version_num=server_version(settings))
+    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0)
     assert pg_database.url.username in manifest.database
     assert pg_database.name in manifest.database
     text = (backup_folder(settings) / (manifest.id + MANIFEST_SUFFIX)).read_text()
@@ -386,8 +388,7 @@ def test_postgres_archive_truncated_inside_is_refused_by_read_back(pg_database,
                                                                    pg_settings_with_rows):
     """A consistent checksum and zstd frame around a cut archive: pg_restore must notice."""
     settings = pg_settings_with_rows
-    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0,
-                           server_version_num=server_version(settings))
+    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0)
     artifact = backup_folder(settings) / manifest.artifact
     raw = decompress(artifact.read_bytes())
     cut = raw[: len(raw) * 2 // 3]
@@ -402,32 +403,30 @@ def test_postgres_archive_truncated_inside_is_refused_by_read_back(pg_database,
 @pytest.mark.postgres
 def test_postgres_corrupt_artifact_fails(pg_settings_with_rows):
     settings = pg_settings_with_rows
-    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0,
-                           server_version_num=server_version(settings))
+    manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0)
     corrupt(backup_folder(settings) / manifest.artifact)
     with pytest.raises(BackupFailed):
         verify_backup(settings, manifest, now=T0)
     assert stored_manifest(settings, manifest.id).verified is False
 
 
-def test_pg_dump_older_than_server_is_refused_before_anything_runs(tmp_path):
-    environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": "127.0.0.1", "POSTGRES_USER": "nobody",
-               "POSTGRES_PASSWORD": "pw", "POSTGRES_DB": "nothing"}
-    settings = load_settings("pgtest", environ=environ, root=tmp_path)
-    with pytest.raises(ConfigError, match=r"pg_dump .*99"):
-        take_backup(settings, reason="manual", revision=None, now=T0,
-                    server_version_num=990001)
-    folder = backup_folder(settings)
+@pytest.mark.postgres
+def test_pg_dump_older_than_server_is_refused_before_anything_runs(pg_database, tmp_path):
+    pg_bin = wrapped_pg_dump(tmp_path, "exit 1", version="9.6")
+    target = pg_settings(pg_database, tmp_path, PG_BIN_DIR=str(pg_bin))
+    with pytest.raises(ConfigError, match=r"pg_dump 9\.6 cannot dump a PostgreSQL \d+ server"):
+        take_backup(target, reason="manual", revision=None, now=T0)
+    assert dump_calls(tmp_path) == []  # refused before pg_dump ran
+    folder = backup_folder(target)
     assert not folder.exists() or os.listdir(folder) == []
 
 
-def test_missing_pg_bin_dir_tools_is_config_error(tmp_path):
-    environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": "127.0.0.1", "POSTGRES_USER": "nobody",
-               "POSTGRES_DB": "nothing", "PG_BIN_DIR": str(tmp_path / "no-such-bin")}
-    settings = load_settings("pgtest", environ=environ, root=tmp_path)
+@pytest.mark.postgres
+def test_missing_pg_bin_dir_tools_is_config_error(pg_database, tmp_path):
+    target = pg_settings(pg_database, tmp_path, PG_BIN_DIR=str(tmp_path / "no-such-bin"))
     with pytest.raises(ConfigError, match="PG_BIN_DIR"):
-        take_backup(settings, reason="manual", revision=None, now=T0, server_version_num=150000)
-    assert list_backups(settings) == []
+        take_backup(target, reason="manual", revision=None, now=T0)
+    assert list_backups(target) == []
 
 
 # -- a local disk that keeps other bytes than it was sent -------------------------------------
@@ -438,10 +437,16 @@ class FlippingLocalStorage(LocalStorage):
     cases are end to end, in test_faults_e2e.py and test_s3_e2e.py); this store stands in for
     the disk instead. Manifests are left whole: they are written after the read-back."""
 
+    flipped = False
+
     @contextlib.contextmanager
     def writer(self, name: str):
         with super().writer(name) as out:
-            yield out if name.endswith(MANIFEST_SUFFIX) else _FlipOnce(out)
+            if name.endswith(MANIFEST_SUFFIX):
+                yield out
+            else:
+                self.flipped = True
+                yield _FlipOnce(out)
 
 
 class _FlipOnce:
@@ -459,8 +464,7 @@ class _FlipOnce:
 
 
 @pytest.mark.parametrize("sealed", [False, True], ids=["plain", "age"])
-def test_an_sqlite_backup_damaged_on_disk_while_written_is_refused(tmp_path, monkeypatch,
-                                                                   sealed):
+def test_an_sqlite_backup_damaged_on_disk_while_written_is_refused(tmp_path, sealed):
     environ = {}
     if sealed:
         identity = x25519.Identity.generate()
@@ -469,18 +473,13 @@ def test_an_sqlite_backup_damaged_on_disk_while_written_is_refused(tmp_path, mon
             f.write(f"{identity}\n")
         environ = {"BACKUP_ENCRYPTION_RECIPIENTS": str(identity.to_public()),
                    "BACKUP_ENCRYPTION_IDENTITY_FILE": str(key)}
-    settings = load_settings("dev", environ=environ, root=tmp_path)
-    make_sqlite(Path(settings.database_url.database), rows=2000)
-    stores: list[FlippingLocalStorage] = []
-
-    def flipping_store(settings_):
-        stores.append(FlippingLocalStorage(settings_.backup_dir / settings_.env))
-        return stores[-1]
-
-    monkeypatch.setattr(backups, "open_storage", flipping_store)
+    plain = load_settings("dev", environ=environ, root=tmp_path)
+    store = FlippingLocalStorage(plain.backup_dir / plain.env)
+    settings = Target(plain, open_database(plain), store)
+    make_sqlite(settings.database.path, rows=2000)
     with pytest.raises(BackupFailed, match="SHA-256"):
         take_backup(settings, reason="manual", revision=FIRST, now=T0)
-    assert stores, "the flipping store was not used"
+    assert store.flipped, "the flipping store was not used"
     assert list_backups(settings) == []
     folder = backup_folder(settings)
     assert not folder.exists() or os.listdir(folder) == []  # no artifact, no partial

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 import pytest
 
 from app.ops.errors import ConfigError, ExitCode, GuardRefused
-from app.ops.guards import check_window
+from app.ops.guards import RunFacts, check_window
 from app.ops.report import Reporter
+from app.ops.target import open_target
 from app.settings import load_settings
 
 MONDAY_MORNING = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)   # 2026-03-02 is a Monday
@@ -34,7 +35,8 @@ def settings_for(tmp_path, env: str, **values: str):
 
 def check(settings, now, break_glass=None, action="migrate"):
     reporter = RecordingReporter()
-    result = check_window(settings, action=action, now=now, break_glass=break_glass,
+    result = check_window(settings, RunFacts(open_target(settings)), action=action, now=now,
+                          break_glass=break_glass,
                           reporter=reporter)
     assert result is None
     return reporter

@@ -15,10 +15,16 @@ from pathlib import Path
 import pytest
 
 from app.ops.errors import ExitCode, GuardRefused
-from app.ops.lock import advisory_key, database_lock
+from app.ops.databases import open_database
+from app.ops.lock import advisory_key
 from app.settings import load_settings
 
 T0 = datetime(2026, 3, 2, 22, 5, tzinfo=UTC)
+
+
+def database_lock(settings, *, action: str, now):
+    """The env's database's lock, as a run takes it."""
+    return open_database(settings).lock(action, now)
 
 
 @pytest.fixture

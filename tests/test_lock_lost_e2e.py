@@ -17,7 +17,7 @@ from helpers import (FIRST, HEAD, add_revision, admin_url, at_first_revision, fa
 from test_lock import advisory_locks_held, pg_settings
 
 from app.ops.errors import ExitCode, LockLost
-from app.ops.lock import database_lock
+from app.ops.databases import open_database
 
 pytestmark = pytest.mark.postgres
 
@@ -44,7 +44,7 @@ def terminate_lock_sessions(db) -> int:
 # -- the lock object ---------------------------------------------------------------------------
 def test_a_lock_whose_session_ended_fails_its_check_and_releases_quietly(pg_database, tmp_path):
     settings = pg_settings(pg_database, tmp_path)
-    with database_lock(settings, action="migrate", now=T0) as lock:
+    with open_database(settings).lock("migrate", T0) as lock:
         lock.check()  # held: no error
         assert terminate_lock_sessions(pg_database) == 1
         with pytest.raises(LockLost) as caught:
@@ -58,7 +58,7 @@ def test_a_lock_whose_session_ended_fails_its_check_and_releases_quietly(pg_data
 
 def test_a_held_lock_reports_nothing_lost(pg_database, tmp_path):
     settings = pg_settings(pg_database, tmp_path)
-    with database_lock(settings, action="migrate", now=T0) as lock:
+    with open_database(settings).lock("migrate", T0) as lock:
         lock.check()
     assert not lock.lost
     assert advisory_locks_held(pg_database) == 0
@@ -67,7 +67,7 @@ def test_a_held_lock_reports_nothing_lost(pg_database, tmp_path):
 def test_the_lock_session_outlives_the_roles_idle_session_timeout(pg_database, tmp_path):
     role_setting(pg_database, "idle_session_timeout = 200")
     settings = pg_settings(pg_database, tmp_path)
-    with database_lock(settings, action="migrate", now=T0) as lock:
+    with open_database(settings).lock("migrate", T0) as lock:
         time.sleep(0.8)  # the fault itself: four idle timeouts pass while the lock is held
         lock.check()
         assert advisory_locks_held(pg_database) == 1

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from app.ops.database import stamped_revision
+from app.ops.databases.postgres import PostgresDatabase
 from app.ops.errors import ConfigError
 from app.ops.migrations import Migrations, Revision
+from app.ops.target import open_target
 from app.settings import load_settings
 
 FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
@@ -21,7 +22,7 @@ def settings(tmp_path):
 
 @pytest.fixture
 def migrations(settings):
-    return Migrations(settings)
+    return Migrations(open_target(settings))
 
 
 def db_path(settings) -> Path:
@@ -226,7 +227,7 @@ def test_postgres_upgrade_and_current_with_awkward_password(pg_database, tmp_pat
     environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
                "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
                "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
-    migrations = Migrations(load_settings("pgtest", environ=environ, root=tmp_path))
+    migrations = Migrations(open_target(load_settings("pgtest", environ=environ, root=tmp_path)))
     assert migrations.current() is None
     migrations.upgrade(FIRST)
     assert migrations.current() == pg_database.revision() == FIRST
@@ -250,6 +251,10 @@ def test_current_of_db_stamped_twice_is_config_error(settings, migrations):
 
 
 @pytest.mark.postgres
+def stamped_revision(url) -> str | None:
+    return PostgresDatabase(url, "pgtest").revision()
+
+
 def test_stamped_revision_on_postgres_reads_the_version_table(pg_database):
     assert stamped_revision(pg_database.url) is None          # no alembic_version table yet
     pg_database.sql("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
@@ -296,4 +301,4 @@ def test_lock_retries_and_their_doubling_pauses(tmp_path, environ, retries, paus
                                         ("MIGRATION_LOCK_RETRY_DELAY", "5 minutes")])
 def test_a_malformed_retry_setting_is_config_error(tmp_path, name, value):
     with pytest.raises(ConfigError, match=name):
-        Migrations(load_settings("dev", environ={name: value}, root=tmp_path))
+        Migrations(open_target(load_settings("dev", environ={name: value}, root=tmp_path)))

@@ -755,11 +755,11 @@ def test_restore_by_a_role_that_may_not_create_databases_is_refused_first(projec
 @pytest.mark.postgres
 def test_a_step_the_server_refuses_is_one_sentence_not_a_traceback(pgdb):
     from app.ops.errors import BackupFailed
-    from app.ops.restore_postgres import DatabaseSwap
+    from app.ops.databases.postgres_server import PostgresServer
 
-    swap = DatabaseSwap(pgdb.url)
+    server = PostgresServer(pgdb.url)
     with pytest.raises(BackupFailed, match=f'"{pgdb.name}" already exists') as caught:
-        swap.create_like(pgdb.name, swap.properties())
+        server.create_like(pgdb.name, server.properties())
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 

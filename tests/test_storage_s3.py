@@ -22,6 +22,7 @@ import pytest
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.storage import open_storage
 from app.ops.storage.s3 import S3Storage
+from app.ops.target import open_target
 from app.settings import Settings, load_settings
 
 MiB = 1 << 20
@@ -405,7 +406,7 @@ def test_importing_the_store_does_not_import_boto3():
 
 
 # -- through the backup code -----------------------------------------------------------------
-def sqlite_settings(aws, tmp_path, **extra):
+def sqlite_target(aws, tmp_path, **extra):
     db = tmp_path / "app.db"
     if not db.exists():
         conn = sqlite3.connect(db)
@@ -414,16 +415,17 @@ def sqlite_settings(aws, tmp_path, **extra):
                          [(f"user{i}@example.org",) for i in range(500)])
         conn.commit()
         conn.close()
-    return load_settings("dev", environ={**aws, "BACKUP_STORAGE": "s3", "USE_SQLITE": "True",
-                                         "SQLITE_PATH": str(db), "BACKUP_S3_PREFIX": "mida",
-                                         "BACKUP_S3_SSE": "AES256", **extra}, root=tmp_path)
+    return open_target(load_settings(
+        "dev", environ={**aws, "BACKUP_STORAGE": "s3", "USE_SQLITE": "True",
+                        "SQLITE_PATH": str(db), "BACKUP_S3_PREFIX": "mida",
+                        "BACKUP_S3_SSE": "AES256", **extra}, root=tmp_path))
 
 
 def test_sqlite_backup_list_and_verify_through_s3(aws, s3, tmp_path):
     from app.ops import audit
     from app.ops.backups import list_backups, take_backup, verify_backup
 
-    settings = sqlite_settings(aws, tmp_path)
+    settings = sqlite_target(aws, tmp_path)
     manifest = take_backup(settings, reason="test", revision=None, now=NOW)
     bucket = aws["BACKUP_S3_BUCKET"]
     assert manifest.location == f"s3://{bucket}/mida/dev/{manifest.artifact}"
@@ -441,7 +443,7 @@ def test_sqlite_backup_list_and_verify_through_s3(aws, s3, tmp_path):
 def test_verify_finds_a_corrupted_s3_backup(aws, s3, tmp_path):
     from app.ops.backups import list_backups, take_backup, verify_backup
 
-    settings = sqlite_settings(aws, tmp_path)
+    settings = sqlite_target(aws, tmp_path)
     manifest = take_backup(settings, reason="test", revision=None, now=NOW)
     key = f"mida/dev/{manifest.artifact}"
     body = bytearray(s3.get_object(Bucket=aws["BACKUP_S3_BUCKET"], Key=key)["Body"].read())
@@ -455,7 +457,7 @@ def test_verify_finds_a_corrupted_s3_backup(aws, s3, tmp_path):
 def test_backup_to_a_missing_bucket_stores_nothing(aws, tmp_path):
     from app.ops.backups import take_backup
 
-    settings = sqlite_settings({**aws, "BACKUP_S3_BUCKET": "no-such-bucket-here"}, tmp_path)
+    settings = sqlite_target({**aws, "BACKUP_S3_BUCKET": "no-such-bucket-here"}, tmp_path)
     with pytest.raises(ConfigError, match="'no-such-bucket-here' does not exist"):
         take_backup(settings, reason="test", revision=None, now=NOW)
 
@@ -466,9 +468,9 @@ def test_postgres_backup_through_s3(aws, s3, pg_database, tmp_path):
 
     pg_database.sql("CREATE TABLE scans (id serial PRIMARY KEY, note text)")
     pg_database.sql("INSERT INTO scans (note) SELECT md5(g::text) FROM generate_series(1, 2000) g")
-    settings = load_settings("dev", environ={
+    settings = open_target(load_settings("dev", environ={
         **aws, "BACKUP_STORAGE": "s3", "BACKUP_S3_SSE": "AES256",
-        "DATABASE_URL": pg_database.url.render_as_string(hide_password=False)}, root=tmp_path)
+        "DATABASE_URL": pg_database.url.render_as_string(hide_password=False)}, root=tmp_path))
     manifest = take_backup(settings, reason="test", revision=None, now=NOW)
     assert manifest.engine == "postgresql"
     assert manifest.location == f"s3://{aws['BACKUP_S3_BUCKET']}/dev/{manifest.artifact}"

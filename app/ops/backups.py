@@ -121,22 +121,29 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
         encryption="age" if sealed else None,
         recipients=list(encryption.recipients) if sealed else None,
         verified=True, verified_at=iso(now))
+    _store_manifest(storage, manifest, folder)
+    return manifest
+
+
+def _store_manifest(storage, manifest: BackupManifest, folder: Path) -> None:
+    """Written last: only now is the backup listed. A manifest that cannot be stored takes its
+    artifact with it."""
     data = manifest.to_json().encode()
+    name = manifest.id + MANIFEST_SUFFIX
     try:
-        storage.put_bytes(backup_id + MANIFEST_SUFFIX, data)
+        storage.put_bytes(name, data)
     except BaseException as exc:
-        _discard(storage, artifact)
+        _discard(storage, manifest.artifact)
         if is_full(exc):
             # Room for the whole backup, as the artifact just removed took some of it.
-            raise no_room(folder, f"store backup {backup_id} and its manifest",
-                          in_blocks(folder, hashed.size, len(data)),
+            raise no_room(folder, f"store backup {manifest.id} and its manifest",
+                          in_blocks(folder, manifest.size, len(data)),
                           advice=f"{STORE_ADVICE}; nothing was changed") from None
         if isinstance(exc, OSError):
-            raise BackupFailed(f"writing backup {backup_id}'s manifest to "
-                               f"{storage.location(backup_id + MANIFEST_SUFFIX)} failed: "
+            raise BackupFailed(f"writing backup {manifest.id}'s manifest to "
+                               f"{storage.location(name)} failed: "
                                f"{exc.strerror or exc}; nothing was changed") from None
         raise
-    return manifest
 
 
 def delete_backup(storage, manifest: BackupManifest) -> None:

@@ -248,44 +248,11 @@ def take_restore_point(target, *, reason: str, revision: str | None, now: dateti
     started = time.monotonic()
     with connect(target.database.url) as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
-        check_primary(conn)
-        check_archiving(read_archiver(conn))
         version = int(conn.execute(text("SHOW server_version_num")).scalar())
-        current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
-        timeline = timeline_of(current)
-        system_id = conn.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar()
-        try:
-            stanza = pgbackrest.info()
-        except BackupFailed as exc:
-            raise BackupFailed(f"{exc}; nothing was changed") from None
-        base = newest_backup_on(stanza, timeline)
-        if base is None:
-            raise BackupFailed(f"pgBackRest stanza '{pgbackrest.stanza}' has no backup on the "
-                               f"current timeline {timeline}: take one with `pgbackrest "
-                               f"--stanza={pgbackrest.stanza} --type=incr backup`; nothing was "
-                               "changed")
-        known = {str(db.get("system-id")) for db in stanza.get("db") or []}
-        if known and str(system_id) not in known:
-            raise ConfigError(f"pgBackRest stanza '{pgbackrest.stanza}' backs up another cluster "
-                              f"(system identifier {', '.join(sorted(known))}, this one is "
-                              f"{system_id}): check PGBACKREST_STANZA and PGBACKREST_CONFIG")
+        base, timeline, system_id = _base_backup(conn, pgbackrest)
         backup_id = new_backup_id(now)
         name = restore_point_name(reason, backup_id)
-        try:
-            lsn = conn.execute(text("SELECT pg_create_restore_point(:n)::text"), {"n": name}).scalar()
-            segment = conn.execute(text("SELECT pg_walfile_name(CAST(:l AS pg_lsn))"), {"l": lsn}).scalar()
-            conn.execute(text("SELECT pg_switch_wal()"))
-        except Exception as exc:
-            from sqlalchemy.exc import DBAPIError
-            if not isinstance(exc, DBAPIError):
-                raise
-            from app.ops.connection import first_line
-            why = first_line(exc.orig)
-            advice = ("the role needs EXECUTE on pg_create_restore_point(text) and "
-                      "pg_switch_wal() in this database (see the README)"
-                      if "permission denied" in why else "see the server's log")
-            raise BackupFailed(f"cannot create restore point {name}: {why}; {advice}; nothing "
-                               "was changed") from None
+        lsn, segment = _create_restore_point(conn, name)
         waited = wait_archived(conn, segment, pgbackrest.timeout)
     manifest = BackupManifest(
         id=backup_id, env=target.env, engine=target.database.kind,
@@ -302,6 +269,58 @@ def take_restore_point(target, *, reason: str, revision: str | None, now: dateti
                     "archive_wait_seconds": round(waited, 3)})
     storage.put_bytes(backup_id + MANIFEST_SUFFIX, manifest.to_json().encode())
     return manifest
+
+
+def _base_backup(conn, pgbackrest: PgBackRest) -> tuple[dict, int, str]:
+    """Refuse what a restore point cannot be taken on (a standby, failing archiving, no
+    backup on the current timeline, a stanza of another cluster); return the pgBackRest backup
+    it will rest on, the timeline and the system identifier."""
+    from sqlalchemy import text
+
+    check_primary(conn)
+    check_archiving(read_archiver(conn))
+    current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
+    timeline = timeline_of(current)
+    system_id = conn.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar()
+    try:
+        stanza = pgbackrest.info()
+    except BackupFailed as exc:
+        raise BackupFailed(f"{exc}; nothing was changed") from None
+    base = newest_backup_on(stanza, timeline)
+    if base is None:
+        raise BackupFailed(f"pgBackRest stanza '{pgbackrest.stanza}' has no backup on the "
+                           f"current timeline {timeline}: take one with `pgbackrest "
+                           f"--stanza={pgbackrest.stanza} --type=incr backup`; nothing was "
+                           "changed")
+    known = {str(db.get("system-id")) for db in stanza.get("db") or []}
+    if known and str(system_id) not in known:
+        raise ConfigError(f"pgBackRest stanza '{pgbackrest.stanza}' backs up another cluster "
+                          f"(system identifier {', '.join(sorted(known))}, this one is "
+                          f"{system_id}): check PGBACKREST_STANZA and PGBACKREST_CONFIG")
+    return base, timeline, str(system_id)
+
+
+def _create_restore_point(conn, name: str) -> tuple[str, str]:
+    """The restore point's LSN and WAL segment, then a switch to the next segment so that this
+    one can be archived now."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from app.ops.connection import first_line
+
+    try:
+        lsn = conn.execute(text("SELECT pg_create_restore_point(:n)::text"), {"n": name}).scalar()
+        segment = conn.execute(text("SELECT pg_walfile_name(CAST(:l AS pg_lsn))"),
+                               {"l": lsn}).scalar()
+        conn.execute(text("SELECT pg_switch_wal()"))
+    except DBAPIError as exc:
+        why = first_line(exc.orig)
+        advice = ("the role needs EXECUTE on pg_create_restore_point(text) and "
+                  "pg_switch_wal() in this database (see the README)"
+                  if "permission denied" in why else "see the server's log")
+        raise BackupFailed(f"cannot create restore point {name}: {why}; {advice}; nothing "
+                           "was changed") from None
+    return lsn, segment
 
 
 def verify_restore_point(settings, manifest) -> None:

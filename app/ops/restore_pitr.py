@@ -68,17 +68,63 @@ def restore_timeout(settings) -> float:
 
 def restore_restore_point(target, manifest, *, whole_cluster: bool, reporter) -> list[str]:
     """Rewind the cluster to `manifest`'s restore point; returns what to tell the engineer."""
-    from sqlalchemy import text
-
-    from app.ops.connection import connect
-
     record = manifest.pgbackrest
     settings = target.settings
     pgbackrest = PgBackRest.from_settings(settings)
     stop, start = _command(settings, "PG_STOP_COMMAND"), _command(settings, "PG_START_COMMAND")
     long_timeout = restore_timeout(settings)
-    url = target.database.url
-    with connect(url) as conn:
+    end_lsn, old_timeline = _archive_old_timeline(target, manifest, pgbackrest, whole_cluster,
+                                                  reporter)
+    reporter.info(f"WAL up to {end_lsn} (timeline {old_timeline}) archived; stopping the cluster")
+    steps = _Steps()
+    _run(stop, "PG_STOP_COMMAND", long_timeout,
+         "the cluster may still be running; nothing was restored")
+    restore = pgbackrest.argv(
+        "--delta", f"--set={record['backup_label']}", "--type=lsn",
+        f"--target={record['lsn']}", f"--target-timeline={record['timeline']}",
+        "--target-action=promote", "restore")
+    by_hand = " ".join(shlex.quote(a) for a in restore)
+    steps.done("stop")
+    _run(restore, "pgbackrest restore", long_timeout,
+         f"the cluster is stopped; run `{by_hand}` and then PG_START_COMMAND by hand")
+    steps.done("pgbackrest restore")
+    reporter.info(f"pgBackRest restored backup {record['backup_label']}; starting the cluster "
+                  f"to replay WAL up to {record['lsn']}")
+    _run(start, "PG_START_COMMAND", long_timeout,
+         "the cluster is restored but stopped: look at its log, then start it by hand")
+    _wait_promoted(target.database.url, long_timeout)
+    steps.done("start, replay and promotion")
+    notes = [_clear_recovery_settings(target.database.url),
+             _backup_new_timeline(pgbackrest, long_timeout)]
+    steps.done("incremental backup")
+    notes.append(f"steps: {', '.join(steps.lines)}.")
+    notes.append(_aside_note(pgbackrest, record, end_lsn, old_timeline))
+    return notes
+
+
+class _Steps:
+    """How long each step of the restore took, for the notes."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.clock = time.monotonic()
+
+    def done(self, name: str) -> None:
+        self.lines.append(f"{name} {time.monotonic() - self.clock:.1f} s")
+        self.clock = time.monotonic()
+
+
+def _archive_old_timeline(target, manifest, pgbackrest, whole_cluster: bool,
+                          reporter) -> tuple[str, int]:
+    """Refuse what cannot be rewound, check the restore point is reachable, then archive the
+    old timeline's last segment: the writes made since the restore point are kept before
+    anything stops. Returns the old timeline's end LSN and the timeline."""
+    from sqlalchemy import text
+
+    from app.ops.connection import connect
+
+    record = manifest.pgbackrest
+    with connect(target.database.url) as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         others = other_databases(conn)
         if others and not whole_cluster:
@@ -92,66 +138,43 @@ def restore_restore_point(target, manifest, *, whole_cluster: bool, reporter) ->
             raise ConfigError(f"backup {manifest.id} was taken on another cluster (system "
                               f"identifier {record['system_identifier']}, this one is "
                               f"{system_id}); nothing was changed")
-        verify_restore_point(settings, manifest)
+        verify_restore_point(target.settings, manifest)
         reporter.info(f"restore point {record['restore_point']} is reachable from pgBackRest "
                       f"backup {record['backup_label']}")
-        # Keep the writes made since the restore point: the old timeline's last segment goes
-        # to the archive before anything stops.
         end_lsn = conn.execute(text("SELECT pg_current_wal_lsn()::text")).scalar()
         end_segment = conn.execute(text("SELECT pg_walfile_name(pg_switch_wal())")).scalar()
         wait_archived(conn, end_segment, pgbackrest.timeout)
-        old_timeline = timeline_of(end_segment)
         if read_archiver(conn).failing:
             raise BackupFailed("WAL archiving is failing: the writes since the restore point "
                                "would be lost; fix archiving first; nothing was changed")
-    reporter.info(f"WAL up to {end_lsn} (timeline {old_timeline}) archived; stopping the cluster")
-    steps, clock = [], time.monotonic()
+    return end_lsn, timeline_of(end_segment)
 
-    def step(name: str) -> None:
-        nonlocal clock
-        steps.append(f"{name} {time.monotonic() - clock:.1f} s")
-        clock = time.monotonic()
 
-    _run(stop, "PG_STOP_COMMAND", long_timeout,
-         "the cluster may still be running; nothing was restored")
-    restore = pgbackrest.argv(
-        "--delta", f"--set={record['backup_label']}", "--type=lsn",
-        f"--target={record['lsn']}", f"--target-timeline={record['timeline']}",
-        "--target-action=promote", "restore")
-    by_hand = " ".join(shlex.quote(a) for a in restore)
-    step("stop")
-    _run(restore, "pgbackrest restore", long_timeout,
-         f"the cluster is stopped; run `{by_hand}` and then PG_START_COMMAND by hand")
-    step("pgbackrest restore")
-    reporter.info(f"pgBackRest restored backup {record['backup_label']}; starting the cluster "
-                  f"to replay WAL up to {record['lsn']}")
-    _run(start, "PG_START_COMMAND", long_timeout,
-         "the cluster is restored but stopped: look at its log, then start it by hand")
-    _wait_promoted(url, long_timeout)
-    step("start, replay and promotion")
-    notes = [_clear_recovery_settings(url)]
+def _backup_new_timeline(pgbackrest, timeout: float) -> str:
+    """The next restore point needs a pgBackRest backup on the new timeline: take one now (a
+    warning, not a failure, if it cannot)."""
     try:
         # --start-fast: an immediate checkpoint, not a spread one that could take minutes
         # whatever the DBA's pgbackrest.conf says.
-        pgbackrest.run("--type=incr", "--start-fast", "backup", timeout=long_timeout)
-        notes.append("an incremental pgBackRest backup was taken on the new timeline.")
+        pgbackrest.run("--type=incr", "--start-fast", "backup", timeout=timeout)
+        return "an incremental pgBackRest backup was taken on the new timeline."
     except (BackupFailed, ConfigError) as exc:
-        notes.append(f"WARNING: no pgBackRest backup on the new timeline ({exc}): take one "
-                     f"(`pgbackrest --stanza={pgbackrest.stanza} --type=incr backup`) before the "
-                     "next migrate.")
-    step("incremental backup")
-    notes.append(f"steps: {', '.join(steps)}.")
-    # Aside: into another folder, from the backup the restore point rests on (the newest one
-    # is now on the new timeline), and with archiving off so the copy never pushes WAL into
-    # the stanza.
+        return (f"WARNING: no pgBackRest backup on the new timeline ({exc}): take one "
+                f"(`pgbackrest --stanza={pgbackrest.stanza} --type=incr backup`) before the "
+                "next migrate.")
+
+
+def _aside_note(pgbackrest, record: dict, end_lsn: str, old_timeline: int) -> str:
+    """How to look at the writes made after the restore point: restore them aside, into
+    another folder, from the backup the restore point rests on (the newest one is now on the
+    new timeline), with archiving off so the copy never pushes WAL into the stanza."""
     aside = " ".join(shlex.quote(a) for a in pgbackrest.argv(
         "--pg1-path=/path/to/an/empty/folder", f"--set={record['backup_label']}",
         "--type=lsn", f"--target={end_lsn}", f"--target-timeline={old_timeline}",
         "--target-action=promote", "--archive-mode=off", "restore"))
-    notes.append(f"the writes made after the restore point are kept in pgBackRest's archive on "
-                 f"timeline {old_timeline} up to LSN {end_lsn}; to look at them, restore them "
-                 f"aside (an empty folder, then start it on another port) with:\n    {aside}")
-    return notes
+    return (f"the writes made after the restore point are kept in pgBackRest's archive on "
+            f"timeline {old_timeline} up to LSN {end_lsn}; to look at them, restore them "
+            f"aside (an empty folder, then start it on another port) with:\n    {aside}")
 
 
 def _wait_promoted(url, timeout: float) -> None:

@@ -43,14 +43,9 @@ MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
 SSE_VALUES = {"AES256": "AES256", "AWS:KMS": "aws:kms"}
 MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
-# Endpoints that answered in this process: a connection refused after that means the endpoint
-# went away mid-run (exit 4), not that it was configured wrongly (exit 2).
-_REACHED: set[str] = set()
 # The abort of a failed upload is retried briefly, then recorded: a vanished endpoint must not
 # keep a failing run waiting for minutes (4 attempts: at most ~7 s of backoff when refused).
 ABORT_ATTEMPTS, ABORT_CONNECT_TIMEOUT, ABORT_READ_TIMEOUT = 4, 3, 15
-_SWEPT: set[Path] = set()  # record folders this process has already tried to clear
-_SWEEP_LOCK = threading.Lock()
 # S3 error codes that mean configuration (exit 2), and the one sentence to say for them.
 CLIENT_ERRORS = [
     ({"NoSuchBucket", "404", "NotFound"}, "{b} does not exist: check BACKUP_S3_BUCKET, and "
@@ -90,6 +85,10 @@ class S3Storage:
             read_timeout=min(read_timeout, ABORT_READ_TIMEOUT))
         self.page_size, self._s3, self._abort_s3 = page_size, None, None
         self._client_lock = threading.Lock()  # prepare()'s thread may be building the client
+        # Whether the endpoint answered in this task: a connection refused after that means it
+        # went away mid-run (exit 4), not that it was configured wrongly (exit 2).
+        self._reached: set[str] = set()
+        self._swept, self._sweep_lock = False, threading.Lock()
         # Where an upload that could not be aborted is recorded (None: nowhere, say so).
         self.unaborted_folder = unaborted_folder
 
@@ -257,15 +256,15 @@ class S3Storage:
 
     def abort_recorded_uploads(self) -> None:
         """Abort the uploads that earlier runs of this env recorded for this endpoint and
-        bucket, once per process, now that the endpoint has answered. One that still cannot
+        bucket, once per task, now that the endpoint has answered. One that still cannot
         be aborted stays recorded; a refused connection ends the attempt."""
         folder = self.unaborted_folder
-        if folder is None or folder in _SWEPT or not folder.is_dir():
+        if folder is None or self._swept or not folder.is_dir():
             return
-        with _SWEEP_LOCK:
-            if folder in _SWEPT:
+        with self._sweep_lock:
+            if self._swept:
                 return
-            _SWEPT.add(folder)
+            self._swept = True
             for path, record in read_unaborted(folder):
                 if (record.get("bucket"), record.get("endpoint")) != \
                         (self.bucket, self.client.meta.endpoint_url):
@@ -296,7 +295,7 @@ class S3Storage:
         try:
             yield
             if self._s3 is not None:
-                _REACHED.add(self._host(self._s3.meta.endpoint_url))
+                self._reached.add(self._host(self._s3.meta.endpoint_url))
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in MISSING_KEY and name:
@@ -321,7 +320,7 @@ class S3Storage:
         except EndpointConnectionError as exc:
             parts = urlsplit(exc.kwargs.get("endpoint_url", ""))  # without path and query
             url = f"{parts.scheme}://{parts.netloc}"
-            if midway or self._host(url) in _REACHED:
+            if midway or self._host(url) in self._reached:
                 # S3 answered before: the endpoint went away mid-run, this is no configuration.
                 raise TransferFailed(f"{action} {where} failed{' midway' if midway else ''}: "
                                      f"could not connect to the S3 endpoint {url} any more "
