@@ -35,9 +35,9 @@ def human_age(created_at: str, now: datetime) -> str:
 
 
 class Console(Reporter):
-    def __init__(self, out=None, err=None):
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
+    def __init__(self):
+        self.out = sys.stdout
+        self.err = sys.stderr
         self._progress = None
         self._depth = 0
 

@@ -9,7 +9,7 @@ import pytest
 import zstandard
 
 from app.ops.streams import (CHUNK, CountingWriter, HashingReader, HashingWriter, TeeWriter,
-                             compressor, decompress_into, sha256_of)
+                             compressor, decompress_into)
 
 
 def payload() -> bytes:
@@ -77,12 +77,6 @@ def test_counting_and_tee_writers():
     assert counted.size == 8
     assert seen == [5, 3]
     assert first.getvalue() == second.getvalue() == b"12345678"
-
-
-def test_sha256_of_matches_hashlib():
-    data = os.urandom(CHUNK + 123)
-    assert sha256_of(io.BytesIO(data)) == hashlib.sha256(data).hexdigest()
-    assert sha256_of(io.BytesIO(b"")) == hashlib.sha256(b"").hexdigest()
 
 
 def test_compressor_does_not_close_target():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import TextIO
 
 from app.ops.database import database_exists, stamped_revision
 from app.ops.errors import ConfigError, MigrationFailed, OpsError
@@ -84,14 +83,13 @@ class Revision:
 
 
 class Migrations:
-    def __init__(self, settings, stdout: TextIO | None = None, reporter: Reporter = Reporter()):
+    def __init__(self, settings, reporter: Reporter = Reporter()):
         from alembic.config import Config
         from alembic.script import ScriptDirectory
 
         self.settings = settings
         self.url = settings.database_url
-        kwargs = {"stdout": stdout} if stdout is not None else {}
-        self.config = Config(str(ALEMBIC_INI), **kwargs)
+        self.config = Config(str(ALEMBIC_INI))
         # configparser would read a lone % as interpolation: double it so any password survives.
         self.config.set_main_option(
             "sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
@@ -132,9 +130,6 @@ class Migrations:
         if script is None:
             raise ConfigError(f"revision '{revision}' is unknown: `invoke history` lists them")
         return script.revision
-
-    def describe(self, revision: str | None) -> str:
-        return str(Revision.of(self.script.get_revision(revision))) if revision else "base"
 
     def pending(self, current: str | None, target: str | None) -> list[Revision]:
         """Revisions an upgrade from `current` to `target` applies, in apply order."""

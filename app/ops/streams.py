@@ -126,10 +126,3 @@ def decompress_into(source: BinaryIO, sink, progress: Progress = _no_progress) -
             raise zstandard.ZstdError("data continues after the end of the zstd frame")
     if not ended:
         raise zstandard.ZstdError("the zstd frame is truncated")
-
-
-def sha256_of(source: BinaryIO) -> str:
-    sha = hashlib.sha256()
-    while chunk := source.read(CHUNK):
-        sha.update(chunk)
-    return sha.hexdigest()
