@@ -20,9 +20,6 @@ RELATIVE_RE = re.compile(r"^-(\d+)$")
 LOCK_NOT_AVAILABLE, QUERY_CANCELED = "55P03", "57014"
 
 
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "": 0.001}  # bare: ms
-
-
 def postgres_timeouts(settings) -> dict[str, str]:
     """The migrations' sessions' timeouts. lock_timeout in every env: an ALTER waiting for a
     busy table holds up every write queued behind it, so it gives up after this long (and is
@@ -30,12 +27,6 @@ def postgres_timeouts(settings) -> dict[str, str]:
     timeouts = {"lock_timeout": settings.duration("MIGRATION_LOCK_TIMEOUT", "5s"),
                 "statement_timeout": settings.duration("MIGRATION_STATEMENT_TIMEOUT")}
     return {k: v for k, v in timeouts.items() if v}
-
-
-def seconds(duration: str) -> float:
-    """A duration as Settings.duration validated it (5s, 500ms, 2min; bare: ms), in seconds."""
-    number, unit = re.fullmatch(r"(\d+)([a-z]*)", duration).groups()
-    return int(number) * DURATION_UNITS[unit]
 
 
 @dataclass(frozen=True)
@@ -52,7 +43,7 @@ class LockRetries:
         if not raw.isdigit() or int(raw) > 100:
             raise ConfigError(f"MIGRATION_LOCK_RETRIES '{raw}' is not a number of retries: use "
                               "0 (no retry) up to 100, e.g. 3")
-        return cls(int(raw), seconds(settings.duration("MIGRATION_LOCK_RETRY_DELAY", "5s")))
+        return cls(int(raw), settings.seconds("MIGRATION_LOCK_RETRY_DELAY", "5s"))
 
     @property
     def attempts(self) -> int:
