@@ -78,8 +78,8 @@ def _console():
 @task(help={"json": "print the contract's JSON object instead of a table"})
 def status(c, env=None, json=False):
     """Show the database, its revision, pending migrations, newest backup and window."""
-    from app.console import human_age, human_size
     from app.ops.status import collect_status
+    from app.ops.units import human_age, human_size
 
     console = _console()
     now = _now()
@@ -165,7 +165,7 @@ def _terminal_prompt():
 
 
 def _report_run(console, result):
-    from app.console import human_size
+    from app.ops.units import human_size
 
     if result.nothing_to_do:
         where = result.before or "base"
@@ -191,8 +191,8 @@ def _restore_point_line(manifest):
 @task(help={"label": "a note stored in the backup's manifest"})
 def backup(c, env=None, label=None):
     """Take a verified backup now."""
-    from app.console import human_size
     from app.ops.backups import backup_on_demand
+    from app.ops.units import human_size
 
     console = _console()
     manifest = backup_on_demand(_target(env), now=_now(), label=label, reporter=console)
@@ -206,9 +206,9 @@ def backup(c, env=None, label=None):
 @task(help={"json": "print a JSON array, newest first"})
 def backups(c, env=None, json=False):
     """List the environment's backups, newest first."""
-    from app.console import human_age, human_size
     from app.ops.backups import list_backups
     from app.ops.status import backup_item
+    from app.ops.units import human_age, human_size
 
     console = _console()
     items = list_backups(_target(env), console.warn)
@@ -307,8 +307,8 @@ def stamp(c, rev, env=None, break_glass=None):
                              "cluster: allow it when the cluster holds other databases"})
 def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster=False):
     """Restore a backup over the database (verified first; a safety backup of what it replaces)."""
-    from app.console import human_age, human_size
     from app.ops import restore as restoring
+    from app.ops.units import human_age, human_size
 
     console = _console()
     target = _target(env)
@@ -365,8 +365,8 @@ def rehearse(c, env=None):
 @task(help={"dry_run": "list what would be deleted, delete nothing"})
 def prune(c, env=None, dry_run=False):
     """Delete backups beyond BACKUP_KEEP_LAST / BACKUP_KEEP_DAYS (never the newest verified)."""
-    from app.console import human_size
     from app.ops.prune import apply_prune, confirm_protected, plan_prune
+    from app.ops.units import human_size
 
     console = _console()
     target = _target(env)

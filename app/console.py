@@ -9,35 +9,15 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from datetime import datetime
 from typing import Callable, Iterator, Sequence
 
 from app.ops.report import Reporter
 
 
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def human_age(created_at: str, now: datetime) -> str:
-    seconds = max(0, int((now - datetime.fromisoformat(created_at)).total_seconds()))
-    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= length:
-            return f"{seconds // length}{unit} ago"
-    return f"{seconds}s ago"
-
-
 class Console(Reporter):
-    def __init__(self, out=None, err=None):
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
+    def __init__(self):
+        self.out = sys.stdout
+        self.err = sys.stderr
         self._progress = None
         self._depth = 0
 

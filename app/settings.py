@@ -18,11 +18,23 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENV = "dev"
 PRODUCTION_NAMES = {"prod", "production"}
 TRUE_WORDS = {"1", "true", "yes", "on"}
-DURATION_RE = re.compile(r"^\s*\d+\s*(ms|s|min|h)?\s*$")
+DURATION_RE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$")
+# Seconds per unit of a duration PostgreSQL reads (lock_timeout): a bare number is milliseconds.
+POSTGRES_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "": 0.001}
 
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUE_WORDS
+
+
+def parse_duration(value: str, units: Mapping[str, float]) -> float | None:
+    """`value` ("5s", "90 min") in seconds; None unless it is a whole number followed by one of
+    `units` (seconds per unit; the unit "" admits a bare number). Each setting passes its own
+    units, so each accepts what it always did, and the caller words the error."""
+    match = DURATION_RE.match(value)
+    if not match or match.group(2) not in units:
+        return None
+    return int(match.group(1)) * units[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -80,9 +92,14 @@ class Settings:
         value = self.get(name, default)
         if value is None:
             return None
-        if not DURATION_RE.match(value.strip()):
+        if parse_duration(value, POSTGRES_UNITS) is None:
             raise ConfigError(f"{name} '{value}' is not a duration: use e.g. 5s, 500ms or 2min")
         return value.replace(" ", "")
+
+    def seconds(self, name: str, default: str) -> float:
+        """A duration setting in PostgreSQL's form (as `duration` checks it), in seconds: for
+        waits of our own, such as the pause between lock retries."""
+        return parse_duration(self.duration(name, default), POSTGRES_UNITS)
 
     def path(self, value: str) -> Path:
         """A path setting, relative to the project root so every working directory agrees."""

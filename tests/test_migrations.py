@@ -101,10 +101,10 @@ def test_resolve_unknown_is_config_error(migrations, revision):
         migrations.resolve(revision)
 
 
-def test_describe(migrations):
-    assert migrations.describe(None) == "base"
-    assert migrations.describe(FIRST) == f"{FIRST} (Create users table)"
-    assert "phone_number" in migrations.describe(HEAD)
+def test_revision_str_names_id_and_message(migrations):
+    # What `migrate` lists before it runs: each revision's id and the first line of its doc.
+    assert str(migrations.pending(None, FIRST)[0]) == f"{FIRST} (Create users table)"
+    assert "phone_number" in str(migrations.pending(None, HEAD)[-1])
 
 
 # -- pending and downgrade plans ---------------------------------------------------------------

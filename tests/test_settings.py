@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.ops.errors import ConfigError
-from app.settings import load_settings
+from app.ops.health import UNIT_SECONDS
+from app.settings import POSTGRES_UNITS, load_settings, parse_duration
 
 AWKWARD = "p@ss:w/o%rd#1 'q' \"dq\" with spaces / end"
 
@@ -298,3 +299,39 @@ def test_a_plain_postgresql_url_uses_the_driver_we_ship(tmp_path, given):
     assert url.drivername == "postgresql+psycopg2"
     assert (url.host, url.database, url.password) == ("db.internal", "mida", "pw")
     url.get_dialect().import_dbapi()  # the driver is importable, unlike psycopg 3
+
+
+# -- durations -------------------------------------------------------------------------------
+AGE_UNITS = UNIT_SECONDS  # what CHECK_BACKUP_MAX_AGE and CHECK_VERIFY_MAX_AGE accept
+
+
+@pytest.mark.parametrize("value, units, seconds", [
+    ("500ms", POSTGRES_UNITS, 0.5), (" 2 min ", POSTGRES_UNITS, 120.0),
+    ("300", POSTGRES_UNITS, 0.3),  # bare: milliseconds, as PostgreSQL reads it
+    ("0", POSTGRES_UNITS, 0.0), ("90m", AGE_UNITS, 5400), ("2d", AGE_UNITS, 172800),
+])
+def test_parse_duration_in_seconds(value, units, seconds):
+    assert parse_duration(value, units) == seconds
+
+
+@pytest.mark.parametrize("value, units", [
+    ("2d", POSTGRES_UNITS), ("90m", POSTGRES_UNITS), ("3600", AGE_UNITS), ("5ms", AGE_UNITS),
+    ("5 minutes", POSTGRES_UNITS), ("-1h", AGE_UNITS), ("1.5h", AGE_UNITS), ("5S", POSTGRES_UNITS),
+    ("", POSTGRES_UNITS), ("soon", AGE_UNITS),
+])
+def test_parse_duration_refuses_units_the_setting_does_not_accept(value, units):
+    assert parse_duration(value, units) is None
+
+
+def test_duration_setting_keeps_the_postgresql_text_and_gives_seconds(tmp_path):
+    settings = load_settings("dev", environ={"MIGRATION_LOCK_TIMEOUT": " 2 min "}, root=tmp_path)
+    assert settings.duration("MIGRATION_LOCK_TIMEOUT", "5s") == "2min"
+    assert settings.seconds("MIGRATION_LOCK_TIMEOUT", "5s") == 120.0
+    assert settings.seconds("MIGRATION_LOCK_RETRY_DELAY", "5s") == 5.0  # the default
+    assert settings.duration("MIGRATION_STATEMENT_TIMEOUT") is None
+
+
+def test_a_malformed_duration_setting_is_config_error_naming_it(tmp_path):
+    settings = load_settings("dev", environ={"MIGRATION_LOCK_TIMEOUT": "2d"}, root=tmp_path)
+    with pytest.raises(ConfigError, match="MIGRATION_LOCK_TIMEOUT '2d' is not a duration"):
+        settings.seconds("MIGRATION_LOCK_TIMEOUT", "5s")

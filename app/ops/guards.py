@@ -166,7 +166,7 @@ def check_free_disk(settings, facts: RunFacts, reporter: Reporter) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < needed:
-        from app.console import human_size
+        from app.ops.units import human_size
         raise GuardRefused(f"not enough free disk for the backup: about {human_size(needed)} "
                            f"needed, {human_size(free)} free at {folder}; free some space or "
                            "prune old backups")

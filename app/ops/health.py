@@ -11,9 +11,8 @@ unknown env, a malformed CHECK_* duration) raise ConfigError, which the caller r
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
 from app.ops.leftovers import abandoned
 from app.ops.status import backup_item
 from app.ops.storage import unaborted_uploads
+from app.settings import parse_duration
 
 DEFAULT_BACKUP_MAX_AGE = "26h"
-AGE_RE = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$")
 UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 AUDITED_RUNS = ("migrate", "rollback", "restore")
 FINE_OUTCOMES = {"succeeded", "nothing to do"}
@@ -75,10 +74,10 @@ class Limits:
 
 
 def max_age(value: str, name: str) -> timedelta:
-    match = AGE_RE.match(value)
-    if not match or int(match.group(1)) == 0:
+    seconds = parse_duration(value, UNIT_SECONDS)
+    if not seconds:  # not a duration, or zero: a limit nothing could meet
         raise ConfigError(f"{name} '{value}' is not a duration: use e.g. 26h, 90min, 2d or 3600s")
-    return timedelta(seconds=int(match.group(1)) * UNIT_SECONDS[match.group(2)])
+    return timedelta(seconds=seconds)
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import TextIO
 
 from app.ops.errors import ConfigError, MigrationFailed, OpsError
 from app.ops.report import Reporter
@@ -20,9 +19,6 @@ RELATIVE_RE = re.compile(r"^-(\d+)$")
 LOCK_NOT_AVAILABLE, QUERY_CANCELED = "55P03", "57014"
 
 
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "": 0.001}  # bare: ms
-
-
 def postgres_timeouts(settings) -> dict[str, str]:
     """The migrations' sessions' timeouts. lock_timeout in every env: an ALTER waiting for a
     busy table holds up every write queued behind it, so it gives up after this long (and is
@@ -30,12 +26,6 @@ def postgres_timeouts(settings) -> dict[str, str]:
     timeouts = {"lock_timeout": settings.duration("MIGRATION_LOCK_TIMEOUT", "5s"),
                 "statement_timeout": settings.duration("MIGRATION_STATEMENT_TIMEOUT")}
     return {k: v for k, v in timeouts.items() if v}
-
-
-def seconds(duration: str) -> float:
-    """A duration as Settings.duration validated it (5s, 500ms, 2min; bare: ms), in seconds."""
-    number, unit = re.fullmatch(r"(\d+)([a-z]*)", duration).groups()
-    return int(number) * DURATION_UNITS[unit]
 
 
 @dataclass(frozen=True)
@@ -52,7 +42,7 @@ class LockRetries:
         if not raw.isdigit() or int(raw) > 100:
             raise ConfigError(f"MIGRATION_LOCK_RETRIES '{raw}' is not a number of retries: use "
                               "0 (no retry) up to 100, e.g. 3")
-        return cls(int(raw), seconds(settings.duration("MIGRATION_LOCK_RETRY_DELAY", "5s")))
+        return cls(int(raw), settings.seconds("MIGRATION_LOCK_RETRY_DELAY", "5s"))
 
     @property
     def attempts(self) -> int:
@@ -83,13 +73,12 @@ class Revision:
 
 
 class Migrations:
-    def __init__(self, target, stdout: TextIO | None = None, reporter: Reporter = Reporter()):
+    def __init__(self, target, reporter: Reporter = Reporter()):
         from alembic.config import Config
         from alembic.script import ScriptDirectory
 
         self.settings, self.database = target.settings, target.database
-        kwargs = {"stdout": stdout} if stdout is not None else {}
-        self.config = Config(str(ALEMBIC_INI), **kwargs)
+        self.config = Config(str(ALEMBIC_INI))
         # The URL object itself, as Alembic's cookbook passes a connection's details
         # (alembic/env.py): never a string with the password in it, through configparser.
         self.config.attributes["database_url"] = target.database.url
@@ -130,9 +119,6 @@ class Migrations:
         if script is None:
             raise ConfigError(f"revision '{revision}' is unknown: `invoke history` lists them")
         return script.revision
-
-    def describe(self, revision: str | None) -> str:
-        return str(Revision.of(self.script.get_revision(revision))) if revision else "base"
 
     def pending(self, current: str | None, target: str | None) -> list[Revision]:
         """Revisions an upgrade from `current` to `target` applies, in apply order."""

@@ -26,14 +26,15 @@ def _no_progress(_: int) -> None:
     pass
 
 
-def _decode(source, sink, identities, name: str) -> str | None:
-    """Decrypt (with identities) and decompress `source` into `sink`. Returns the SHA-256 of
-    the bytes read from `source` when it could hash them itself (unencrypted), else None."""
+def _decode(source, sink, identities, name: str) -> None:
+    """Decrypt (with identities) and decompress `source` into `sink`. It does not hash: the
+    stored bytes are hashed once, by a HashingReader around `source` (read_back_stored) or by
+    the backup's own HashingWriter (InlineReadBack)."""
     if identities is None:
-        return decompress_into(source, sink)
+        decompress_into(source, sink)
+        return
     with decrypting(source, identities, name) as plain:
         decompress_into(plain, sink)
-    return None
 
 
 def _zstd_errors(call, name: str):

@@ -104,18 +104,17 @@ def compressor(target: BinaryIO):
     return cctx.stream_writer(target, closefd=False, write_return_read=True)
 
 
-def decompress_into(source: BinaryIO, sink, progress: Progress = _no_progress) -> str:
-    """Decompress all of `source` into `sink` (anything with write); return the SHA-256 of the
-    compressed bytes read. A truncated or corrupt frame raises zstandard.ZstdError."""
+def decompress_into(source: BinaryIO, sink, progress: Progress = _no_progress) -> None:
+    """Decompress all of `source` into `sink` (anything with write). A truncated or corrupt
+    frame raises zstandard.ZstdError. No checksum here: the caller hashes the stored bytes
+    (a HashingReader or HashingWriter), which are not these bytes when the backup is encrypted."""
     import zstandard
 
-    sha = hashlib.sha256()
     dctx = zstandard.ZstdDecompressor()
     dobj = dctx.decompressobj()
     ended = False
     # Small input chunks bound the decompressed output held in memory at once.
     while chunk := source.read(CHUNK // 4):
-        sha.update(chunk)
         progress(len(chunk))
         if ended:
             raise zstandard.ZstdError("data continues after the end of the zstd frame")
@@ -127,11 +126,3 @@ def decompress_into(source: BinaryIO, sink, progress: Progress = _no_progress) -
             raise zstandard.ZstdError("data continues after the end of the zstd frame")
     if not ended:
         raise zstandard.ZstdError("the zstd frame is truncated")
-    return sha.hexdigest()
-
-
-def sha256_of(source: BinaryIO) -> str:
-    sha = hashlib.sha256()
-    while chunk := source.read(CHUNK):
-        sha.update(chunk)
-    return sha.hexdigest()
