@@ -41,9 +41,10 @@ class Check:
 
 
 def ratio_check(name: str, ours: float, base: float, target: float, *, ours_label: str = "",
-                base_label: str = "", limit: str | None = None) -> Check:
+                base_label: str = "", limit: str | None = None, digits: int = 1) -> Check:
     """Ours in seconds against base in seconds: met when ours <= target x base."""
-    figure = f"{ours_label}{ours:.1f} s / {base_label}{base:.1f} s = {ours / base:.3f}x"
+    figure = (f"{ours_label}{ours:.{digits}f} s / {base_label}{base:.{digits}f} s = "
+              f"{ours / base:.3f}x")
     return Check(name, figure, limit or f"<= {target}x", ours <= target * base)
 
 
