@@ -111,8 +111,8 @@ def pg_tool(cluster, name: str) -> list[str]:
 
 def cases(cluster, work: Path) -> list[Case]:
     project = work / "project"
-    dump_env, pgbackrest_env = invoke_env(cluster, work, "dump"), invoke_env(cluster, work,
-                                                                             "pgbackrest")
+    dump_env = invoke_env(cluster, work, "dump")
+    pgbackrest_env = invoke_env(cluster, work, "pgbackrest")
 
     def timed(name: str, argv: list[str], env=None, cwd=None) -> Outcome:
         run = measure(argv, env=env, cwd=cwd, sample_interval=SAMPLE_INTERVAL)
