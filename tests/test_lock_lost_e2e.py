@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from helpers import (FIRST, HEAD, add_revision, admin_url, at_first_revision, failed, last_audit,
-                     ok, pg_env, wrapped_pg_dump)
+from helpers import (FIRST, HEAD, add_revision, admin_url, at_first_revision, derived_databases,
+                     failed, fake_pg_bin, last_audit, ok, pg_env, take_backup, wrapped_pg_dump)
 from test_lock import advisory_locks_held, pg_settings
 
 from app.ops.errors import ExitCode, LockLost
@@ -121,3 +121,29 @@ def test_a_lock_lost_during_the_migration_rolls_the_change_back(project, pg_data
     assert db.revision() == HEAD
     assert "made_without_the_lock" not in db.tables()
     assert last_audit(project.store("pgtest"))["outcome"] == "lock lost"
+
+
+def test_a_lock_lost_while_the_restored_copy_is_built_stops_before_the_swap(project, pg_database,
+                                                                            tmp_path):
+    """Restore asks the server for its lock right before the swap: a lock lost while pg_restore
+    built the copy means another run may be changing the database, so nothing is swapped."""
+    db = pg_database
+    at_first_revision(project, db)
+    backup = take_backup(project, "pgtest", env=pg_env(db))
+    oid_before = db.sql("SELECT oid FROM pg_database WHERE datname = current_database()")[0][0]
+    ended = tmp_path / "ended"
+    bin_dir = fake_pg_bin(tmp_path / "pg-bin", pg_restore=f"""
+if [ "$1" != "--version" ]; then
+  psql '{ADMIN_DSN}' -Atqc "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'mida restore%'" > '{ended}'
+fi
+exec "$REAL" "$@"
+""")
+    result = project.run("restore", f"--backup={backup['id']}", "--yes",
+                         env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    failed(result, 3, "restore stopped before the swap", "was lost", "nothing was changed")
+    assert ended.read_text().strip() == "1"  # the fault did happen, while the copy was built
+    oid_after = db.sql("SELECT oid FROM pg_database WHERE datname = current_database()")[0][0]
+    assert oid_after == oid_before  # the live database was not swapped
+    assert derived_databases(db.admin, db.name) == []  # the copy was dropped
+    assert last_audit(project.store("pgtest"))["outcome"] == "lock lost"
+    assert advisory_locks_held(db) == 0

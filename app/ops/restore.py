@@ -20,7 +20,7 @@ from typing import Callable
 
 from app.ops import audit
 from app.ops.backups import BackupManifest, find_backup, list_backups, take_backup
-from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused
+from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused, LockLost
 from app.ops.report import Reporter
 
 SAFETY_REASON = "before restore of "
@@ -95,13 +95,16 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
     `whole_cluster` (a pgBackRest restore point): rewind a cluster that holds other databases."""
     started = time.monotonic()
     outcome, result = "failed", None
-    with target.database.lock("restore", now):
+    with target.database.lock("restore", now) as lock:
         try:
             if plan.backup.is_restore_point:
                 result = _restore_pitr(target, plan, reporter, whole_cluster)
             else:
+                # The lock is asked again right before the swap: one lost meanwhile (its
+                # session ended) means another run may be changing the database too.
                 result = target.database.restore(target, plan, now=now, reporter=reporter,
-                                                 disconnect=disconnect, started=started)
+                                                 disconnect=disconnect, started=started,
+                                                 check_lock=lock.check)
             result.revision = target.database.revision()
             if result.revision != plan.backup.revision:
                 raise BackupFailed(f"after the restore the database is at {result.revision}, "
@@ -113,6 +116,11 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
         except KeyboardInterrupt:
             outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
             raise
+        except LockLost as exc:
+            outcome = "lock lost"
+            raise LockLost(f"restore stopped before the swap: {exc}; nothing was changed, the "
+                           "restored copy is dropped; run it again once no other run holds "
+                           "the lock") from None
         finally:
             audit.record(target, action="restore", now=now, outcome=outcome, reporter=reporter,
                          from_revision=plan.current, to_revision=plan.backup.revision,
