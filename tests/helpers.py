@@ -4,10 +4,13 @@ and what a PostgreSQL or SQLite database holds afterwards. Fixtures are in conft
 builds on this module (never the other way round)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import select
 import shutil
+import signal
 import sqlite3
 import textwrap
 import time
@@ -101,6 +104,15 @@ def take_backup(project, env_name: str, env: dict | None = None) -> dict:
     assert items[0]["id"] == new[0]["id"], "a backup just taken is not listed first"
     assert new[0]["reason"] == "on demand" and new[0]["verified"] is True
     return new[0]
+
+
+def migrated_with_backup(project, db, *rows: tuple[str, str | None], env: dict | None = None,
+                         env_name: str = "pgtest") -> dict:
+    """`db` migrated to head, holding the users `rows`, and one backup of it taken on demand."""
+    env = env or pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, *rows)
+    return take_backup(project, env_name, env)
 
 
 def safety_id_from(result) -> str:
@@ -217,6 +229,43 @@ def dump_calls(tmp_path: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
+def started_and_parked(project, fifo: Path, *args: str, env: dict) -> tuple:
+    """`invoke *args`, started (Project.start) and waited for until a fake tool of its writes a
+    line to `fifo` (it is parked there): the run and that line. A run that ends first fails the
+    test."""
+    fifo_fd = os.open(fifo, os.O_RDWR)  # Linux: never blocks, and never reads EOF
+    run = project.start(*args, env=env)
+    try:
+        while not select.select([fifo_fd], [], [], 1)[0]:
+            assert run.poll() is None, f"{args[0]} ended early:\n{run.communicate()}"
+        said = os.read(fifo_fd, 100)
+    finally:
+        os.close(fifo_fd)
+    return run, said
+
+
+@contextlib.contextmanager
+def ended_afterwards(run):
+    """Whatever happens in the block, the run and all it started are ended after it."""
+    try:
+        yield run
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        run.stdout.close()
+        run.stderr.close()
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie not yet reaped counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # dead, not yet reaped by init
+
+
 def fifo_pair(folder: Path) -> tuple[Path, Path]:
     """Two named pipes, `started.fifo` and `go.fifo`: a fake tool says it got somewhere on
     the first and waits for the test's line on the second."""
@@ -235,6 +284,20 @@ def pg_env(db, **extra: str) -> dict:
            "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
     env.update(extra)
     return env
+
+
+def pg_settings(db, root: Path):
+    """The Settings of env pgtest pointed at `db` (as pg_env), for code called in-process."""
+    from app.settings import load_settings
+    return load_settings("pgtest", environ=pg_env(db), root=root)
+
+
+def advisory_locks_held(db) -> int:
+    """How many sessions hold the advisory lock the tool takes on `db`."""
+    from app.ops.lock import advisory_key
+    return admin_sql(db.admin, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND granted AND ((classid::bigint << 32) | objid::bigint) = :k",
+                     k=advisory_key(db.name))[0][0]
 
 
 def admin_sql(admin, statement: str, **params):

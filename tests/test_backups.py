@@ -22,8 +22,9 @@ from app.ops.errors import BackupFailed, ConfigError
 from app.ops.storage.local import LocalStorage
 from app.settings import load_settings
 
+from helpers import FIRST, HEAD, pg_settings
+
 T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -311,14 +312,6 @@ def test_find_backup_with_no_backups_is_config_error(tmp_path):
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
-def pg_settings(db, root: Path):
-    url = db.url
-    environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
-               "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
-               "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
-    return load_settings("pgtest", environ=environ, root=root)
-
-
 def password_forms(password: str) -> list[str]:
     return [password, quote(password, safe=""), quote_plus(password),
             json.dumps(password)[1:-1]]

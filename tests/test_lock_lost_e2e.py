@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from helpers import (FIRST, HEAD, add_revision, admin_url, at_first_revision, failed, last_audit,
-                     ok, pg_env, wrapped_pg_dump)
-from test_lock import advisory_locks_held, pg_settings
+from helpers import (FIRST, HEAD, add_revision, admin_url, advisory_locks_held,
+                     at_first_revision, failed, last_audit, ok, pg_env, pg_settings,
+                     wrapped_pg_dump)
 
 from app.ops.errors import ExitCode, LockLost
 from app.ops.lock import database_lock
