@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (AWKWARD_PASSWORD, Key, admin_url, drop_derived,  # noqa: F401
-                     pg_env, write_dotenv)
+from helpers import AWKWARD_PASSWORD, Key, admin_url, drop_derived, write_dotenv
 
 REPO = Path(__file__).resolve().parent.parent
 S3_PREFIX = "mida/backups"   # where the e2e tests keep backups in their bucket

@@ -115,6 +115,24 @@ def migrated_with_backup(project, db, *rows: tuple[str, str | None], env: dict |
     return take_backup(project, env_name, env)
 
 
+def dev_db(project) -> Path:
+    """The dev environment's SQLite file (the default database)."""
+    return project.root / "dev.db"
+
+
+def listed(project, bucket, env_name: str = "dev", **extra) -> list[dict]:
+    """What `invoke backups --json` lists with the backups kept in `bucket`."""
+    result = ok(project.run("backups", f"--env={env_name}", "--json",
+                            env=bucket.env(**extra)))
+    return json.loads(result.stdout)
+
+
+def backup_id_of(result) -> str:
+    """The id from `invoke backup`'s line `Backup <id>: ...`."""
+    line = next(l for l in result.stdout.splitlines() if l.startswith("Backup "))
+    return line.split()[1].rstrip(":")
+
+
 def safety_id_from(result) -> str:
     match = re.search(r"Safety backup (\S+) holds", result.stdout)
     assert match, shown(result)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Bucket, pg_env
-from helpers import FIRST, HEAD, add_revision, assert_no_password, shown
+from conftest import Bucket
+from helpers import FIRST, HEAD, pg_env, add_revision, assert_no_password, shown
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 

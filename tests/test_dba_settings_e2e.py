@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (HEAD, Untouched, admin_sql, audit_events, derived_databases, drop_derived,
-                     failed, fake_pg_bin, ids, insert_users, ok, pg_env, shown, take_backup)
+from helpers import (FIRST, HEAD, Untouched, admin_sql, audit_events, derived_databases,
+                     drop_derived, failed, fake_pg_bin, ids, insert_users, ok, pg_env, shown,
+                     take_backup)
 
 
 def set_on_owner(db, setting: str, value: str) -> None:
@@ -159,7 +160,7 @@ def test_drills_on_scratch_copies_do_not_copy_other_roles_settings(project, pgdb
     so another role's per-database setting neither blocks them nor needs a DBA."""
     db = pgdb
     env = pg_env(db)
-    ok(project.run("migrate", "--revision=a9ef987fd631", env=env))
+    ok(project.run("migrate", f"--revision={FIRST}", env=env))
     insert_users_first = "INSERT INTO users (email, hashed_password) VALUES ('ada@example.org', 'x')"
     db.sql(insert_users_first)
     backup = take_backup(project, "pgtest", env)

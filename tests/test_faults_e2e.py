@@ -149,7 +149,7 @@ def test_a_backup_damaged_on_disk_while_written_stops_the_migration(project, pg_
     if sealed:
         key = keys("ops")
         env.update(age_sealed(key, identity=key))
-    ok(project.run("migrate", "--revision=a9ef987fd631", env=env))
+    ok(project.run("migrate", f"--revision={FIRST}", env=env))
     # 4 MiB that neither zstd nor age shrinks: far more than the store's 1 MiB write buffer,
     # so most of the backup is on disk while pg_dump is still running.
     db.sql("CREATE TABLE scans (id serial PRIMARY KEY, image bytea NOT NULL)")

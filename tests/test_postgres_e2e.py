@@ -181,7 +181,7 @@ def test_a_second_migrate_is_refused_while_the_first_holds_the_lock(project, pg_
     FIFO), so it holds the lock; the second must be refused, told who holds it, and change
     nothing. Then the first is let go and finishes normally."""
     db = pg_database
-    ok(project.run("migrate", "--revision=a9ef987fd631", env=pg_env(db)))
+    ok(project.run("migrate", f"--revision={FIRST}", env=pg_env(db)))
     before = project.backups("pgtest", env=pg_env(db))
 
     bin_dir, started, go = parked_pg_dump(tmp_path)
@@ -204,7 +204,7 @@ def test_a_killed_migrate_leaves_no_lock_behind(project, pg_database, tmp_path):
     """SIGKILL a migrate while it holds the lock (parked in its pg_dump): its lock session dies
     with it, so the next migrate runs, with nothing changed by the killed one."""
     db = pg_database
-    ok(project.run("migrate", "--revision=a9ef987fd631", env=pg_env(db)))
+    ok(project.run("migrate", f"--revision={FIRST}", env=pg_env(db)))
     bin_dir, started, _go = parked_pg_dump(tmp_path)
     first, _ = started_and_parked(project, started, "migrate",
                                   env=pg_env(db, PG_BIN_DIR=str(bin_dir)))

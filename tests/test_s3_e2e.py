@@ -12,131 +12,49 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
-import selectors
 import socket
-import struct
-import threading
 import zlib
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
-from conftest import S3_PREFIX, Bucket, pg_env, s3_client
-from helpers import FIRST, HEAD, failed, ok, sealed, shown, sqlite_state, without_audit
+from conftest import S3_PREFIX, Bucket, s3_client
+from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, sealed,
+                     shown, sqlite_state, without_audit)
+from tcp_proxy import Connection, ForwardingProxy, reset
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 AGE_MAGIC = b"age-encryption.org/v1"
 MiB = 1 << 20
 
 
-REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (/\S*) HTTP/1\.1\r\n")
-
-
-class CuttingProxy:
-    """A TCP proxy in front of the S3 endpoint. It forwards both ways, byte for byte, and cuts a
-    connection (a reset on both of its sockets) as soon as more than `limit` bytes of request
-    have come through it: small requests pass, a request carrying a large body never arrives
-    whole. Each connection is served by one thread with a selector, so no socket is shared
-    between threads."""
+class CuttingProxy(ForwardingProxy):
+    """A proxy in front of the S3 endpoint that cuts a connection (a reset on both of its
+    sockets) as soon as more than `limit` bytes of request have come through it: small requests
+    pass, a request carrying a large body never arrives whole."""
 
     def __init__(self, target_port: int, limit: int):
-        self.target = ("127.0.0.1", target_port)
         self.limit = limit
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
         self.cuts = 0
-        self.requests: list[tuple[str, str]] = []  # (method, target), in the order seen
-        self.threads: list[threading.Thread] = []
-        self.accepter = threading.Thread(target=self._accept, daemon=True)
-        self.accepter.start()
+        super().__init__(target_port)
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # the listener was shut down: stop
-                return
-            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target)
-        except OSError:
-            client.close()
-            return
-        selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
-        sent, carry = 0, b""
-        try:
-            while True:
-                for key, _ in selector.select():
-                    source, sink = key.fileobj, key.data
-                    data = source.recv(1 << 16)
-                    if not data:
-                        return
-                    if source is client:
-                        # A request line split between two reads is found in carry + data;
-                        # one wholly inside the carry was counted already.
-                        window = carry + data
-                        found = [(m.group(1).decode(), m.group(2).decode())
-                                 for m in REQUEST_LINE.finditer(window) if m.end() > len(carry)]
-                        carry = window[-512:]
-                        with self.lock:
-                            self.requests += found
-                        sent += len(data)
-                        if sent > self.limit:
-                            with self.lock:
-                                self.cuts += 1
-                            linger = struct.pack("ii", 1, 0)  # close with a reset, at once
-                            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                            upstream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                            return
-                    sink.sendall(data)
-        except OSError:
-            return
-        finally:
-            selector.close()
-            client.close()
-            upstream.close()
-
-    def close(self) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
-        self.listener.close()
-        self.accepter.join(timeout=10)
+    def from_client(self, conn: Connection, data: bytes) -> bytes | None:
+        self.request_lines(conn, data)
+        conn.sent += len(data)
+        if conn.sent > self.limit:
+            with self.lock:
+                self.cuts += 1
+            reset(conn.client, conn.upstream)
+            return None
+        return data
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def dev_db(project) -> Path:
-    return project.root / "dev.db"
-
-
 def output(result) -> str:
     return result.stdout + result.stderr
-
-
-def listed(project, bucket: Bucket, env_name: str = "dev", **extra) -> list[dict]:
-    result = ok(project.run("backups", f"--env={env_name}", "--json",
-                            env=bucket.env(**extra)))
-    return json.loads(result.stdout)
-
-
-def backup_id_of(result) -> str:
-    """The id from `invoke backup`'s line `Backup <id>: ...`."""
-    line = next(l for l in result.stdout.splitlines() if l.startswith("Backup "))
-    return line.split()[1].rstrip(":")
 
 
 def assert_newest_first(items: list[dict]) -> None:
@@ -498,7 +416,7 @@ def test_crc32_blind_damage_changes_the_bytes_and_keeps_the_crc():
         assert damaged != message and zlib.crc32(damaged) == crc
 
 
-class DamagingProxy(CuttingProxy):
+class DamagingProxy(ForwardingProxy):
     """A proxy in front of the S3 endpoint that reads the requests going through each
     connection (HTTP/1.1, one after another) and damages the body of each PUT whose key ends
     with `suffix`, in a way its CRC-32 does not show: S3 acknowledges, and then serves, other
@@ -508,32 +426,15 @@ class DamagingProxy(CuttingProxy):
     def __init__(self, target_port: int, suffix: str):
         self.suffix = suffix.encode()
         self.damaged: list[str] = []
-        super().__init__(target_port, limit=0)
+        super().__init__(target_port)
 
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target)
-        except OSError:
-            client.close()
-            return
-        selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
-        requests = _RequestBodies(self)
-        try:
-            while True:
-                for key, _ in selector.select():
-                    source, sink = key.fileobj, key.data
-                    data = source.recv(1 << 16)
-                    if not data:
-                        return
-                    sink.sendall(requests.feed(data) if source is client else data)
-        except OSError:
-            return
-        finally:
-            selector.close()
-            client.close()
-            upstream.close()
+    def new_connection(self, client: socket.socket, upstream: socket.socket) -> Connection:
+        conn = super().new_connection(client, upstream)
+        conn.bodies = _RequestBodies(self)
+        return conn
+
+    def from_client(self, conn: Connection, data: bytes) -> bytes:
+        return conn.bodies.feed(data)
 
 
 class _RequestBodies:

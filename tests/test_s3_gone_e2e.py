@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import selectors
 import socket
 import sqlite3
 import stat
-import struct
-import threading
 import time
 from pathlib import Path
 
@@ -24,18 +20,17 @@ import pytest
 
 from app.ops.storage.s3 import S3Storage
 from app.settings import Settings
-from conftest import S3_PREFIX, Bucket, pg_env
-from helpers import FIRST, HEAD, failed, ok, shown, sqlite_query, sqlite_state
-from test_s3_e2e import backup_id_of, dev_db, listed
+from conftest import S3_PREFIX, Bucket
+from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, shown,
+                     sqlite_query, sqlite_state)
+from tcp_proxy import Connection, ForwardingProxy, reset
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
 MiB = 1 << 20
-REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (/\S*) HTTP/1\.1\r\n")
-RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with a reset, at once
 
 
-class VanishingProxy:
+class VanishingProxy(ForwardingProxy):
     """A TCP proxy in front of the S3 endpoint that forwards byte for byte until `vanish_on`
     says so, then goes away: its listener closes (new connections are refused) and every
     connection it carries is reset. `vanish_on(method, target, response_bytes)` is asked at
@@ -44,38 +39,9 @@ class VanishingProxy:
 
     def __init__(self, target_port: int, vanish_on=lambda method, target, answered: False,
                  port: int = 0, drop_on=lambda method, target: False):
-        self.target = ("127.0.0.1", target_port)
         self.vanish_on = vanish_on
         self.drop_on = drop_on  # (method, target) -> reset this one connection, stay up
-        self.listener = socket.create_server(("127.0.0.1", port))
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
-        self.gone = False
-        self.sockets: set[socket.socket] = set()
-        self.requests: list[tuple[str, str]] = []  # (method, target), in the order seen
-        self.accepter = threading.Thread(target=self._accept, daemon=True)
-        self.accepter.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # the listener was closed: gone
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _track(self, sock: socket.socket) -> bool:
-        with self.lock:
-            if self.gone:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-                sock.close()
-                return False
-            self.sockets.add(sock)
-            return True
+        super().__init__(target_port, port)
 
     def vanish(self) -> None:
         with self.lock:
@@ -86,63 +52,28 @@ class VanishingProxy:
             self.listener.close()
             for sock in self.sockets:
                 try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+                    reset(sock)
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
 
-    def _serve(self, client: socket.socket) -> None:
-        if not self._track(client):
-            return
-        try:
-            upstream = socket.create_connection(self.target)
-        except OSError:
-            client.close()
-            return
-        if not self._track(upstream):
-            client.close()
-            return
-        selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
-        carry, current, answered = b"", ("", ""), 0
-        try:
-            while not self.gone:
-                for key, _ in selector.select():
-                    source, sink = key.fileobj, key.data
-                    data = source.recv(1 << 16)
-                    if not data or self.gone:
-                        return
-                    if source is client:
-                        window = carry + data
-                        found = [(m.group(1).decode(), m.group(2).decode())
-                                 for m in REQUEST_LINE.finditer(window) if m.end() > len(carry)]
-                        carry = window[-512:]
-                        with self.lock:
-                            self.requests += found
-                        for method, target in found:
-                            current, answered = (method, target), 0
-                            if self.vanish_on(method, target, 0):
-                                self.vanish()
-                                return
-                            if self.drop_on(method, target):
-                                for sock in (client, upstream):
-                                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-                                return
-                    else:
-                        answered += len(data)
-                        if self.vanish_on(*current, answered):
-                            self.vanish()
-                            return
-                    sink.sendall(data)
-        except OSError:
-            return
-        finally:
-            selector.close()
-            for sock in (client, upstream):
-                with self.lock:
-                    self.sockets.discard(sock)
-                sock.close()
+    def from_client(self, conn: Connection, data: bytes) -> bytes | None:
+        for method, target in self.request_lines(conn, data):
+            conn.current, conn.answered = (method, target), 0
+            if self.vanish_on(method, target, 0):
+                self.vanish()
+                return None
+            if self.drop_on(method, target):
+                reset(conn.client, conn.upstream)
+                return None
+        return data
+
+    def from_server(self, conn: Connection, data: bytes) -> bytes | None:
+        conn.answered += len(data)
+        if self.vanish_on(*conn.current, conn.answered):
+            self.vanish()
+            return None
+        return data
 
     def close(self) -> None:
         self.vanish()
