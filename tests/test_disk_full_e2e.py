@@ -72,6 +72,18 @@ def with_backup_at(project, env: dict, revision: str) -> dict:
     return listed[-1] if revision != HEAD else listed[0]
 
 
+def backed_up_with_a_full_tmpdir(project, small_disk) -> tuple:
+    """dev.db at head with one backup, and a TMPDIR of 64 KiB with two blocks left (the copy of
+    the 20 KiB database does not fit): the TMPDIR's SmallDisk, and what a refused run must
+    leave SqliteUntouched."""
+    tmp = small_disk(64 * 1024, "tmp")
+    ok(project.run("migrate"))
+    ok(project.run("backup"))
+    before = SqliteUntouched(project, {}, project.store("dev"))
+    tmp.fill(leave=2 * BLOCK)
+    return tmp, before
+
+
 def understate_raw_size(store: Path, backup_id: str) -> None:
     """Make the manifest claim a 1-byte database, so the room checked before the extract is
     too little and the extract itself runs into the full disk (as a disk that fills up meanwhile
@@ -160,12 +172,7 @@ def test_verify_of_an_intact_backup_that_cannot_record_it_fails(project, small_d
 
 # -- the temporary folder fills --------------------------------------------------------------
 def test_a_backup_whose_tmpdir_is_too_small_is_refused_naming_it(project, small_disk):
-    tmp = small_disk(64 * 1024, "tmp")
-    ok(project.run("migrate"))
-    ok(project.run("backup"))
-    store = project.root / "backups" / "dev"
-    before = SqliteUntouched(project, {}, store)
-    tmp.fill(leave=2 * BLOCK)  # the copy of a 20 KiB database does not fit
+    tmp, before = backed_up_with_a_full_tmpdir(project, small_disk)
 
     failed(project.run("backup", env={"TMPDIR": str(tmp.path)}), 4, str(tmp.path), "needed",
            "TMPDIR")
@@ -176,12 +183,7 @@ def test_a_backup_whose_tmpdir_is_too_small_is_refused_naming_it(project, small_
 
 def test_verify_whose_tmpdir_is_too_small_is_refused_and_not_recorded_as_damage(project,
                                                                                 small_disk):
-    tmp = small_disk(64 * 1024, "tmp")
-    ok(project.run("migrate"))
-    ok(project.run("backup"))
-    store = project.root / "backups" / "dev"
-    before = SqliteUntouched(project, {}, store)
-    tmp.fill(leave=2 * BLOCK)
+    tmp, before = backed_up_with_a_full_tmpdir(project, small_disk)
 
     failed(project.run("verify", env={"TMPDIR": str(tmp.path)}), 4, str(tmp.path),
            "20.0 KiB needed, 8.0 KiB free", "TMPDIR")
@@ -211,12 +213,7 @@ def test_a_restore_whose_tmpdir_is_too_small_leaves_the_database_alone(project, 
 
 
 def test_a_restore_test_whose_tmpdir_is_too_small_is_refused(project, small_disk):
-    tmp = small_disk(64 * 1024, "tmp")
-    ok(project.run("migrate"))
-    ok(project.run("backup"))
-    store = project.root / "backups" / "dev"
-    before = SqliteUntouched(project, {}, store)
-    tmp.fill(leave=2 * BLOCK)
+    tmp, before = backed_up_with_a_full_tmpdir(project, small_disk)
 
     failed(project.run("verify", "--restore-test", env={"TMPDIR": str(tmp.path)}), 4,
            str(tmp.path), "needed", "TMPDIR")

@@ -25,6 +25,11 @@ def non_audit_files(project) -> set[str]:
     return without_audit(project.backup_files("pgtest"))
 
 
+def migrate_with(project, db, bin_dir: Path):
+    """`invoke migrate` of `db` with the client tools in `bin_dir`."""
+    return project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+
+
 def assert_untouched(project, db, backups_before, files_before) -> None:
     assert db.revision() == FIRST
     assert "phone_number" not in db.columns("users")
@@ -38,7 +43,7 @@ def test_pg_dump_failing_stops_the_migration(project, pg_database, tmp_path):
     backups_before, files_before = at_first_revision(project, db)
     bin_dir = wrapped_pg_dump(tmp_path,
                               'echo "pg_dump: error: connection to server lost" >&2\nexit 1')
-    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4,
+    failed(migrate_with(project, db, bin_dir), 4,
            "pg_dump", "connection to server lost")
     assert len(dump_calls(tmp_path)) == 1
     assert_untouched(project, db, backups_before, files_before)
@@ -57,7 +62,7 @@ def test_a_truncated_dump_that_exits_0_stops_the_migration(project, pg_database,
     files_before = non_audit_files(project)
     assert backups_before[0]["raw_size"] > 8000  # so 2000 bytes really is a truncation
     bin_dir = wrapped_pg_dump(tmp_path, '"$REAL" "$@" | head -c 2000\nexit 0')
-    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4)
+    failed(migrate_with(project, db, bin_dir), 4)
     assert len(dump_calls(tmp_path)) == 1
     assert_untouched(project, db, backups_before, files_before)
     assert db.sql("SELECT count(*) FROM users") == [(500,)]
@@ -68,7 +73,7 @@ def test_a_pg_dump_older_than_the_server_is_refused_before_anything_runs(project
     db = pg_database
     backups_before, files_before = at_first_revision(project, db)
     bin_dir = wrapped_pg_dump(tmp_path, 'exec "$REAL" "$@"', version="9.6.24")
-    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 2, "9.6", "15")
+    failed(migrate_with(project, db, bin_dir), 2, "9.6", "15")
     assert dump_calls(tmp_path) == []  # the dump mode never ran
     assert_untouched(project, db, backups_before, files_before)
 
@@ -96,7 +101,7 @@ cat /proc/$$/cmdline > '{record}/cmdline'
 cat /proc/$PPID/cmdline > '{record}/parent_cmdline'
 exec "$REAL" "$@"
 """)
-    ok(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))))
+    ok(migrate_with(project, db, bin_dir))
     assert db.revision() == HEAD
     assert len(project.backups("pgtest", env=pg_env(db))) == len(backups_before) + 1
 
@@ -175,7 +180,7 @@ def test_a_complete_dump_from_a_pg_dump_that_exits_1_stops_the_migration(project
 "$REAL" "$@" | tee '{archive}' || exit
 echo "pg_dump: error: could not close the output: input/output error" >&2
 exit 1""")
-    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4,
+    failed(migrate_with(project, db, bin_dir), 4,
            "pg_dump", "exit status 1", "input/output error")
     assert len(dump_calls(tmp_path)) == 1
     # What it wrote is a whole, valid archive: the exit status is the only thing wrong.

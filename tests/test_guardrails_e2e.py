@@ -265,6 +265,13 @@ def prod_pg_env(db, **extra: str) -> dict:
     return pg_env(db, **settings)
 
 
+def at_first_in_production(project, db) -> dict:
+    """`db` brought to FIRST as production (prod_pg_env, inside an open window): that env."""
+    env = prod_pg_env(db)
+    ok(project.run("migrate", f"--revision={FIRST}", env=env))
+    return env
+
+
 def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
     """Wait for `proc`; if it is still running after `timeout` seconds, end its whole session
     and fail the test (a release that hangs is a bug)."""
@@ -315,8 +322,7 @@ def test_an_exclusive_lock_on_users_makes_the_migration_time_out(project, pgdb, 
     """ACCESS EXCLUSIVE on users, taken by another session once the backup is dumped: the
     migration's ALTER gives up after MIGRATION_LOCK_TIMEOUT, exit 5, and nothing changed."""
     db = pgdb
-    env = prod_pg_env(db)
-    ok(project.run("migrate", f"--revision={FIRST}", env=env))
+    env = at_first_in_production(project, db)
     db.sql("INSERT INTO users (email, hashed_password) VALUES ('ada@example.org', 'x')")
     before = project.backups("pgtest", env=env)
 
@@ -345,8 +351,7 @@ def test_a_reader_holding_users_makes_the_migration_time_out(project, pgdb):
     """A session inside a transaction that read users (ACCESS SHARE, as a slow report does): the
     backup reads alongside it, the ALTER gives up after MIGRATION_LOCK_TIMEOUT, exit 5."""
     db = pgdb
-    env = prod_pg_env(db)
-    ok(project.run("migrate", f"--revision={FIRST}", env=env))
+    env = at_first_in_production(project, db)
     before = project.backups("pgtest", env=env)
     holder = HeldLock(db, "SELECT count(*) FROM users")
     try:
@@ -367,8 +372,7 @@ def test_an_exclusive_lock_held_before_the_run_does_not_hang_it(project, pgdb):
     nothing may be migrated; a careful tool gives up within its lock timeout with one clear
     message instead of waiting forever inside the maintenance window."""
     db = pgdb
-    env = prod_pg_env(db)
-    ok(project.run("migrate", f"--revision={FIRST}", env=env))
+    env = at_first_in_production(project, db)
     before = project.backups("pgtest", env=env)
     holder = HeldLock(db, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
     try:

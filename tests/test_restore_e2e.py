@@ -60,6 +60,17 @@ def restore_bin(tmp_path: Path, pg_restore_body: str) -> Path:
 
 
 @pytest.fixture
+def changed_since_backup(project, pgdb, pg_admin) -> SimpleNamespace:
+    """pgdb migrated with Ada in it, a backup of that, then a marker row the backup lacks; and
+    what a refused restore must leave Untouched."""
+    env = pg_env(pgdb)
+    backup = migrated_with_backup(project, pgdb, ("ada@example.org", None))
+    insert_users(pgdb, ("marker@example.org", None))
+    return SimpleNamespace(db=pgdb, env=env, backup=backup,
+                           untouched=Untouched(project, pgdb, pg_admin, env))
+
+
+@pytest.fixture
 def reader_role(pgdb, pg_admin):
     """A second role whose name needs quoting, to grant database privileges to."""
     with quoted_role(pg_admin, pgdb) as name:
@@ -647,12 +658,8 @@ def test_restore_in_production_is_not_gated_by_the_window_and_is_audited(project
 
 # == 9. somebody else is connected =============================================================
 @pytest.mark.postgres
-def test_restore_is_refused_while_another_session_is_connected(project, pgdb, pg_admin):
-    db = pgdb
-    env = pg_env(db)
-    backup = migrated_with_backup(project, db, ("ada@example.org", None))
-    insert_users(db, ("marker@example.org", None))
-    untouched = Untouched(project, db, pg_admin, env)
+def test_restore_is_refused_while_another_session_is_connected(project, changed_since_backup):
+    db, env, backup = changed_since_backup.db, changed_since_backup.env, changed_since_backup.backup
 
     api = create_engine(db.url.update_query_dict({"application_name": "mida-api-worker"}),
                         poolclass=pool.NullPool)
@@ -665,24 +672,20 @@ def test_restore_is_refused_while_another_session_is_connected(project, pgdb, pg
     finally:
         api.dispose()
 
-    untouched.check()
+    changed_since_backup.untouched.check()
 
 
 @pytest.mark.postgres
-def test_restore_by_a_role_that_may_not_create_databases_is_refused_first(project, pgdb,
-                                                                         pg_admin):
-    db = pgdb
-    env = pg_env(db)
-    backup = migrated_with_backup(project, db, ("ada@example.org", None))
-    insert_users(db, ("marker@example.org", None))
-    untouched = Untouched(project, db, pg_admin, env)
+def test_restore_by_a_role_that_may_not_create_databases_is_refused_first(
+        project, changed_since_backup, pg_admin):
+    db, backup = changed_since_backup.db, changed_since_backup.backup
     with pg_admin.connect() as admin:
         admin.execute(text(f'ALTER ROLE "{db.role}" NOCREATEDB'))
 
-    failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
-           "CREATEDB", db.role)
+    failed(project.run("restore", "--yes", f"--backup={backup['id']}",
+                       env=changed_since_backup.env), 3, "CREATEDB", db.role)
 
-    untouched.check()  # no safety backup either
+    changed_since_backup.untouched.check()  # no safety backup either
 
 
 @pytest.mark.postgres
@@ -770,20 +773,17 @@ def test_sqlite_restore_ending_at_another_revision_than_the_backups_fails_and_is
 
 
 @pytest.mark.postgres
-def test_a_copy_at_another_revision_than_the_backups_is_never_swapped_in(project, pgdb,
-                                                                        pg_admin):
-    db = pgdb
-    env = pg_env(db)
-    backup = migrated_with_backup(project, db, ("ada@example.org", None))
+def test_a_copy_at_another_revision_than_the_backups_is_never_swapped_in(
+        project, changed_since_backup):
+    db, backup = changed_since_backup.db, changed_since_backup.backup
     assert backup["revision"] == HEAD
     claim_revision(project, "pgtest", backup["id"], FIRST)
-    insert_users(db, ("marker@example.org", None))
-    untouched = Untouched(project, db, pg_admin, env)
 
-    result = project.run("restore", "--yes", f"--backup={backup['id']}", env=env)
+    result = project.run("restore", "--yes", f"--backup={backup['id']}",
+                         env=changed_since_backup.env)
 
     # The state first: a check made only after the swap also ends exit 4, too late.
-    untouched.check()  # same oid, same rows, no safety backup left, no copy left
+    changed_since_backup.untouched.check()  # same oid, same rows, no safety backup, no copy
     failed(result, 4, backup["id"], FIRST, "nothing was swapped")
     assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
     events = restore_events(project, "pgtest")
