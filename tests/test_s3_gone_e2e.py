@@ -15,12 +15,13 @@ import sqlite3
 import stat
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from app.ops.storage.s3 import S3Storage
 from app.settings import Settings
-from conftest import S3_PREFIX, Bucket
+from conftest import S3_PREFIX, Bucket, clear_ambient_aws, make_bucket, make_project
 from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, shown,
                      sqlite_query, sqlite_state)
 from tcp_proxy import Connection, ForwardingProxy, reset
@@ -111,69 +112,111 @@ def artifact_download(backup_id: str, after: int):
 
 
 # == 1. Gone mid-upload: the cause named, the upload recorded, aborted by the next run ========
-def test_endpoint_gone_midupload_names_the_cause_and_the_next_run_aborts_the_upload(
-        project, bucket, e2e_moto):
+def gone_midupload(project, bucket: Bucket, moto_port: int) -> SimpleNamespace:
+    """A backup whose endpoint goes while it uploads part 2; another process's upload begun in
+    the same folder; status and check reached by another endpoint URL; then the endpoint back
+    for one more run. What each step left is read here."""
     direct = bucket.env()
     ok(project.run("migrate", env=direct))
     # 56 MiB that do not compress, in parts of 16 MiB: the endpoint goes at part 2, while the
     # dump goes on filling part 3.
     fill_sqlite(dev_db(project), 56)
-    state = sqlite_state(dev_db(project))
-    proxy = VanishingProxy(e2e_moto, part_request(2))
+    run = SimpleNamespace(state=sqlite_state(dev_db(project)), folder=record_folder(project))
+    run.proxy = VanishingProxy(moto_port, part_request(2))
     try:
-        result = project.run("backup", env=bucket.env(endpoint=proxy.endpoint))
+        run.result = project.run("backup", env=bucket.env(endpoint=run.proxy.endpoint))
     finally:
-        proxy.close()
-    assert proxy.gone, (proxy.requests, shown(result))
-    error = failed(result, 4, f"s3://{bucket.name}/{S3_PREFIX}/dev/",
-                   f"could not connect to the S3 endpoint {proxy.endpoint}",
-                   "connection refused", "could not be aborted", str(record_folder(project)))
-    assert "already failed" not in error, error
-    assert sqlite_state(dev_db(project)) == state
+        run.proxy.close()
+    run.state_after = sqlite_state(dev_db(project))
 
     # Nothing could abort the upload: its first part is still in the bucket, and recorded.
-    [upload] = bucket.uploads()
-    assert upload["Key"].startswith(f"{S3_PREFIX}/dev/"), upload
-    parts = bucket.client.list_parts(Bucket=bucket.name, Key=upload["Key"],
-                                     UploadId=upload["UploadId"])["Parts"]
-    assert [p["PartNumber"] for p in parts] == [1]
-    folder = record_folder(project)
-    [record_file] = list(folder.iterdir())
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert stat.S_IMODE(record_file.stat().st_mode) == 0o600
-    record = json.loads(record_file.read_text())
-    assert (record["bucket"], record["key"], record["upload_id"], record["endpoint"]) == \
-        (bucket.name, upload["Key"], upload["UploadId"], proxy.endpoint), record
-    assert listed(project, bucket) == []
+    [run.upload] = bucket.uploads()
+    run.parts = bucket.client.list_parts(Bucket=bucket.name, Key=run.upload["Key"],
+                                         UploadId=run.upload["UploadId"])["Parts"]
+    run.records = list(run.folder.iterdir())
+    run.listed = listed(project, bucket)
 
     # Another process's upload in progress in the same folder: never touched.
-    other = bucket.client.create_multipart_upload(Bucket=bucket.name,
-                                                  Key=f"{S3_PREFIX}/dev/in-progress-elsewhere")
-
-    # Reached by another endpoint URL, the upload is not this run's to abort: status shows it.
-    info = json.loads(ok(project.run("status", "--json", env=direct)).stdout)
-    [shown_upload] = info["unaborted_uploads"]
-    assert shown_upload["upload_id"] == upload["UploadId"], info
-    assert shown_upload["location"] == f"s3://{bucket.name}/{upload['Key']}", info
-    table = ok(project.run("status", env=direct)).stdout
-    assert "unaborted upload" in table and f"s3://{bucket.name}/{upload['Key']}" in table, table
-    checked = project.run("check", "--json", env=direct)
-    leftovers = {c["name"]: c for c in json.loads(checked.stdout)["checks"]}["leftovers"]
-    assert leftovers["state"] == "WARNING" and upload["UploadId"] in leftovers["detail"], checked
-    assert len(bucket.uploads()) == 2
+    run.other = bucket.client.create_multipart_upload(
+        Bucket=bucket.name, Key=f"{S3_PREFIX}/dev/in-progress-elsewhere")
+    # Reached by another endpoint URL, the upload is not this run's to abort.
+    run.status = json.loads(ok(project.run("status", "--json", env=direct)).stdout)
+    run.table = ok(project.run("status", env=direct)).stdout
+    run.checked = project.run("check", "--json", env=direct)
+    run.uploads_unreached = bucket.uploads()
 
     # The endpoint is back: the next run that reaches it aborts the recorded upload.
-    back = VanishingProxy(e2e_moto, port=proxy.port)
+    run.back = VanishingProxy(moto_port, port=run.proxy.port)
     try:
-        ok(project.run("backups", env=bucket.env(endpoint=back.endpoint)))
-        assert [u["UploadId"] for u in bucket.uploads()] == [other["UploadId"]]
-        assert list(folder.iterdir()) == []
-        info = json.loads(ok(project.run("status", "--json",
-                                         env=bucket.env(endpoint=back.endpoint))).stdout)
-        assert info["unaborted_uploads"] == []
+        ok(project.run("backups", env=bucket.env(endpoint=run.back.endpoint)))
+        run.uploads_back = bucket.uploads()
+        run.records_back = list(run.folder.iterdir())
+        run.status_back = json.loads(ok(project.run(
+            "status", "--json", env=bucket.env(endpoint=run.back.endpoint))).stdout)
     finally:
-        back.close()
-    assert [m for m, t in back.requests if f"uploadId={upload['UploadId']}" in t] == ["DELETE"]
+        run.back.close()
+    return run
+
+
+@pytest.fixture(scope="class")
+def midupload(e2e_moto, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("midupload")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        clear_ambient_aws(monkeypatch, folder)
+        bucket = make_bucket(e2e_moto, folder)
+        yield bucket, gone_midupload(make_project(folder / "project"), bucket, e2e_moto)
+
+
+class TestEndpointGoneMidUpload:
+    def test_the_backup_fails_naming_the_cause_and_the_record_and_changes_nothing(
+            self, midupload):
+        bucket, run = midupload
+        assert run.proxy.gone, (run.proxy.requests, shown(run.result))
+        error = failed(run.result, 4, f"s3://{bucket.name}/{S3_PREFIX}/dev/",
+                       f"could not connect to the S3 endpoint {run.proxy.endpoint}",
+                       "connection refused", "could not be aborted", str(run.folder))
+        assert "already failed" not in error, error
+        assert run.state_after == run.state
+
+    def test_the_upload_stays_in_the_bucket_with_its_first_part(self, midupload):
+        _, run = midupload
+        assert run.upload["Key"].startswith(f"{S3_PREFIX}/dev/"), run.upload
+        assert [p["PartNumber"] for p in run.parts] == [1]
+        assert run.listed == []
+
+    def test_the_upload_is_recorded_in_a_private_file(self, midupload):
+        bucket, run = midupload
+        [record_file] = run.records
+        assert stat.S_IMODE(run.folder.stat().st_mode) == 0o700
+        assert stat.S_IMODE(record_file.stat().st_mode) == 0o600
+        record = json.loads(record_file.read_text())
+        assert (record["bucket"], record["key"], record["upload_id"], record["endpoint"]) == \
+            (bucket.name, run.upload["Key"], run.upload["UploadId"], run.proxy.endpoint), record
+
+    def test_status_reached_by_another_endpoint_shows_it_and_aborts_nothing(self, midupload):
+        bucket, run = midupload
+        location = f"s3://{bucket.name}/{run.upload['Key']}"
+        [shown_upload] = run.status["unaborted_uploads"]
+        assert shown_upload["upload_id"] == run.upload["UploadId"], run.status
+        assert shown_upload["location"] == location, run.status
+        assert "unaborted upload" in run.table and location in run.table, run.table
+        assert len(run.uploads_unreached) == 2
+
+    def test_check_warns_of_it(self, midupload):
+        _, run = midupload
+        checks = {c["name"]: c for c in json.loads(run.checked.stdout)["checks"]}
+        leftovers = checks["leftovers"]
+        assert leftovers["state"] == "WARNING", run.checked
+        assert run.upload["UploadId"] in leftovers["detail"], run.checked
+
+    def test_the_next_run_that_reaches_the_endpoint_aborts_only_the_recorded_upload(
+            self, midupload):
+        _, run = midupload
+        assert [u["UploadId"] for u in run.uploads_back] == [run.other["UploadId"]]
+        assert run.records_back == []
+        assert run.status_back["unaborted_uploads"] == []
+        assert [m for m, t in run.back.requests
+                if f"uploadId={run.upload['UploadId']}" in t] == ["DELETE"]
 
 
 # == 2. Gone mid-download: restore is a failed restore (exit 4), the database untouched =======
