@@ -16,10 +16,11 @@ import secrets
 import socket
 import zlib
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 
-from conftest import S3_PREFIX, Bucket, s3_client
+from conftest import S3_PREFIX, Bucket, clear_ambient_aws, make_bucket, make_project, s3_client
 from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, sealed,
                      shown, sqlite_state, without_audit)
 from tcp_proxy import Connection, ForwardingProxy, reset
@@ -67,59 +68,103 @@ def iso_z(moment: datetime) -> str:
 
 
 # == 1. SQLite, the embedded default ==========================================================
-def test_sqlite_release_cycle_keeps_every_backup_in_s3_encrypted_at_rest(project, bucket):
+def release_cycle(project, bucket: Bucket) -> SimpleNamespace:
+    """migrate from nothing, rollback, migrate again, then status, verify and audit, all with
+    the backups in `bucket`. What each step left is read here."""
     env = bucket.env()
+    run = SimpleNamespace(first=ok(project.run("migrate", env=env)))
+    run.after_first = SimpleNamespace(state=sqlite_state(dev_db(project)),
+                                      listed=listed(project, bucket), names=bucket.folder("dev"))
 
-    first = ok(project.run("migrate", env=env))
-    assert "nothing to back up" in output(first), shown(first)
-    assert sqlite_state(dev_db(project))["revision"] == HEAD
-    assert listed(project, bucket) == []
-    assert without_audit(bucket.folder("dev")) == set()
-
-    back = ok(project.run("rollback", env=env))
-    assert sqlite_state(dev_db(project))["revision"] == FIRST
-    [taken] = listed(project, bucket)
-    assert taken["revision"] == HEAD and taken["env"] == "dev" and taken["verified"] is True
-    location = f"s3://{bucket.name}/{S3_PREFIX}/dev/{taken['id']}"
-    assert taken["location"].startswith(location), taken
-    assert taken["location"] in back.stdout, shown(back)
-    artifact = taken["location"][len(f"s3://{bucket.name}/"):]
-    names = bucket.folder("dev")
-    assert without_audit(names) == {artifact.rsplit("/", 1)[1], f"{taken['id']}.manifest.json"}
-    audits = [n for n in names if n.endswith(".audit.json")]
-    assert len(audits) == 2, names  # the first migrate and the rollback
-    for key in [artifact, bucket.key("dev", f"{taken['id']}.manifest.json"),
-                *(bucket.key("dev", n) for n in audits)]:
-        assert bucket.head(key)["ServerSideEncryption"] == "AES256", key
-    assert bucket.head(artifact)["ContentLength"] == taken["size"]
-    # Nothing went to local disk.
-    assert project.backup_files("dev") == set()
+    run.back = ok(project.run("rollback", env=env))
+    run.after_back = SimpleNamespace(state=sqlite_state(dev_db(project)),
+                                     listed=listed(project, bucket), names=bucket.folder("dev"),
+                                     local=project.backup_files("dev"))
+    run.heads = {n: bucket.head(bucket.key("dev", n)) for n in run.after_back.names}
 
     ok(project.run("migrate", env=env))
-    assert sqlite_state(dev_db(project))["revision"] == HEAD
-    items = listed(project, bucket)
-    assert [i["revision"] for i in items] == [FIRST, HEAD]
-    assert items[1]["id"] == taken["id"]
-    assert_newest_first(items)
-    for item in items:
-        assert item["location"].startswith(f"s3://{bucket.name}/{S3_PREFIX}/dev/{item['id']}")
+    run.state, run.items = sqlite_state(dev_db(project)), listed(project, bucket)
+    run.status = json.loads(ok(project.run("status", "--json", env=env)).stdout)
+    run.verified = ok(project.run("verify", env=env))
+    run.verified_older = ok(project.run("verify", f"--backup={run.after_back.listed[0]['id']}",
+                                        env=env))
+    run.manifest_heads = [bucket.head(bucket.key("dev", f"{i['id']}.manifest.json"))
+                          for i in run.items]
+    run.audit = json.loads(ok(project.run("audit", "--json", env=env)).stdout)
+    return run
 
-    info = json.loads(ok(project.run("status", "--json", env=env)).stdout)
-    assert info["current"] == HEAD and info["pending"] == []
-    assert info["last_backup"]["id"] == items[0]["id"]
-    assert info["last_backup"]["location"] == items[0]["location"]
-    assert info["last_backup"]["location"].startswith(f"s3://{bucket.name}/")
 
-    verified = ok(project.run("verify", env=env))
-    assert items[0]["id"] in verified.stdout, shown(verified)
-    ok(project.run("verify", f"--backup={taken['id']}", env=env))
-    # verify rewrites the manifests it records in: they keep their encryption.
-    for item in items:
-        key = bucket.key("dev", f"{item['id']}.manifest.json")
-        assert bucket.head(key)["ServerSideEncryption"] == "AES256"
-    audit = json.loads(ok(project.run("audit", "--json", env=env)).stdout)
-    assert [e["action"] for e in audit] == ["migrate", "rollback", "migrate"]
-    assert audit[0]["backup_id"] == items[0]["id"] and audit[1]["backup_id"] == taken["id"]
+@pytest.fixture(scope="class")
+def cycle(e2e_moto, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cycle")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        clear_ambient_aws(monkeypatch, folder)
+        bucket = make_bucket(e2e_moto, folder)
+        yield bucket, release_cycle(make_project(folder / "project"), bucket)
+
+
+class TestSqliteReleaseCycleKeepsEveryBackupInS3:
+    def test_the_first_migrate_has_nothing_to_back_up(self, cycle):
+        bucket, run = cycle
+        assert "nothing to back up" in output(run.first), shown(run.first)
+        assert run.after_first.state["revision"] == HEAD
+        assert run.after_first.listed == []
+        assert without_audit(run.after_first.names) == set()
+
+    def test_the_rollbacks_backup_is_listed_at_its_s3_location(self, cycle):
+        bucket, run = cycle
+        assert run.after_back.state["revision"] == FIRST
+        [taken] = run.after_back.listed
+        assert taken["revision"] == HEAD and taken["env"] == "dev" and taken["verified"] is True
+        location = f"s3://{bucket.name}/{S3_PREFIX}/dev/{taken['id']}"
+        assert taken["location"].startswith(location), taken
+        assert taken["location"] in run.back.stdout, shown(run.back)
+        artifact = taken["location"][len(f"s3://{bucket.name}/"):]
+        assert without_audit(run.after_back.names) == {artifact.rsplit("/", 1)[1],
+                                                       f"{taken['id']}.manifest.json"}
+        audits = [n for n in run.after_back.names if n.endswith(".audit.json")]
+        assert len(audits) == 2, run.after_back.names  # the first migrate and the rollback
+        assert bucket.head(artifact)["ContentLength"] == taken["size"]
+
+    def test_every_object_in_the_bucket_is_encrypted_at_rest(self, cycle):
+        _, run = cycle
+        assert len(run.heads) == 4, run.heads  # artifact, manifest, two audit records
+        for name, head in run.heads.items():
+            assert head["ServerSideEncryption"] == "AES256", name
+
+    def test_nothing_goes_to_local_disk(self, cycle):
+        _, run = cycle
+        assert run.after_back.local == set()
+
+    def test_the_next_migrate_lists_both_backups_newest_first(self, cycle):
+        bucket, run = cycle
+        assert run.state["revision"] == HEAD
+        assert [i["revision"] for i in run.items] == [FIRST, HEAD]
+        assert run.items[1]["id"] == run.after_back.listed[0]["id"]
+        assert_newest_first(run.items)
+        for item in run.items:
+            assert item["location"].startswith(f"s3://{bucket.name}/{S3_PREFIX}/dev/{item['id']}")
+
+    def test_status_names_the_last_backup_in_s3(self, cycle):
+        bucket, run = cycle
+        info = run.status
+        assert info["current"] == HEAD and info["pending"] == []
+        assert info["last_backup"]["id"] == run.items[0]["id"]
+        assert info["last_backup"]["location"] == run.items[0]["location"]
+        assert info["last_backup"]["location"].startswith(f"s3://{bucket.name}/")
+
+    def test_verify_rewrites_the_manifests_it_records_in_and_they_keep_their_encryption(
+            self, cycle):
+        _, run = cycle
+        assert run.items[0]["id"] in run.verified.stdout, shown(run.verified)
+        for head in run.manifest_heads:
+            assert head["ServerSideEncryption"] == "AES256"
+
+    def test_the_audit_trail_in_s3_has_every_run_and_its_backup(self, cycle):
+        _, run = cycle
+        assert [e["action"] for e in run.audit] == ["migrate", "rollback", "migrate"]
+        assert run.audit[0]["backup_id"] == run.items[0]["id"]
+        assert run.audit[1]["backup_id"] == run.after_back.listed[0]["id"]
 
 
 # == 2. PostgreSQL ============================================================================
