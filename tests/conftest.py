@@ -301,6 +301,15 @@ def make_bucket(moto_port: int, folder: Path) -> Bucket:
     return Bucket(client, name, endpoint, home)
 
 
+@contextlib.contextmanager
+def bucket_and_project(moto_port: int, folder: Path):
+    """For a class-scoped fixture (which cannot use `bucket`, `project` or `no_ambient_aws`): the
+    same three, in `folder`, for as long as the block runs."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        clear_ambient_aws(monkeypatch, folder)
+        yield make_bucket(moto_port, folder), make_project(folder / "project")
+
+
 @pytest.fixture
 def bucket(e2e_moto, tmp_path) -> Bucket:
     """A fresh bucket of the test's own on the session's moto server."""

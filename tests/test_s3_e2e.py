@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import S3_PREFIX, Bucket, clear_ambient_aws, make_bucket, make_project, s3_client
+from conftest import S3_PREFIX, Bucket, bucket_and_project, s3_client
 from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, sealed,
                      shown, sqlite_state, without_audit)
 from tcp_proxy import Connection, ForwardingProxy, reset
@@ -96,11 +96,8 @@ def release_cycle(project, bucket: Bucket) -> SimpleNamespace:
 
 @pytest.fixture(scope="class")
 def cycle(e2e_moto, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cycle")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        clear_ambient_aws(monkeypatch, folder)
-        bucket = make_bucket(e2e_moto, folder)
-        yield bucket, release_cycle(make_project(folder / "project"), bucket)
+    with bucket_and_project(e2e_moto, tmp_path_factory.mktemp("cycle")) as (bucket, project):
+        yield bucket, release_cycle(project, bucket)
 
 
 class TestSqliteReleaseCycleKeepsEveryBackupInS3:

@@ -21,7 +21,7 @@ import pytest
 
 from app.ops.storage.s3 import S3Storage
 from app.settings import Settings
-from conftest import S3_PREFIX, Bucket, clear_ambient_aws, make_bucket, make_project
+from conftest import S3_PREFIX, Bucket, bucket_and_project
 from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, shown,
                      sqlite_query, sqlite_state)
 from tcp_proxy import Connection, ForwardingProxy, reset
@@ -160,11 +160,9 @@ def gone_midupload(project, bucket: Bucket, moto_port: int) -> SimpleNamespace:
 
 @pytest.fixture(scope="class")
 def midupload(e2e_moto, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("midupload")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        clear_ambient_aws(monkeypatch, folder)
-        bucket = make_bucket(e2e_moto, folder)
-        yield bucket, gone_midupload(make_project(folder / "project"), bucket, e2e_moto)
+    with bucket_and_project(e2e_moto, tmp_path_factory.mktemp("midupload")) as (bucket,
+                                                                                 project):
+        yield bucket, gone_midupload(project, bucket, e2e_moto)
 
 
 class TestEndpointGoneMidUpload:
