@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from fake_tools import fake_pg_bin
 from helpers import (FIRST, HEAD, Untouched, admin_sql, audit_events, derived_databases,
-                     drop_derived, failed, fake_pg_bin, ids, insert_users, ok, pg_env, shown,
-                     take_backup)
+                     drop_derived, failed, ids, insert_users, ok, pg_env, shown, take_backup)
 
 
 def set_on_owner(db, setting: str, value: str) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (AWKWARD_PASSWORD, FIRST, HEAD, REAL_PG_RESTORE, at_first_revision,
-                     dump_calls, failed, last_audit, ok, pg_env, without_audit, wrapped_pg_dump)
+from fake_tools import REAL_PG_RESTORE, dump_calls, wrapped_pg_dump
+from helpers import (AWKWARD_PASSWORD, FIRST, HEAD, at_first_revision, failed, last_audit, ok,
+                     pg_env, without_audit)
 from helpers import sealed as age_sealed  # `sealed` is a parameter of a test here
 
 pytestmark = pytest.mark.postgres

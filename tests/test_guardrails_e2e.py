@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, ended_afterwards,
-                     failed, fake_pg_bin, fifo_pair, ok, pg_env, shown, sqlite_state,
-                     started_and_parked)
+from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
+from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, failed, ok, pg_env,
+                     shown, sqlite_state)
 
 
 # -- helpers ---------------------------------------------------------------------------------

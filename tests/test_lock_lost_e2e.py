@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from helpers import (FIRST, HEAD, add_revision, admin_url, advisory_locks_held,
-                     at_first_revision, failed, last_audit, ok, pg_env, pg_settings,
-                     wrapped_pg_dump)
+from fake_tools import wrapped_pg_dump
+from helpers import (FIRST, HEAD, add_revision, admin_url, advisory_locks_held, at_first_revision,
+                     failed, last_audit, ok, pg_env, pg_settings)
 
 from app.ops.errors import ExitCode, LockLost
 from app.ops.lock import database_lock

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from helpers import (FIRST, HEAD, admin_url, assert_no_password, ended_afterwards, failed,
-                     fake_pg_bin, fifo_pair, ok, pg_env, started_and_parked)
+from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
+from helpers import FIRST, HEAD, admin_url, assert_no_password, failed, ok, pg_env
 
 pytestmark = pytest.mark.postgres
 

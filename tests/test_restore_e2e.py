@@ -22,11 +22,11 @@ import pytest
 from sqlalchemy import create_engine, pool, text
 
 from conftest import make_project, owned_database
+from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
 from helpers import (FIRST, HEAD, SAFETY_PREFIX, Untouched, add_revision, admin_sql,
                      assert_no_password, audit_events, db_properties, derived_databases,
-                     drop_derived, ended_afterwards, failed, fake_pg_bin, fifo_pair, ids,
-                     insert_users, migrated_with_backup, ok, pg_env, pg_state, safety_id_from,
-                     shown, sql_in, started_and_parked, take_backup, wait_until_no_sessions)
+                     drop_derived, failed, ids, insert_users, migrated_with_backup, ok, pg_env,
+                     pg_state, safety_id_from, shown, sql_in, take_backup, wait_until_no_sessions)
 
 REPORTS_REV = "5e1ea5e0c0de"
 

@@ -8,9 +8,9 @@ import signal
 
 import pytest
 
-from helpers import (audit_events, db_properties, derived_databases, ended_afterwards, failed,
-                     fake_pg_bin, gone, insert_users, migrated_with_backup, pg_env, pg_state,
-                     started_and_parked, wait_until_no_sessions)
+from fake_tools import ended_afterwards, fake_pg_bin, gone, started_and_parked
+from helpers import (audit_events, db_properties, derived_databases, failed, insert_users,
+                     migrated_with_backup, pg_env, pg_state, wait_until_no_sessions)
 
 pytestmark = pytest.mark.postgres
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (FIRST, at_first_revision, failed, gone, last_audit, ok, pg_env,
-                     without_audit, wrapped_pg_dump)
+from fake_tools import gone, wrapped_pg_dump
+from helpers import FIRST, at_first_revision, failed, last_audit, ok, pg_env, without_audit
 
 pytestmark = pytest.mark.postgres
 
