@@ -133,7 +133,9 @@ def gone_midupload(project, bucket: Bucket, moto_port: int) -> SimpleNamespace:
     [run.upload] = bucket.uploads()
     run.parts = bucket.client.list_parts(Bucket=bucket.name, Key=run.upload["Key"],
                                          UploadId=run.upload["UploadId"])["Parts"]
-    run.records = list(run.folder.iterdir())
+    run.folder_mode = stat.S_IMODE(run.folder.stat().st_mode)
+    run.records = [(stat.S_IMODE(f.stat().st_mode), json.loads(f.read_text()))
+                   for f in run.folder.iterdir()]  # (mode, record) of each record file
     run.listed = listed(project, bucket)
 
     # Another process's upload in progress in the same folder: never touched.
@@ -184,10 +186,9 @@ class TestEndpointGoneMidUpload:
 
     def test_the_upload_is_recorded_in_a_private_file(self, midupload):
         bucket, run = midupload
-        [record_file] = run.records
-        assert stat.S_IMODE(run.folder.stat().st_mode) == 0o700
-        assert stat.S_IMODE(record_file.stat().st_mode) == 0o600
-        record = json.loads(record_file.read_text())
+        [(mode, record)] = run.records
+        assert run.folder_mode == 0o700
+        assert mode == 0o600
         assert (record["bucket"], record["key"], record["upload_id"], record["endpoint"]) == \
             (bucket.name, run.upload["Key"], run.upload["UploadId"], run.proxy.endpoint), record
 
