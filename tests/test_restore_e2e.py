@@ -26,7 +26,8 @@ from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_par
 from helpers import (FIRST, HEAD, SAFETY_PREFIX, Untouched, add_revision, admin_sql,
                      assert_no_password, audit_events, db_properties, derived_databases,
                      drop_derived, failed, ids, insert_users, migrated_with_backup, ok, pg_env,
-                     pg_state, safety_id_from, shown, sql_in, take_backup, wait_until_no_sessions)
+                     pg_state, safety_id_from, shown, sql_in, take_backup, wait_until_no_sessions,
+                     without_audit)
 
 REPORTS_REV = "5e1ea5e0c0de"
 
@@ -245,7 +246,7 @@ def flip_middle_bit(artifact: Path) -> None:
 
 def backup_files(artifact: Path) -> set[str]:
     """The names beside a backup's artifact, audit records aside."""
-    return {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
+    return without_audit(p.name for p in artifact.parent.iterdir())
 
 
 @pytest.mark.postgres
@@ -960,9 +961,9 @@ def test_restore_without_disconnect_refuses_at_once_naming_the_application(proje
     db = pgdb
     env = pg_env(db)
     backup = with_app_table(project, db, env)
-    store = project.root / "backups" / "pgtest"
+    store = project.store("pgtest")
     manifest_before = (store / f"{backup['id']}.manifest.json").read_text()
-    untouched_files = {p.name for p in store.iterdir() if not p.name.endswith(".audit.json")}
+    untouched_files = without_audit(project.backup_files("pgtest"))
 
     app = AppSession(db.url)
     app.start()
@@ -983,8 +984,7 @@ def test_restore_without_disconnect_refuses_at_once_naming_the_application(proje
     assert app.failures == [] and len(app.acked) > acked_before
     # No work at all: the backup was not even verified again (its manifest is unchanged).
     assert (store / f"{backup['id']}.manifest.json").read_text() == manifest_before
-    assert {p.name for p in store.iterdir() if not p.name.endswith(".audit.json")} == \
-        untouched_files
+    assert without_audit(project.backup_files("pgtest")) == untouched_files
 
 
 @pytest.mark.postgres
