@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from helpers import (FIRST, HEAD, add_revision, admin_url, at_first_revision, derived_databases,
-                     failed, fake_pg_bin, last_audit, ok, pg_env, take_backup, wrapped_pg_dump)
-from test_lock import advisory_locks_held, pg_settings
+from fake_tools import fake_pg_bin, wrapped_pg_dump
+from helpers import (FIRST, HEAD, add_revision, admin_url, advisory_locks_held, at_first_revision,
+                     derived_databases, failed, last_audit, ok, pg_env, pg_settings, take_backup)
 
 from app.ops.errors import ExitCode, LockLost
 from app.ops.databases import open_database
