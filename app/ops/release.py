@@ -14,10 +14,11 @@ from datetime import datetime
 from typing import Iterator
 
 from app.ops import audit
-from app.ops.backups import BackupManifest, backup_before_change
+from app.ops.backup_run import backup_before_change
 from app.ops.errors import BackupFailed, LockLost, MigrationFailed
 from app.ops.guards import (RunFacts, check_fit, check_staging_first, check_window,
                             confirm_data_loss, review_pending)
+from app.ops.manifest import BackupManifest
 from app.ops.migrations import Migrations, Revision
 from app.ops.report import Reporter
 
