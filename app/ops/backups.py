@@ -44,24 +44,15 @@ def backup_before_change(target, facts=None, *, now: datetime, revision: str | N
                          label: str | None = None) -> BackupManifest | None:
     """The backup a run takes before it changes anything (None: no database yet). `facts`: the
     run's RunFacts (app/ops/guards.py), so nothing is read twice."""
-    from app.ops.guards import RunFacts, check_free_disk
+    from app.ops.guards import RunFacts
 
     facts = facts or RunFacts(target)
     if not facts.database.exists:
         reporter.info(f"database {target.database.masked_url} does not exist yet: "
                       "there is nothing to back up")
         return None
-    if target.settings.backup_method == "pgbackrest":
-        # A restore point, not a dump: see app/ops/pgbackrest.py.
-        from app.ops.pgbackrest import take_restore_point
-        return take_restore_point(target, reason=reason, revision=revision, now=now,
-                                  label=label)
-    check_free_disk(target.settings, facts, reporter)
-    with reporter.progress("dumping") as dumped:
-        with reporter.progress("reading back") as read_back:
-            return take_backup(target, reason=reason, revision=revision, now=now, label=label,
-                               database_size=facts.database.size,
-                               progress=dumped, readback_progress=read_back)
+    return target.method.take(target, facts, now=now, revision=revision, reason=reason,
+                              reporter=reporter, label=label)
 
 
 def take_backup(target, *, reason: str, revision: str | None, now: datetime,
@@ -203,18 +194,18 @@ def find_backup(target, backup_id: str | None) -> BackupManifest:
 def verify_backup(target, manifest: BackupManifest, *, now: datetime,
                   progress: Progress | None = None, extract_to=None,
                   archive_check: bool = True) -> BackupManifest:
-    """Check the stored artifact against its manifest and read it back whole. The manifest
-    records the outcome either way, so a backup found broken is never chosen as verified."""
+    """Check a backup with the method that made it (app/ops/methods.py). The manifest records
+    the outcome either way, so a backup found broken is never chosen as verified."""
+    from app.ops.methods import method_of
+    return method_of(manifest).verify(target, manifest, now=now, progress=progress,
+                                      extract_to=extract_to, archive_check=archive_check)
+
+
+def verify_dump(target, manifest: BackupManifest, *, now: datetime,
+                progress: Progress | None = None, extract_to=None,
+                archive_check: bool = True) -> BackupManifest:
+    """Check the stored artifact against its manifest and read it back whole."""
     storage = target.storage
-    if manifest.is_restore_point:
-        from app.ops.pgbackrest import verify_restore_point
-        try:
-            verify_restore_point(target.settings, manifest)
-        except BackupFailed as exc:
-            _record_verification(storage, manifest, now, str(exc))
-            raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None
-        _record_verification(storage, manifest, now, None)
-        return manifest
     if manifest.engine != target.database.kind:
         raise ConfigError(f"backup {manifest.id} is a {manifest.engine} backup but env "
                           f"'{target.env}' is configured for {target.database.kind}")
@@ -227,14 +218,23 @@ def verify_backup(target, manifest: BackupManifest, *, now: datetime,
     if manifest.encryption:
         identities = (Encryption.from_settings(target.settings) or Encryption((), None)).identities(
             manifest.id)
-    try:
+
+    def read_back() -> None:
         needed, what = _scratch(manifest, dumper, extract_to is not None, archive_check)
         with room_for(temp_folder(), needed, what, advice=TEMP_ADVICE):
             read_back_stored(storage, dumper, manifest.artifact, manifest.sha256,
                              manifest.raw_size, progress, extract_to, identities, archive_check)
+
+    return record_outcome(storage, manifest, now, read_back)
+
+
+def record_outcome(storage, manifest: BackupManifest, now: datetime,
+                   check: Callable[[], None]) -> BackupManifest:
+    """Run `check` and write its outcome into the manifest. A full temporary folder, or a store
+    that broke off midway, says nothing about the backup itself: nothing is recorded."""
+    try:
+        check()
     except (NoRoom, TransferFailed):
-        # A full temporary folder, or a store that broke off midway: neither says anything
-        # about the backup itself, so nothing is recorded against it.
         raise
     except BackupFailed as exc:
         _record_verification(storage, manifest, now, str(exc))
