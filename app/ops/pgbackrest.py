@@ -26,6 +26,17 @@ FORMAT = "pgbackrest-restore-point"
 DEFAULT_TIMEOUT = 60.0
 SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
 POLL_SECONDS = 0.05
+# 2.39 made `verify` (which `invoke verify` runs) a user command, with its text output; it is
+# also the first release that supports PostgreSQL 15. Everything else we call is older.
+MINIMUM_VERSION = (2, 39)
+VERSION_RE = re.compile(r"pgBackRest (\d+)\.(\d+)")
+# Segments (16 MiB each by default) the archiver may still owe before a restore point is
+# refused: its own segment queues behind them, and at one segment a second 32 drain well
+# within the default PGBACKREST_TIMEOUT of 60 s.
+DEFAULT_MAX_READY = 32
+# What pgBackRest says when it may not read or write its repository, lock or log files: run by
+# another OS user than the one that owns them.
+DENIED = "Permission denied"
 
 
 def timeout_of(settings) -> float:
@@ -38,6 +49,15 @@ def timeout_of(settings) -> float:
     if seconds <= 0:
         raise ConfigError(f"PGBACKREST_TIMEOUT '{value}' is not a number of seconds: use e.g. 60")
     return seconds
+
+
+def max_ready_of(settings) -> int:
+    """PGBACKREST_MAX_READY: the most .ready WAL segments a restore point is taken behind."""
+    value = settings.get("PGBACKREST_MAX_READY", str(DEFAULT_MAX_READY))
+    if not value.strip().isdigit():
+        raise ConfigError(f"PGBACKREST_MAX_READY '{value}' is not a number of WAL segments: "
+                          f"use e.g. {DEFAULT_MAX_READY}")
+    return int(value)
 
 
 @dataclass
@@ -67,21 +87,57 @@ class PgBackRest:
         return [*self.command, *config, f"--stanza={self.stanza}", *args]
 
     def run(self, *args: str, timeout: float | None = None) -> str:
-        """Run one pgbackrest command; its stdout. Any failure is one sentence (BackupFailed)."""
-        timeout = self.timeout if timeout is None else timeout
+        """Run one pgbackrest command; its stdout. Any failure is one sentence (BackupFailed;
+        ConfigError when pgbackrest was denied its own files)."""
         what = f"pgbackrest {args[-1] if args else ''}".strip()
+        result = self._call(self.argv(*args), what, "check that the repository is reachable",
+                            timeout)
+        if result.returncode != 0:
+            detail = _last_line(result.stderr or result.stdout)
+            self.refuse_wrong_user(f"{result.stderr}\n{result.stdout}", detail)
+            raise BackupFailed(f"{what} failed (exit {result.returncode}): {detail}")
+        return result.stdout
+
+    def _call(self, argv: list[str], what: str, advice: str, timeout: float | None = None):
+        timeout = self.timeout if timeout is None else timeout
         try:
-            result = run_bounded(self.argv(*args), timeout, env=_child_environment())
+            return run_bounded(argv, timeout, env=_child_environment())
         except FileNotFoundError:
             raise ConfigError(f"cannot run {self.command[0]}: install pgBackRest or set "
                               "PGBACKREST_COMMAND to how it is run as the cluster's owner") from None
         except subprocess.TimeoutExpired:
             raise BackupFailed(f"{what} did not finish within {timeout:g} s (PGBACKREST_TIMEOUT): "
-                               "check that the repository is reachable") from None
-        if result.returncode != 0:
-            raise BackupFailed(f"{what} failed (exit {result.returncode}): "
-                               f"{_last_line(result.stderr or result.stdout)}")
-        return result.stdout
+                               f"{advice}") from None
+
+    def check_version(self) -> str:
+        """Refuse, before anything changes, a pgbackrest that PGBACKREST_COMMAND cannot run
+        (missing, or a `sudo`/`runuser` in front that cannot find it) or one older than
+        MINIMUM_VERSION; the version found."""
+        command = shlex.join(self.command)
+        result = self._call([*self.command, "version"], "pgbackrest version",
+                            "check PGBACKREST_COMMAND")
+        found = VERSION_RE.search(result.stdout or "")
+        if result.returncode != 0 or found is None:
+            raise ConfigError(f"cannot run pgbackrest through PGBACKREST_COMMAND (`{command}`): "
+                              f"{_last_line(result.stderr or result.stdout)}; install pgBackRest "
+                              "or set PGBACKREST_COMMAND to how it is run as the cluster's owner")
+        version = (int(found.group(1)), int(found.group(2)))
+        if version < MINIMUM_VERSION:
+            raise ConfigError(f"pgBackRest {version[0]}.{version[1]} (`{command}`) is too old: "
+                              f"restore points need pgBackRest {MINIMUM_VERSION[0]}."
+                              f"{MINIMUM_VERSION[1]} or newer (for `pgbackrest verify`); "
+                              "upgrade it on this host")
+        return f"{version[0]}.{version[1]}"
+
+    def refuse_wrong_user(self, output: str, detail: str) -> None:
+        """pgBackRest denied its own files: PGBACKREST_COMMAND runs it as an OS user that does
+        not own the repository (root, which may read anything, is not caught here)."""
+        if DENIED.lower() in output.lower():
+            raise ConfigError(f"pgbackrest may not use its own files ({detail}): "
+                              f"PGBACKREST_COMMAND (`{shlex.join(self.command)}`) runs it as "
+                              "another OS user than the one that owns the repository; set it to "
+                              "run pgbackrest as the cluster's owner, e.g. `sudo -u postgres "
+                              "pgbackrest`")
 
     def info(self) -> dict:
         """The stanza's entry of `pgbackrest info --output=json`."""
@@ -93,11 +149,22 @@ class PgBackRest:
                                f"'{self.stanza}'") from None
         status = stanza.get("status") or {}
         if status.get("code") not in (0, None):
-            raise BackupFailed(f"pgBackRest stanza '{self.stanza}' is not usable: "
-                               f"{status.get('message', 'unknown status')}; check "
-                               "PGBACKREST_CONFIG and the repository (`pgbackrest "
+            message = _status_message(stanza)
+            self.refuse_wrong_user(message, message)
+            raise BackupFailed(f"pgBackRest stanza '{self.stanza}' is not usable: {message}; "
+                               "check PGBACKREST_CONFIG and the repository (`pgbackrest "
                                f"--stanza={self.stanza} check`)")
         return stanza
+
+
+def _status_message(stanza: dict) -> str:
+    """The stanza's status, with each failing repository's own message: for "other" pgBackRest
+    puts the cause (a permission denied, say) only there."""
+    message = (stanza.get("status") or {}).get("message", "unknown status")
+    causes = [(repo.get("status") or {}).get("message") for repo in stanza.get("repo") or []
+              if (repo.get("status") or {}).get("code") not in (0, None)]
+    causes = [cause for cause in causes if cause and cause != message]
+    return ": ".join([message, *causes])
 
 
 def run_bounded(argv: list[str], timeout: float, env: dict | None = None):
@@ -176,6 +243,36 @@ def check_primary(conn) -> None:
                           "archive_mode and archive_command as pgBackRest's user guide says")
 
 
+def count_ready(conn) -> tuple[int | None, str | None]:
+    """WAL segments the archiver still owes (pg_wal/archive_status/*.ready), or None and why
+    not: pg_ls_archive_statusdir() needs pg_monitor or a superuser."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from app.ops.connection import first_line
+
+    try:
+        return conn.execute(text("SELECT count(*) FROM pg_ls_archive_statusdir() "
+                                 "WHERE name LIKE '%.ready'")).scalar(), None
+    except DBAPIError as exc:
+        conn.rollback()  # status reads on in the same session
+        return None, (f"{first_line(exc.orig)}; GRANT pg_monitor TO the role to count the "
+                      ".ready backlog")
+
+
+def check_ready_backlog(conn, max_ready: int) -> None:
+    """Refuse a restore point behind more .ready segments than PGBACKREST_MAX_READY: its own
+    segment would wait for all of them. A role that may not count them is not refused (status
+    says so)."""
+    ready, _ = count_ready(conn)
+    if ready is not None and ready > max_ready:
+        raise GuardRefused(f"{ready} WAL segments wait to be archived (.ready in "
+                           f"pg_wal/archive_status), more than PGBACKREST_MAX_READY={max_ready}: "
+                           "the restore point's segment would queue behind them; wait until the "
+                           "archiver catches up (pg_stat_archiver) or raise PGBACKREST_MAX_READY; "
+                           "nothing was changed")
+
+
 def check_archiving(archiver: Archiver) -> None:
     if archiver.failing:
         raise BackupFailed(f"WAL archiving is failing (last failed segment {archiver.failed} at "
@@ -243,13 +340,15 @@ def take_restore_point(target, *, reason: str, revision: str | None, now: dateti
                                   new_backup_id)
 
     pgbackrest = PgBackRest.from_settings(target.settings)
+    max_ready = max_ready_of(target.settings)
+    pgbackrest.check_version()
     storage = target.storage
     storage.prepare()
     started = time.monotonic()
     with connect(target.database.url) as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         version = int(conn.execute(text("SHOW server_version_num")).scalar())
-        base, timeline, system_id = _base_backup(conn, pgbackrest)
+        base, timeline, system_id = _base_backup(conn, pgbackrest, max_ready)
         backup_id = new_backup_id(now)
         name = restore_point_name(reason, backup_id)
         lsn, segment = _create_restore_point(conn, name)
@@ -271,14 +370,15 @@ def take_restore_point(target, *, reason: str, revision: str | None, now: dateti
     return manifest
 
 
-def _base_backup(conn, pgbackrest: PgBackRest) -> tuple[dict, int, str]:
-    """Refuse what a restore point cannot be taken on (a standby, failing archiving, no
-    backup on the current timeline, a stanza of another cluster); return the pgBackRest backup
-    it will rest on, the timeline and the system identifier."""
+def _base_backup(conn, pgbackrest: PgBackRest, max_ready: int) -> tuple[dict, int, str]:
+    """Refuse what a restore point cannot be taken on (a standby, failing archiving, a .ready
+    backlog, no backup on the current timeline, a stanza of another cluster); return the
+    pgBackRest backup it will rest on, the timeline and the system identifier."""
     from sqlalchemy import text
 
     check_primary(conn)
     check_archiving(read_archiver(conn))
+    check_ready_backlog(conn, max_ready)
     current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
     timeline = timeline_of(current)
     system_id = conn.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar()
@@ -344,44 +444,57 @@ def verify_restore_point(settings, manifest) -> None:
 
 
 def status_facts(target) -> dict:
-    """For `invoke status`: the stanza's newest backups and archive range (`pgbackrest info`),
-    and how far the server's archiver is behind. A failure is reported in the dict, not
-    raised: status must show everything else."""
-    from sqlalchemy import text
-
-    from app.ops.connection import connect
+    """For `invoke status`: pgBackRest's version, the stanza's newest backups and archive range
+    (`pgbackrest info`), and how far the server's archiver is behind. A failure is reported in
+    the dict, not raised: status must show everything else."""
     from app.ops.errors import OpsError
 
-    settings = target.settings
-    facts: dict = {"stanza": settings.get("PGBACKREST_STANZA")}
+    facts: dict = {"stanza": target.settings.get("PGBACKREST_STANZA")}
     try:
-        stanza = PgBackRest.from_settings(settings).info()
-        backups = stanza.get("backup") or []
-        for kind in ("full", "incr", "diff"):
-            newest = max((b for b in backups if b.get("type") == kind),
-                         key=lambda b: (b.get("timestamp") or {}).get("stop") or 0, default=None)
-            facts[f"newest_{kind}"] = None if newest is None else {
-                "label": newest.get("label"),
-                "stopped_at": (newest.get("timestamp") or {}).get("stop")}
-        archive = stanza.get("archive") or []
-        facts["archive"] = {"min": min((a.get("min") or "" for a in archive), default=None),
-                            "max": max((a.get("max") or "" for a in archive), default=None)}
-        facts["repo_status"] = (stanza.get("status") or {}).get("message")
+        facts.update(_stanza_facts(target.settings))
     except OpsError as exc:
         facts["error"] = str(exc)
     try:
-        with connect(target.database.url) as conn:
-            archiver = read_archiver(conn)
-            current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
-        behind = None
-        if archiver.archived and SEGMENT_RE.fullmatch(archiver.archived) and \
-                archiver.archived[:8] == current[:8]:
-            behind = max(0, int(current[8:], 16) - int(archiver.archived[8:], 16) - 1)
-        facts["archiver"] = {"last_archived_wal": archiver.archived,
-                             "last_archived_at": archiver.archived_at.isoformat()
-                             if archiver.archived_at else None,
-                             "failing": archiver.failing, "last_failed_wal": archiver.failed,
-                             "segments_behind": behind}
+        facts["archiver"] = _archiver_facts(target.database.url)
     except OpsError as exc:
         facts.setdefault("error", str(exc))
     return facts
+
+
+def _stanza_facts(settings) -> dict:
+    pgbackrest = PgBackRest.from_settings(settings)
+    facts: dict = {"version": pgbackrest.check_version()}
+    stanza = pgbackrest.info()
+    backups = stanza.get("backup") or []
+    for kind in ("full", "incr", "diff"):
+        newest = max((b for b in backups if b.get("type") == kind),
+                     key=lambda b: (b.get("timestamp") or {}).get("stop") or 0, default=None)
+        facts[f"newest_{kind}"] = None if newest is None else {
+            "label": newest.get("label"),
+            "stopped_at": (newest.get("timestamp") or {}).get("stop")}
+    archive = stanza.get("archive") or []
+    facts["archive"] = {"min": min((a.get("min") or "" for a in archive), default=None),
+                        "max": max((a.get("max") or "" for a in archive), default=None)}
+    facts["repo_status"] = (stanza.get("status") or {}).get("message")
+    return facts
+
+
+def _archiver_facts(url) -> dict:
+    """pg_stat_archiver, the segments between it and the current one, and the .ready backlog
+    (None, with the reason, when the role may not count it)."""
+    from sqlalchemy import text
+
+    from app.ops.connection import connect
+
+    with connect(url) as conn:
+        archiver = read_archiver(conn)
+        current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
+        ready, ready_unknown = count_ready(conn)
+    behind = None
+    if archiver.archived and SEGMENT_RE.fullmatch(archiver.archived) and \
+            archiver.archived[:8] == current[:8]:
+        behind = max(0, int(current[8:], 16) - int(archiver.archived[8:], 16) - 1)
+    return {"last_archived_wal": archiver.archived,
+            "last_archived_at": archiver.archived_at.isoformat() if archiver.archived_at else None,
+            "failing": archiver.failing, "last_failed_wal": archiver.failed,
+            "segments_behind": behind, "ready": ready, "ready_unknown": ready_unknown}
