@@ -429,3 +429,46 @@ def test_a_ready_backlog_over_the_limit_refuses_and_status_counts_it(project, cl
     assert gate.ready() == 0
     ok(project.run("migrate", env=cluster_db.env()))
     assert cluster_db.revision() == "f8ff2ab1fdfa"
+
+
+def repo_wal(cluster, segment: str):
+    [path] = cluster.repo.glob(f"archive/mida/*/*/{segment}-*")
+    return path
+
+
+def test_verify_fails_on_a_corrupt_wal_segment_the_restore_point_needs(project, cluster_db):
+    cluster = cluster_db.cluster
+    env = cluster_db.env()
+    ok(project.run("migrate", env=env))
+    [item] = project.backups("pgtest", env=env)
+    segment = item["pgbackrest"]["segment"]
+    wait_archived(cluster)  # a segment after the restore point, which it does not need
+    later = cluster.psql("SELECT last_archived_wal FROM pg_stat_archiver")
+    needed, unneeded = repo_wal(cluster, segment), repo_wal(cluster, later)
+    saved = {path: path.read_bytes() for path in (needed, unneeded)}
+    try:
+        # Another segment's bytes: a readable file whose checksum is wrong.
+        unneeded.write_bytes(saved[needed])
+        raw = cluster.pgbackrest("--output=text", "verify")
+        assert raw.returncode == 0 and "status: error" in raw.stdout, raw.stdout
+        # Damage the restore point does not need: still verified.
+        ok(project.run("verify", f"--backup={item['id']}", env=env))
+        assert project.backups("pgtest", env=env)[0]["verified"] is True
+        needed.write_bytes(saved[unneeded])
+        failed(project.run("verify", f"--backup={item['id']}", env=env), 4,
+               "failed verification", "pgbackrest verify", f"WAL segment {segment}",
+               "invalid checksum")
+        manifest = json.loads((project.root / "backups" / "pgtest" /
+                               f"{item['id']}.manifest.json").read_text())
+        assert manifest["verified"] is False and segment in manifest["verify_error"], manifest
+        # restore verifies first: refused before the cluster is stopped.
+        started = cluster.psql("SELECT pg_postmaster_start_time()")
+        failed(project.run("restore", f"--backup={item['id']}", "--yes", env=env), 4,
+               f"WAL segment {segment}")
+        assert cluster.psql("SELECT pg_postmaster_start_time()") == started
+        assert cluster_db.revision() == "f8ff2ab1fdfa"
+    finally:
+        for path, data in saved.items():
+            path.write_bytes(data)
+    ok(project.run("verify", f"--backup={item['id']}", env=env))
+    assert project.backups("pgtest", env=env)[0]["verified"] is True

@@ -57,7 +57,7 @@ class PgBackRestMethod:
         # `read_back` (progress, an extract, the archive check) is a dump's: there is nothing
         # of ours to read back, pgBackRest is asked instead.
         from app.ops.backups import record_outcome
-        from app.ops.pgbackrest import verify_restore_point
+        from app.ops.pgbackrest_verify import verify_restore_point
         return record_outcome(target.storage, manifest, now,
                               lambda: verify_restore_point(target.settings, manifest))
 

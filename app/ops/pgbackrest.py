@@ -5,7 +5,8 @@ This module owns talking to pgBackRest (always through PGBACKREST_COMMAND split 
 would, never through one, with our own timeout: with the repository unreachable one
 `archive-push` hangs for minutes) and to the server's archiver. The restore point is recorded
 in a manifest in our own store, like every other backup, because `pgbackrest info` does not
-list restore points. The point-in-time restore itself lives in app/ops/restore_pitr.py.
+list restore points. Verifying one is app/ops/pgbackrest_verify.py's, the point-in-time restore
+app/ops/restore_pitr.py's.
 """
 from __future__ import annotations
 
@@ -41,13 +42,18 @@ DENIED = "Permission denied"
 
 def timeout_of(settings) -> float:
     """PGBACKREST_TIMEOUT (seconds): the longest any pgbackrest call or wait may take."""
-    value = settings.get("PGBACKREST_TIMEOUT", str(DEFAULT_TIMEOUT))
+    return seconds_setting(settings, "PGBACKREST_TIMEOUT", DEFAULT_TIMEOUT)
+
+
+def seconds_setting(settings, name: str, default: float) -> float:
+    """A positive number of seconds (a trailing `s` allowed), else ConfigError naming it."""
+    value = settings.get(name, str(default))
     try:
         seconds = float(value.rstrip("s"))
     except ValueError:
         seconds = -1
     if seconds <= 0:
-        raise ConfigError(f"PGBACKREST_TIMEOUT '{value}' is not a number of seconds: use e.g. 60")
+        raise ConfigError(f"{name} '{value}' is not a number of seconds: use e.g. {default:g}")
     return seconds
 
 
@@ -90,15 +96,18 @@ class PgBackRest:
         """Run one pgbackrest command; its stdout. Any failure is one sentence (BackupFailed;
         ConfigError when pgbackrest was denied its own files)."""
         what = f"pgbackrest {args[-1] if args else ''}".strip()
-        result = self._call(self.argv(*args), what, "check that the repository is reachable",
+        result = self.call(self.argv(*args), what, "check that the repository is reachable",
                             timeout)
         if result.returncode != 0:
-            detail = _last_line(result.stderr or result.stdout)
+            detail = last_line(result.stderr or result.stdout)
             self.refuse_wrong_user(f"{result.stderr}\n{result.stdout}", detail)
             raise BackupFailed(f"{what} failed (exit {result.returncode}): {detail}")
         return result.stdout
 
-    def _call(self, argv: list[str], what: str, advice: str, timeout: float | None = None):
+    def call(self, argv: list[str], what: str, advice: str, timeout: float | None = None, *,
+             timed_out=BackupFailed, timeout_setting: str = "PGBACKREST_TIMEOUT"):
+        """Run `argv` under our timeout (`timed_out` is raised when it passes); the completed
+        process, whatever its exit code."""
         timeout = self.timeout if timeout is None else timeout
         try:
             return run_bounded(argv, timeout, env=_child_environment())
@@ -106,20 +115,20 @@ class PgBackRest:
             raise ConfigError(f"cannot run {self.command[0]}: install pgBackRest or set "
                               "PGBACKREST_COMMAND to how it is run as the cluster's owner") from None
         except subprocess.TimeoutExpired:
-            raise BackupFailed(f"{what} did not finish within {timeout:g} s (PGBACKREST_TIMEOUT): "
-                               f"{advice}") from None
+            raise timed_out(f"{what} did not finish within {timeout:g} s ({timeout_setting}): "
+                            f"{advice}") from None
 
     def check_version(self) -> str:
         """Refuse, before anything changes, a pgbackrest that PGBACKREST_COMMAND cannot run
         (missing, or a `sudo`/`runuser` in front that cannot find it) or one older than
         MINIMUM_VERSION; the version found."""
         command = shlex.join(self.command)
-        result = self._call([*self.command, "version"], "pgbackrest version",
+        result = self.call([*self.command, "version"], "pgbackrest version",
                             "check PGBACKREST_COMMAND")
         found = VERSION_RE.search(result.stdout or "")
         if result.returncode != 0 or found is None:
             raise ConfigError(f"cannot run pgbackrest through PGBACKREST_COMMAND (`{command}`): "
-                              f"{_last_line(result.stderr or result.stdout)}; install pgBackRest "
+                              f"{last_line(result.stderr or result.stdout)}; install pgBackRest "
                               "or set PGBACKREST_COMMAND to how it is run as the cluster's owner")
         version = (int(found.group(1)), int(found.group(2)))
         if version < MINIMUM_VERSION:
@@ -195,7 +204,7 @@ def _child_environment() -> dict:
                                                               "POSTGRES_PASSWORD")}
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else "no message"
 
@@ -421,26 +430,6 @@ def _create_restore_point(conn, name: str) -> tuple[str, str]:
         raise BackupFailed(f"cannot create restore point {name}: {why}; {advice}; nothing "
                            "was changed") from None
     return lsn, segment
-
-
-def verify_restore_point(settings, manifest) -> None:
-    """The restore point is still reachable: the backup it rests on is in the repository and
-    the archive holds every WAL segment from that backup's start to the restore point's."""
-    record = manifest.pgbackrest or {}
-    stanza = PgBackRest.from_settings(settings).info()
-    label = record.get("backup_label")
-    backup = next((b for b in stanza.get("backup") or [] if b.get("label") == label), None)
-    if backup is None:
-        raise BackupFailed(f"pgBackRest backup {label}, which restore point "
-                           f"{record.get('restore_point')} rests on, is no longer in the "
-                           "repository (expired by pgBackRest's retention?)")
-    start, segment = (backup.get("archive") or {}).get("start", ""), record.get("segment", "")
-    ranges = [(a.get("min") or "", a.get("max") or "") for a in stanza.get("archive") or []]
-    if not any(low <= start and segment <= high for low, high in ranges
-               if low[:8] <= start[:8] and high[:8] >= segment[:8]):
-        raise BackupFailed(f"the WAL archive of stanza '{stanza.get('name')}' does not hold every "
-                           f"segment from {start} to {segment}: restore point "
-                           f"{record.get('restore_point')} cannot be reached")
 
 
 def status_facts(target) -> dict:
