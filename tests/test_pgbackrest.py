@@ -68,7 +68,11 @@ def test_permission_denied_is_worded_as_the_wrong_os_user():
     with pytest.raises(ConfigError, match=r"pgbackrest may not use its own files .*Permission "
                                           r"denied.*another OS user.*sudo -u postgres"):
         failing.run("--type=incr", "backup")
-    # Any other failure stays a failure of the command (exit 4), not configuration.
+    # Any other failure stays a failure of the command (exit 4), not configuration; so does
+    # PostgreSQL refusing a function to the role pgbackrest connects as (a grant, not a user).
+    with pytest.raises(BackupFailed, match=r"exit 57\): .*permission denied for function"):
+        fake("echo 'ERROR: [057]: unable to execute query: ERROR:  permission denied for "
+             "function pg_backup_start' >&2; exit 57").run("backup")
     with pytest.raises(BackupFailed, match=r"pgbackrest backup failed \(exit 3\): disk full"):
         fake("echo 'disk full' >&2; exit 3").run("backup")
 

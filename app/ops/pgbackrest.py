@@ -36,7 +36,8 @@ VERSION_RE = re.compile(r"pgBackRest (\d+)\.(\d+)")
 # within the default PGBACKREST_TIMEOUT of 60 s.
 DEFAULT_MAX_READY = 32
 # What pgBackRest says when it may not read or write its repository, lock or log files: run by
-# another OS user than the one that owns them.
+# another OS user than the one that owns them. strerror(EACCES), capitalised: PostgreSQL's own
+# "permission denied for function ..." (a missing grant, relayed by pgbackrest) is another matter.
 DENIED = "Permission denied"
 
 
@@ -141,7 +142,7 @@ class PgBackRest:
     def refuse_wrong_user(self, output: str, detail: str) -> None:
         """pgBackRest denied its own files: PGBACKREST_COMMAND runs it as an OS user that does
         not own the repository (root, which may read anything, is not caught here)."""
-        if DENIED.lower() in output.lower():
+        if DENIED in output:
             raise ConfigError(f"pgbackrest may not use its own files ({detail}): "
                               f"PGBACKREST_COMMAND (`{shlex.join(self.command)}`) runs it as "
                               "another OS user than the one that owns the repository; set it to "
