@@ -195,7 +195,7 @@ def _restore_point_line(manifest):
 @task(help={"label": "a note stored in the backup's manifest"})
 def backup(c, env=None, label=None):
     """Take a verified backup now."""
-    from app.ops.backups import backup_on_demand
+    from app.ops.backup_run import backup_on_demand
     from app.ops.units import human_size
 
     console = _console()

@@ -19,35 +19,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-REFERENCE_CANDIDATES = (REPO.parent / "shared" / "bench" / "reference_db.sql",
-                        Path("/work/shared/bench/reference_db.sql"))
-sys.path.insert(0, str(REPO / "tests"))
+from benchlib.measure import fail_if, measure
+from benchlib.project import (PROJECT_ROOT, REFERENCE_SQL, copy_project, invoke,
+                              project_environment)
+from benchlib.report import median_seconds, median_table, ratio_check, report_checks
+from benchlib.rounds import Case, Outcome, run_rounds
+
+sys.path.insert(0, str(PROJECT_ROOT / "tests"))
 
 from pgbackrest_cluster import PG_BIN, build_cluster, remove_cluster  # noqa: E402
 
+BACKUP_RATIO_TARGET = 0.3
+RESTORE_RATIO_TARGET = 0.4
+SAMPLE_INTERVAL = 0.1
+DUMP = "dump backup"
+PGBACKREST = "pgbackrest backup"
+BARE = "bare pg_restore"
+RESTORE = "pgbackrest restore"
 
-LAST_OUTPUT = {"stdout": ""}
 
-
-def timed(argv, env=None, cwd=None) -> float:
-    started = time.monotonic()
-    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
-    seconds = time.monotonic() - started
-    LAST_OUTPUT["stdout"] = result.stdout
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, argv))} failed ({result.returncode}):\n"
-                         f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return seconds
+@dataclass(kw_only=True)
+class RestorePointOutcome(Outcome):
+    steps: str    # the restore's own "Steps:" line: where its time went
 
 
 def main() -> int:
@@ -56,19 +57,23 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--reference-sql", type=Path, default=None)
     args = parser.parse_args()
-    sql = args.reference_sql or next((p for p in REFERENCE_CANDIDATES if p.is_file()), None)
-    if sql is None:
+    sql = args.reference_sql or REFERENCE_SQL
+    if not sql.is_file():
         raise SystemExit("reference_db.sql not found: give --reference-sql")
     cluster = build_cluster()
     work = Path(tempfile.mkdtemp(prefix="pgbackrest-bench-"))
     try:
-        return run(args, cluster, sql, work)
+        prepare(args, cluster, sql, work)
+        results = run_rounds(cases(cluster, work), args.rounds, work)
     finally:
         remove_cluster(cluster)
         shutil.rmtree(work, ignore_errors=True)
+    return report(results)
 
 
-def run(args, cluster, sql: Path, work: Path) -> int:
+def prepare(args, cluster, sql: Path, work: Path) -> None:
+    """The reference data in the cluster, stamped at head, a full pgBackRest backup of it, and a
+    `pg_dump -Fc` file for the bare restores."""
     started = time.monotonic()
     cluster.psql("CREATE DATABASE bench_ref")
     cluster.run(str(PG_BIN / "psql"), "-X", "-q", "-h", str(cluster.socket_dir), "-p",
@@ -77,63 +82,80 @@ def run(args, cluster, sql: Path, work: Path) -> int:
     size = cluster.psql("SELECT pg_size_pretty(pg_database_size('bench_ref'))")
     print(f"loaded {sql.name} (scale {args.scale}, {size}) in "
           f"{time.monotonic() - started:.0f} s", flush=True)
-    project = work / "project"
-    project.mkdir()
-    for name in ("app", "alembic"):
-        shutil.copytree(REPO / name, project / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("tasks.py", "alembic.ini"):
-        shutil.copy2(REPO / name, project / name)
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("PG", "POSTGRES_", "BACKUP_", "DATABASE_URL", "APP_ENV"))}
-    base.update({"APP_ENV": "bench", "POSTGRES_SERVER": "127.0.0.1",
-                 "POSTGRES_PORT": str(cluster.port), "POSTGRES_USER": "postgres",
-                 "POSTGRES_DB": "bench_ref", "BACKUP_DIR": str(work / "backups"),
-                 "PG_BIN_DIR": str(PG_BIN)})
-    dump_env = {**base, "BACKUP_METHOD": "dump"}
-    pgbr_env = {**base, **cluster.settings}
-    invoke = [sys.executable, "-m", "invoke"]
-    timed([*invoke, "stamp", "head"], env=dump_env, cwd=project)
+    copy_project(PROJECT_ROOT, work / "project")
+    run = measure(invoke("stamp", "head"), env=invoke_env(cluster, work, "dump"),
+                  cwd=work / "project")
+    fail_if(run, "invoke stamp head")
     started = time.monotonic()
     cluster.pgbackrest("--type=full", "backup", timeout=3600)
     print(f"full pgBackRest backup: {time.monotonic() - started:.1f} s", flush=True)
-    dump_file = work / "bench.pgdump"
-    timed([str(PG_BIN / "pg_dump"), "-Fc", "-h", str(cluster.socket_dir), "-p",
-           str(cluster.port), "-U", "postgres", "-f", str(dump_file), "bench_ref"])
-    results: dict[str, list[float]] = {k: [] for k in ("dump backup", "pgbackrest backup",
-                                                        "bare pg_restore", "pgbackrest restore")}
-    for round_ in range(args.rounds):
-        cluster.psql("CHECKPOINT")
-        results["dump backup"].append(timed([*invoke, "backup"], env=dump_env, cwd=project))
-        cluster.psql("CHECKPOINT")
-        results["pgbackrest backup"].append(timed([*invoke, "backup"], env=pgbr_env,
-                                                  cwd=project))
-        cluster.psql("CREATE DATABASE bench_bare")
-        results["bare pg_restore"].append(timed(
-            [str(PG_BIN / "pg_restore"), "-h", str(cluster.socket_dir), "-p",
-             str(cluster.port), "-U", "postgres", "-d", "bench_bare", str(dump_file)]))
-        cluster.psql("DROP DATABASE bench_bare")
-        restore_point = json.loads(subprocess.run(
-            [*invoke, "backups", "--json"], env=pgbr_env, cwd=project, capture_output=True,
+    run = measure(pg_tool(cluster, "pg_dump") + ["-Fc", "-f", str(work / "bench.pgdump"),
+                                                  "bench_ref"])
+    fail_if(run, "pg_dump -Fc")
+
+
+def invoke_env(cluster, work: Path, method: str) -> dict[str, str]:
+    """`invoke` on the cluster's bench_ref, backing up with `method` (dump or pgbackrest)."""
+    env = {k: v for k, v in project_environment().items() if not k.startswith("PG")}
+    env.update({"APP_ENV": "bench", "POSTGRES_SERVER": "127.0.0.1",
+                "POSTGRES_PORT": str(cluster.port), "POSTGRES_USER": "postgres",
+                "POSTGRES_DB": "bench_ref", "BACKUP_DIR": str(work / "backups"),
+                "PG_BIN_DIR": str(PG_BIN)})
+    return {**env, "BACKUP_METHOD": "dump"} if method == "dump" else {**env, **cluster.settings}
+
+
+def pg_tool(cluster, name: str) -> list[str]:
+    return [str(PG_BIN / name), "-h", str(cluster.socket_dir), "-p", str(cluster.port),
+            "-U", "postgres"]
+
+
+def cases(cluster, work: Path) -> list[Case]:
+    project = work / "project"
+    dump_env = invoke_env(cluster, work, "dump")
+    pgbackrest_env = invoke_env(cluster, work, "pgbackrest")
+
+    def timed(name: str, argv: list[str], env=None, cwd=None) -> Outcome:
+        run = measure(argv, env=env, cwd=cwd, sample_interval=SAMPLE_INTERVAL)
+        fail_if(run, name)
+        return Outcome(run)
+
+    def restore_newest(scratch: Path) -> RestorePointOutcome:
+        listed = json.loads(subprocess.run(
+            invoke("backups", "--json"), env=pgbackrest_env, cwd=project, capture_output=True,
             text=True, check=True).stdout)
-        newest = next(b for b in restore_point if b.get("method") == "pgbackrest")
-        results["pgbackrest restore"].append(timed(
-            [*invoke, "restore", "--yes", f"--backup={newest['id']}"], env=pgbr_env,
-            cwd=project))
-        print("  invoke restore " + next((line for line in LAST_OUTPUT["stdout"].splitlines()
-                                          if line.startswith("Steps:")), "(no steps line)"))
-        print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s"
-                                                 for k, v in results.items()), flush=True)
-    medians = {k: statistics.median(v) for k, v in results.items()}
-    backup_ratio = medians["pgbackrest backup"] / medians["dump backup"]
-    restore_ratio = medians["pgbackrest restore"] / medians["bare pg_restore"]
-    print(f"median invoke backup: dump {medians['dump backup']:.2f} s, pgbackrest "
-          f"{medians['pgbackrest backup']:.2f} s = {backup_ratio:.3f}x (target <= 0.3x): "
-          f"{'PASS' if backup_ratio <= 0.3 else 'FAIL'}")
-    print(f"median restore: bare pg_restore {medians['bare pg_restore']:.2f} s, invoke restore "
-          f"of a restore point {medians['pgbackrest restore']:.2f} s = {restore_ratio:.3f}x "
-          f"(target <= 0.4x): {'PASS' if restore_ratio <= 0.4 else 'FAIL'}")
-    return 0 if backup_ratio <= 0.3 and restore_ratio <= 0.4 else 1
+        newest = next(b for b in listed if b.get("method") == "pgbackrest")
+        run = timed(RESTORE, invoke("restore", "--yes", f"--backup={newest['id']}"),
+                    pgbackrest_env, project).run
+        steps = next((line for line in run.stdout.decode(errors="replace").splitlines()
+                      if line.startswith("Steps:")), "(no steps line)")
+        return RestorePointOutcome(run, steps=steps)
+
+    def checkpoint(scratch: Path) -> None:
+        cluster.psql("CHECKPOINT")
+
+    bare_argv = pg_tool(cluster, "pg_restore") + ["-d", "bench_bare", str(work / "bench.pgdump")]
+    return [
+        Case(DUMP, lambda _: timed(DUMP, invoke("backup"), dump_env, project), setup=checkpoint),
+        Case(PGBACKREST, lambda _: timed(PGBACKREST, invoke("backup"), pgbackrest_env, project),
+             setup=checkpoint),
+        Case(BARE, lambda _: timed(BARE, bare_argv),
+             setup=lambda _: cluster.psql("CREATE DATABASE bench_bare"),
+             cleanup=lambda _: cluster.psql("DROP DATABASE IF EXISTS bench_bare")),
+        Case(RESTORE, restore_newest, note=lambda outcome: f", invoke restore {outcome.steps}"),
+    ]
+
+
+def report(results: dict[str, list[Outcome]]) -> int:
+    median_table({name: results[name] for name in (DUMP, PGBACKREST)}, DUMP, size_label=None)
+    median_table({name: results[name] for name in (BARE, RESTORE)}, BARE, size_label=None)
+    medians = {name: median_seconds(outcomes) for name, outcomes in results.items()}
+    return report_checks([
+        ratio_check("median invoke backup", medians[PGBACKREST], medians[DUMP],
+                    BACKUP_RATIO_TARGET, ours_label="pgbackrest ", base_label="dump ", digits=2),
+        ratio_check("median restore", medians[RESTORE], medians[BARE], RESTORE_RATIO_TARGET,
+                    ours_label="invoke restore of a restore point ",
+                    base_label="bare pg_restore ", digits=2),
+    ])
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (AWKWARD_PASSWORD, Key, admin_url, drop_derived,  # noqa: F401
-                     pg_env, write_dotenv)
+from helpers import AWKWARD_PASSWORD, Key, admin_url, drop_derived, write_dotenv
 
 REPO = Path(__file__).resolve().parent.parent
 S3_PREFIX = "mida/backups"   # where the e2e tests keep backups in their bucket
@@ -214,16 +213,20 @@ def e2e_moto():
     server.stop()
 
 
-@pytest.fixture
-def no_ambient_aws(monkeypatch, tmp_path):
+def clear_ambient_aws(monkeypatch, folder: Path) -> None:
     """The developer's own AWS variables, profiles and instance metadata stay out of the tests'
     own boto3 clients (invoke runs get none of them anyway: Project.environ)."""
     for name in list(os.environ):
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(folder / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(folder / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def no_ambient_aws(monkeypatch, tmp_path):
+    clear_ambient_aws(monkeypatch, tmp_path)
 
 
 def s3_client(endpoint: str, **config):
@@ -287,16 +290,30 @@ class Bucket:
         return self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
 
 
-@pytest.fixture
-def bucket(e2e_moto, tmp_path) -> Bucket:
-    """A fresh bucket of the test's own on the session's moto server."""
-    endpoint = f"http://127.0.0.1:{e2e_moto}"
+def make_bucket(moto_port: int, folder: Path) -> Bucket:
+    """A fresh bucket on the moto server; its empty AWS config files go in folder/aws-home."""
+    endpoint = f"http://127.0.0.1:{moto_port}"
     client = s3_client(endpoint)
     name = f"mida-e2e-{secrets.token_hex(4)}"
     client.create_bucket(Bucket=name)
-    home = tmp_path / "aws-home"
+    home = folder / "aws-home"
     home.mkdir()
     return Bucket(client, name, endpoint, home)
+
+
+@contextlib.contextmanager
+def bucket_and_project(moto_port: int, folder: Path):
+    """For a class-scoped fixture (which cannot use `bucket`, `project` or `no_ambient_aws`): the
+    same three, in `folder`, for as long as the block runs."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        clear_ambient_aws(monkeypatch, folder)
+        yield make_bucket(moto_port, folder), make_project(folder / "project")
+
+
+@pytest.fixture
+def bucket(e2e_moto, tmp_path) -> Bucket:
+    """A fresh bucket of the test's own on the session's moto server."""
+    return make_bucket(e2e_moto, tmp_path)
 
 
 # -- pgBackRest, small disks -------------------------------------------------------------------

@@ -1,13 +1,12 @@
 """What the tests share that is not a fixture: the revisions the project ships, how a finished
-`invoke` run must look, fake client tools, the audit trail, age keys, hand-written revisions,
-and what a PostgreSQL or SQLite database holds afterwards. Fixtures are in conftest.py, which
-builds on this module (never the other way round)."""
+`invoke` run must look, backups and the audit trail, age keys, hand-written revisions, and what
+a PostgreSQL or SQLite database holds afterwards. Fixtures are in conftest.py, which builds on
+this module (never the other way round); fake client tools are in fake_tools.py."""
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import sqlite3
 import textwrap
 import time
@@ -23,8 +22,6 @@ FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 AWKWARD_PASSWORD = "p@ss:w/o%rd#1 'q' \"dq\" \\ end"
 DEFAULT_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 SAFETY_PREFIX = "before restore of "   # the reason of the safety backup a restore takes
-REAL_PG_DUMP = shutil.which("pg_dump") or "/usr/bin/pg_dump"
-REAL_PG_RESTORE = shutil.which("pg_restore") or "/usr/bin/pg_restore"
 
 
 def admin_url():
@@ -103,6 +100,33 @@ def take_backup(project, env_name: str, env: dict | None = None) -> dict:
     return new[0]
 
 
+def migrated_with_backup(project, db, *rows: tuple[str, str | None], env: dict | None = None,
+                         env_name: str = "pgtest") -> dict:
+    """`db` migrated to head, holding the users `rows`, and one backup of it taken on demand."""
+    env = env or pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, *rows)
+    return take_backup(project, env_name, env)
+
+
+def dev_db(project) -> Path:
+    """The dev environment's SQLite file (the default database)."""
+    return project.root / "dev.db"
+
+
+def listed(project, bucket, env_name: str = "dev", **extra) -> list[dict]:
+    """What `invoke backups --json` lists with the backups kept in `bucket`."""
+    result = ok(project.run("backups", f"--env={env_name}", "--json",
+                            env=bucket.env(**extra)))
+    return json.loads(result.stdout)
+
+
+def backup_id_of(result) -> str:
+    """The id from `invoke backup`'s line `Backup <id>: ...`."""
+    line = next(l for l in result.stdout.splitlines() if l.startswith("Backup "))
+    return line.split()[1].rstrip(":")
+
+
 def safety_id_from(result) -> str:
     match = re.search(r"Safety backup (\S+) holds", result.stdout)
     assert match, shown(result)
@@ -123,7 +147,7 @@ def without_audit(names: Iterable[str]) -> set[str]:
     return {n for n in names if not n.endswith(".audit.json")}
 
 
-# -- settings files, revisions, keys, tools ---------------------------------------------------
+# -- settings files, revisions, keys ---------------------------------------------------------
 def dotenv_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -185,47 +209,6 @@ def sealed(*recipients: Key, identity: Key | None = None, **extra: str) -> dict:
     return env
 
 
-def fake_pg_bin(folder: Path, *, pg_dump: str | None = None,
-                pg_restore: str | None = None) -> Path:
-    """A PG_BIN_DIR of bash scripts: each of pg_dump and pg_restore runs the body given for it
-    (with $REAL set to the real tool), or just execs the real tool."""
-    folder.mkdir()
-    for tool, real, body in (("pg_dump", REAL_PG_DUMP, pg_dump),
-                             ("pg_restore", REAL_PG_RESTORE, pg_restore)):
-        script = folder / tool
-        script.write_text(f"#!/bin/bash\nREAL='{real}'\n"
-                          + (body if body is not None else 'exec "$REAL" "$@"\n'))
-        script.chmod(0o755)
-    return folder
-
-
-def wrapped_pg_dump(tmp_path: Path, pg_dump_body: str, *, version: str | None = None) -> Path:
-    """A PG_BIN_DIR (tmp_path/pg-bin): pg_dump answers --version (really, or with `version`)
-    and otherwise logs its call to tmp_path/dump.log (dump_calls) and runs `pg_dump_body`
-    ($REAL is the real pg_dump, $LOG the log); pg_restore is the real one."""
-    answer = f"echo 'pg_dump (PostgreSQL) {version}'; exit 0" if version else 'exec "$REAL" "$@"'
-    return fake_pg_bin(tmp_path / "pg-bin", pg_dump=f"""LOG='{tmp_path / "dump.log"}'
-if [ "$1" = "--version" ]; then {answer}; fi
-echo "dump $*" >> "$LOG"
-{pg_dump_body}
-""")
-
-
-def dump_calls(tmp_path: Path) -> list[str]:
-    """The calls wrapped_pg_dump logged, other than --version."""
-    log = tmp_path / "dump.log"
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def fifo_pair(folder: Path) -> tuple[Path, Path]:
-    """Two named pipes, `started.fifo` and `go.fifo`: a fake tool says it got somewhere on
-    the first and waits for the test's line on the second."""
-    started, go = folder / "started.fifo", folder / "go.fifo"
-    os.mkfifo(started)
-    os.mkfifo(go)
-    return started, go
-
-
 # -- PostgreSQL --------------------------------------------------------------------------------
 def pg_env(db, **extra: str) -> dict:
     """Process environment that points an invoke run at `db` through POSTGRES_* settings."""
@@ -235,6 +218,21 @@ def pg_env(db, **extra: str) -> dict:
            "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
     env.update(extra)
     return env
+
+
+def pg_settings(db, root: Path, **extra: str):
+    """The Settings of env pgtest pointed at `db` (as pg_env, plus `extra`), for code called
+    in-process."""
+    from app.settings import load_settings
+    return load_settings("pgtest", environ=pg_env(db, **extra), root=root)
+
+
+def advisory_locks_held(db) -> int:
+    """How many sessions hold the advisory lock the tool takes on `db`."""
+    from app.ops.lock import advisory_key
+    return admin_sql(db.admin, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND granted AND ((classid::bigint << 32) | objid::bigint) = :k",
+                     k=advisory_key(db.name))[0][0]
 
 
 def admin_sql(admin, statement: str, **params):

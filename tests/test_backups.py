@@ -22,10 +22,10 @@ from app.ops.manifest import MANIFEST_SUFFIX, BackupManifest
 from app.ops.storage.local import LocalStorage
 from app.ops.target import Target, open_target
 from app.settings import load_settings
-from helpers import dump_calls, wrapped_pg_dump
+from fake_tools import dump_calls, wrapped_pg_dump
+from helpers import FIRST, HEAD, pg_settings
 
 T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -317,12 +317,8 @@ def test_find_backup_with_no_backups_is_config_error(tmp_path):
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
-def pg_settings(db, root: Path, **extra: str):
-    url = db.url
-    environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
-               "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
-               "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database, **extra}
-    return open_target(load_settings("pgtest", environ=environ, root=root))
+def pg_target(db, root: Path, **extra: str):
+    return open_target(pg_settings(db, root, **extra))
 
 
 def password_forms(password: str) -> list[str]:
@@ -337,7 +333,7 @@ def pg_settings_with_rows(pg_database, tmp_path):
                     "FROM generate_series(1, 200) AS g")
     pg_database.sql("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
     pg_database.sql(f"INSERT INTO alembic_version VALUES ('{FIRST}')")
-    return pg_settings(pg_database, tmp_path)
+    return pg_target(pg_database, tmp_path)
 
 
 def server_version(target) -> int:
@@ -413,7 +409,7 @@ def test_postgres_corrupt_artifact_fails(pg_settings_with_rows):
 @pytest.mark.postgres
 def test_pg_dump_older_than_server_is_refused_before_anything_runs(pg_database, tmp_path):
     pg_bin = wrapped_pg_dump(tmp_path, "exit 1", version="9.6")
-    target = pg_settings(pg_database, tmp_path, PG_BIN_DIR=str(pg_bin))
+    target = pg_target(pg_database, tmp_path, PG_BIN_DIR=str(pg_bin))
     with pytest.raises(ConfigError, match=r"pg_dump 9\.6 cannot dump a PostgreSQL \d+ server"):
         take_backup(target, reason="manual", revision=None, now=T0)
     assert dump_calls(tmp_path) == []  # refused before pg_dump ran
@@ -423,7 +419,7 @@ def test_pg_dump_older_than_server_is_refused_before_anything_runs(pg_database, 
 
 @pytest.mark.postgres
 def test_missing_pg_bin_dir_tools_is_config_error(pg_database, tmp_path):
-    target = pg_settings(pg_database, tmp_path, PG_BIN_DIR=str(tmp_path / "no-such-bin"))
+    target = pg_target(pg_database, tmp_path, PG_BIN_DIR=str(tmp_path / "no-such-bin"))
     with pytest.raises(ConfigError, match="PG_BIN_DIR"):
         take_backup(target, reason="manual", revision=None, now=T0)
     assert list_backups(target) == []

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Bucket, pg_env
-from helpers import FIRST, HEAD, add_revision, assert_no_password, shown
+from conftest import Bucket
+from helpers import FIRST, HEAD, add_revision, assert_no_password, audit_events, pg_env, shown
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
@@ -291,8 +291,7 @@ def metric_samples(path: Path) -> dict[str, dict[tuple, float]]:
 
 def test_the_textfile_holds_what_a_dashboard_and_an_alert_need(project, tmp_path):
     item = backed_up(project)  # the migrate from nothing is audited as succeeded
-    [event] = [json.loads(p.read_text())
-               for p in (project.root / "backups" / "dev").glob("*.audit.json")]
+    [event] = audit_events(project.store("dev"))
     folder = tmp_path / "textfiles"
     folder.mkdir()
     textfile = folder / "mida_db.prom"

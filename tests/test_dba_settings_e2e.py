@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import pg_env
-from helpers import failed, ok, shown
-from test_restore_e2e import (HEAD, Untouched, admin_sql, audit_events, derived_databases,
-                              drop_derived, ids, insert_users, pgdb, take_backup)
-
-__all__ = ["pgdb"]  # the fixture, imported for its clean-up of derived databases
+from fake_tools import fake_pg_bin
+from helpers import (FIRST, HEAD, Untouched, admin_sql, audit_events, derived_databases,
+                     drop_derived, failed, ids, insert_users, ok, pg_env, shown, take_backup)
 
 
 def set_on_owner(db, setting: str, value: str) -> None:
@@ -33,15 +29,8 @@ def row_counts(project, backup: dict) -> dict:
 def slow_pg_dump(tmp_path: Path, seconds: float) -> Path:
     """A PG_BIN_DIR whose pg_dump takes `seconds` longer than the real one, as a dump of a big
     database does: the session holding the exported snapshot stays open that long."""
-    folder = tmp_path / "slow-bin"
-    folder.mkdir()
-    (folder / "pg_dump").write_text(
-        f"#!/bin/bash\n'{shutil.which('pg_dump')}' \"$@\"\nstatus=$?\nsleep {seconds}\n"
-        "exit $status\n")
-    (folder / "pg_restore").write_text(f"#!/bin/bash\nexec '{shutil.which('pg_restore')}' \"$@\"\n")
-    for tool in folder.iterdir():
-        tool.chmod(0o755)
-    return folder
+    return fake_pg_bin(tmp_path / "slow-bin",
+                       pg_dump=f'"$REAL" "$@"\nstatus=$?\nsleep {seconds}\nexit $status\n')
 
 
 # == timeouts on the owner role ================================================================
@@ -127,7 +116,7 @@ def test_a_setting_the_owner_may_not_carry_over_refuses_the_restore_at_once(proj
     # A superuser-only parameter set on the whole database: its owner may not set it either.
     admin_sql(db.admin, f'ALTER DATABASE "{db.name}" SET log_min_duration_statement = \'250ms\'')
     untouched = Untouched(project, db, db.admin, env)
-    events_before = len(audit_events(project, "pgtest"))
+    events_before = len(audit_events(project.store("pgtest")))
 
     message = failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
                      f'ALTER ROLE "{api_role}" IN DATABASE "{db.name}" SET statement_timeout',
@@ -135,7 +124,7 @@ def test_a_setting_the_owner_may_not_carry_over_refuses_the_restore_at_once(proj
                      "RESET", "superuser")
     untouched.check()
     assert role_settings(db, api_role) == ["statement_timeout=5s"]
-    events = audit_events(project, "pgtest")
+    events = audit_events(project.store("pgtest"))
     assert len(events) == events_before + 1 and events[-1]["outcome"] == "failed"
 
     # The SQL the message gives, run by a DBA, lets the restore through.
@@ -171,7 +160,7 @@ def test_drills_on_scratch_copies_do_not_copy_other_roles_settings(project, pgdb
     so another role's per-database setting neither blocks them nor needs a DBA."""
     db = pgdb
     env = pg_env(db)
-    ok(project.run("migrate", "--revision=a9ef987fd631", env=env))
+    ok(project.run("migrate", f"--revision={FIRST}", env=env))
     insert_users_first = "INSERT INTO users (email, hashed_password) VALUES ('ada@example.org', 'x')"
     db.sql(insert_users_first)
     backup = take_backup(project, "pgtest", env)

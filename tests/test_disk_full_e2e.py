@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pg_env
-from helpers import failed, ok, sqlite_state
-from test_restore_e2e import Untouched, pgdb  # noqa: F401 (pgdb: a fixture)
+from helpers import FIRST, HEAD, Untouched, failed, last_audit, ok, pg_env, sqlite_state
 
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 BLOCK = 4096  # tmpfs's page: the unit it hands out room in
 MIB = 1 << 20
 
@@ -34,10 +31,6 @@ def store_files(folder: Path) -> dict[str, bytes]:
     bytes: a manifest rewritten, an artifact left, a `.partial` left all show."""
     return {p.name: p.read_bytes() for p in folder.iterdir()
             if not p.name.endswith((".audit.json", ".rehearsal.json"))} if folder.is_dir() else {}
-
-
-def last_audit(folder: Path) -> dict:
-    return json.loads(sorted(folder.glob("*.audit.json"))[-1].read_text())
 
 
 class SqliteUntouched:
@@ -59,6 +52,15 @@ class SqliteUntouched:
         assert files == self.files
 
 
+def one_backup_on(project, disk, *migrate_args: str) -> tuple[dict, Path]:
+    """dev.db migrated (to head, or as `migrate_args` say) and one backup of it, kept in a store
+    on `disk`: the settings that say so, and the store's folder."""
+    env, store = store_on(disk), disk.path / "backups" / "dev"
+    ok(project.run("migrate", *migrate_args, env=env))
+    ok(project.run("backup", env=env))
+    return env, store
+
+
 def with_backup_at(project, env: dict, revision: str) -> dict:
     """The database at HEAD with one backup of it taken at `revision`: a restore would change
     the database, so an untouched one shows."""
@@ -68,6 +70,18 @@ def with_backup_at(project, env: dict, revision: str) -> dict:
         ok(project.run("migrate", env=env))
     listed = project.backups("dev", env=env)
     return listed[-1] if revision != HEAD else listed[0]
+
+
+def backed_up_with_a_full_tmpdir(project, small_disk) -> tuple:
+    """dev.db at head with one backup, and a TMPDIR of 64 KiB with two blocks left (the copy of
+    the 20 KiB database does not fit): the TMPDIR's SmallDisk, and what a refused run must
+    leave SqliteUntouched."""
+    tmp = small_disk(64 * 1024, "tmp")
+    ok(project.run("migrate"))
+    ok(project.run("backup"))
+    before = SqliteUntouched(project, {}, project.store("dev"))
+    tmp.fill(leave=2 * BLOCK)
+    return tmp, before
 
 
 def understate_raw_size(store: Path, backup_id: str) -> None:
@@ -83,9 +97,7 @@ def understate_raw_size(store: Path, backup_id: str) -> None:
 # -- the backup store fills ------------------------------------------------------------------
 def test_room_for_the_artifact_but_not_the_manifest_stops_the_migration(project, small_disk):
     disk = small_disk(MIB)
-    env, store = store_on(disk), disk.path / "backups" / "dev"
-    ok(project.run("migrate", f"--revision={FIRST}", env=env))
-    ok(project.run("backup", env=env))
+    env, store = one_backup_on(project, disk, f"--revision={FIRST}")
     before = SqliteUntouched(project, env, store)
     assert before.listed[0]["size"] <= BLOCK  # the new artifact fits in the one block left
     disk.fill(leave=BLOCK)
@@ -100,9 +112,7 @@ def test_room_for_the_artifact_but_not_the_manifest_stops_the_migration(project,
 
 def test_a_store_that_fills_during_the_artifact_names_its_folder(project, small_disk):
     disk = small_disk(MIB)
-    env, store = store_on(disk), disk.path / "backups" / "dev"
-    ok(project.run("migrate", env=env))
-    ok(project.run("backup", env=env))
+    env, store = one_backup_on(project, disk)
     # Rows that hardly compress: the next artifact outgrows the room the free-disk guard
     # expects from the first backup's ratio (and checks before the dump), so the write fills it.
     with sqlite3.connect(project.root / "dev.db") as conn:
@@ -120,9 +130,7 @@ def test_a_store_that_fills_during_the_artifact_names_its_folder(project, small_
 
 def test_verify_that_finds_damage_but_cannot_record_it_says_so(project, small_disk):
     disk = small_disk(MIB)
-    env, store = store_on(disk), disk.path / "backups" / "dev"
-    ok(project.run("migrate", env=env))
-    ok(project.run("backup", env=env))
+    env, store = one_backup_on(project, disk)
     backup = project.backups("dev", env=env)[0]
     artifact = Path(backup["location"])
     data = bytearray(artifact.read_bytes())
@@ -148,9 +156,7 @@ def test_verify_that_finds_damage_but_cannot_record_it_says_so(project, small_di
 
 def test_verify_of_an_intact_backup_that_cannot_record_it_fails(project, small_disk):
     disk = small_disk(MIB)
-    env, store = store_on(disk), disk.path / "backups" / "dev"
-    ok(project.run("migrate", env=env))
-    ok(project.run("backup", env=env))
+    env, store = one_backup_on(project, disk)
     backup = project.backups("dev", env=env)[0]
     before = SqliteUntouched(project, env, store)
     disk.fill(leave=0)
@@ -166,12 +172,7 @@ def test_verify_of_an_intact_backup_that_cannot_record_it_fails(project, small_d
 
 # -- the temporary folder fills --------------------------------------------------------------
 def test_a_backup_whose_tmpdir_is_too_small_is_refused_naming_it(project, small_disk):
-    tmp = small_disk(64 * 1024, "tmp")
-    ok(project.run("migrate"))
-    ok(project.run("backup"))
-    store = project.root / "backups" / "dev"
-    before = SqliteUntouched(project, {}, store)
-    tmp.fill(leave=2 * BLOCK)  # the copy of a 20 KiB database does not fit
+    tmp, before = backed_up_with_a_full_tmpdir(project, small_disk)
 
     failed(project.run("backup", env={"TMPDIR": str(tmp.path)}), 4, str(tmp.path), "needed",
            "TMPDIR")
@@ -182,12 +183,7 @@ def test_a_backup_whose_tmpdir_is_too_small_is_refused_naming_it(project, small_
 
 def test_verify_whose_tmpdir_is_too_small_is_refused_and_not_recorded_as_damage(project,
                                                                                 small_disk):
-    tmp = small_disk(64 * 1024, "tmp")
-    ok(project.run("migrate"))
-    ok(project.run("backup"))
-    store = project.root / "backups" / "dev"
-    before = SqliteUntouched(project, {}, store)
-    tmp.fill(leave=2 * BLOCK)
+    tmp, before = backed_up_with_a_full_tmpdir(project, small_disk)
 
     failed(project.run("verify", env={"TMPDIR": str(tmp.path)}), 4, str(tmp.path),
            "20.0 KiB needed, 8.0 KiB free", "TMPDIR")
@@ -217,12 +213,7 @@ def test_a_restore_whose_tmpdir_is_too_small_leaves_the_database_alone(project, 
 
 
 def test_a_restore_test_whose_tmpdir_is_too_small_is_refused(project, small_disk):
-    tmp = small_disk(64 * 1024, "tmp")
-    ok(project.run("migrate"))
-    ok(project.run("backup"))
-    store = project.root / "backups" / "dev"
-    before = SqliteUntouched(project, {}, store)
-    tmp.fill(leave=2 * BLOCK)
+    tmp, before = backed_up_with_a_full_tmpdir(project, small_disk)
 
     failed(project.run("verify", "--restore-test", env={"TMPDIR": str(tmp.path)}), 4,
            str(tmp.path), "needed", "TMPDIR")

@@ -16,8 +16,8 @@ import pyrage
 import pytest
 import zstandard
 
-from conftest import pg_env
-from helpers import FIRST, HEAD, failed, ok, sealed, sqlite_query, without_audit
+from helpers import (FIRST, HEAD, dev_db, failed, ok, pg_env, sealed, sqlite_query,
+                     without_audit)
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
 SQLITE_MAGIC = b"SQLite format 3"
@@ -26,10 +26,6 @@ ROWS = [("ada@example.org", "Ada Lovelace", "+44 20 7946 0000"),
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def dev_db(project) -> Path:
-    return project.root / "dev.db"
 
 
 def sqlite_rows(path: Path) -> list[tuple]:

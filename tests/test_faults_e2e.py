@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (AWKWARD_PASSWORD, FIRST, HEAD, REAL_PG_RESTORE, at_first_revision,
-                     dump_calls, failed, last_audit, ok, pg_env, without_audit, wrapped_pg_dump)
+from fake_tools import REAL_PG_RESTORE, dump_calls, wrapped_pg_dump
+from helpers import (AWKWARD_PASSWORD, FIRST, HEAD, at_first_revision, failed, last_audit, ok,
+                     pg_env, without_audit)
 from helpers import sealed as age_sealed  # `sealed` is a parameter of a test here
 
 pytestmark = pytest.mark.postgres
@@ -25,68 +26,83 @@ def non_audit_files(project) -> set[str]:
     return without_audit(project.backup_files("pgtest"))
 
 
-def assert_untouched(project, db, backups_before, files_before) -> None:
-    assert db.revision() == FIRST
-    assert "phone_number" not in db.columns("users")
-    assert project.backups("pgtest", env=pg_env(db)) == backups_before
-    assert non_audit_files(project) == files_before  # no new artifact, no `.partial`
+def migrate_with(project, db, bin_dir: Path):
+    """`invoke migrate` of `db` with the client tools in `bin_dir`."""
+    return project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+
+
+class Unchanged:
+    """What a migrate whose backup failed must leave as it was: the database at FIRST (no
+    phone_number), the backups listed, the backup files."""
+
+    def __init__(self, project, db):
+        self.project, self.db = project, db
+        self.backups = project.backups("pgtest", env=pg_env(db))
+        self.files = non_audit_files(project)
+
+    def check(self) -> None:
+        assert self.db.revision() == FIRST
+        assert "phone_number" not in self.db.columns("users")
+        assert self.project.backups("pgtest", env=pg_env(self.db)) == self.backups
+        assert non_audit_files(self.project) == self.files  # no new artifact, no `.partial`
+
+
+@pytest.fixture
+def at_first(project, pg_database) -> Unchanged:
+    """pg_database at FIRST through the real tools, and what a failed migrate must leave."""
+    at_first_revision(project, pg_database)
+    return Unchanged(project, pg_database)
 
 
 # -- the backup fails: nothing is migrated ---------------------------------------------------
-def test_pg_dump_failing_stops_the_migration(project, pg_database, tmp_path):
-    db = pg_database
-    backups_before, files_before = at_first_revision(project, db)
+def test_pg_dump_failing_stops_the_migration(project, at_first, tmp_path):
+    db = at_first.db
     bin_dir = wrapped_pg_dump(tmp_path,
                               'echo "pg_dump: error: connection to server lost" >&2\nexit 1')
-    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4,
+    failed(migrate_with(project, db, bin_dir), 4,
            "pg_dump", "connection to server lost")
     assert len(dump_calls(tmp_path)) == 1
-    assert_untouched(project, db, backups_before, files_before)
+    at_first.check()
     audit = last_audit(project.store("pgtest"))
     assert audit["action"] == "migrate" and audit["outcome"] != "succeeded"
 
 
-def test_a_truncated_dump_that_exits_0_stops_the_migration(project, pg_database, tmp_path):
-    db = pg_database
-    at_first_revision(project, db)
+def test_a_truncated_dump_that_exits_0_stops_the_migration(project, at_first, tmp_path):
+    db = at_first.db
     db.sql("INSERT INTO users (email, hashed_password, full_name) "
            "SELECT 'user' || n || '@example.org', md5(n::text), repeat('name ', 20) "
            "FROM generate_series(1, 500) AS n")
     ok(project.run("backup", env=pg_env(db)))  # real tools: how big a whole dump is
-    backups_before = project.backups("pgtest", env=pg_env(db))
-    files_before = non_audit_files(project)
-    assert backups_before[0]["raw_size"] > 8000  # so 2000 bytes really is a truncation
+    before = Unchanged(project, db)
+    assert before.backups[0]["raw_size"] > 8000  # so 2000 bytes really is a truncation
     bin_dir = wrapped_pg_dump(tmp_path, '"$REAL" "$@" | head -c 2000\nexit 0')
-    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4)
+    failed(migrate_with(project, db, bin_dir), 4)
     assert len(dump_calls(tmp_path)) == 1
-    assert_untouched(project, db, backups_before, files_before)
+    before.check()
     assert db.sql("SELECT count(*) FROM users") == [(500,)]
 
 
-def test_a_pg_dump_older_than_the_server_is_refused_before_anything_runs(project, pg_database,
+def test_a_pg_dump_older_than_the_server_is_refused_before_anything_runs(project, at_first,
                                                                           tmp_path):
-    db = pg_database
-    backups_before, files_before = at_first_revision(project, db)
+    db = at_first.db
     bin_dir = wrapped_pg_dump(tmp_path, 'exec "$REAL" "$@"', version="9.6.24")
-    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 2, "9.6", "15")
+    failed(migrate_with(project, db, bin_dir), 2, "9.6", "15")
     assert dump_calls(tmp_path) == []  # the dump mode never ran
-    assert_untouched(project, db, backups_before, files_before)
+    at_first.check()
 
 
-def test_pg_dump_missing_from_pg_bin_dir_is_a_configuration_error(project, pg_database, tmp_path):
-    db = pg_database
-    backups_before, files_before = at_first_revision(project, db)
+def test_pg_dump_missing_from_pg_bin_dir_is_a_configuration_error(project, at_first, tmp_path):
+    db = at_first.db
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(empty))), 2, "pg_dump")
-    assert_untouched(project, db, backups_before, files_before)
+    at_first.check()
 
 
 # -- the password's plumbing -----------------------------------------------------------------
-def test_the_password_reaches_pg_dump_only_through_its_environment(project, pg_database,
+def test_the_password_reaches_pg_dump_only_through_its_environment(project, at_first,
                                                                    tmp_path):
-    db = pg_database
-    backups_before, _ = at_first_revision(project, db)
+    db = at_first.db
     record = tmp_path / "record"
     record.mkdir()
     bin_dir = wrapped_pg_dump(tmp_path, f"""
@@ -96,9 +112,9 @@ cat /proc/$$/cmdline > '{record}/cmdline'
 cat /proc/$PPID/cmdline > '{record}/parent_cmdline'
 exec "$REAL" "$@"
 """)
-    ok(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))))
+    ok(migrate_with(project, db, bin_dir))
     assert db.revision() == HEAD
-    assert len(project.backups("pgtest", env=pg_env(db))) == len(backups_before) + 1
+    assert len(project.backups("pgtest", env=pg_env(db))) == len(at_first.backups) + 1
 
     argv = (record / "argv").read_bytes().split(b"\0")[:-1]
     assert argv, "pg_dump was not called"
@@ -149,33 +165,32 @@ def test_a_backup_damaged_on_disk_while_written_stops_the_migration(project, pg_
     if sealed:
         key = keys("ops")
         env.update(age_sealed(key, identity=key))
-    ok(project.run("migrate", "--revision=a9ef987fd631", env=env))
+    ok(project.run("migrate", f"--revision={FIRST}", env=env))
     # 4 MiB that neither zstd nor age shrinks: far more than the store's 1 MiB write buffer,
     # so most of the backup is on disk while pg_dump is still running.
     db.sql("CREATE TABLE scans (id serial PRIMARY KEY, image bytea NOT NULL)")
     db.sql("INSERT INTO scans (image) VALUES (:b)", b=os.urandom(4 << 20))
-    backups_before, files_before = project.backups("pgtest", env=env), non_audit_files(project)
+    before = Unchanged(project, db)
     bin_dir = wrapped_pg_dump(tmp_path, scribbling_pg_dump(tmp_path, project.store("pgtest")))
 
     error = failed(project.run("migrate", env=dict(env, PG_BIN_DIR=str(bin_dir))), 4,
                    "SHA-256")
     suffix = ".pgdump.zst.age.partial" if sealed else ".pgdump.zst.partial"
     assert (tmp_path / "flipped").read_text().split()[0].endswith(suffix), error
-    assert_untouched(project, db, backups_before, files_before)
+    before.check()
     assert db.sql("SELECT count(*) FROM scans") == [(1,)]
 
 
 # -- pg_dump's exit status alone -------------------------------------------------------------
-def test_a_complete_dump_from_a_pg_dump_that_exits_1_stops_the_migration(project, pg_database,
+def test_a_complete_dump_from_a_pg_dump_that_exits_1_stops_the_migration(project, at_first,
                                                                          tmp_path):
-    db = pg_database
-    backups_before, files_before = at_first_revision(project, db)
+    db = at_first.db
     archive = tmp_path / "what-pg_dump-wrote.pgdump"
     bin_dir = wrapped_pg_dump(tmp_path, f"""set -o pipefail
 "$REAL" "$@" | tee '{archive}' || exit
 echo "pg_dump: error: could not close the output: input/output error" >&2
 exit 1""")
-    failed(project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir))), 4,
+    failed(migrate_with(project, db, bin_dir), 4,
            "pg_dump", "exit status 1", "input/output error")
     assert len(dump_calls(tmp_path)) == 1
     # What it wrote is a whole, valid archive: the exit status is the only thing wrong.
@@ -183,4 +198,4 @@ exit 1""")
                            text=True)
     assert check.returncode == 0 and "TABLE DATA public users" in check.stdout, check.stderr
     assert subprocess.run([REAL_PG_RESTORE, "--file", os.devnull, str(archive)]).returncode == 0
-    assert_untouched(project, db, backups_before, files_before)
+    at_first.check()

@@ -8,21 +8,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
-import shutil
 import signal
 import subprocess
-import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import text
 
-from conftest import pg_env
-from helpers import failed, ok, shown, sqlite_state
-
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
+from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, failed, ok, pg_env,
+                     shown, sqlite_state)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -50,33 +46,6 @@ def open_window() -> str:
 def store_files(project, env_name: str) -> dict[str, bytes]:
     folder = project.root / "backups" / env_name
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
-
-
-def add_revision(project, rev: str, down: str | tuple, upgrade: str, downgrade: str,
-                 message: str = "A hand-written revision") -> Path:
-    path = project.root / "alembic" / "versions" / f"{rev}_hand_written.py"
-    path.write_text(f'''"""{message}
-
-Revision ID: {rev}
-Revises: {down}
-"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "{rev}"
-down_revision = {down!r}
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-{textwrap.indent(textwrap.dedent(upgrade).strip(), "    ")}
-
-
-def downgrade():
-{textwrap.indent(textwrap.dedent(downgrade).strip(), "    ")}
-''')
-    return path
 
 
 def prod_at(project, revision: str, **settings: str) -> Path:
@@ -281,24 +250,6 @@ def test_migrate_sql_prints_only_the_pending_sql_and_changes_nothing(project, re
 
 
 # == PostgreSQL =================================================================================
-@pytest.fixture
-def pgdb(pg_database):
-    """pg_database, plus dropping any `NAME__...` database left beside it (a scratch copy the
-    product failed to drop), so the fixture can drop the role afterwards."""
-    yield pg_database
-    for name in derived_databases(pg_database):
-        with pg_database.admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def derived_databases(db, marker: str = "__") -> list[str]:
-    prefix = db.name + marker
-    with db.admin.connect() as conn:
-        return sorted(r[0] for r in conn.execute(
-            text("SELECT datname FROM pg_database WHERE left(datname, :n) = :p"),
-            {"n": len(prefix), "p": prefix}))
-
-
 def scratch_databases(db) -> list[str]:
     with db.admin.connect() as conn:
         return sorted(r[0] for r in conn.execute(
@@ -314,6 +265,13 @@ def prod_pg_env(db, **extra: str) -> dict:
     return pg_env(db, **settings)
 
 
+def at_first_in_production(project, db) -> dict:
+    """`db` brought to FIRST as production (prod_pg_env, inside an open window): that env."""
+    env = prod_pg_env(db)
+    ok(project.run("migrate", f"--revision={FIRST}", env=env))
+    return env
+
+
 def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
     """Wait for `proc`; if it is still running after `timeout` seconds, end its whole session
     and fail the test (a release that hangs is a bug)."""
@@ -327,49 +285,20 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-class HeldLock:
-    """Another session holding a table lock in an open transaction, as an API request or a
-    report query would."""
-
-    def __init__(self, db, statement: str):
-        self.engine = create_engine(db.url, poolclass=pool.NullPool)
-        self.conn = self.engine.connect()
-        # Never wait forever here: if the test's own setup holds a lock, fail loudly instead.
-        self.conn.execute(text("SET lock_timeout = '10s'"))
-        self.conn.execute(text(statement))
-
-    def release(self) -> None:
-        if self.conn is not None:
-            self.conn.rollback()
-            self.conn.close()
-            self.engine.dispose()
-            self.conn = None
-
-
 def parked_read_back(tmp_path) -> tuple[Path, Path, Path]:
     """A PG_BIN_DIR whose pg_restore, when it reads a new backup back (`--file /dev/null`),
     reads it all, then says 'started' on one FIFO and waits for a line on another before
     exiting with the real status: the dump is finished, and its locks released, by then."""
-    bin_dir = tmp_path / "parked-bin"
-    bin_dir.mkdir()
-    started, go = tmp_path / "started.fifo", tmp_path / "go.fifo"
-    os.mkfifo(started)
-    os.mkfifo(go)
-    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
-exec '{shutil.which("pg_dump")}' "$@"
-""")
-    (bin_dir / "pg_restore").write_text(f"""#!/bin/bash
-if [ "$1" = "--file" ]; then
-  '{shutil.which("pg_restore")}' "$@"
+    started, go = fifo_pair(tmp_path)
+    bin_dir = fake_pg_bin(tmp_path / "parked-bin", pg_restore=f"""if [ "$1" = "--file" ]; then
+  "$REAL" "$@"
   status=$?
   echo started > '{started}'
   read -r _ < '{go}'
   exit $status
 fi
-exec '{shutil.which("pg_restore")}' "$@"
+exec "$REAL" "$@"
 """)
-    for tool in bin_dir.iterdir():
-        tool.chmod(0o755)
     return bin_dir, started, go
 
 
@@ -393,27 +322,21 @@ def test_an_exclusive_lock_on_users_makes_the_migration_time_out(project, pgdb, 
     """ACCESS EXCLUSIVE on users, taken by another session once the backup is dumped: the
     migration's ALTER gives up after MIGRATION_LOCK_TIMEOUT, exit 5, and nothing changed."""
     db = pgdb
-    env = prod_pg_env(db)
-    ok(project.run("migrate", f"--revision={FIRST}", env=env))
+    env = at_first_in_production(project, db)
     db.sql("INSERT INTO users (email, hashed_password) VALUES ('ada@example.org', 'x')")
     before = project.backups("pgtest", env=env)
 
     bin_dir, started, go = parked_read_back(tmp_path)
-    started_fd = os.open(started, os.O_RDWR)  # Linux: never blocks, and never reads EOF
-    proc = project.start("migrate", env=dict(env, PG_BIN_DIR=str(bin_dir)))
+    proc, _ = started_and_parked(project, started, "migrate",
+                                 env=dict(env, PG_BIN_DIR=str(bin_dir)))
     holder = None
     try:
-        while not select.select([started_fd], [], [], 1)[0]:
-            assert proc.poll() is None, f"migrate ended early:\n{proc.stderr.read()}"
-        holder = HeldLock(db, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        with open(go, "w") as release:
-            release.write("go\n")
-        result = finish(proc, timeout=120)
+        with ended_afterwards(proc):
+            holder = HeldLock(db, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            with open(go, "w") as release:
+                release.write("go\n")
+            result = finish(proc, timeout=120)
     finally:
-        os.close(started_fd)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
         if holder is not None:
             holder.release()
 
@@ -428,8 +351,7 @@ def test_a_reader_holding_users_makes_the_migration_time_out(project, pgdb):
     """A session inside a transaction that read users (ACCESS SHARE, as a slow report does): the
     backup reads alongside it, the ALTER gives up after MIGRATION_LOCK_TIMEOUT, exit 5."""
     db = pgdb
-    env = prod_pg_env(db)
-    ok(project.run("migrate", f"--revision={FIRST}", env=env))
+    env = at_first_in_production(project, db)
     before = project.backups("pgtest", env=env)
     holder = HeldLock(db, "SELECT count(*) FROM users")
     try:
@@ -450,8 +372,7 @@ def test_an_exclusive_lock_held_before_the_run_does_not_hang_it(project, pgdb):
     nothing may be migrated; a careful tool gives up within its lock timeout with one clear
     message instead of waiting forever inside the maintenance window."""
     db = pgdb
-    env = prod_pg_env(db)
-    ok(project.run("migrate", f"--revision={FIRST}", env=env))
+    env = at_first_in_production(project, db)
     before = project.backups("pgtest", env=env)
     holder = HeldLock(db, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
     try:
@@ -505,7 +426,7 @@ def test_rehearse_runs_the_pending_migrations_down_and_up_on_a_scratch_copy(proj
                      ("upgrade again", HEAD)], shown(result)
 
     assert scratch_databases(db) == []
-    assert derived_databases(db) == []
+    assert derived_databases(db.admin, db.name) == []
     assert db.revision() == FIRST
     assert "phone_number" not in db.columns("users")
     assert db.sql("SELECT email FROM users") == [("ada@example.org",)]
@@ -533,7 +454,7 @@ def test_a_rehearsal_whose_migration_fails_exits_5_and_drops_the_scratch(project
 
     failed(project.run("rehearse", env=env), 5, "fa11fa11fa11")
     assert scratch_databases(db) == []
-    assert derived_databases(db) == []
+    assert derived_databases(db.admin, db.name) == []
     assert db.revision() == FIRST
     assert db.columns("users") == ["id", "email", "full_name", "hashed_password", "is_active"]
     [saved] = rehearsals(project)

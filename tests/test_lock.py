@@ -5,6 +5,7 @@ opens the lock file again and conflicts exactly as another process would.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -18,6 +19,7 @@ from app.ops.errors import ExitCode, GuardRefused
 from app.ops.databases import open_database
 from app.ops.lock import advisory_key
 from app.settings import load_settings
+from helpers import advisory_locks_held, pg_settings
 
 T0 = datetime(2026, 3, 2, 22, 5, tzinfo=UTC)
 
@@ -73,41 +75,48 @@ def test_sqlite_lock_is_released_when_the_block_raises(sqlite_settings):
     with pytest.raises(RuntimeError):
         with database_lock(sqlite_settings, action="migrate", now=T0):
             raise RuntimeError("migration blew up")
+    assert granted(sqlite_settings)
+
+
+@contextlib.contextmanager
+def held_by_another_file(path: Path, record: bytes | None = None):
+    """The lock file held as another process holds it: its own open file with an exclusive
+    flock, and (if given) the record it wrote there."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if record is not None:
+            os.write(fd, record)
+        yield
+    finally:
+        os.close(fd)
+
+
+def granted(settings) -> bool:
+    """Whether a migrate gets the lock now (and gives it back)."""
     entered = False
-    with database_lock(sqlite_settings, action="migrate", now=T0):
+    with database_lock(settings, action="migrate", now=T0):
         entered = True
-    assert entered
+    return entered
 
 
 def test_sqlite_lock_held_by_another_open_file(sqlite_settings):
     path = lock_path(sqlite_settings)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, json.dumps({"action": "restore", "holder": "oncall@bastion pid 4242"}).encode())
+    holder = json.dumps({"action": "restore", "holder": "oncall@bastion pid 4242"}).encode()
+    with held_by_another_file(path, holder):
         with pytest.raises(GuardRefused, match="oncall@bastion pid 4242"):
             with database_lock(sqlite_settings, action="migrate", now=T0):
                 pytest.fail("the lock must not be granted")
         # The refused run did not overwrite the holder's record.
         assert "oncall@bastion pid 4242" in path.read_text()
-    finally:
-        os.close(fd)
-    entered = False
-    with database_lock(sqlite_settings, action="migrate", now=T0):
-        entered = True
-    assert entered
+    assert granted(sqlite_settings)
 
 
 def test_sqlite_lock_held_with_unreadable_record_still_refuses(sqlite_settings):
-    path = lock_path(sqlite_settings)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with held_by_another_file(lock_path(sqlite_settings)):
         with pytest.raises(GuardRefused, match="another process"):
             with database_lock(sqlite_settings, action="migrate", now=T0):
                 pytest.fail("the lock must not be granted")
-    finally:
-        os.close(fd)
 
 
 def test_sqlite_lock_does_not_create_the_database(sqlite_settings):
@@ -129,23 +138,6 @@ def test_sqlite_locks_of_different_databases_are_independent(tmp_path):
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
-def pg_settings(db, root: Path):
-    url = db.url
-    environ = {"APP_ENV": "pgtest", "POSTGRES_SERVER": url.host or "127.0.0.1",
-               "POSTGRES_PORT": str(url.port or 5432), "POSTGRES_USER": url.username,
-               "POSTGRES_PASSWORD": url.password, "POSTGRES_DB": url.database}
-    return load_settings("pgtest", environ=environ, root=root)
-
-
-def advisory_locks_held(db) -> int:
-    from sqlalchemy import text
-    key = advisory_key(db.name)
-    with db.admin.connect() as conn:
-        return conn.execute(text(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND ((classid::bigint << 32) | objid::bigint) = :k"), {"k": key}).scalar()
-
-
 @pytest.mark.postgres
 def test_postgres_second_lock_is_refused_naming_the_holder(pg_database, tmp_path):
     settings = pg_settings(pg_database, tmp_path)

@@ -12,21 +12,30 @@ from datetime import UTC, datetime
 
 import pytest
 
-from helpers import (FIRST, HEAD, add_revision, admin_url, at_first_revision, failed, last_audit,
-                     ok, pg_env, wrapped_pg_dump)
-from test_lock import advisory_locks_held, pg_settings
+from fake_tools import fake_pg_bin, wrapped_pg_dump
+from helpers import (FIRST, HEAD, add_revision, admin_url, advisory_locks_held, at_first_revision,
+                     derived_databases, failed, last_audit, ok, pg_env, pg_settings, take_backup)
 
 from app.ops.errors import ExitCode, LockLost
 from app.ops.databases import open_database
+from app.ops.lock import advisory_key
 
 pytestmark = pytest.mark.postgres
 
 T0 = datetime(2026, 3, 2, 22, 5, tzinfo=UTC)
 ADMIN_DSN = admin_url().set(drivername="postgresql").render_as_string(hide_password=False)
-# What a pg_dump wrapper runs to end the migrate's lock session, as a restart would.
-END_LOCK_SESSION = (f"psql '{ADMIN_DSN}' -Atqc \"SELECT count(pg_terminate_backend(pid)) "
-                    "FROM pg_stat_activity WHERE application_name LIKE 'mida migrate%'\" "
-                    "> \"$LOG.ended\"")
+
+
+def end_lock_session_sql(db) -> str:
+    """Ends the session holding the lock on `db` alone (found by its advisory key), as a
+    restart would: other runs on the same server, other tests', keep theirs."""
+    return ("SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' "
+            f"AND granted AND ((classid::bigint << 32) | objid::bigint) = {advisory_key(db.name)}")
+
+
+def end_lock_session(db, log: str) -> str:
+    """The shell line a tool wrapper runs to end the lock's session, writing the count to LOG."""
+    return f"psql '{ADMIN_DSN}' -Atqc \"{end_lock_session_sql(db)}\" > '{log}'"
 
 
 def role_setting(db, setting: str) -> None:
@@ -37,8 +46,7 @@ def role_setting(db, setting: str) -> None:
 
 
 def terminate_lock_sessions(db) -> int:
-    return db.admin_sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE application_name LIKE 'mida %'")[0][0]
+    return db.admin_sql(end_lock_session_sql(db))[0][0]
 
 
 # -- the lock object ---------------------------------------------------------------------------
@@ -90,10 +98,11 @@ def test_a_slow_backup_under_an_idle_session_timeout_still_migrates(project, pg_
 def test_a_lock_lost_during_the_backup_stops_before_the_change(project, pg_database, tmp_path):
     db = pg_database
     backups_before, _ = at_first_revision(project, db)
-    bin_dir = wrapped_pg_dump(tmp_path, f'{END_LOCK_SESSION}\nexec "$REAL" "$@"')
+    ended = tmp_path / "ended"
+    bin_dir = wrapped_pg_dump(tmp_path, f'{end_lock_session(db, ended)}\nexec "$REAL" "$@"')
     result = project.run("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
     failed(result, 3, "lock", "was lost", "nothing was changed", FIRST)
-    assert (tmp_path / "dump.log.ended").read_text().strip() == "1"  # the fault did happen
+    assert ended.read_text().strip() == "1"  # the fault did happen
     assert db.revision() == FIRST
     assert "phone_number" not in db.columns("users")
     # The backup it took is a good one and stays listed; the run is audited as stopped.
@@ -103,16 +112,13 @@ def test_a_lock_lost_during_the_backup_stops_before_the_change(project, pg_datab
     assert advisory_locks_held(db) == 0
 
 
-
-
 def test_a_lock_lost_during_the_migration_rolls_the_change_back(project, pg_database):
     db = pg_database
     ok(project.run("migrate", env=pg_env(db)))
     assert db.revision() == HEAD
-    add_revision(project, "0badlock0001", HEAD, """
+    add_revision(project, "0badlock0001", HEAD, f"""
         op.execute("CREATE TABLE made_without_the_lock (id integer)")
-        op.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                   "WHERE application_name LIKE 'mida migrate%'")
+        op.execute("{end_lock_session_sql(db)}")
         """, 'op.execute("DROP TABLE made_without_the_lock")',
                  message="Ends the lock's session mid-migration, as a server restart would",
                  slug="loses_its_lock")
@@ -121,3 +127,29 @@ def test_a_lock_lost_during_the_migration_rolls_the_change_back(project, pg_data
     assert db.revision() == HEAD
     assert "made_without_the_lock" not in db.tables()
     assert last_audit(project.store("pgtest"))["outcome"] == "lock lost"
+
+
+def test_a_lock_lost_while_the_restored_copy_is_built_stops_before_the_swap(project, pg_database,
+                                                                            tmp_path):
+    """Restore asks the server for its lock right before the swap: a lock lost while pg_restore
+    built the copy means another run may be changing the database, so nothing is swapped."""
+    db = pg_database
+    at_first_revision(project, db)
+    backup = take_backup(project, "pgtest", env=pg_env(db))
+    oid_before = db.sql("SELECT oid FROM pg_database WHERE datname = current_database()")[0][0]
+    ended = tmp_path / "ended"
+    bin_dir = fake_pg_bin(tmp_path / "pg-bin", pg_restore=f"""
+if [ "$1" != "--version" ]; then
+  {end_lock_session(db, ended)}
+fi
+exec "$REAL" "$@"
+""")
+    result = project.run("restore", f"--backup={backup['id']}", "--yes",
+                         env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    failed(result, 3, "restore stopped before the swap", "was lost", "nothing was changed")
+    assert ended.read_text().strip() == "1"  # the fault did happen, while the copy was built
+    oid_after = db.sql("SELECT oid FROM pg_database WHERE datname = current_database()")[0][0]
+    assert oid_after == oid_before  # the live database was not swapped
+    assert derived_databases(db.admin, db.name) == []  # the copy was dropped
+    assert last_audit(project.store("pgtest"))["outcome"] == "lock lost"
+    assert advisory_locks_held(db) == 0

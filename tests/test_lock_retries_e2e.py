@@ -19,29 +19,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from conftest import pg_env
-from helpers import failed, ok, shown
+from helpers import FIRST, HEAD, HeldLock, failed, ok, pg_env, shown
 
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 RETRY_LINE = re.compile(r"^WARNING: .*attempt (\d+) of (\d+).*retrying in", re.M)
 
 
-class RowHolder:
+def row_holder(db) -> HeldLock:
     """An API request inside its transaction, holding Ada's row FOR UPDATE (ROW SHARE on users:
     the migration's ACCESS EXCLUSIVE must wait for it)."""
-
-    def __init__(self, db):
-        self.engine = create_engine(db.url, poolclass=pool.NullPool)
-        self.conn = self.engine.connect()
-        self.conn.execute(text("SET lock_timeout = '10s'"))
-        self.conn.execute(text("SELECT id FROM users WHERE email = 'ada@example.org' FOR UPDATE"))
-
-    def release(self) -> None:
-        if self.conn is not None:
-            self.conn.rollback()
-            self.conn.close()
-            self.engine.dispose()
-            self.conn = None
+    return HeldLock(db, "SELECT id FROM users WHERE email = 'ada@example.org' FOR UPDATE")
 
 
 class Writer(threading.Thread):
@@ -158,7 +144,7 @@ def test_a_busy_table_is_retried_and_the_release_succeeds_once_the_holder_lets_g
 
     writer = Writer(db)
     writer.start()
-    holder = RowHolder(db)
+    holder = row_holder(db)
     try:
         run = Run(project, action, env=env)
         retry = run.wait_for_line(RETRY_LINE, timeout=60)
@@ -189,7 +175,7 @@ def test_a_table_that_stays_busy_fails_after_the_last_retry_with_nothing_changed
 
     writer = Writer(db)
     writer.start()
-    holder = RowHolder(db)
+    holder = row_holder(db)
     try:
         run = Run(project, "migrate", env=env)
         result = run.finish()

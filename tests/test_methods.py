@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.ops.backups import backup_before_change, list_backups, take_backup, verify_backup
+from app.ops.backup_run import backup_before_change
+from app.ops.backups import list_backups, take_backup, verify_backup
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.guards import RunFacts
 from app.ops.methods import METHODS, DumpMethod, PgBackRestMethod, method_of

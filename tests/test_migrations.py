@@ -11,8 +11,7 @@ from app.ops.errors import ConfigError
 from app.ops.migrations import Migrations, Revision
 from app.ops.target import open_target
 from app.settings import load_settings
-
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+from helpers import FIRST, HEAD
 
 
 @pytest.fixture

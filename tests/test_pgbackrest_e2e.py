@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import AWKWARD_PASSWORD, Project
-from helpers import failed, ok, shown
+from conftest import Project
+from helpers import AWKWARD_PASSWORD, HEAD, add_revision, failed, ok, shown
 
 
 def test_the_throwaway_cluster_archives_and_has_a_full_backup(archiving_cluster):
@@ -101,11 +101,11 @@ def test_migrate_takes_a_restore_point_whose_wal_is_archived_and_no_dump(project
     result = ok(project.run("migrate", env=cluster_db.env()))
     migrate_seconds = time.monotonic() - started
     assert "restore point before-migrate-" in result.stdout, shown(result)
-    assert cluster_db.revision() == "f8ff2ab1fdfa"
+    assert cluster_db.revision() == HEAD
     [item] = project.backups("pgtest", env=cluster_db.env())
     rp = item["pgbackrest"]
     assert item["method"] == "pgbackrest" and item["verified"] and item["revision"] is None
-    assert item["reason"] == "before migrate base -> f8ff2ab1fdfa"
+    assert item["reason"] == f"before migrate base -> {HEAD}"
     assert rp["restore_point"] == f"before-migrate-{item['id']}"
     # The restore point's segment is in the repository's archive, and the backup it rests on
     # is the fixture's full backup, on the same timeline.
@@ -129,7 +129,7 @@ def test_backup_on_demand_then_verify_finds_it(project, cluster_db):
     result = ok(project.run("backup", env=cluster_db.env()))
     assert "restore point on-demand-" in result.stdout, shown(result)
     newest = project.backups("pgtest", env=cluster_db.env())[0]
-    assert newest["reason"] == "on demand" and newest["revision"] == "f8ff2ab1fdfa"
+    assert newest["reason"] == "on demand" and newest["revision"] == HEAD
     verified = ok(project.run("verify", f"--backup={newest['id']}", env=cluster_db.env()))
     assert newest["id"] in verified.stdout
     # Health counts it as the newest verified backup; a scratch drill says why it cannot.
@@ -161,7 +161,7 @@ def test_archiving_broken_refuses_migrate_with_exit_4_and_changes_nothing(projec
     assert project.backups("pgtest", env=cluster_db.env()) == []
     # With archiving back, the next migrate goes through.
     ok(project.run("migrate", env=cluster_db.env()))
-    assert cluster_db.revision() == "f8ff2ab1fdfa"
+    assert cluster_db.revision() == HEAD
 
 
 def test_no_backup_on_the_current_timeline_or_no_stanza_is_refused(project, cluster_db):
@@ -171,31 +171,19 @@ def test_no_backup_on_the_current_timeline_or_no_stanza_is_refused(project, clus
            "PGBACKREST_STANZA")
 
 
-BAD_REVISION = '''"""a bad release: deletes rows and adds a column
-
-Revision ID: 0badc0ffee01
-Revises: f8ff2ab1fdfa
-"""
-from alembic import op
-import sqlalchemy as sa
-
-revision = "0badc0ffee01"
-down_revision = "f8ff2ab1fdfa"
-branch_labels = None
-depends_on = None
 
 
-def upgrade():
-    op.execute("DELETE FROM users WHERE id > 1")
-    op.execute("UPDATE users SET email = 'clobbered@example.org'")
-    op.add_column("users", sa.Column("junk", sa.Integer()))
-    op.create_table("leftover", sa.Column("id", sa.Integer(), primary_key=True))
-
-
-def downgrade():
-    op.drop_table("leftover")
-    op.drop_column("users", "junk")
-'''
+def add_bad_release(project) -> None:
+    """A bad release: deletes rows and adds a column."""
+    add_revision(project, "0badc0ffee01", HEAD, """
+        op.execute("DELETE FROM users WHERE id > 1")
+        op.execute("UPDATE users SET email = 'clobbered@example.org'")
+        op.add_column("users", sa.Column("junk", sa.Integer()))
+        op.create_table("leftover", sa.Column("id", sa.Integer(), primary_key=True))
+        """, """
+        op.drop_table("leftover")
+        op.drop_column("users", "junk")
+        """, message="a bad release: deletes rows and adds a column", slug="bad_release")
 
 
 def users(db: ClusterDatabase) -> str:
@@ -217,7 +205,7 @@ def test_restore_undoes_a_bad_migration_exactly_even_with_a_later_backup(project
     schema_before, rows_before = cluster_db.schema(), users(cluster_db)
     timeline_before = cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()")
 
-    (project.root / "alembic" / "versions" / "0badc0ffee01_bad_release.py").write_text(BAD_REVISION)
+    add_bad_release(project)
     ok(project.run("migrate", env=env))
     assert cluster_db.revision() == "0badc0ffee01" and "leftover" in cluster_db.tables()
     assert users(cluster_db) != rows_before
@@ -227,12 +215,12 @@ def test_restore_undoes_a_bad_migration_exactly_even_with_a_later_backup(project
     # And a write after the restore point, to be kept on the old timeline in the archive.
     cluster_db.sql("INSERT INTO leftover VALUES (42)")
     [newest, *_] = project.backups("pgtest", env=env)
-    assert newest["reason"] == "before migrate f8ff2ab1fdfa -> 0badc0ffee01"
+    assert newest["reason"] == f"before migrate {HEAD} -> 0badc0ffee01"
 
     started = time.monotonic()
     result = ok(project.run("restore", f"--backup={newest['id']}", "--yes", env=env))
     seconds = time.monotonic() - started
-    assert cluster_db.revision() == "f8ff2ab1fdfa"
+    assert cluster_db.revision() == HEAD
     assert cluster_db.tables() == ["alembic_version", "users"]
     assert cluster_db.schema() == schema_before
     assert users(cluster_db) == rows_before
@@ -264,7 +252,7 @@ def test_restore_refuses_a_cluster_with_other_databases_without_whole_cluster(pr
                "--whole-cluster", "nothing was changed")
         assert cluster.psql("SELECT pg_postmaster_start_time()") == started
         assert cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()") == timeline
-        assert cluster_db.revision() == "f8ff2ab1fdfa"
+        assert cluster_db.revision() == HEAD
     finally:
         cluster.psql(f"DROP DATABASE {other}")
 

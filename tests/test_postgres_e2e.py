@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import select
 import shutil
 import signal
 import subprocess
@@ -18,12 +17,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from conftest import admin_url, pg_env
-from helpers import assert_no_password, failed, ok
+from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
+from helpers import FIRST, HEAD, admin_url, assert_no_password, failed, ok, pg_env
 
 pytestmark = pytest.mark.postgres
-
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -49,23 +46,13 @@ def users_columns(db) -> list[str]:
 def parked_pg_dump(tmp_path) -> tuple[Path, Path, Path]:
     """A PG_BIN_DIR whose pg_dump says 'started' on one FIFO, then waits for a line on another
     before running the real pg_dump."""
-    bin_dir = tmp_path / "parked-bin"
-    bin_dir.mkdir()
-    started, go = tmp_path / "started.fifo", tmp_path / "go.fifo"
-    os.mkfifo(started)
-    os.mkfifo(go)
-    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
-if [ "$1" != "--version" ]; then
+    started, go = fifo_pair(tmp_path)
+    bin_dir = fake_pg_bin(tmp_path / "parked-bin", pg_dump=f"""if [ "$1" != "--version" ]; then
   echo started > '{started}'
   read -r _ < '{go}'
 fi
-exec '{shutil.which("pg_dump")}' "$@"
+exec "$REAL" "$@"
 """)
-    (bin_dir / "pg_restore").write_text(f"""#!/bin/bash
-exec '{shutil.which("pg_restore")}' "$@"
-""")
-    for tool in bin_dir.iterdir():
-        tool.chmod(0o755)
     return bin_dir, started, go
 
 
@@ -194,16 +181,13 @@ def test_a_second_migrate_is_refused_while_the_first_holds_the_lock(project, pg_
     FIFO), so it holds the lock; the second must be refused, told who holds it, and change
     nothing. Then the first is let go and finishes normally."""
     db = pg_database
-    ok(project.run("migrate", "--revision=a9ef987fd631", env=pg_env(db)))
+    ok(project.run("migrate", f"--revision={FIRST}", env=pg_env(db)))
     before = project.backups("pgtest", env=pg_env(db))
 
     bin_dir, started, go = parked_pg_dump(tmp_path)
     env = pg_env(db, PG_BIN_DIR=str(bin_dir))
-    started_fd = os.open(started, os.O_RDWR)  # Linux: never blocks, and never reads EOF
-    first = project.start("migrate", env=env)
-    try:
-        while not select.select([started_fd], [], [], 1)[0]:
-            assert first.poll() is None, f"the first migrate ended early:\n{first.stderr.read()}"
+    first, _ = started_and_parked(project, started, "migrate", env=env)
+    with ended_afterwards(first):
         failed(project.run("migrate", env=env), 3, f"pid {first.pid}", db.role)
         assert db.revision() == FIRST
         assert "phone_number" not in users_columns(db)
@@ -211,11 +195,6 @@ def test_a_second_migrate_is_refused_while_the_first_holds_the_lock(project, pg_
             release.write("go\n")
         out, err = first.communicate(timeout=300)
         assert first.returncode == 0, err
-    finally:
-        os.close(started_fd)
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
     assert db.revision() == HEAD
     items = project.backups("pgtest", env=pg_env(db))
     assert len(items) == len(before) + 1 and items[0]["revision"] == FIRST
@@ -225,17 +204,12 @@ def test_a_killed_migrate_leaves_no_lock_behind(project, pg_database, tmp_path):
     """SIGKILL a migrate while it holds the lock (parked in its pg_dump): its lock session dies
     with it, so the next migrate runs, with nothing changed by the killed one."""
     db = pg_database
-    ok(project.run("migrate", "--revision=a9ef987fd631", env=pg_env(db)))
+    ok(project.run("migrate", f"--revision={FIRST}", env=pg_env(db)))
     bin_dir, started, _go = parked_pg_dump(tmp_path)
-    started_fd = os.open(started, os.O_RDWR)
-    first = project.start("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
-    try:
-        while not select.select([started_fd], [], [], 1)[0]:
-            assert first.poll() is None, f"the migrate ended early:\n{first.stderr.read()}"
-    finally:
-        os.close(started_fd)
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+    first, _ = started_and_parked(project, started, "migrate",
+                                  env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
     # The server notices the closed connection on its own; wait for that condition, bounded.
     deadline = time.monotonic() + 30
     while db.admin_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name "

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import failed, ok, shown
 
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+from helpers import FIRST, HEAD, failed, ok, shown
+
 BACKUP_LINE = re.compile(r"^Backup (\S+):", re.M)
 
 

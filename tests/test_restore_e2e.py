@@ -7,318 +7,215 @@ only the exit code.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
 import secrets
-import select
-import shutil
 import signal
 import sqlite3
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from conftest import admin_url, pg_env
-from helpers import assert_no_password, failed, ok, shown
+from conftest import make_project, owned_database
+from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
+from helpers import (FIRST, HEAD, SAFETY_PREFIX, Untouched, add_revision, admin_sql,
+                     assert_no_password, audit_events, db_properties, derived_databases,
+                     drop_derived, failed, ids, insert_users, migrated_with_backup, ok, pg_env,
+                     pg_state, safety_id_from, shown, sql_in, take_backup, wait_until_no_sessions,
+                     without_audit)
 
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 REPORTS_REV = "5e1ea5e0c0de"
-SAFETY_PREFIX = "before restore of "
-
-REPORTS_REVISION = f'''"""Add reports table
-
-Revision ID: {REPORTS_REV}
-Revises: {HEAD}
-Create Date: 2024-02-01 10:00:00.000000
-
-"""
-from alembic import op
-import sqlalchemy as sa
-
-revision = "{REPORTS_REV}"
-down_revision = "{HEAD}"
-branch_labels = None
-depends_on = None
 
 
-def upgrade() -> None:
-    op.create_table(
-        "reports",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("finding", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_reports"),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_reports_user_id_users"),
-    )
-    op.create_index("ix_reports_user_id", "reports", ["user_id"])
+# -- helpers ---------------------------------------------------------------------------------
+def restore_events(project, env_name: str) -> list[dict]:
+    return [e for e in audit_events(project.store(env_name)) if e["action"] == "restore"]
 
 
-def downgrade() -> None:
-    op.drop_index("ix_reports_user_id", table_name="reports")
-    op.drop_table("reports")
-'''
+def add_reports_revision(project) -> None:
+    """A release's revision after HEAD: a `reports` table with a FOREIGN KEY to users.id."""
+    add_revision(project, REPORTS_REV, HEAD, '''
+        op.create_table(
+            "reports",
+            sa.Column("id", sa.Integer(), nullable=False),
+            sa.Column("user_id", sa.Integer(), nullable=False),
+            sa.Column("finding", sa.Text(), nullable=False),
+            sa.PrimaryKeyConstraint("id", name="pk_reports"),
+            sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_reports_user_id_users"),
+        )
+        op.create_index("ix_reports_user_id", "reports", ["user_id"])
+        ''', '''
+        op.drop_index("ix_reports_user_id", table_name="reports")
+        op.drop_table("reports")
+        ''', message="Add reports table", slug="add_reports_table")
 
 
-# -- helpers: results ------------------------------------------------------------------------
-
-
-def safety_id_from(result) -> str:
-    match = re.search(r"Safety backup (\S+) holds", result.stdout)
-    assert match, shown(result)
-    return match.group(1)
-
-
-def ids(items: list[dict]) -> list[str]:
-    return [i["id"] for i in items]
-
-
-def take_backup(project, env_name: str, env: dict | None = None) -> dict:
-    before = set(ids(project.backups(env_name, env=env)))
-    ok(project.run("backup", f"--env={env_name}", env=env))
-    items = project.backups(env_name, env=env)
-    new = [i for i in items if i["id"] not in before]
-    assert len(new) == 1, items
-    assert items[0]["id"] == new[0]["id"], "a backup just taken is not listed first"
-    assert new[0]["reason"] == "on demand" and new[0]["verified"] is True
-    return new[0]
-
-
-def audit_events(project, env_name: str) -> list[dict]:
-    folder = project.root / "backups" / env_name
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.audit.json"))]
-
-
-# -- helpers: PostgreSQL ---------------------------------------------------------------------
-def admin_sql(admin, statement: str, **params):
-    with admin.connect() as conn:
-        result = conn.execute(text(statement), params)
-        return [tuple(r) for r in result.fetchall()] if result.returns_rows else None
-
-
-def sql_in(database: str, statement: str, **params):
-    """Run one statement as the admin in another database (e.g. the kept one)."""
-    engine = create_engine(admin_url().set(database=database), poolclass=pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(statement), params).fetchall()]
-    finally:
-        engine.dispose()
-
-
-class Untouched:
-    """What a refused or failed restore must leave exactly as it was: the live database's
-    state and identity (its oid: it was not swapped), the listed backups, and no copies."""
-
-    def __init__(self, project, db, admin, env: dict):
-        self.project, self.db, self.admin, self.env = project, db, admin, env
-        self.state, self.oid, self.listed = self._read()
-
-    def _read(self):
-        return (pg_state(self.db), db_properties(self.admin, self.db.name)["oid"],
-                ids(self.project.backups("pgtest", env=self.env)))
-
-    def check(self) -> None:
-        state, oid, listed = self._read()
-        assert state == self.state
-        assert oid == self.oid
-        assert listed == self.listed
-        assert derived_databases(self.admin, self.db.name) == []
-
-
-def derived_databases(admin, name: str, marker: str = "__") -> list[str]:
-    prefix = name + marker
-    return sorted(r[0] for r in admin_sql(
-        admin, "SELECT datname FROM pg_database WHERE left(datname, :n) = :p",
-        n=len(prefix), p=prefix))
-
-
-def drop_derived(admin, name: str) -> None:
-    for other in derived_databases(admin, name):
-        admin_sql(admin, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
-
-
-def pg_state(db) -> dict:
-    """Everything a restore must bring back exactly."""
-    tables = db.tables()
-    state = {
-        "tables": tables,
-        "revision": db.revision(),
-        "users": [tuple(r) for r in db.sql("SELECT * FROM users ORDER BY id")]
-        if "users" in tables else None,
-        "sequence": [tuple(r) for r in db.sql("SELECT last_value, is_called FROM users_id_seq")]
-        if "users" in tables else None,
-        "indexes": sorted(tuple(r) for r in db.sql(
-            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")),
-        "constraints": sorted(tuple(r) for r in db.sql(
-            "SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid) "
-            "FROM pg_constraint WHERE connamespace = 'public'::regnamespace")),
-    }
-    return state
-
-
-def db_properties(admin, name: str) -> dict:
-    rows = admin_sql(admin, (
-        "SELECT d.oid, pg_get_userbyid(d.datdba), d.datacl::text[], d.datconnlimit, "
-        "shobj_description(d.oid, 'pg_database'), "
-        "(SELECT s.setconfig FROM pg_db_role_setting s "
-        " WHERE s.setdatabase = d.oid AND s.setrole = 0), "
-        "pg_encoding_to_char(d.encoding), d.datcollate, d.datctype "
-        "FROM pg_database d WHERE d.datname = :n"), n=name)
-    assert rows, f"database {name} does not exist"
-    oid, owner, acl, limit, comment, settings, encoding, collate, ctype = rows[0]
-    return {"oid": oid, "owner": owner, "acl": sorted(acl) if acl is not None else None,
-            "conn_limit": limit, "comment": comment, "settings": sorted(settings or []),
-            "encoding": encoding, "collate": collate, "ctype": ctype}
-
-
-def insert_users(db, *rows: tuple[str, str | None]) -> None:
-    for email, phone in rows:
-        db.sql("INSERT INTO users (email, full_name, hashed_password, phone_number) "
-               "VALUES (:e, :n, 'x', :p)", e=email, n=email.split("@")[0].title(), p=phone)
-
-
-def wait_until_no_sessions(admin, *databases: str, timeout: float = 30) -> None:
-    """Poll the server until the backends of a killed client have gone (the server notices a
-    dead client asynchronously); a condition, not a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = admin_sql(admin, "SELECT datname, application_name FROM pg_stat_activity "
-                                "WHERE (datname = ANY(:d) OR application_name LIKE 'mida %') "
-                                "AND pid <> pg_backend_pid()", d=list(databases))
-        if not rows:
-            return
-        assert time.monotonic() < deadline, f"sessions of the killed run linger: {rows}"
-        time.sleep(0.05)
+def restore_bin(tmp_path: Path, pg_restore_body: str) -> Path:
+    """A PG_BIN_DIR (tmp_path/bin): the real pg_dump and a pg_restore running the body."""
+    return fake_pg_bin(tmp_path / "bin", pg_restore=pg_restore_body)
 
 
 @pytest.fixture
-def pgdb(pg_database, pg_admin):
-    """pg_database, plus clean-up of every `<name>__...` database a restore (or a drill) leaves
-    or keeps: they belong to the test's role, which pg_database drops afterwards."""
-    yield pg_database
-    drop_derived(pg_admin, pg_database.name)
+def changed_since_backup(project, pgdb, pg_admin) -> SimpleNamespace:
+    """pgdb migrated with Ada in it, a backup of that, then a marker row the backup lacks; and
+    what a refused restore must leave Untouched."""
+    env = pg_env(pgdb)
+    backup = migrated_with_backup(project, pgdb, ("ada@example.org", None))
+    insert_users(pgdb, ("marker@example.org", None))
+    return SimpleNamespace(db=pgdb, env=env, backup=backup,
+                           untouched=Untouched(project, pgdb, pg_admin, env))
 
 
 @pytest.fixture
 def reader_role(pgdb, pg_admin):
     """A second role whose name needs quoting, to grant database privileges to."""
+    with quoted_role(pg_admin, pgdb) as name:
+        yield name
+
+
+@contextlib.contextmanager
+def quoted_role(admin, db):
+    """A role whose name needs quoting; on leaving, its grants on `db` go, and the role."""
     name = f"mida reader-{secrets.token_hex(3)}"
-    admin_sql(pg_admin, f'CREATE ROLE "{name}"')
-    yield name
-    drop_derived(pg_admin, pgdb.name)
-    admin_sql(pg_admin, f'REVOKE ALL ON DATABASE "{pgdb.name}" FROM "{name}"')
-    admin_sql(pg_admin, f'DROP ROLE IF EXISTS "{name}"')
-
-
-def pg_bin_dir(tmp_path: Path, pg_restore_body: str, name: str = "bin") -> Path:
-    """A PG_BIN_DIR: a pg_dump that just execs the real one, and a pg_restore wrapper."""
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "pg_dump").write_text(f"#!/bin/bash\nexec '{shutil.which('pg_dump')}' \"$@\"\n")
-    (folder / "pg_restore").write_text("#!/bin/bash\n" + pg_restore_body)
-    for tool in folder.iterdir():
-        tool.chmod(0o755)
-    return folder
+    admin_sql(admin, f'CREATE ROLE "{name}"')
+    try:
+        yield name
+    finally:
+        drop_derived(admin, db.name)
+        admin_sql(admin, f'REVOKE ALL ON DATABASE "{db.name}" FROM "{name}"')
+        admin_sql(admin, f'DROP ROLE IF EXISTS "{name}"')
 
 
 # == 1. the release undone by restore ==========================================================
-@pytest.mark.postgres
-def test_restore_undoes_a_release_exactly_and_keeps_the_databases_properties(
-        project, pgdb, pg_admin, reader_role):
-    db = pgdb
+def set_database_properties(db, reader: str) -> dict:
+    """The database's own properties, set by its owner before anything is restored."""
+    quoted = f'"{db.name}"'
+    db.sql(f"ALTER DATABASE {quoted} SET work_mem = '8MB'")
+    db.sql(f"ALTER DATABASE {quoted} SET statement_timeout = '90s'")
+    db.sql(f"REVOKE ALL ON DATABASE {quoted} FROM PUBLIC")
+    db.sql(f"GRANT CONNECT ON DATABASE {quoted} TO PUBLIC")
+    db.sql(f'GRANT CONNECT, TEMPORARY ON DATABASE {quoted} TO "{reader}" WITH GRANT OPTION')
+    db.sql(f"COMMENT ON DATABASE {quoted} IS 'Patient''s images -- do not drop'")
+    db.sql(f"ALTER DATABASE {quoted} CONNECTION LIMIT 40")
+    props = db_properties(db.admin, db.name)
+    assert props["acl"] is not None and len(props["acl"]) == 3, props
+    assert props["owner"] == db.role
+    return props
+
+
+def release(project, db, env: dict) -> None:
+    """The release: users change, a new revision adds `reports` (FOREIGN KEY to users.id)."""
+    db.sql("UPDATE users SET full_name = 'Changed', phone_number = NULL "
+           "WHERE email = 'ada@example.org'")
+    db.sql("DELETE FROM users WHERE email = 'alan@example.org'")
+    insert_users(db, ("barbara@example.org", "+1 555 0100"), ("donald@example.org", None))
+    add_reports_revision(project)
+    ok(project.run("migrate", env=env))
+    assert db.revision() == REPORTS_REV
+    db.sql("INSERT INTO reports (user_id, finding) SELECT id, 'nodule ' || email FROM users")
+    assert "reports" in db.tables()
+
+
+def undo_a_release(project, db, reader: str) -> SimpleNamespace:
+    """Backup, release, restore of that backup; everything the tests look at afterwards is read
+    here, before any of them runs."""
     env = pg_env(db)
     ok(project.run("migrate", env=env))
     insert_users(db, ("ada@example.org", "+44 20 7946 0000"), ("grace@example.org", None),
                  ("alan@example.org", "+44 161 496 0000"))
     db.sql("DELETE FROM users WHERE email = 'grace@example.org'")  # a gap in the ids
     insert_users(db, ("edsger@example.org", "+31 20 555 0000"))
-
-    # The database's own properties, set by its owner before anything is restored.
-    quoted = f'"{db.name}"'
-    db.sql(f"ALTER DATABASE {quoted} SET work_mem = '8MB'")
-    db.sql(f"ALTER DATABASE {quoted} SET statement_timeout = '90s'")
-    db.sql(f"REVOKE ALL ON DATABASE {quoted} FROM PUBLIC")
-    db.sql(f"GRANT CONNECT ON DATABASE {quoted} TO PUBLIC")
-    db.sql(f'GRANT CONNECT, TEMPORARY ON DATABASE {quoted} TO "{reader_role}" WITH GRANT OPTION')
-    db.sql(f"COMMENT ON DATABASE {quoted} IS 'Patient''s images -- do not drop'")
-    db.sql(f"ALTER DATABASE {quoted} CONNECTION LIMIT 40")
-    props = db_properties(pg_admin, db.name)
-    assert props["acl"] is not None and len(props["acl"]) == 3, props
-    assert props["owner"] == db.role
+    props = set_database_properties(db, reader)
 
     backup = take_backup(project, "pgtest", env)
     assert backup["revision"] == HEAD
     at_backup = pg_state(db)
     assert at_backup["tables"] == {"alembic_version", "users"}
     assert len(at_backup["users"]) == 3
-
-    # The release: users change, a new revision adds `reports` (FOREIGN KEY to users.id).
-    db.sql("UPDATE users SET full_name = 'Changed', phone_number = NULL "
-           "WHERE email = 'ada@example.org'")
-    db.sql("DELETE FROM users WHERE email = 'alan@example.org'")
-    insert_users(db, ("barbara@example.org", "+1 555 0100"), ("donald@example.org", None))
-    (project.root / "alembic" / "versions" / f"{REPORTS_REV}_add_reports_table.py").write_text(
-        REPORTS_REVISION)
-    ok(project.run("migrate", env=env))
-    assert db.revision() == REPORTS_REV
-    db.sql("INSERT INTO reports (user_id, finding) SELECT id, 'nodule ' || email FROM users")
-    assert "reports" in db.tables()
+    release(project, db, env)
     backups_before = ids(project.backups("pgtest", env=env))
 
     result = ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
-    assert backup["id"] in result.stdout, shown(result)
-
-    # The database holds exactly what the backup held.
-    after = pg_state(db)
-    assert after["tables"] == {"alembic_version", "users"}
-    assert after["revision"] == HEAD
-    assert after["users"] == at_backup["users"]
-    assert after["sequence"] == at_backup["sequence"]
-    assert after["indexes"] == at_backup["indexes"]
-    assert after["constraints"] == at_backup["constraints"]
-    assert after == at_backup
+    run = SimpleNamespace(
+        db=db, backup=backup, at_backup=at_backup, props=props, result=result,
+        backups_before=backups_before, after=pg_state(db),
+        props_after=db_properties(db.admin, db.name),
+        kept=derived_databases(db.admin, db.name, "__pre_restore_"),
+        restoring=derived_databases(db.admin, db.name, "__restoring_"),
+        listed=project.backups("pgtest", env=env), events=restore_events(project, "pgtest"))
+    run.kept_tables = [{r[0] for r in sql_in(name, "SELECT tablename FROM pg_tables "
+                                                   "WHERE schemaname = 'public'")}
+                       for name in run.kept]
+    run.kept_revisions = [sql_in(name, "SELECT version_num FROM alembic_version")
+                          for name in run.kept]
     # New rows get ids after the backup's, as they would have then.
     insert_users(db, ("new@example.org", None))
-    assert db.sql("SELECT id FROM users WHERE email = 'new@example.org'")[0][0] == \
-        at_backup["sequence"][0][0] + 1
+    run.new_id = db.sql("SELECT id FROM users WHERE email = 'new@example.org'")[0][0]
+    return run
 
-    # Its properties survived the swap; its owner too.
-    props_after = db_properties(pg_admin, db.name)
-    assert props_after["oid"] != props["oid"]  # a new database under the old name
-    for key in ("owner", "acl", "settings", "comment", "conn_limit", "encoding", "collate",
-                "ctype"):
-        assert props_after[key] == props[key], (key, props_after[key], props[key])
-    assert props_after["owner"] == db.role
-    assert "work_mem=8MB" in props_after["settings"]
 
-    # The old database is kept, with the release in it; nothing half-built is left.
-    kept = derived_databases(pg_admin, db.name, "__pre_restore_")
-    assert len(kept) == 1, kept
-    assert kept[0] in result.stdout, shown(result)
-    assert {r[0] for r in sql_in(kept[0], "SELECT tablename FROM pg_tables "
-                                          "WHERE schemaname = 'public'")} == \
-        {"alembic_version", "users", "reports"}
-    assert sql_in(kept[0], "SELECT version_num FROM alembic_version") == [(REPORTS_REV,)]
-    assert derived_databases(pg_admin, db.name, "__restoring_") == []
+@pytest.fixture(scope="class")
+def undone(pg_admin, tmp_path_factory):
+    """One release undone by restore (undo_a_release), shared by the tests of its class."""
+    project = make_project(tmp_path_factory.mktemp("undone") / "project")
+    with owned_database(pg_admin) as db, quoted_role(pg_admin, db) as reader:
+        yield undo_a_release(project, db, reader)
 
-    # The safety backup: named in the output, listed, and it holds the release.
-    safety = safety_id_from(result)
-    items = project.backups("pgtest", env=env)
-    assert set(ids(items)) == set(backups_before) | {safety}
-    item = next(i for i in items if i["id"] == safety)
-    assert item["reason"].startswith(SAFETY_PREFIX) and backup["id"] in item["reason"]
-    assert item["revision"] == REPORTS_REV and item["verified"] is True
-    assert f"--backup={safety}" in result.stdout
 
-    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
-    assert len(events) == 1 and events[0]["outcome"] == "succeeded"
-    assert events[0]["backup_id"] == backup["id"]
-    assert events[0]["from_revision"] == REPORTS_REV and events[0]["to_revision"] == HEAD
+@pytest.mark.postgres
+class TestRestoreUndoesARelease:
+    def test_it_names_the_backup_it_restored(self, undone):
+        assert undone.backup["id"] in undone.result.stdout, shown(undone.result)
+
+    def test_the_database_holds_exactly_what_the_backup_held(self, undone):
+        after, at_backup = undone.after, undone.at_backup
+        assert after["tables"] == {"alembic_version", "users"}
+        assert after["revision"] == HEAD
+        assert after["users"] == at_backup["users"]
+        assert after["sequence"] == at_backup["sequence"]
+        assert after["indexes"] == at_backup["indexes"]
+        assert after["constraints"] == at_backup["constraints"]
+        assert after == at_backup
+
+    def test_new_rows_get_ids_after_the_backups(self, undone):
+        assert undone.new_id == undone.at_backup["sequence"][0][0] + 1
+
+    def test_the_databases_properties_and_owner_survive_the_swap(self, undone):
+        props, props_after = undone.props, undone.props_after
+        assert props_after["oid"] != props["oid"]  # a new database under the old name
+        for key in ("owner", "acl", "settings", "comment", "conn_limit", "encoding", "collate",
+                    "ctype"):
+            assert props_after[key] == props[key], (key, props_after[key], props[key])
+        assert props_after["owner"] == undone.db.role
+        assert "work_mem=8MB" in props_after["settings"]
+
+    def test_the_old_database_is_kept_with_the_release_in_it(self, undone):
+        assert len(undone.kept) == 1, undone.kept
+        assert undone.kept[0] in undone.result.stdout, shown(undone.result)
+        assert undone.kept_tables == [{"alembic_version", "users", "reports"}]
+        assert undone.kept_revisions == [[(REPORTS_REV,)]]
+
+    def test_nothing_half_built_is_left(self, undone):
+        assert undone.restoring == []
+
+    def test_the_safety_backup_is_named_listed_and_holds_the_release(self, undone):
+        safety = safety_id_from(undone.result)
+        assert set(ids(undone.listed)) == set(undone.backups_before) | {safety}
+        item = next(i for i in undone.listed if i["id"] == safety)
+        assert item["reason"].startswith(SAFETY_PREFIX) and undone.backup["id"] in item["reason"]
+        assert item["revision"] == REPORTS_REV and item["verified"] is True
+        assert f"--backup={safety}" in undone.result.stdout
+
+    def test_the_restore_is_audited_with_both_revisions(self, undone):
+        events = undone.events
+        assert len(events) == 1 and events[0]["outcome"] == "succeeded"
+        assert events[0]["backup_id"] == undone.backup["id"]
+        assert events[0]["from_revision"] == REPORTS_REV and events[0]["to_revision"] == HEAD
 
 
 # == 2. no confirmation ========================================================================
@@ -326,9 +223,7 @@ def test_restore_undoes_a_release_exactly_and_keeps_the_databases_properties(
 def test_restore_without_yes_and_without_a_terminal_is_refused(project, pgdb, pg_admin):
     db = pgdb
     env = pg_env(db)
-    ok(project.run("migrate", env=env))
-    insert_users(db, ("ada@example.org", None))
-    backup = take_backup(project, "pgtest", env)
+    backup = migrated_with_backup(project, db, ("ada@example.org", None))
     insert_users(db, ("marker@example.org", "+1 555 0199"))
     listed = project.backups("pgtest", env=env)
     untouched = Untouched(project, db, pg_admin, env)
@@ -343,25 +238,34 @@ def test_restore_without_yes_and_without_a_terminal_is_refused(project, pgdb, pg
 
 
 # == 3. a corrupt backup is refused before anything is touched =================================
+def flip_middle_bit(artifact: Path) -> None:
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+
+
+def backup_files(artifact: Path) -> set[str]:
+    """The names beside a backup's artifact, audit records aside."""
+    return without_audit(p.name for p in artifact.parent.iterdir())
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
 def test_a_damaged_backup_is_refused_and_nothing_is_touched(project, pgdb, pg_admin, damage):
     db = pgdb
     env = pg_env(db)
-    ok(project.run("migrate", env=env))
-    insert_users(db, ("ada@example.org", None), ("grace@example.org", "+1 555 0101"))
-    backup = take_backup(project, "pgtest", env)
+    backup = migrated_with_backup(project, db, ("ada@example.org", None),
+                                  ("grace@example.org", "+1 555 0101"))
     artifact = Path(backup["location"])
-    data = artifact.read_bytes()
     if damage == "truncated":
+        data = artifact.read_bytes()
         artifact.write_bytes(data[: len(data) // 2])
     else:
-        middle = len(data) // 2
-        artifact.write_bytes(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:])
+        flip_middle_bit(artifact)
     insert_users(db, ("marker@example.org", None))
     ok(project.run("stamp", FIRST, env=env))  # the live database moves on, too
     untouched = Untouched(project, db, pg_admin, env)
-    files = {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
+    files = backup_files(artifact)
 
     failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 4,
            backup["id"])
@@ -369,8 +273,7 @@ def test_a_damaged_backup_is_refused_and_nothing_is_touched(project, pgdb, pg_ad
     untouched.check()
     assert db.revision() == FIRST
     assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
-    assert {p.name for p in artifact.parent.iterdir()
-            if not p.name.endswith(".audit.json")} == files
+    assert backup_files(artifact) == files
     # The broken backup is now marked as such, and the default choice passes over it.
     item = next(i for i in project.backups("pgtest", env=env) if i["id"] == backup["id"])
     assert item["verified"] is False
@@ -383,21 +286,15 @@ def test_a_damaged_backup_is_refused_before_anything_is_dumped(project, pgdb, pg
     far as dumping anything (pg_dump is only asked its version)."""
     db = pgdb
     env = pg_env(db)
-    ok(project.run("migrate", env=env))
-    insert_users(db, ("ada@example.org", None))
-    backup = take_backup(project, "pgtest", env)
+    backup = migrated_with_backup(project, db, ("ada@example.org", None))
     artifact = Path(backup["location"])
-    data = bytearray(artifact.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    artifact.write_bytes(bytes(data))
+    flip_middle_bit(artifact)
     untouched = Untouched(project, db, pg_admin, env)
-    files = {p.name for p in artifact.parent.iterdir() if not p.name.endswith(".audit.json")}
+    files = backup_files(artifact)
 
     calls = tmp_path / "pg_dump-calls"
-    bin_dir = pg_bin_dir(tmp_path, f"exec '{shutil.which('pg_restore')}' \"$@\"\n")
-    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
-echo "$1" >> '{calls}'
-exec '{shutil.which("pg_dump")}' "$@"
+    bin_dir = fake_pg_bin(tmp_path / "bin", pg_dump=f"""echo "$1" >> '{calls}'
+exec "$REAL" "$@"
 """)
     result = project.run("restore", "--yes", f"--backup={backup['id']}",
                          env=pg_env(db, PG_BIN_DIR=str(bin_dir)), timeout=120)
@@ -405,78 +302,99 @@ exec '{shutil.which("pg_dump")}' "$@"
     assert set(calls.read_text().splitlines()) == {"--version"}, calls.read_text()
 
     untouched.check()
-    assert {p.name for p in artifact.parent.iterdir()
-            if not p.name.endswith(".audit.json")} == files
+    assert backup_files(artifact) == files
 
 
 # == 4. killed halfway =========================================================================
-@pytest.mark.postgres
-def test_a_restore_killed_halfway_leaves_the_live_database_as_it_was(project, pgdb, pg_admin,
-                                                                   tmp_path):
-    db = pgdb
-    env = pg_env(db)
-    ok(project.run("migrate", env=env))
-    insert_users(db, ("ada@example.org", None), ("grace@example.org", None))
-    backup = take_backup(project, "pgtest", env)
-    at_backup = pg_state(db)
+@contextlib.contextmanager
+def project_and_database(pg_admin, tmp_path_factory, name: str):
+    """For a class-scoped fixture: a project in a folder of its own, a database of its own
+    (dropped on leaving, with every `<name>__...` database beside it) and a scratch folder."""
+    folder = tmp_path_factory.mktemp(name)
+    with owned_database(pg_admin) as db:
+        try:
+            yield make_project(folder / "project"), db, folder
+        finally:
+            drop_derived(pg_admin, db.name)
+
+
+def kill_halfway(project, db, tmp: Path) -> SimpleNamespace:
+    """A backup, changes after it, then a restore killed while its pg_restore has built the
+    copy's schema but not its rows; then the next restore. What each step left is read here."""
+    backup = migrated_with_backup(project, db, ("ada@example.org", None),
+                                  ("grace@example.org", None))
+    run = SimpleNamespace(at_backup=pg_state(db))
     insert_users(db, ("marker-1@example.org", None), ("marker-2@example.org", None))
     db.sql("DELETE FROM users WHERE email = 'ada@example.org'")
     db.sql("CREATE TABLE audit_notes (id serial PRIMARY KEY, note text)")
     db.sql("INSERT INTO audit_notes (note) VALUES ('live only')")
-    before = pg_state(db)
-    oid = db_properties(pg_admin, db.name)["oid"]
+    run.before, run.oid = pg_state(db), db_properties(db.admin, db.name)["oid"]
 
     # pg_restore into the new database: build its schema, tell the test, then wait (forever:
     # the test kills the run here, halfway through the restore).
-    started, go = tmp_path / "started.fifo", tmp_path / "go.fifo"
-    os.mkfifo(started)
-    os.mkfifo(go)
-    real = shutil.which("pg_restore")
-    bin_dir = pg_bin_dir(tmp_path, f"""
+    started, go = fifo_pair(tmp)
+    bin_dir = restore_bin(tmp, f"""
 for arg in "$@"; do
   case "$arg" in
     --dbname=*)
-      '{real}' --section=pre-data "$@" || exit $?
+      "$REAL" --section=pre-data "$@" || exit $?
       echo started > '{started}'
       read -r _ < '{go}'
-      exec '{real}' --section=data --section=post-data "$@" ;;
+      exec "$REAL" --section=data --section=post-data "$@" ;;
   esac
 done
-exec '{real}' "$@"
+exec "$REAL" "$@"
 """)
-    started_fd = os.open(started, os.O_RDWR)  # Linux: never blocks, and never reads EOF
-    run = project.start("restore", "--yes", f"--backup={backup['id']}",
-                       env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
-    try:
-        while not select.select([started_fd], [], [], 1)[0]:
-            assert run.poll() is None, f"restore ended early:\n{run.communicate()}"
-        restoring = derived_databases(pg_admin, db.name, "__restoring_")
-        assert len(restoring) == 1, restoring
-        # Halfway: the copy has its schema, not its rows; the live database is untouched.
-        assert sql_in(restoring[0], "SELECT count(*) FROM users") == [(0,)]
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait(timeout=60)
-    finally:
-        os.close(started_fd)
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
-        run.stdout.close()
-        run.stderr.close()
-    wait_until_no_sessions(pg_admin, db.name, *restoring)
+    restore, _ = started_and_parked(project, started, "restore", "--yes",
+                                    f"--backup={backup['id']}",
+                                    env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    with ended_afterwards(restore):
+        run.restoring = derived_databases(db.admin, db.name, "__restoring_")
+        run.halfway_rows = [sql_in(name, "SELECT count(*) FROM users") for name in run.restoring]
+        os.killpg(restore.pid, signal.SIGKILL)
+        restore.wait(timeout=60)
+    wait_until_no_sessions(db.admin, db.name, *run.restoring)
+    run.after_kill = SimpleNamespace(
+        state=pg_state(db), oid=db_properties(db.admin, db.name)["oid"],
+        notes=db.sql("SELECT note FROM audit_notes"),
+        kept=derived_databases(db.admin, db.name, "__pre_restore_"),
+        restoring=derived_databases(db.admin, db.name, "__restoring_"))
 
-    assert pg_state(db) == before
-    assert db_properties(pg_admin, db.name)["oid"] == oid
-    assert db.sql("SELECT note FROM audit_notes") == [("live only",)]
-    assert derived_databases(pg_admin, db.name, "__pre_restore_") == []
-    assert derived_databases(pg_admin, db.name, "__restoring_") == restoring  # left behind
+    run.next = ok(project.run("restore", "--yes", env=pg_env(db)))
+    run.after_next = SimpleNamespace(
+        state=pg_state(db), kept=derived_databases(db.admin, db.name, "__pre_restore_"),
+        restoring=derived_databases(db.admin, db.name, "__restoring_"))
+    return run
 
-    # The next restore drops the stale copy and succeeds.
-    result = ok(project.run("restore", "--yes", env=env))
-    assert restoring[0] in result.stdout + result.stderr, shown(result)
-    assert derived_databases(pg_admin, db.name, "__restoring_") == []
-    assert pg_state(db) == at_backup
-    assert len(derived_databases(pg_admin, db.name, "__pre_restore_")) == 1
+
+@pytest.fixture(scope="class")
+def killed_halfway(pg_admin, tmp_path_factory):
+    with project_and_database(pg_admin, tmp_path_factory, "killed") as (project, db, tmp):
+        yield kill_halfway(project, db, tmp)
+
+
+@pytest.mark.postgres
+class TestARestoreKilledHalfway:
+    def test_halfway_the_copy_has_its_schema_but_no_rows(self, killed_halfway):
+        assert len(killed_halfway.restoring) == 1, killed_halfway.restoring
+        assert killed_halfway.halfway_rows == [[(0,)]]
+
+    def test_the_live_database_is_as_it_was(self, killed_halfway):
+        after = killed_halfway.after_kill
+        assert after.state == killed_halfway.before
+        assert after.oid == killed_halfway.oid
+        assert after.notes == [("live only",)]
+        assert after.kept == []
+
+    def test_the_half_built_copy_is_left_behind(self, killed_halfway):
+        assert killed_halfway.after_kill.restoring == killed_halfway.restoring
+
+    def test_the_next_restore_drops_the_stale_copy_and_restores(self, killed_halfway):
+        result, after = killed_halfway.next, killed_halfway.after_next
+        assert killed_halfway.restoring[0] in result.stdout + result.stderr, shown(result)
+        assert after.restoring == []
+        assert after.state == killed_halfway.at_backup
+        assert len(after.kept) == 1
 
 
 # == 5. the default choice skips safety backups ================================================
@@ -485,9 +403,7 @@ def test_two_restores_in_a_row_choose_the_same_backup_not_the_safety_backup(proj
                                                                            pg_admin):
     db = pgdb
     env = pg_env(db)
-    ok(project.run("migrate", env=env))
-    insert_users(db, ("ada@example.org", None))
-    backup_a = take_backup(project, "pgtest", env)
+    backup_a = migrated_with_backup(project, db, ("ada@example.org", None))
     state_a = pg_state(db)
     insert_users(db, ("grace@example.org", None), ("alan@example.org", None))
     db.sql("UPDATE users SET full_name = 'Countess' WHERE email = 'ada@example.org'")
@@ -572,8 +488,8 @@ class Reader(threading.Thread):
             conn.close()
 
 
-def test_sqlite_restore_round_trip_with_a_concurrent_reader(project):
-    path = project.root / "dev.db"
+def sqlite_backed_up(project, path: Path) -> dict:
+    """dev.db at head in WAL mode, three users, and one backup of it."""
     ok(project.run("migrate"))
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
@@ -586,9 +502,11 @@ def test_sqlite_restore_round_trip_with_a_concurrent_reader(project):
     conn.close()
     backup = take_backup(project, "dev")
     assert backup["revision"] == HEAD
-    at_backup = sqlite_rows(path)
-    assert set(at_backup) == {"alembic_version", "users"} and len(at_backup["users"]) == 3
+    return backup
 
+
+def sqlite_later_release(project, path: Path) -> dict:
+    """Rows changed, a table added, and a rollback (the schema moves, too); the rows after."""
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("UPDATE users SET full_name = 'Changed' WHERE email = 'ada@example.org'")
@@ -598,40 +516,72 @@ def test_sqlite_restore_round_trip_with_a_concurrent_reader(project):
         conn.execute("CREATE TABLE extra (id INTEGER PRIMARY KEY, note TEXT)")
         conn.execute("INSERT INTO extra (note) VALUES ('from a later release')")
     conn.close()
-    ok(project.run("rollback"))  # the schema moves, too
+    ok(project.run("rollback"))
     changed = sqlite_rows(path)
     assert changed["alembic_version"] == [(FIRST,)] and "extra" in changed
-    old, new = (len(changed["users"]), FIRST, 1), (3, HEAD, 0)
-    listed = ids(project.backups("dev"))
+    return changed
 
-    reader = Reader(path)
-    reader.start()
+
+def restore_while_read(project) -> SimpleNamespace:
+    """An SQLite backup, a later release, and a restore of the backup while a reader is at
+    work; what the reader saw, and what the tests look at, is read here."""
+    path = project.root / "dev.db"
+    backup = sqlite_backed_up(project, path)
+    run = SimpleNamespace(backup=backup, at_backup=sqlite_rows(path))
+    assert set(run.at_backup) == {"alembic_version", "users"} and len(run.at_backup["users"]) == 3
+    changed = sqlite_later_release(project, path)
+    run.old, run.new = (len(changed["users"]), FIRST, 1), (3, HEAD, 0)
+    run.listed_before = ids(project.backups("dev"))
+
+    run.reader = Reader(path)
+    run.reader.start()
     try:
-        assert reader.first.wait(30)
-        result = ok(project.run("restore", "--yes", f"--backup={backup['id']}"))
+        assert run.reader.first.wait(30)
+        run.result = ok(project.run("restore", "--yes", f"--backup={backup['id']}"))
     finally:
-        reader.stop.set()
-        reader.join(60)
-    assert not reader.is_alive()
-    assert reader.errors == [], reader.errors
-    assert reader.seen[0] == old
-    assert reader.seen[-1] == new
-    assert set(reader.seen) <= {old, new}, set(reader.seen)
-
-    assert sqlite_rows(path) == at_backup
+        run.reader.stop.set()
+        run.reader.join(60)
+    run.rows = sqlite_rows(path)
     check = sqlite3.connect(path)
     try:
-        assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        run.integrity = check.execute("PRAGMA integrity_check").fetchall()
     finally:
         check.close()
+    run.listed, run.events = project.backups("dev"), restore_events(project, "dev")
+    return run
 
-    safety = safety_id_from(result)
-    items = project.backups("dev")
-    assert set(ids(items)) == set(listed) | {safety}
-    item = next(i for i in items if i["id"] == safety)
-    assert item["reason"] == SAFETY_PREFIX + backup["id"] and item["revision"] == FIRST
-    events = [e for e in audit_events(project, "dev") if e["action"] == "restore"]
-    assert len(events) == 1 and events[0]["outcome"] == "succeeded"
+
+@pytest.fixture(scope="class")
+def read_while_restored(tmp_path_factory):
+    yield restore_while_read(make_project(tmp_path_factory.mktemp("sqlite") / "project"))
+
+
+class TestSqliteRestoreWithAConcurrentReader:
+    def test_the_reader_sees_the_old_database_then_the_restored_one_and_nothing_between(
+            self, read_while_restored):
+        reader, old, new = read_while_restored.reader, read_while_restored.old, \
+            read_while_restored.new
+        assert not reader.is_alive()
+        assert reader.errors == [], reader.errors
+        assert reader.seen[0] == old
+        assert reader.seen[-1] == new
+        assert set(reader.seen) <= {old, new}, set(reader.seen)
+
+    def test_the_database_holds_exactly_the_backup_and_is_intact(self, read_while_restored):
+        assert read_while_restored.rows == read_while_restored.at_backup
+        assert read_while_restored.integrity == [("ok",)]
+
+    def test_the_safety_backup_is_listed_and_holds_the_database_as_it_was(
+            self, read_while_restored):
+        run = read_while_restored
+        safety = safety_id_from(run.result)
+        assert set(ids(run.listed)) == set(run.listed_before) | {safety}
+        item = next(i for i in run.listed if i["id"] == safety)
+        assert item["reason"] == SAFETY_PREFIX + run.backup["id"] and item["revision"] == FIRST
+
+    def test_the_restore_is_audited(self, read_while_restored):
+        events = read_while_restored.events
+        assert len(events) == 1 and events[0]["outcome"] == "succeeded"
 
 
 # == 7. verify --restore-test ==================================================================
@@ -643,9 +593,8 @@ def test_verify_restore_test_compares_row_counts_and_drops_the_scratch(project, 
     insert_users(db, ("ada@example.org", None), ("grace@example.org", None),
                  ("alan@example.org", None))
     log = tmp_path / "pg_restore.log"
-    bin_dir = pg_bin_dir(tmp_path, f"""
-printf '%s\\n' "$*" >> '{log}'
-exec '{shutil.which("pg_restore")}' "$@"
+    bin_dir = restore_bin(tmp_path, f"""printf '%s\\n' "$*" >> '{log}'
+exec "$REAL" "$@"
 """)
     env = pg_env(db, PG_BIN_DIR=str(bin_dir))
     backup = take_backup(project, "pgtest", env)
@@ -696,7 +645,7 @@ def test_restore_in_production_is_not_gated_by_the_window_and_is_audited(project
     assert f"Restored backup {backup['id']}" in result.stdout, shown(result)
     assert pg_state(db) == at_backup
 
-    events = [e for e in audit_events(project, "prod") if e["action"] == "restore"]
+    events = restore_events(project, "prod")
     assert len(events) == 1, events
     event = events[0]
     assert event["outcome"] == "succeeded" and event["env"] == "prod"
@@ -710,14 +659,8 @@ def test_restore_in_production_is_not_gated_by_the_window_and_is_audited(project
 
 # == 9. somebody else is connected =============================================================
 @pytest.mark.postgres
-def test_restore_is_refused_while_another_session_is_connected(project, pgdb, pg_admin):
-    db = pgdb
-    env = pg_env(db)
-    ok(project.run("migrate", env=env))
-    insert_users(db, ("ada@example.org", None))
-    backup = take_backup(project, "pgtest", env)
-    insert_users(db, ("marker@example.org", None))
-    untouched = Untouched(project, db, pg_admin, env)
+def test_restore_is_refused_while_another_session_is_connected(project, changed_since_backup):
+    db, env, backup = changed_since_backup.db, changed_since_backup.env, changed_since_backup.backup
 
     api = create_engine(db.url.update_query_dict({"application_name": "mida-api-worker"}),
                         poolclass=pool.NullPool)
@@ -730,26 +673,20 @@ def test_restore_is_refused_while_another_session_is_connected(project, pgdb, pg
     finally:
         api.dispose()
 
-    untouched.check()
+    changed_since_backup.untouched.check()
 
 
 @pytest.mark.postgres
-def test_restore_by_a_role_that_may_not_create_databases_is_refused_first(project, pgdb,
-                                                                         pg_admin):
-    db = pgdb
-    env = pg_env(db)
-    ok(project.run("migrate", env=env))
-    insert_users(db, ("ada@example.org", None))
-    backup = take_backup(project, "pgtest", env)
-    insert_users(db, ("marker@example.org", None))
-    untouched = Untouched(project, db, pg_admin, env)
+def test_restore_by_a_role_that_may_not_create_databases_is_refused_first(
+        project, changed_since_backup, pg_admin):
+    db, backup = changed_since_backup.db, changed_since_backup.backup
     with pg_admin.connect() as admin:
         admin.execute(text(f'ALTER ROLE "{db.role}" NOCREATEDB'))
 
-    failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
-           "CREATEDB", db.role)
+    failed(project.run("restore", "--yes", f"--backup={backup['id']}",
+                       env=changed_since_backup.env), 3, "CREATEDB", db.role)
 
-    untouched.check()  # no safety backup either
+    changed_since_backup.untouched.check()  # no safety backup either
 
 
 @pytest.mark.postgres
@@ -824,7 +761,7 @@ def test_sqlite_restore_ending_at_another_revision_than_the_backups_fails_and_is
     # The data did come back (SQLite has no copy to check before it writes): the run says it
     # failed, and the safety backup of the database as it was is listed and audited.
     assert sqlite_rows(path)["alembic_version"] == [(HEAD,)]
-    events = [e for e in audit_events(project, "dev") if e["action"] == "restore"]
+    events = restore_events(project, "dev")
     assert len(events) == 1, events
     assert events[0]["outcome"] == "failed"
     assert events[0]["backup_id"] == backup["id"]
@@ -837,25 +774,20 @@ def test_sqlite_restore_ending_at_another_revision_than_the_backups_fails_and_is
 
 
 @pytest.mark.postgres
-def test_a_copy_at_another_revision_than_the_backups_is_never_swapped_in(project, pgdb,
-                                                                        pg_admin):
-    db = pgdb
-    env = pg_env(db)
-    ok(project.run("migrate", env=env))
-    insert_users(db, ("ada@example.org", None))
-    backup = take_backup(project, "pgtest", env)
+def test_a_copy_at_another_revision_than_the_backups_is_never_swapped_in(
+        project, changed_since_backup):
+    db, backup = changed_since_backup.db, changed_since_backup.backup
     assert backup["revision"] == HEAD
     claim_revision(project, "pgtest", backup["id"], FIRST)
-    insert_users(db, ("marker@example.org", None))
-    untouched = Untouched(project, db, pg_admin, env)
 
-    result = project.run("restore", "--yes", f"--backup={backup['id']}", env=env)
+    result = project.run("restore", "--yes", f"--backup={backup['id']}",
+                         env=changed_since_backup.env)
 
     # The state first: a check made only after the swap also ends exit 4, too late.
-    untouched.check()  # same oid, same rows, no safety backup left, no copy left
+    changed_since_backup.untouched.check()  # same oid, same rows, no safety backup, no copy
     failed(result, 4, backup["id"], FIRST, "nothing was swapped")
     assert db.sql("SELECT count(*) FROM users WHERE email = 'marker@example.org'")[0][0] == 1
-    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
+    events = restore_events(project, "pgtest")
     assert len(events) == 1 and events[0]["outcome"] == "failed", events
 
 
@@ -925,72 +857,102 @@ def with_app_table(project, db, env) -> dict:
     return take_backup(project, "pgtest", env)
 
 
-@pytest.mark.postgres
-def test_restore_with_disconnect_keeps_the_application_served_until_a_short_swap(
-        project, pgdb, pg_admin):
-    db = pgdb
+def restore_under_load(project, db) -> SimpleNamespace:
+    """`restore --disconnect` while the application writes a row every 100 ms; the writes it
+    saw acknowledged, and everything the tests look at afterwards, are read here."""
     env = pg_env(db)
     backup = with_app_table(project, db, env)
-    at_backup_users = pg_state(db)["users"]
+    run = SimpleNamespace(backup=backup, at_backup_users=pg_state(db)["users"])
     insert_users(db, ("after-backup@example.org", None))
-    oid_before = db_properties(pg_admin, db.name)["oid"]
+    run.oid_before = db_properties(db.admin, db.name)["oid"]
 
     app = AppSession(db.url)
     app.start()
     try:
         assert app.enough.wait(30), app.failures
-        result = ok(project.run("restore", "--yes", "--disconnect", f"--backup={backup['id']}",
-                                env=env))
-        # The same application session is served by the restored database afterwards.
-        assert app.served_by_other.wait(30), (app.failures, shown(result))
-        served_after = len(app.acked)
-        deadline = time.monotonic() + 30
-        while len(app.acked) < served_after + 3:
-            assert time.monotonic() < deadline, app.failures
-            time.sleep(0.05)
+        run.result = ok(project.run("restore", "--yes", "--disconnect",
+                                    f"--backup={backup['id']}", env=env))
+        # Served by the restored database, the same session goes on writing a few rows more.
+        run.served_by_other = app.served_by_other.wait(30)
+        if run.served_by_other:
+            served_after = len(app.acked)
+            deadline = time.monotonic() + 30
+            while len(app.acked) < served_after + 3:
+                assert time.monotonic() < deadline, app.failures
+                time.sleep(0.05)
     finally:
         app.stop.set()
         app.join(30)
     assert not app.is_alive()
+    run.app, run.oid_after = app, db_properties(db.admin, db.name)["oid"]
+    run.old = [n for n, oid, _ in app.acked if oid == run.oid_before]
+    run.new = [n for n, oid, _ in app.acked if oid == run.oid_after]
+    run.downtime = re.search(r"downtime ([0-9.]+) s", run.result.stdout)
+    run.users = pg_state(db)["users"]
+    run.writes = sorted(r[0] for r in db.sql("SELECT n FROM app_writes"))
+    run.kept = derived_databases(db.admin, db.name, "__pre_restore_")
+    run.kept_rows = [{r[0] for r in sql_in(name, "SELECT n FROM app_writes")} for name in run.kept]
+    run.restoring = derived_databases(db.admin, db.name, "__restoring_")
+    run.listed = project.backups("pgtest", env=env)
+    run.store, run.events = project.store("pgtest"), restore_events(project, "pgtest")
+    return run
 
-    oid_after = db_properties(pg_admin, db.name)["oid"]
-    assert oid_after != oid_before
-    old = [n for n, oid, _ in app.acked if oid == oid_before]
-    new = [n for n, oid, _ in app.acked if oid == oid_after]
-    assert old and new and set(old) | set(new) == {n for n, _, _ in app.acked}
-    # The application kept working while the copy was built; its downtime was the swap's.
-    assert app.longest_gap() < 5.0, (app.longest_gap(), app.failures)
-    match = re.search(r"downtime ([0-9.]+) s", result.stdout)
-    assert match, shown(result)
-    assert float(match.group(1)) < 2.0, shown(result)
-    assert re.search(r"time to service ([0-9.]+) s", result.stdout), shown(result)
 
-    # The restored database holds the backup, plus what the application wrote after the swap.
-    assert pg_state(db)["users"] == at_backup_users
-    assert sorted(r[0] for r in db.sql("SELECT n FROM app_writes")) == sorted(new)
-    # Every write acknowledged by the old database is in it, kept under its dated name.
-    kept = derived_databases(pg_admin, db.name, "__pre_restore_")
-    assert len(kept) == 1, kept
-    kept_rows = {r[0] for r in sql_in(kept[0], "SELECT n FROM app_writes")}
-    assert set(old) <= kept_rows, sorted(set(old) - kept_rows)
-    assert derived_databases(pg_admin, db.name, "__restoring_") == []
-    # ...and in the safety backup, taken of that database after the swap: it counted exactly
-    # the rows the kept database holds, which include every acknowledged one.
-    safety = safety_id_from(result)
-    item = next(i for i in project.backups("pgtest", env=env) if i["id"] == safety)
-    assert item["reason"] == SAFETY_PREFIX + backup["id"] and item["verified"] is True
-    assert item["revision"] == HEAD
-    manifest = json.loads((project.root / "backups" / "pgtest" /
-                           f"{safety}.manifest.json").read_text())
-    assert manifest["row_counts"]["public.app_writes"] == len(kept_rows)
-    assert f"--backup={safety} --yes --disconnect" in result.stdout, shown(result)
+@pytest.fixture(scope="class")
+def under_load(pg_admin, tmp_path_factory):
+    with project_and_database(pg_admin, tmp_path_factory, "under-load") as (project, db, _):
+        yield restore_under_load(project, db)
 
-    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
-    assert len(events) == 1 and events[0]["outcome"] == "succeeded"
-    assert events[0]["downtime_seconds"] == float(match.group(1))
-    assert events[0]["time_to_service_seconds"] > 0
-    assert events[0]["disconnect"] is True
-    assert events[0]["safety_backup_id"] == safety
+
+@pytest.mark.postgres
+class TestRestoreWithDisconnectKeepsTheApplicationServed:
+    def test_the_same_session_is_served_by_the_restored_database_afterwards(self, under_load):
+        assert under_load.served_by_other, (under_load.app.failures, shown(under_load.result))
+        assert under_load.oid_after != under_load.oid_before
+        old, new = under_load.old, under_load.new
+        assert old and new and set(old) | set(new) == {n for n, _, _ in under_load.app.acked}
+
+    def test_the_application_kept_working_while_the_copy_was_built(self, under_load):
+        # Its downtime was the swap's.
+        app = under_load.app
+        assert app.longest_gap() < 5.0, (app.longest_gap(), app.failures)
+
+    def test_the_downtime_is_short_and_reported_with_the_time_to_service(self, under_load):
+        result = under_load.result
+        assert under_load.downtime, shown(result)
+        assert float(under_load.downtime.group(1)) < 2.0, shown(result)
+        assert re.search(r"time to service ([0-9.]+) s", result.stdout), shown(result)
+
+    def test_the_restored_database_holds_the_backup_and_the_writes_after_the_swap(
+            self, under_load):
+        assert under_load.users == under_load.at_backup_users
+        assert under_load.writes == sorted(under_load.new)
+
+    def test_every_write_the_old_database_acknowledged_is_kept_under_its_dated_name(
+            self, under_load):
+        assert len(under_load.kept) == 1, under_load.kept
+        [kept_rows] = under_load.kept_rows
+        assert set(under_load.old) <= kept_rows, sorted(set(under_load.old) - kept_rows)
+        assert under_load.restoring == []
+
+    def test_the_safety_backup_counted_exactly_the_rows_the_kept_database_holds(self, under_load):
+        # Taken of that database after the swap, it holds every acknowledged write.
+        result, backup = under_load.result, under_load.backup
+        safety = safety_id_from(result)
+        item = next(i for i in under_load.listed if i["id"] == safety)
+        assert item["reason"] == SAFETY_PREFIX + backup["id"] and item["verified"] is True
+        assert item["revision"] == HEAD
+        manifest = json.loads((under_load.store / f"{safety}.manifest.json").read_text())
+        assert manifest["row_counts"]["public.app_writes"] == len(under_load.kept_rows[0])
+        assert f"--backup={safety} --yes --disconnect" in result.stdout, shown(result)
+
+    def test_the_restore_is_audited_with_its_downtime(self, under_load):
+        events = under_load.events
+        assert len(events) == 1 and events[0]["outcome"] == "succeeded"
+        assert events[0]["downtime_seconds"] == float(under_load.downtime.group(1))
+        assert events[0]["time_to_service_seconds"] > 0
+        assert events[0]["disconnect"] is True
+        assert events[0]["safety_backup_id"] == safety_id_from(under_load.result)
 
 
 @pytest.mark.postgres
@@ -999,9 +961,9 @@ def test_restore_without_disconnect_refuses_at_once_naming_the_application(proje
     db = pgdb
     env = pg_env(db)
     backup = with_app_table(project, db, env)
-    store = project.root / "backups" / "pgtest"
+    store = project.store("pgtest")
     manifest_before = (store / f"{backup['id']}.manifest.json").read_text()
-    untouched_files = {p.name for p in store.iterdir() if not p.name.endswith(".audit.json")}
+    untouched_files = without_audit(project.backup_files("pgtest"))
 
     app = AppSession(db.url)
     app.start()
@@ -1022,8 +984,7 @@ def test_restore_without_disconnect_refuses_at_once_naming_the_application(proje
     assert app.failures == [] and len(app.acked) > acked_before
     # No work at all: the backup was not even verified again (its manifest is unchanged).
     assert (store / f"{backup['id']}.manifest.json").read_text() == manifest_before
-    assert {p.name for p in store.iterdir() if not p.name.endswith(".audit.json")} == \
-        untouched_files
+    assert without_audit(project.backup_files("pgtest")) == untouched_files
 
 
 @pytest.mark.postgres
@@ -1068,14 +1029,11 @@ def test_a_safety_backup_failing_after_the_swap_leaves_the_restore_done_and_the_
     listed = ids(project.backups("pgtest", env=env))
     # A pg_dump that fails for the previous database only (as a full store or a lost
     # connection would): the restore itself dumps nothing else.
-    real = shutil.which("pg_dump")
-    bin_dir = pg_bin_dir(tmp_path, f"exec '{shutil.which('pg_restore')}' \"$@\"\n")
-    (bin_dir / "pg_dump").write_text(f"""#!/bin/bash
-case "$1 $PGDATABASE" in
+    bin_dir = fake_pg_bin(tmp_path / "bin", pg_dump="""case "$1 $PGDATABASE" in
   --version*) ;;
   *__pre_restore_*) echo "pg_dump: error: connection to server lost" >&2; exit 1 ;;
 esac
-exec '{real}' "$@"
+exec "$REAL" "$@"
 """)
 
     result = project.run("restore", "--yes", f"--backup={backup['id']}",
@@ -1096,35 +1054,32 @@ exec '{real}' "$@"
     assert ids(project.backups("pgtest", env=env)) == listed
     store = project.root / "backups" / "pgtest"
     assert not [p for p in store.iterdir() if ".partial" in p.name]
-    events = [e for e in audit_events(project, "pgtest") if e["action"] == "restore"]
+    events = restore_events(project, "pgtest")
     assert len(events) == 1 and events[0]["outcome"] == "restored, safety backup failed"
     assert events[0]["kept_database"] == kept[0]
     assert "connection to server lost" in events[0]["safety_backup_error"]
 
 
 # == 12. nothing decompressed has a name on disk ===============================================
-@pytest.mark.postgres
-@pytest.mark.parametrize("command", [("restore", "--yes"), ("verify", "--restore-test")])
-def test_the_extracted_archive_never_has_a_name_and_a_kill_leaves_nothing(
-        project, pgdb, pg_admin, tmp_path, command):
-    """The seekable copy pg_restore --jobs needs is a file without a name, handed over as
-    /proc/self/fd/N: while pg_restore reads it, TMPDIR holds no file at all, and a kill -9 there
-    leaves nothing behind; the next run works."""
-    db = pgdb
-    env = pg_env(db)
-    ok(project.run("migrate", env=env))
-    insert_users(db, ("ada@example.org", "+44 20 7946 0000"), ("grace@example.org", None))
-    backup = take_backup(project, "pgtest", env)
-    at_backup = pg_state(db)
-    insert_users(db, ("later@example.org", None))
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    store = project.root / "backups" / "pgtest"
+def files_on_disk(tmp: Path, store: Path) -> list[str]:
+    """Any file in TMPDIR, and any half-written one in the store."""
+    return sorted(str(p) for p in tmp.rglob("*") if not p.is_dir()) + \
+        sorted(str(p) for p in store.iterdir() if ".partial" in p.name)
 
-    started, go, args = tmp_path / "started.fifo", tmp_path / "go.fifo", tmp_path / "args"
-    os.mkfifo(started)
-    os.mkfifo(go)
-    bin_dir = pg_bin_dir(tmp_path, f"""
+
+def kill_then_run_again(project, db, folder: Path, command: tuple) -> SimpleNamespace:
+    """`command` on a backup, killed -9 while its pg_restore holds the archive open; then run
+    again to its end. What was on disk at each step is read here."""
+    backup = migrated_with_backup(project, db, ("ada@example.org", "+44 20 7946 0000"),
+                                  ("grace@example.org", None))
+    run = SimpleNamespace(at_backup=pg_state(db))
+    insert_users(db, ("later@example.org", None))
+    tmp = folder / "tmp"
+    tmp.mkdir()
+    store = project.store("pgtest")
+    started, go = fifo_pair(folder)
+    args = folder / "args"
+    bin_dir = restore_bin(folder, f"""
 for arg in "$@"; do
   case "$arg" in
     --dbname=*)
@@ -1133,63 +1088,74 @@ for arg in "$@"; do
       read -r _ < '{go}' ;;
   esac
 done
-exec '{shutil.which("pg_restore")}' "$@"
+exec "$REAL" "$@"
 """)
-    run_env = {**pg_env(db, PG_BIN_DIR=str(bin_dir)), "TMPDIR": str(tmp)}
-
-    def run_until_pg_restore():
-        started_fd = os.open(started, os.O_RDWR)
-        run = project.start(*command, f"--backup={backup['id']}", env=run_env)
-        try:
-            while not select.select([started_fd], [], [], 1)[0]:
-                assert run.poll() is None, f"ended early:\n{run.communicate()}"
-            os.read(started_fd, 100)
-        finally:
-            os.close(started_fd)
-        return run
-
-    def files_on_disk() -> list[str]:
-        """Any file in TMPDIR, and any half-written one in the store."""
-        return sorted(str(p) for p in tmp.rglob("*") if not p.is_dir()) + \
-            sorted(str(p) for p in store.iterdir() if ".partial" in p.name)
+    env = {**pg_env(db, PG_BIN_DIR=str(bin_dir)), "TMPDIR": str(tmp)}
+    argv = (*command, f"--backup={backup['id']}")
 
     # Killed while pg_restore holds the archive open.
-    run = run_until_pg_restore()
-    try:
-        assert files_on_disk() == []
-        handed = args.read_text()
-        assert re.search(r" /proc/self/fd/\d+$", handed.strip()), handed
-        assert f"--jobs={max(1, min(os.cpu_count() or 1, 8))}" in handed, handed
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait(timeout=60)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
-        run.stdout.close()
-        run.stderr.close()
-    assert files_on_disk() == []
-    wait_until_no_sessions(pg_admin, db.name)
+    first, _ = started_and_parked(project, started, *argv, env=env)
+    with ended_afterwards(first):
+        run.while_read, run.handed = files_on_disk(tmp, store), args.read_text()
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    run.after_kill = files_on_disk(tmp, store)
+    wait_until_no_sessions(db.admin, db.name)
 
     # The next run reads the archive through that path, in parallel, and succeeds.
-    run = run_until_pg_restore()
+    second, _ = started_and_parked(project, started, *argv, env=env)
     try:
-        assert files_on_disk() == []
+        run.while_read_again = files_on_disk(tmp, store)
         fd = os.open(go, os.O_WRONLY)
         os.write(fd, b"go\n")
         os.close(fd)
-        out, err = run.communicate(timeout=240)
+        run.out, run.err = second.communicate(timeout=240)
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
-    assert run.returncode == 0, (out, err)
-    assert files_on_disk() == []
-    if command[0] == "restore":
-        assert pg_state(db) == at_backup
-    else:
-        assert "2 tables" in out and "3 rows" in out, out
-        assert derived_databases(pg_admin, db.name) == []
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait()
+    run.returncode, run.after_run = second.returncode, files_on_disk(tmp, store)
+    run.state, run.derived = pg_state(db), derived_databases(db.admin, db.name)
+    return run
+
+
+@pytest.fixture(scope="class", params=[("restore", "--yes"), ("verify", "--restore-test")],
+                ids=["restore", "restore-test"])
+def killed_reading(request, pg_admin, tmp_path_factory):
+    with project_and_database(pg_admin, tmp_path_factory, "killed-reading") as (project, db,
+                                                                                folder):
+        yield request.param, kill_then_run_again(project, db, folder, request.param)
+
+
+@pytest.mark.postgres
+class TestTheExtractedArchiveNeverHasAName:
+    """The seekable copy pg_restore --jobs needs is a file without a name, handed over as
+    /proc/self/fd/N: while pg_restore reads it, TMPDIR holds no file at all, and a kill -9 there
+    leaves nothing behind; the next run works."""
+
+    def test_no_file_is_on_disk_while_pg_restore_reads_it(self, killed_reading):
+        _, run = killed_reading
+        assert run.while_read == []
+        assert run.while_read_again == []
+
+    def test_pg_restore_is_handed_a_proc_fd_path_and_jobs(self, killed_reading):
+        _, run = killed_reading
+        assert re.search(r" /proc/self/fd/\d+$", run.handed.strip()), run.handed
+        assert f"--jobs={max(1, min(os.cpu_count() or 1, 8))}" in run.handed, run.handed
+
+    def test_a_kill_leaves_nothing_behind(self, killed_reading):
+        _, run = killed_reading
+        assert run.after_kill == []
+
+    def test_the_next_run_succeeds_and_leaves_nothing(self, killed_reading):
+        command, run = killed_reading
+        assert run.returncode == 0, (run.out, run.err)
+        assert run.after_run == []
+        if command[0] == "restore":
+            assert run.state == run.at_backup
+        else:
+            assert "2 tables" in run.out and "3 rows" in run.out, run.out
+            assert run.derived == []
 
 
 @pytest.mark.postgres

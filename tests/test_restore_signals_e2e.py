@@ -4,18 +4,13 @@ database as it was, the run audited, exit 143."""
 from __future__ import annotations
 
 import os
-import select
-import shutil
 import signal
 
 import pytest
 
-from conftest import pg_env
-from helpers import failed, ok
-from test_restore_e2e import (audit_events, db_properties, derived_databases, insert_users,
-                              pg_bin_dir, pg_state, pgdb, take_backup,  # noqa: F401 (fixture)
-                              wait_until_no_sessions)
-from test_signals_e2e import gone
+from fake_tools import ended_afterwards, fake_pg_bin, gone, started_and_parked
+from helpers import (audit_events, db_properties, derived_databases, failed, insert_users,
+                     migrated_with_backup, pg_env, pg_state, wait_until_no_sessions)
 
 pytestmark = pytest.mark.postgres
 
@@ -23,40 +18,29 @@ pytestmark = pytest.mark.postgres
 def test_sigterm_halfway_through_pg_restore_cleans_up_and_audits(project, pgdb, pg_admin,
                                                                  tmp_path):
     db = pgdb
-    ok_env = pg_env(db)
-    ok(project.run("migrate", env=ok_env))
-    insert_users(db, ("ada@example.org", None))
-    backup = take_backup(project, "pgtest", ok_env)
+    backup = migrated_with_backup(project, db, ("ada@example.org", None))
     insert_users(db, ("live-only@example.org", None))
     before, oid = pg_state(db), db_properties(pg_admin, db.name)["oid"]
 
     said = tmp_path / "pid.fifo"
     os.mkfifo(said)
-    real = shutil.which("pg_restore")
-    bin_dir = pg_bin_dir(tmp_path, f"""
+    bin_dir = fake_pg_bin(tmp_path / "bin", pg_restore=f"""
 for arg in "$@"; do
   case "$arg" in
     --dbname=*) echo $$ > '{said}'; exec sleep 600 ;;
   esac
 done
-exec '{real}' "$@"
+exec "$REAL" "$@"
 """)
     scratch_tmp = tmp_path / "tmp"
     scratch_tmp.mkdir()
-    said_fd = os.open(said, os.O_RDWR)  # never blocks, never reads EOF
-    run = project.start("restore", "--yes", f"--backup={backup['id']}",
-                        env=pg_env(db, PG_BIN_DIR=str(bin_dir), TMPDIR=str(scratch_tmp)))
-    try:
-        while not select.select([said_fd], [], [], 1)[0]:
-            assert run.poll() is None, f"restore ended early:\n{run.communicate()}"
-        pg_restore_pid = int(os.read(said_fd, 64).split()[0])
+    run, said_line = started_and_parked(
+        project, said, "restore", "--yes", f"--backup={backup['id']}",
+        env=pg_env(db, PG_BIN_DIR=str(bin_dir), TMPDIR=str(scratch_tmp)))
+    with ended_afterwards(run):
+        pg_restore_pid = int(said_line.split()[0])
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=120)
-    finally:
-        os.close(said_fd)
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
     result = type("Result", (), {"returncode": run.returncode, "stdout": out, "stderr": err})
     failed(result, 143, "stopped by SIGTERM")
     assert gone(pg_restore_pid), "pg_restore was left running"
@@ -65,5 +49,5 @@ exec '{real}' "$@"
     assert derived_databases(pg_admin, db.name, "__restoring_") == []
     assert pg_state(db) == before
     assert db_properties(pg_admin, db.name)["oid"] == oid
-    event = audit_events(project, "pgtest")[-1]
+    event = audit_events(project.store("pgtest"))[-1]
     assert (event["action"], event["outcome"]) == ("restore", "stopped")

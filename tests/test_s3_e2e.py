@@ -12,131 +12,50 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
-import selectors
 import socket
-import struct
-import threading
 import zlib
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from conftest import S3_PREFIX, Bucket, pg_env, s3_client
-from helpers import FIRST, HEAD, failed, ok, sealed, shown, sqlite_state, without_audit
+from conftest import S3_PREFIX, Bucket, bucket_and_project, s3_client
+from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, sealed,
+                     shown, sqlite_state, without_audit)
+from tcp_proxy import Connection, ForwardingProxy, reset
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 AGE_MAGIC = b"age-encryption.org/v1"
 MiB = 1 << 20
 
 
-REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (/\S*) HTTP/1\.1\r\n")
-
-
-class CuttingProxy:
-    """A TCP proxy in front of the S3 endpoint. It forwards both ways, byte for byte, and cuts a
-    connection (a reset on both of its sockets) as soon as more than `limit` bytes of request
-    have come through it: small requests pass, a request carrying a large body never arrives
-    whole. Each connection is served by one thread with a selector, so no socket is shared
-    between threads."""
+class CuttingProxy(ForwardingProxy):
+    """A proxy in front of the S3 endpoint that cuts a connection (a reset on both of its
+    sockets) as soon as more than `limit` bytes of request have come through it: small requests
+    pass, a request carrying a large body never arrives whole."""
 
     def __init__(self, target_port: int, limit: int):
-        self.target = ("127.0.0.1", target_port)
         self.limit = limit
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
         self.cuts = 0
-        self.requests: list[tuple[str, str]] = []  # (method, target), in the order seen
-        self.threads: list[threading.Thread] = []
-        self.accepter = threading.Thread(target=self._accept, daemon=True)
-        self.accepter.start()
+        super().__init__(target_port)
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # the listener was shut down: stop
-                return
-            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target)
-        except OSError:
-            client.close()
-            return
-        selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
-        sent, carry = 0, b""
-        try:
-            while True:
-                for key, _ in selector.select():
-                    source, sink = key.fileobj, key.data
-                    data = source.recv(1 << 16)
-                    if not data:
-                        return
-                    if source is client:
-                        # A request line split between two reads is found in carry + data;
-                        # one wholly inside the carry was counted already.
-                        window = carry + data
-                        found = [(m.group(1).decode(), m.group(2).decode())
-                                 for m in REQUEST_LINE.finditer(window) if m.end() > len(carry)]
-                        carry = window[-512:]
-                        with self.lock:
-                            self.requests += found
-                        sent += len(data)
-                        if sent > self.limit:
-                            with self.lock:
-                                self.cuts += 1
-                            linger = struct.pack("ii", 1, 0)  # close with a reset, at once
-                            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                            upstream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                            return
-                    sink.sendall(data)
-        except OSError:
-            return
-        finally:
-            selector.close()
-            client.close()
-            upstream.close()
-
-    def close(self) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
-        self.listener.close()
-        self.accepter.join(timeout=10)
+    def from_client(self, conn: Connection, data: bytes) -> bytes | None:
+        self.request_lines(conn, data)
+        conn.sent += len(data)
+        if conn.sent > self.limit:
+            with self.lock:
+                self.cuts += 1
+            reset(conn.client, conn.upstream)
+            return None
+        return data
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def dev_db(project) -> Path:
-    return project.root / "dev.db"
-
-
 def output(result) -> str:
     return result.stdout + result.stderr
-
-
-def listed(project, bucket: Bucket, env_name: str = "dev", **extra) -> list[dict]:
-    result = ok(project.run("backups", f"--env={env_name}", "--json",
-                            env=bucket.env(**extra)))
-    return json.loads(result.stdout)
-
-
-def backup_id_of(result) -> str:
-    """The id from `invoke backup`'s line `Backup <id>: ...`."""
-    line = next(l for l in result.stdout.splitlines() if l.startswith("Backup "))
-    return line.split()[1].rstrip(":")
 
 
 def assert_newest_first(items: list[dict]) -> None:
@@ -149,59 +68,100 @@ def iso_z(moment: datetime) -> str:
 
 
 # == 1. SQLite, the embedded default ==========================================================
-def test_sqlite_release_cycle_keeps_every_backup_in_s3_encrypted_at_rest(project, bucket):
+def release_cycle(project, bucket: Bucket) -> SimpleNamespace:
+    """migrate from nothing, rollback, migrate again, then status, verify and audit, all with
+    the backups in `bucket`. What each step left is read here."""
     env = bucket.env()
+    run = SimpleNamespace(first=ok(project.run("migrate", env=env)))
+    run.after_first = SimpleNamespace(state=sqlite_state(dev_db(project)),
+                                      listed=listed(project, bucket), names=bucket.folder("dev"))
 
-    first = ok(project.run("migrate", env=env))
-    assert "nothing to back up" in output(first), shown(first)
-    assert sqlite_state(dev_db(project))["revision"] == HEAD
-    assert listed(project, bucket) == []
-    assert without_audit(bucket.folder("dev")) == set()
-
-    back = ok(project.run("rollback", env=env))
-    assert sqlite_state(dev_db(project))["revision"] == FIRST
-    [taken] = listed(project, bucket)
-    assert taken["revision"] == HEAD and taken["env"] == "dev" and taken["verified"] is True
-    location = f"s3://{bucket.name}/{S3_PREFIX}/dev/{taken['id']}"
-    assert taken["location"].startswith(location), taken
-    assert taken["location"] in back.stdout, shown(back)
-    artifact = taken["location"][len(f"s3://{bucket.name}/"):]
-    names = bucket.folder("dev")
-    assert without_audit(names) == {artifact.rsplit("/", 1)[1], f"{taken['id']}.manifest.json"}
-    audits = [n for n in names if n.endswith(".audit.json")]
-    assert len(audits) == 2, names  # the first migrate and the rollback
-    for key in [artifact, bucket.key("dev", f"{taken['id']}.manifest.json"),
-                *(bucket.key("dev", n) for n in audits)]:
-        assert bucket.head(key)["ServerSideEncryption"] == "AES256", key
-    assert bucket.head(artifact)["ContentLength"] == taken["size"]
-    # Nothing went to local disk.
-    assert project.backup_files("dev") == set()
+    run.back = ok(project.run("rollback", env=env))
+    run.after_back = SimpleNamespace(state=sqlite_state(dev_db(project)),
+                                     listed=listed(project, bucket), names=bucket.folder("dev"),
+                                     local=project.backup_files("dev"))
+    run.heads = {n: bucket.head(bucket.key("dev", n)) for n in run.after_back.names}
 
     ok(project.run("migrate", env=env))
-    assert sqlite_state(dev_db(project))["revision"] == HEAD
-    items = listed(project, bucket)
-    assert [i["revision"] for i in items] == [FIRST, HEAD]
-    assert items[1]["id"] == taken["id"]
-    assert_newest_first(items)
-    for item in items:
-        assert item["location"].startswith(f"s3://{bucket.name}/{S3_PREFIX}/dev/{item['id']}")
+    run.state, run.items = sqlite_state(dev_db(project)), listed(project, bucket)
+    run.status = json.loads(ok(project.run("status", "--json", env=env)).stdout)
+    run.verified = ok(project.run("verify", env=env))
+    run.verified_older = ok(project.run("verify", f"--backup={run.after_back.listed[0]['id']}",
+                                        env=env))
+    run.manifest_heads = [bucket.head(bucket.key("dev", f"{i['id']}.manifest.json"))
+                          for i in run.items]
+    run.audit = json.loads(ok(project.run("audit", "--json", env=env)).stdout)
+    return run
 
-    info = json.loads(ok(project.run("status", "--json", env=env)).stdout)
-    assert info["current"] == HEAD and info["pending"] == []
-    assert info["last_backup"]["id"] == items[0]["id"]
-    assert info["last_backup"]["location"] == items[0]["location"]
-    assert info["last_backup"]["location"].startswith(f"s3://{bucket.name}/")
 
-    verified = ok(project.run("verify", env=env))
-    assert items[0]["id"] in verified.stdout, shown(verified)
-    ok(project.run("verify", f"--backup={taken['id']}", env=env))
-    # verify rewrites the manifests it records in: they keep their encryption.
-    for item in items:
-        key = bucket.key("dev", f"{item['id']}.manifest.json")
-        assert bucket.head(key)["ServerSideEncryption"] == "AES256"
-    audit = json.loads(ok(project.run("audit", "--json", env=env)).stdout)
-    assert [e["action"] for e in audit] == ["migrate", "rollback", "migrate"]
-    assert audit[0]["backup_id"] == items[0]["id"] and audit[1]["backup_id"] == taken["id"]
+@pytest.fixture(scope="class")
+def cycle(e2e_moto, tmp_path_factory):
+    with bucket_and_project(e2e_moto, tmp_path_factory.mktemp("cycle")) as (bucket, project):
+        yield bucket, release_cycle(project, bucket)
+
+
+class TestSqliteReleaseCycleKeepsEveryBackupInS3:
+    def test_the_first_migrate_has_nothing_to_back_up(self, cycle):
+        bucket, run = cycle
+        assert "nothing to back up" in output(run.first), shown(run.first)
+        assert run.after_first.state["revision"] == HEAD
+        assert run.after_first.listed == []
+        assert without_audit(run.after_first.names) == set()
+
+    def test_the_rollbacks_backup_is_listed_at_its_s3_location(self, cycle):
+        bucket, run = cycle
+        assert run.after_back.state["revision"] == FIRST
+        [taken] = run.after_back.listed
+        assert taken["revision"] == HEAD and taken["env"] == "dev" and taken["verified"] is True
+        location = f"s3://{bucket.name}/{S3_PREFIX}/dev/{taken['id']}"
+        assert taken["location"].startswith(location), taken
+        assert taken["location"] in run.back.stdout, shown(run.back)
+        artifact = taken["location"][len(f"s3://{bucket.name}/"):]
+        assert without_audit(run.after_back.names) == {artifact.rsplit("/", 1)[1],
+                                                       f"{taken['id']}.manifest.json"}
+        audits = [n for n in run.after_back.names if n.endswith(".audit.json")]
+        assert len(audits) == 2, run.after_back.names  # the first migrate and the rollback
+        assert bucket.head(artifact)["ContentLength"] == taken["size"]
+
+    def test_every_object_in_the_bucket_is_encrypted_at_rest(self, cycle):
+        _, run = cycle
+        assert len(run.heads) == 4, run.heads  # artifact, manifest, two audit records
+        for name, head in run.heads.items():
+            assert head["ServerSideEncryption"] == "AES256", name
+
+    def test_nothing_goes_to_local_disk(self, cycle):
+        _, run = cycle
+        assert run.after_back.local == set()
+
+    def test_the_next_migrate_lists_both_backups_newest_first(self, cycle):
+        bucket, run = cycle
+        assert run.state["revision"] == HEAD
+        assert [i["revision"] for i in run.items] == [FIRST, HEAD]
+        assert run.items[1]["id"] == run.after_back.listed[0]["id"]
+        assert_newest_first(run.items)
+        for item in run.items:
+            assert item["location"].startswith(f"s3://{bucket.name}/{S3_PREFIX}/dev/{item['id']}")
+
+    def test_status_names_the_last_backup_in_s3(self, cycle):
+        bucket, run = cycle
+        info = run.status
+        assert info["current"] == HEAD and info["pending"] == []
+        assert info["last_backup"]["id"] == run.items[0]["id"]
+        assert info["last_backup"]["location"] == run.items[0]["location"]
+        assert info["last_backup"]["location"].startswith(f"s3://{bucket.name}/")
+
+    def test_verify_rewrites_the_manifests_it_records_in_and_they_keep_their_encryption(
+            self, cycle):
+        _, run = cycle
+        assert run.items[0]["id"] in run.verified.stdout, shown(run.verified)
+        for head in run.manifest_heads:
+            assert head["ServerSideEncryption"] == "AES256"
+
+    def test_the_audit_trail_in_s3_has_every_run_and_its_backup(self, cycle):
+        _, run = cycle
+        assert [e["action"] for e in run.audit] == ["migrate", "rollback", "migrate"]
+        assert run.audit[0]["backup_id"] == run.items[0]["id"]
+        assert run.audit[1]["backup_id"] == run.after_back.listed[0]["id"]
 
 
 # == 2. PostgreSQL ============================================================================
@@ -498,7 +458,7 @@ def test_crc32_blind_damage_changes_the_bytes_and_keeps_the_crc():
         assert damaged != message and zlib.crc32(damaged) == crc
 
 
-class DamagingProxy(CuttingProxy):
+class DamagingProxy(ForwardingProxy):
     """A proxy in front of the S3 endpoint that reads the requests going through each
     connection (HTTP/1.1, one after another) and damages the body of each PUT whose key ends
     with `suffix`, in a way its CRC-32 does not show: S3 acknowledges, and then serves, other
@@ -508,32 +468,15 @@ class DamagingProxy(CuttingProxy):
     def __init__(self, target_port: int, suffix: str):
         self.suffix = suffix.encode()
         self.damaged: list[str] = []
-        super().__init__(target_port, limit=0)
+        super().__init__(target_port)
 
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target)
-        except OSError:
-            client.close()
-            return
-        selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
-        requests = _RequestBodies(self)
-        try:
-            while True:
-                for key, _ in selector.select():
-                    source, sink = key.fileobj, key.data
-                    data = source.recv(1 << 16)
-                    if not data:
-                        return
-                    sink.sendall(requests.feed(data) if source is client else data)
-        except OSError:
-            return
-        finally:
-            selector.close()
-            client.close()
-            upstream.close()
+    def new_connection(self, client: socket.socket, upstream: socket.socket) -> Connection:
+        conn = super().new_connection(client, upstream)
+        conn.bodies = _RequestBodies(self)
+        return conn
+
+    def from_client(self, conn: Connection, data: bytes) -> bytes:
+        return conn.bodies.feed(data)
 
 
 class _RequestBodies:

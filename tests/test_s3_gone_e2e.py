@@ -10,32 +10,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import selectors
 import socket
 import sqlite3
 import stat
-import struct
-import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from app.ops.storage.s3 import S3Storage
 from app.settings import Settings
-from conftest import S3_PREFIX, Bucket, pg_env
-from helpers import FIRST, HEAD, failed, ok, shown, sqlite_query, sqlite_state
-from test_s3_e2e import backup_id_of, dev_db, listed
+from conftest import S3_PREFIX, Bucket, bucket_and_project
+from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, shown,
+                     sqlite_query, sqlite_state)
+from tcp_proxy import Connection, ForwardingProxy, reset
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
 MiB = 1 << 20
-REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD) (/\S*) HTTP/1\.1\r\n")
-RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with a reset, at once
 
 
-class VanishingProxy:
+class VanishingProxy(ForwardingProxy):
     """A TCP proxy in front of the S3 endpoint that forwards byte for byte until `vanish_on`
     says so, then goes away: its listener closes (new connections are refused) and every
     connection it carries is reset. `vanish_on(method, target, response_bytes)` is asked at
@@ -44,38 +40,9 @@ class VanishingProxy:
 
     def __init__(self, target_port: int, vanish_on=lambda method, target, answered: False,
                  port: int = 0, drop_on=lambda method, target: False):
-        self.target = ("127.0.0.1", target_port)
         self.vanish_on = vanish_on
         self.drop_on = drop_on  # (method, target) -> reset this one connection, stay up
-        self.listener = socket.create_server(("127.0.0.1", port))
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
-        self.gone = False
-        self.sockets: set[socket.socket] = set()
-        self.requests: list[tuple[str, str]] = []  # (method, target), in the order seen
-        self.accepter = threading.Thread(target=self._accept, daemon=True)
-        self.accepter.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # the listener was closed: gone
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _track(self, sock: socket.socket) -> bool:
-        with self.lock:
-            if self.gone:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-                sock.close()
-                return False
-            self.sockets.add(sock)
-            return True
+        super().__init__(target_port, port)
 
     def vanish(self) -> None:
         with self.lock:
@@ -86,63 +53,28 @@ class VanishingProxy:
             self.listener.close()
             for sock in self.sockets:
                 try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+                    reset(sock)
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
 
-    def _serve(self, client: socket.socket) -> None:
-        if not self._track(client):
-            return
-        try:
-            upstream = socket.create_connection(self.target)
-        except OSError:
-            client.close()
-            return
-        if not self._track(upstream):
-            client.close()
-            return
-        selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
-        carry, current, answered = b"", ("", ""), 0
-        try:
-            while not self.gone:
-                for key, _ in selector.select():
-                    source, sink = key.fileobj, key.data
-                    data = source.recv(1 << 16)
-                    if not data or self.gone:
-                        return
-                    if source is client:
-                        window = carry + data
-                        found = [(m.group(1).decode(), m.group(2).decode())
-                                 for m in REQUEST_LINE.finditer(window) if m.end() > len(carry)]
-                        carry = window[-512:]
-                        with self.lock:
-                            self.requests += found
-                        for method, target in found:
-                            current, answered = (method, target), 0
-                            if self.vanish_on(method, target, 0):
-                                self.vanish()
-                                return
-                            if self.drop_on(method, target):
-                                for sock in (client, upstream):
-                                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-                                return
-                    else:
-                        answered += len(data)
-                        if self.vanish_on(*current, answered):
-                            self.vanish()
-                            return
-                    sink.sendall(data)
-        except OSError:
-            return
-        finally:
-            selector.close()
-            for sock in (client, upstream):
-                with self.lock:
-                    self.sockets.discard(sock)
-                sock.close()
+    def from_client(self, conn: Connection, data: bytes) -> bytes | None:
+        for method, target in self.request_lines(conn, data):
+            conn.current, conn.answered = (method, target), 0
+            if self.vanish_on(method, target, 0):
+                self.vanish()
+                return None
+            if self.drop_on(method, target):
+                reset(conn.client, conn.upstream)
+                return None
+        return data
+
+    def from_server(self, conn: Connection, data: bytes) -> bytes | None:
+        conn.answered += len(data)
+        if self.vanish_on(*conn.current, conn.answered):
+            self.vanish()
+            return None
+        return data
 
     def close(self) -> None:
         self.vanish()
@@ -180,69 +112,110 @@ def artifact_download(backup_id: str, after: int):
 
 
 # == 1. Gone mid-upload: the cause named, the upload recorded, aborted by the next run ========
-def test_endpoint_gone_midupload_names_the_cause_and_the_next_run_aborts_the_upload(
-        project, bucket, e2e_moto):
+def gone_midupload(project, bucket: Bucket, moto_port: int) -> SimpleNamespace:
+    """A backup whose endpoint goes while it uploads part 2; another process's upload begun in
+    the same folder; status and check reached by another endpoint URL; then the endpoint back
+    for one more run. What each step left is read here."""
     direct = bucket.env()
     ok(project.run("migrate", env=direct))
     # 56 MiB that do not compress, in parts of 16 MiB: the endpoint goes at part 2, while the
     # dump goes on filling part 3.
     fill_sqlite(dev_db(project), 56)
-    state = sqlite_state(dev_db(project))
-    proxy = VanishingProxy(e2e_moto, part_request(2))
+    run = SimpleNamespace(state=sqlite_state(dev_db(project)), folder=record_folder(project))
+    run.proxy = VanishingProxy(moto_port, part_request(2))
     try:
-        result = project.run("backup", env=bucket.env(endpoint=proxy.endpoint))
+        run.result = project.run("backup", env=bucket.env(endpoint=run.proxy.endpoint))
     finally:
-        proxy.close()
-    assert proxy.gone, (proxy.requests, shown(result))
-    error = failed(result, 4, f"s3://{bucket.name}/{S3_PREFIX}/dev/",
-                   f"could not connect to the S3 endpoint {proxy.endpoint}",
-                   "connection refused", "could not be aborted", str(record_folder(project)))
-    assert "already failed" not in error, error
-    assert sqlite_state(dev_db(project)) == state
+        run.proxy.close()
+    run.state_after = sqlite_state(dev_db(project))
 
     # Nothing could abort the upload: its first part is still in the bucket, and recorded.
-    [upload] = bucket.uploads()
-    assert upload["Key"].startswith(f"{S3_PREFIX}/dev/"), upload
-    parts = bucket.client.list_parts(Bucket=bucket.name, Key=upload["Key"],
-                                     UploadId=upload["UploadId"])["Parts"]
-    assert [p["PartNumber"] for p in parts] == [1]
-    folder = record_folder(project)
-    [record_file] = list(folder.iterdir())
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert stat.S_IMODE(record_file.stat().st_mode) == 0o600
-    record = json.loads(record_file.read_text())
-    assert (record["bucket"], record["key"], record["upload_id"], record["endpoint"]) == \
-        (bucket.name, upload["Key"], upload["UploadId"], proxy.endpoint), record
-    assert listed(project, bucket) == []
+    [run.upload] = bucket.uploads()
+    run.parts = bucket.client.list_parts(Bucket=bucket.name, Key=run.upload["Key"],
+                                         UploadId=run.upload["UploadId"])["Parts"]
+    run.folder_mode = stat.S_IMODE(run.folder.stat().st_mode)
+    run.records = [(stat.S_IMODE(f.stat().st_mode), json.loads(f.read_text()))
+                   for f in run.folder.iterdir()]  # (mode, record) of each record file
+    run.listed = listed(project, bucket)
 
     # Another process's upload in progress in the same folder: never touched.
-    other = bucket.client.create_multipart_upload(Bucket=bucket.name,
-                                                  Key=f"{S3_PREFIX}/dev/in-progress-elsewhere")
-
-    # Reached by another endpoint URL, the upload is not this run's to abort: status shows it.
-    info = json.loads(ok(project.run("status", "--json", env=direct)).stdout)
-    [shown_upload] = info["unaborted_uploads"]
-    assert shown_upload["upload_id"] == upload["UploadId"], info
-    assert shown_upload["location"] == f"s3://{bucket.name}/{upload['Key']}", info
-    table = ok(project.run("status", env=direct)).stdout
-    assert "unaborted upload" in table and f"s3://{bucket.name}/{upload['Key']}" in table, table
-    checked = project.run("check", "--json", env=direct)
-    leftovers = {c["name"]: c for c in json.loads(checked.stdout)["checks"]}["leftovers"]
-    assert leftovers["state"] == "WARNING" and upload["UploadId"] in leftovers["detail"], checked
-    assert len(bucket.uploads()) == 2
+    run.other = bucket.client.create_multipart_upload(
+        Bucket=bucket.name, Key=f"{S3_PREFIX}/dev/in-progress-elsewhere")
+    # Reached by another endpoint URL, the upload is not this run's to abort.
+    run.status = json.loads(ok(project.run("status", "--json", env=direct)).stdout)
+    run.table = ok(project.run("status", env=direct)).stdout
+    run.checked = project.run("check", "--json", env=direct)
+    run.uploads_unreached = bucket.uploads()
 
     # The endpoint is back: the next run that reaches it aborts the recorded upload.
-    back = VanishingProxy(e2e_moto, port=proxy.port)
+    run.back = VanishingProxy(moto_port, port=run.proxy.port)
     try:
-        ok(project.run("backups", env=bucket.env(endpoint=back.endpoint)))
-        assert [u["UploadId"] for u in bucket.uploads()] == [other["UploadId"]]
-        assert list(folder.iterdir()) == []
-        info = json.loads(ok(project.run("status", "--json",
-                                         env=bucket.env(endpoint=back.endpoint))).stdout)
-        assert info["unaborted_uploads"] == []
+        ok(project.run("backups", env=bucket.env(endpoint=run.back.endpoint)))
+        run.uploads_back = bucket.uploads()
+        run.records_back = list(run.folder.iterdir())
+        run.status_back = json.loads(ok(project.run(
+            "status", "--json", env=bucket.env(endpoint=run.back.endpoint))).stdout)
     finally:
-        back.close()
-    assert [m for m, t in back.requests if f"uploadId={upload['UploadId']}" in t] == ["DELETE"]
+        run.back.close()
+    return run
+
+
+@pytest.fixture(scope="class")
+def midupload(e2e_moto, tmp_path_factory):
+    with bucket_and_project(e2e_moto, tmp_path_factory.mktemp("midupload")) as (bucket,
+                                                                                 project):
+        yield bucket, gone_midupload(project, bucket, e2e_moto)
+
+
+class TestEndpointGoneMidUpload:
+    def test_the_backup_fails_naming_the_cause_and_the_record_and_changes_nothing(
+            self, midupload):
+        bucket, run = midupload
+        assert run.proxy.gone, (run.proxy.requests, shown(run.result))
+        error = failed(run.result, 4, f"s3://{bucket.name}/{S3_PREFIX}/dev/",
+                       f"could not connect to the S3 endpoint {run.proxy.endpoint}",
+                       "connection refused", "could not be aborted", str(run.folder))
+        assert "already failed" not in error, error
+        assert run.state_after == run.state
+
+    def test_the_upload_stays_in_the_bucket_with_its_first_part(self, midupload):
+        _, run = midupload
+        assert run.upload["Key"].startswith(f"{S3_PREFIX}/dev/"), run.upload
+        assert [p["PartNumber"] for p in run.parts] == [1]
+        assert run.listed == []
+
+    def test_the_upload_is_recorded_in_a_private_file(self, midupload):
+        bucket, run = midupload
+        [(mode, record)] = run.records
+        assert run.folder_mode == 0o700
+        assert mode == 0o600
+        assert (record["bucket"], record["key"], record["upload_id"], record["endpoint"]) == \
+            (bucket.name, run.upload["Key"], run.upload["UploadId"], run.proxy.endpoint), record
+
+    def test_status_reached_by_another_endpoint_shows_it_and_aborts_nothing(self, midupload):
+        bucket, run = midupload
+        location = f"s3://{bucket.name}/{run.upload['Key']}"
+        [shown_upload] = run.status["unaborted_uploads"]
+        assert shown_upload["upload_id"] == run.upload["UploadId"], run.status
+        assert shown_upload["location"] == location, run.status
+        assert "unaborted upload" in run.table and location in run.table, run.table
+        assert len(run.uploads_unreached) == 2
+
+    def test_check_warns_of_it(self, midupload):
+        _, run = midupload
+        checks = {c["name"]: c for c in json.loads(run.checked.stdout)["checks"]}
+        leftovers = checks["leftovers"]
+        assert leftovers["state"] == "WARNING", run.checked
+        assert run.upload["UploadId"] in leftovers["detail"], run.checked
+
+    def test_the_next_run_that_reaches_the_endpoint_aborts_only_the_recorded_upload(
+            self, midupload):
+        _, run = midupload
+        assert [u["UploadId"] for u in run.uploads_back] == [run.other["UploadId"]]
+        assert run.records_back == []
+        assert run.status_back["unaborted_uploads"] == []
+        assert [m for m, t in run.back.requests
+                if f"uploadId={run.upload['UploadId']}" in t] == ["DELETE"]
 
 
 # == 2. Gone mid-download: restore is a failed restore (exit 4), the database untouched =======

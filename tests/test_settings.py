@@ -15,18 +15,13 @@ from sqlalchemy.engine import make_url
 from app.ops.errors import ConfigError
 from app.ops.health import UNIT_SECONDS
 from app.settings import POSTGRES_UNITS, load_settings, parse_duration
+from helpers import write_dotenv
 
 AWKWARD = "p@ss:w/o%rd#1 'q' \"dq\" with spaces / end"
 
 
-def dotenv_quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def write_env(root: Path, name: str | None, **settings: str) -> Path:
-    path = root / (f".env.{name}" if name else ".env")
-    path.write_text("".join(f"{k}={dotenv_quote(v)}\n" for k, v in settings.items()))
-    return path
+    return write_dotenv(root / (f".env.{name}" if name else ".env"), **settings)
 
 
 PG = {"POSTGRES_SERVER": "db.example.internal", "POSTGRES_PORT": "6543",

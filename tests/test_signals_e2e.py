@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (FIRST, at_first_revision, failed, last_audit, ok, pg_env, without_audit,
-                     wrapped_pg_dump)
+from fake_tools import gone, wrapped_pg_dump
+from helpers import FIRST, at_first_revision, failed, last_audit, ok, pg_env, without_audit
 
 pytestmark = pytest.mark.postgres
 
@@ -25,14 +25,6 @@ def parked_after_dump(tmp_path) -> tuple[Path, Path]:
     said = tmp_path / "pid.fifo"
     os.mkfifo(said)
     return wrapped_pg_dump(tmp_path, f'"$REAL" "$@"\necho $$ > \'{said}\'\nexec sleep 600'), said
-
-
-def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == "Z"  # dead, not yet reaped by init
 
 
 def partials(project) -> list[str]:

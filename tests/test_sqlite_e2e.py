@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from helpers import failed, ok, sqlite_state
 
-FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
+from helpers import (FIRST, HEAD, add_revision, audit_events, dev_db, failed, ok,
+                     sqlite_state)
+
 CONTRACT_TASKS = ("status", "migrate", "rollback", "backup", "backups", "restore", "verify",
                   "prune", "create", "rehearse", "audit", "history", "heads", "merge", "stamp",
                   "check")
@@ -26,21 +27,12 @@ CONTRACT_TASKS = ("status", "migrate", "rollback", "backup", "backups", "restore
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def dev_db(project) -> Path:
-    return project.root / "dev.db"
-
-
 def migrated(project, revision: str = "head", env: dict | None = None):
     ok(project.run("migrate", f"--revision={revision}", env=env))
 
 
 def artifacts(project, env_name: str = "dev") -> set[str]:
     return {n for n in project.backup_files(env_name) if n.endswith(".zst")}
-
-
-def audit_events(project, env_name: str = "dev") -> list[dict]:
-    folder = project.root / "backups" / env_name
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.audit.json"))]
 
 
 def sha256_file(path: Path) -> str:
@@ -74,28 +66,6 @@ def prod_project(project, **settings: str) -> Path:
     return path
 
 
-FAILING_REVISION = '''"""Add notes to users, then fail
-
-Revision ID: 0badc0ffee01
-Revises: f8ff2ab1fdfa
-"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0badc0ffee01"
-down_revision = "f8ff2ab1fdfa"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    op.add_column("users", sa.Column("notes", sa.Text(), nullable=True))
-    raise RuntimeError("the migration failed on purpose")
-
-
-def downgrade():
-    op.drop_column("users", "notes")
-'''
 
 
 # -- the release round trip ------------------------------------------------------------------
@@ -193,7 +163,7 @@ def test_rollback_to_base_then_migrate_to_a_revision(project):
     assert "users" not in state["tables"]
     assert [i["revision"] for i in project.backups()] == [HEAD]
 
-    ok(project.run("migrate", "--revision=a9ef987fd631"))
+    ok(project.run("migrate", f"--revision={FIRST}"))
     state = sqlite_state(dev_db(project))
     assert state["revision"] == FIRST
     assert "users" in state["tables"] and "phone_number" not in state["tables"]["users"]
@@ -202,7 +172,11 @@ def test_rollback_to_base_then_migrate_to_a_revision(project):
 
 def test_a_failing_migration_exits_5_and_names_its_backup(project):
     migrated(project)
-    (project.root / "alembic" / "versions" / "0badc0ffee01_fail.py").write_text(FAILING_REVISION)
+    add_revision(project, "0badc0ffee01", HEAD, """
+        op.add_column("users", sa.Column("notes", sa.Text(), nullable=True))
+        raise RuntimeError("the migration failed on purpose")
+        """, 'op.drop_column("users", "notes")', message="Add notes to users, then fail",
+                 slug="fail")
     error = failed(project.run("migrate"), 5, "invoke restore")
     [item] = project.backups()
     assert item["id"] in error
@@ -210,7 +184,7 @@ def test_a_failing_migration_exits_5_and_names_its_backup(project):
     assert sqlite_state(dev_db(project))["revision"] == HEAD
     inside = state_inside_backup(item)
     assert inside["revision"] == HEAD and "notes" not in inside["tables"]["users"]
-    last = audit_events(project)[-1]
+    last = audit_events(project.store())[-1]
     assert last["action"] == "migrate" and last["outcome"] == "failed"
     assert last["backup_id"] == item["id"]
 
@@ -392,7 +366,7 @@ def test_break_glass_runs_outside_the_window_and_is_audited(project):
     assert "BREAK GLASS" in result.stderr
     assert sqlite_state(path)["revision"] == HEAD
     [item] = project.backups("prod")
-    events = [e for e in audit_events(project, "prod") if e.get("break_glass")]
+    events = [e for e in audit_events(project.store("prod")) if e.get("break_glass")]
     assert [e["break_glass"] for e in events] == ["INC-1 reason"]
     assert events[0]["env"] == "prod" and events[0]["backup_id"] == item["id"]
 

@@ -7,7 +7,6 @@ Every setting reaches the code through Settings values, as the .env files would 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import secrets
 import socket
@@ -24,10 +23,13 @@ from app.ops.storage import open_storage
 from app.ops.storage.s3 import S3Storage
 from app.ops.target import open_target
 from app.settings import Settings, load_settings
+from conftest import s3_client
 
 MiB = 1 << 20
 PART = 5 * MiB  # S3's smallest part size: keeps the multipart tests quick
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
 
 def free_port() -> int:
@@ -37,14 +39,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{server._server.server_port}"
-    server.stop()
+def moto_endpoint(e2e_moto):
+    """The session's moto server (conftest), as an endpoint URL."""
+    return f"http://127.0.0.1:{e2e_moto}"
 
 
 @pytest.fixture(scope="session")
@@ -82,17 +79,6 @@ def auth_moto():
         proc.wait(timeout=10)
 
 
-@pytest.fixture(autouse=True)
-def no_ambient_aws(monkeypatch, tmp_path):
-    """The developer's own AWS variables, profiles and instance metadata stay out of it."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
 @pytest.fixture
 def aws(moto_endpoint) -> dict:
     """Settings values for the moto server, with a fresh bucket of its own."""
@@ -104,10 +90,7 @@ def aws(moto_endpoint) -> dict:
 @pytest.fixture
 def s3(aws):
     """A plain boto3 client for the tests' own checks, and the bucket created."""
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = s3_client(aws["AWS_ENDPOINT_URL"])
     client.create_bucket(Bucket=aws["BACKUP_S3_BUCKET"])
     return client
 
@@ -182,13 +165,19 @@ def test_object_of_exactly_whole_parts(aws, s3, total):
     assert store.get_bytes("exact") == data
 
 
+def put_small_and_large(store: S3Storage, large: int) -> None:
+    """A small object in one put, and one of `large` bytes written through the store's writer
+    (a multipart upload once it passes a part)."""
+    store.put_bytes("small", b"tiny")
+    with store.writer("large") as out:
+        for data in chunks(large):
+            out.write(data)
+
+
 # -- encryption ------------------------------------------------------------------------------
 def test_aes256_on_every_object(aws, s3):
     store = make_store({**aws, "BACKUP_S3_SSE": "AES256"}, part_size=PART)
-    store.put_bytes("small", b"tiny")
-    with store.writer("large") as out:
-        for data in chunks(11 * MiB):
-            out.write(data)
+    put_small_and_large(store, 11 * MiB)
     for name in ("small", "large"):
         head = s3.head_object(Bucket=aws["BACKUP_S3_BUCKET"], Key=f"backups/dev/{name}")
         assert head["ServerSideEncryption"] == "AES256"
@@ -202,10 +191,7 @@ def test_kms_with_key_id_on_every_object(aws, s3):
     key_id = kms.create_key(Description="mida backups")["KeyMetadata"]["KeyId"]
     store = make_store({**aws, "BACKUP_S3_SSE": "aws:kms", "BACKUP_S3_KMS_KEY_ID": key_id},
                        part_size=PART)
-    store.put_bytes("small", b"tiny")
-    with store.writer("large") as out:
-        for data in chunks(6 * MiB):
-            out.write(data)
+    put_small_and_large(store, 6 * MiB)
     for name in ("small", "large"):
         head = s3.head_object(Bucket=aws["BACKUP_S3_BUCKET"], Key=f"backups/dev/{name}")
         assert head["ServerSideEncryption"] == "aws:kms"

@@ -1,4 +1,4 @@
-"""Backups: take one (before a change, or on demand), read it back, list, find and verify them.
+"""Backups: take one, read it back, list, find and verify them.
 
 Data flows one way: dumper -> zstd -> [age] -> SHA-256 -> store, with the same bytes read back
 whole on the way (app/ops/readback.py), then the stored object hashed again, then the manifest
@@ -17,42 +17,12 @@ from app.ops.diskspace import (STORE_ADVICE, TEMP_ADVICE, check_room, in_blocks,
                                no_room, room_for, temp_folder)
 from app.ops.encryption import Encryption, encrypting
 from app.ops.errors import BackupFailed, ConfigError, NoRoom, TransferFailed
-from app.ops.manifest import (MANIFEST_SUFFIX, BackupManifest, check_label, iso,
-                              new_backup_id)
+from app.ops.manifest import MANIFEST_SUFFIX, BackupManifest, iso, new_backup_id
 from app.ops.readback import InlineReadBack, check_read, read_back_stored, stored_sha256
-from app.ops.report import Reporter
 from app.ops.streams import CountingWriter, HashingWriter, TeeWriter, compressor
 
 Progress = Callable[[int], None]
 
-
-
-def backup_on_demand(target, *, now: datetime, label: str | None,
-                     reporter: Reporter = Reporter()) -> BackupManifest:
-    """`invoke backup`: the same backup migrate takes, with an optional label."""
-    check_label(label)
-    manifest = backup_before_change(target, now=now, revision=target.database.revision(),
-                                    reporter=reporter, reason="on demand", label=label)
-    if manifest is None:
-        raise ConfigError(f"database {target.database.masked_url} does not exist yet: "
-                          "there is nothing to back up")
-    return manifest
-
-
-def backup_before_change(target, facts=None, *, now: datetime, revision: str | None,
-                         reason: str, reporter: Reporter,
-                         label: str | None = None) -> BackupManifest | None:
-    """The backup a run takes before it changes anything (None: no database yet). `facts`: the
-    run's RunFacts (app/ops/guards.py), so nothing is read twice."""
-    from app.ops.guards import RunFacts
-
-    facts = facts or RunFacts(target)
-    if not facts.database.exists:
-        reporter.info(f"database {target.database.masked_url} does not exist yet: "
-                      "there is nothing to back up")
-        return None
-    return target.method.take(target, facts, now=now, revision=revision, reason=reason,
-                              reporter=reporter, label=label)
 
 
 def take_backup(target, *, reason: str, revision: str | None, now: datetime,

@@ -35,9 +35,11 @@ class DumpMethod:
         return verify_dump(target, manifest, now=now, progress=progress,
                            extract_to=extract_to, archive_check=archive_check)
 
-    def restore(self, target, plan, *, now, reporter, disconnect, whole_cluster, started):
+    def restore(self, target, plan, *, now, reporter, disconnect, whole_cluster, started,
+                check_lock):
         return target.database.restore(target, plan, now=now, reporter=reporter,
-                                       disconnect=disconnect, started=started)
+                                       disconnect=disconnect, started=started,
+                                       check_lock=check_lock)
 
     def status(self, target) -> dict:
         """What `invoke status` adds for this method: nothing, the store says it all."""
@@ -61,7 +63,8 @@ class PgBackRestMethod:
         return record_outcome(target.storage, manifest, now,
                               lambda: verify_restore_point(target.settings, manifest))
 
-    def restore(self, target, plan, *, now, reporter, disconnect, whole_cluster, started):
+    def restore(self, target, plan, *, now, reporter, disconnect, whole_cluster, started,
+                check_lock):
         """No safety backup: the archived old timeline keeps the writes made since."""
         from app.ops.restore import RestoreResult
         from app.ops.restore_pitr import restore_restore_point

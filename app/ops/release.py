@@ -14,10 +14,11 @@ from datetime import datetime
 from typing import Iterator
 
 from app.ops import audit
-from app.ops.backups import BackupManifest, backup_before_change
+from app.ops.backup_run import backup_before_change
 from app.ops.errors import BackupFailed, LockLost, MigrationFailed
 from app.ops.guards import (RunFacts, check_fit, check_staging_first, check_window,
                             confirm_data_loss, review_pending)
+from app.ops.manifest import BackupManifest
 from app.ops.migrations import Migrations, Revision
 from app.ops.report import Reporter
 
@@ -67,24 +68,28 @@ def stamp(target, *, revision: str, now: datetime, reporter: Reporter = Reporter
         migrations.config.attributes["before_commit"] = run.lock.check
         before = migrations.current()
         run.details.update(from_revision=before, to_revision=goal, backup_id=None)
+        run.audited = True
         migrations.stamp(revision)
     return before, migrations.current()
 
 
 @dataclass
 class AuditedRun:
-    """What `_locked_and_audited` records: the block fills in the details as it learns them."""
+    """What `_locked_and_audited` records: the block fills in the details as it learns them,
+    and sets `audited` once it gets to the part that is audited (a guard that refuses before
+    anything is done is not: it said why, and nothing happened)."""
     lock: object
     details: dict = field(default_factory=dict)
     outcome: str | None = None   # None: succeeded, unless the block raised
-    audited: bool = True
+    audited: bool = False
 
 
 @contextlib.contextmanager
 def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
                         reporter: Reporter, break_glass: str | None) -> Iterator[AuditedRun]:
-    """The maintenance window, then the database's lock, then the block; its outcome is audited
-    whatever happens, and a lock found gone at release is a warning after it."""
+    """The maintenance window, then the database's lock, then the block; from the moment the
+    block sets `run.audited`, its outcome is audited whatever happens. A lock found gone at
+    release is a warning after it."""
     check_window(target.settings, facts, action=action, now=now, break_glass=break_glass,
                  reporter=reporter)
     started = time.monotonic()
@@ -138,6 +143,7 @@ def _guarded_run(target, migrations: Migrations, action: str, now: datetime,
         # Asked again just before the change commits (alembic/env.py): a lock lost meanwhile
         # means another run may be changing the database too.
         migrations.config.attributes["before_commit"] = run.lock.check
+        run.audited = True
         result.backup = backup_before_change(
             target, facts, now=now, revision=current, reporter=reporter,
             reason=f"before {action} {current or 'base'} -> {goal or 'base'}")

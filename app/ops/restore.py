@@ -20,7 +20,7 @@ from typing import Callable
 
 from app.ops import audit
 from app.ops.backups import BackupManifest, find_backup, list_backups, take_backup
-from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused
+from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused, LockLost
 from app.ops.methods import method_of
 from app.ops.report import Reporter
 
@@ -96,12 +96,14 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
     `whole_cluster` (a pgBackRest restore point): rewind a cluster that holds other databases."""
     started = time.monotonic()
     outcome, result = "failed", None
-    with target.database.lock("restore", now):
+    with target.database.lock("restore", now) as lock:
         try:
-            # The method that made the backup restores it (app/ops/methods.py).
+            # The method that made the backup restores it (app/ops/methods.py). The lock is
+            # asked again right before a swap: one lost meanwhile (its session ended) means
+            # another run may be changing the database too.
             result = method_of(plan.backup).restore(
                 target, plan, now=now, reporter=reporter, disconnect=disconnect,
-                whole_cluster=whole_cluster, started=started)
+                whole_cluster=whole_cluster, started=started, check_lock=lock.check)
             result.revision = target.database.revision()
             if result.revision != plan.backup.revision:
                 raise BackupFailed(f"after the restore the database is at {result.revision}, "
@@ -113,6 +115,11 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
         except KeyboardInterrupt:
             outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
             raise
+        except LockLost as exc:
+            outcome = "lock lost"
+            raise LockLost(f"restore stopped before the swap: {exc}; nothing was changed, the "
+                           "restored copy is dropped; run it again once no other run holds "
+                           "the lock") from None
         finally:
             audit.record(target, action="restore", now=now, outcome=outcome, reporter=reporter,
                          from_revision=plan.current, to_revision=plan.backup.revision,

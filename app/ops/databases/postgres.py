@@ -155,10 +155,10 @@ class PostgresDatabase:
                 server.drop(name)
 
     def restore(self, target, plan, *, now: datetime, reporter, disconnect: bool,
-                started: float):
+                started: float, check_lock):
         from app.ops.databases.postgres_restore import restore_by_swap
         return restore_by_swap(target, plan, now=now, reporter=reporter, disconnect=disconnect,
-                               started=started)
+                               started=started, check_lock=check_lock)
 
 
 def restore_jobs() -> int:

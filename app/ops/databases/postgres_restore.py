@@ -24,7 +24,7 @@ from app.ops.restore import SAFETY_REASON, RestorePlan, RestoreResult
 
 
 def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disconnect: bool,
-                    started: float) -> RestoreResult:
+                    started: float, check_lock) -> RestoreResult:
     database = target.database
     server = database.server()
     if server.reopen():
@@ -44,6 +44,7 @@ def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disco
                  derived_name(database.name, KEPT, stamp))
     _build_copy(target, plan, new, props, now, reporter)
     try:
+        check_lock()  # LockLost: nothing swapped, the copy is dropped below
         downtime = server.swap(new, kept, end_sessions=disconnect)
         in_service = time.monotonic() - started
     except BaseException:

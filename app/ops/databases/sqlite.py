@@ -92,7 +92,7 @@ class SqliteDatabase:
             yield target.at(self.at(copy))
 
     def restore(self, target, plan, *, now: datetime, reporter, disconnect: bool,
-                started: float):
+                started: float, check_lock):
         """Verify into a private copy, take the safety backup of the database as it is just
         before, then copy over it with SQLite's backup API: readers see the old database or
         the new one, never a mix, and WAL and journal files stay consistent."""
@@ -110,6 +110,7 @@ class SqliteDatabase:
             if self.exists():
                 safety = safety_backup(target, plan, now)
                 reporter.info(f"safety backup {safety.id} taken")
+            check_lock()  # a no-op: an flock cannot be taken away from its holder
             source = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
             live = sqlite3.connect(self.path, timeout=60)
             try:

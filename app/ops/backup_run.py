@@ -1,0 +1,40 @@
+"""The backup a run takes: before migrate or rollback changes anything, or on demand.
+
+Taken by the env's backup method (app/ops/methods.py): a dump (app/ops/backups.py) after its
+free-disk guard, or, with BACKUP_METHOD=pgbackrest, a restore point (app/ops/pgbackrest.py);
+nothing at all while the database does not exist yet.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from app.ops.errors import ConfigError
+from app.ops.guards import RunFacts
+from app.ops.manifest import BackupManifest, check_label
+from app.ops.report import Reporter
+
+
+def backup_on_demand(target, *, now: datetime, label: str | None,
+                     reporter: Reporter = Reporter()) -> BackupManifest:
+    """`invoke backup`: the same backup migrate takes, with an optional label."""
+    check_label(label)
+    manifest = backup_before_change(target, now=now, revision=target.database.revision(),
+                                    reporter=reporter, reason="on demand", label=label)
+    if manifest is None:
+        raise ConfigError(f"database {target.database.masked_url} does not exist yet: "
+                          "there is nothing to back up")
+    return manifest
+
+
+def backup_before_change(target, facts=None, *, now: datetime, revision: str | None,
+                         reason: str, reporter: Reporter,
+                         label: str | None = None) -> BackupManifest | None:
+    """The backup a run takes before it changes anything (None: no database yet). `facts`: the
+    run's RunFacts (app/ops/guards.py), so nothing is read twice."""
+    facts = facts or RunFacts(target)
+    if not facts.database.exists:
+        reporter.info(f"database {target.database.masked_url} does not exist yet: "
+                      "there is nothing to back up")
+        return None
+    return target.method.take(target, facts, now=now, revision=revision, reason=reason,
+                              reporter=reporter, label=label)
