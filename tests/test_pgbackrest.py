@@ -10,7 +10,8 @@ import pytest
 
 from app.ops.errors import BackupFailed, ConfigError, TransferFailed
 from app.ops.manifest import BackupManifest
-from app.ops.pgbackrest import DEFAULT_MAX_READY, PgBackRest, max_ready_of
+from app.ops.archiver import DEFAULT_MAX_READY, max_ready_of
+from app.ops.pgbackrest import PgBackRest
 from app.ops.pgbackrest_verify import (problems_for, read_verify_output,
                                        verify_restore_point)
 from app.settings import load_settings
