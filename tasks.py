@@ -117,11 +117,15 @@ def _pgbackrest_status(facts: dict) -> str:
         return f"stanza {facts['stanza']}: ERROR {facts['error']}"
     full, incr, archive, archiver = (facts.get("newest_full"), facts.get("newest_incr"),
                                      facts.get("archive") or {}, facts.get("archiver") or {})
-    return (f"stanza {facts['stanza']} ({facts.get('repo_status')}), newest full "
+    return (f"stanza {facts['stanza']} ({facts.get('repo_status')}), pgBackRest "
+            f"{facts.get('version')}, newest full "
             f"{full['label'] if full else 'none'}, newest incr {incr['label'] if incr else 'none'}, "
             f"archive {archive.get('min')}..{archive.get('max')}, archiver "
             + ("FAILING" if archiver.get("failing") else
-               f"{archiver.get('segments_behind')} segment(s) behind"))
+               f"{archiver.get('segments_behind')} segment(s) behind")
+            + (f", .ready backlog unknown ({archiver['ready_unknown']})"
+               if archiver.get("ready_unknown") else
+               f", {archiver.get('ready')} segment(s) ready to archive"))
 
 
 @task(help={"revision": "target revision (default: head)",

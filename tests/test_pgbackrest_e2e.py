@@ -315,3 +315,148 @@ def test_an_unreachable_repository_or_a_hanging_pgbackrest_fails_within_the_time
     left = subprocess.run(["pgrep", "-f", "sleep 117.31"], capture_output=True, text=True)
     assert left.stdout == "", left.stdout
     assert cluster_db.tables() == [] and project.backups("pgtest", env=cluster_db.env()) == []
+
+
+def no_restore_point_taken(project: Project, db: ClusterDatabase) -> None:
+    assert db.tables() == [] and db.revision() == ""
+    assert project.backups("pgtest", env=db.env()) == []
+
+
+def test_a_missing_or_too_old_pgbackrest_is_refused_before_anything(project, cluster_db, tmp_path):
+    env = cluster_db.env
+    # Behind runuser (as behind sudo) a missing pgbackrest is the wrapper's failure, not ours.
+    failed(project.run("migrate", env=env(
+        PGBACKREST_COMMAND="runuser -u postgres -- /nonexistent/pgbackrest")), 2,
+        "cannot run pgbackrest through PGBACKREST_COMMAND", "/nonexistent/pgbackrest",
+        "No such file or directory")
+    old = tmp_path / "pgbackrest-2.38"
+    old.write_text("#!/bin/sh\necho 'pgBackRest 2.38'\n")
+    old.chmod(0o755)
+    failed(project.run("backup", env=env(PGBACKREST_COMMAND=str(old))), 2,
+           "pgBackRest 2.38", "too old", "2.39 or newer")
+    no_restore_point_taken(project, cluster_db)
+    # status names it too, and still answers.
+    info = json.loads(ok(project.run("status", "--json", env=env(
+        PGBACKREST_COMMAND=str(old)))).stdout)
+    assert "2.38" in info["pgbackrest"]["error"], info["pgbackrest"]
+    current = json.loads(ok(project.run("status", "--json", env=env())).stdout)["pgbackrest"]
+    installed = subprocess.run(["pgbackrest", "version"], capture_output=True, text=True).stdout
+    assert installed.split()[-1] == current["version"], current
+
+
+def test_pgbackrest_run_as_another_os_user_is_worded_and_refused(project, cluster_db):
+    # `nobody` may not read the repository (0750, owned by postgres): what pgBackRest reports
+    # is a permission denied, and that is what we word.
+    result = project.run("migrate", env=cluster_db.env(
+        PGBACKREST_COMMAND="runuser -u nobody -- pgbackrest"))
+    failed(result, 2, "may not use its own files", "Permission denied", "another OS user",
+           "PGBACKREST_COMMAND")
+    no_restore_point_taken(project, cluster_db)
+
+
+class Gate:
+    """An archive_command that waits while a file exists: the archiver falls behind without
+    failing, as it does when the repository is slow. Open it and reset the command after."""
+
+    def __init__(self, cluster):
+        self.cluster, self.path = cluster, cluster.root / f"gate-{secrets.token_hex(3)}"
+
+    def close(self) -> None:
+        self.path.touch()
+        push = (f"pgbackrest --config={self.cluster.config} --stanza=mida archive-push %p")
+        waiting = f"while [ -e {self.path} ]; do sleep 0.05; done; {push}"
+        self.cluster.psql(f"ALTER SYSTEM SET archive_command = '{waiting}'")
+        self.cluster.psql("SELECT pg_reload_conf()")
+
+    def open(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.cluster.psql("ALTER SYSTEM RESET archive_command")
+        self.cluster.psql("SELECT pg_reload_conf()")
+        wait_archived(self.cluster)
+
+    def finish_segments(self, count: int) -> None:
+        for _ in range(count):
+            self.cluster.psql("SELECT pg_logical_emit_message(false, 'mida', 'x')")
+            self.cluster.psql("SELECT pg_switch_wal()")
+
+    def ready(self) -> int:
+        return int(self.cluster.psql(
+            "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"))
+
+
+def test_a_ready_backlog_over_the_limit_refuses_and_status_counts_it(project, cluster_db):
+    cluster = cluster_db.cluster
+    gate = Gate(cluster)
+    gate.close()
+    try:
+        gate.finish_segments(3)
+        assert gate.ready() >= 3
+        # The role may not list pg_wal/archive_status: status says so, and the backlog guard
+        # does not refuse (this run fails later, waiting for the archiver, as before).
+        facts = json.loads(ok(project.run("status", "--json", env=cluster_db.env())).stdout)
+        archiver = facts["pgbackrest"]["archiver"]
+        assert archiver["ready"] is None and "pg_monitor" in archiver["ready_unknown"], archiver
+        failed(project.run("migrate", env=cluster_db.env(PGBACKREST_MAX_READY="1",
+                                                         PGBACKREST_TIMEOUT="2")),
+               4, "was not archived within 2 s")
+        cluster.psql(f"GRANT pg_monitor TO {cluster_db.role}")
+        backlog = gate.ready()
+        failed(project.run("migrate", env=cluster_db.env(PGBACKREST_MAX_READY="1")), 3,
+               f"{backlog} WAL segments wait to be archived", "PGBACKREST_MAX_READY=1",
+               "nothing was changed")
+        facts = json.loads(ok(project.run("status", "--json", env=cluster_db.env())).stdout)
+        assert facts["pgbackrest"]["archiver"]["ready"] == backlog, facts["pgbackrest"]
+        table = ok(project.run("status", env=cluster_db.env())).stdout
+        assert f"{backlog} segment(s) ready to archive" in table, table
+        failed(project.run("migrate", env=cluster_db.env(PGBACKREST_MAX_READY="many")), 2,
+               "PGBACKREST_MAX_READY 'many' is not a number")
+        assert cluster_db.tables() == [] and project.backups("pgtest", env=cluster_db.env()) == []
+    finally:
+        gate.open()
+    # With the archiver caught up, the default limit lets the next migrate through.
+    assert gate.ready() == 0
+    ok(project.run("migrate", env=cluster_db.env()))
+    assert cluster_db.revision() == "f8ff2ab1fdfa"
+
+
+def repo_wal(cluster, segment: str):
+    [path] = cluster.repo.glob(f"archive/mida/*/*/{segment}-*")
+    return path
+
+
+def test_verify_fails_on_a_corrupt_wal_segment_the_restore_point_needs(project, cluster_db):
+    cluster = cluster_db.cluster
+    env = cluster_db.env()
+    ok(project.run("migrate", env=env))
+    [item] = project.backups("pgtest", env=env)
+    segment = item["pgbackrest"]["segment"]
+    wait_archived(cluster)  # a segment after the restore point, which it does not need
+    later = cluster.psql("SELECT last_archived_wal FROM pg_stat_archiver")
+    needed, unneeded = repo_wal(cluster, segment), repo_wal(cluster, later)
+    saved = {path: path.read_bytes() for path in (needed, unneeded)}
+    try:
+        # Another segment's bytes: a readable file whose checksum is wrong.
+        unneeded.write_bytes(saved[needed])
+        raw = cluster.pgbackrest("--output=text", "verify")
+        assert raw.returncode == 0 and "status: error" in raw.stdout, raw.stdout
+        # Damage the restore point does not need: still verified.
+        ok(project.run("verify", f"--backup={item['id']}", env=env))
+        assert project.backups("pgtest", env=env)[0]["verified"] is True
+        needed.write_bytes(saved[unneeded])
+        failed(project.run("verify", f"--backup={item['id']}", env=env), 4,
+               "failed verification", "pgbackrest verify", f"WAL segment {segment}",
+               "invalid checksum")
+        manifest = json.loads((project.root / "backups" / "pgtest" /
+                               f"{item['id']}.manifest.json").read_text())
+        assert manifest["verified"] is False and segment in manifest["verify_error"], manifest
+        # restore verifies first: refused before the cluster is stopped.
+        started = cluster.psql("SELECT pg_postmaster_start_time()")
+        failed(project.run("restore", f"--backup={item['id']}", "--yes", env=env), 4,
+               f"WAL segment {segment}")
+        assert cluster.psql("SELECT pg_postmaster_start_time()") == started
+        assert cluster_db.revision() == "f8ff2ab1fdfa"
+    finally:
+        for path, data in saved.items():
+            path.write_bytes(data)
+    ok(project.run("verify", f"--backup={item['id']}", env=env))
+    assert project.backups("pgtest", env=env)[0]["verified"] is True

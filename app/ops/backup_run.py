@@ -1,15 +1,15 @@
 """The backup a run takes: before migrate or rollback changes anything, or on demand.
 
-A dump (app/ops/backups.py) after its free-disk guard, or, with BACKUP_METHOD=pgbackrest, a
-restore point (app/ops/pgbackrest.py); nothing at all while the database does not exist yet.
+Taken by the env's backup method (app/ops/methods.py): a dump (app/ops/backups.py) after its
+free-disk guard, or, with BACKUP_METHOD=pgbackrest, a restore point (app/ops/pgbackrest.py);
+nothing at all while the database does not exist yet.
 """
 from __future__ import annotations
 
 from datetime import datetime
 
-from app.ops.backups import take_backup
 from app.ops.errors import ConfigError
-from app.ops.guards import RunFacts, check_free_disk
+from app.ops.guards import RunFacts
 from app.ops.manifest import BackupManifest, check_label
 from app.ops.report import Reporter
 
@@ -36,14 +36,5 @@ def backup_before_change(target, facts=None, *, now: datetime, revision: str | N
         reporter.info(f"database {target.database.masked_url} does not exist yet: "
                       "there is nothing to back up")
         return None
-    if target.settings.backup_method == "pgbackrest":
-        # A restore point, not a dump: see app/ops/pgbackrest.py.
-        from app.ops.pgbackrest import take_restore_point
-        return take_restore_point(target, reason=reason, revision=revision, now=now,
-                                  label=label)
-    check_free_disk(target.settings, facts, reporter)
-    with reporter.progress("dumping") as dumped:
-        with reporter.progress("reading back") as read_back:
-            return take_backup(target, reason=reason, revision=revision, now=now, label=label,
-                               database_size=facts.database.size,
-                               progress=dumped, readback_progress=read_back)
+    return target.method.take(target, facts, now=now, revision=revision, reason=reason,
+                              reporter=reporter, label=label)

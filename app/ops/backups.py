@@ -164,18 +164,18 @@ def find_backup(target, backup_id: str | None) -> BackupManifest:
 def verify_backup(target, manifest: BackupManifest, *, now: datetime,
                   progress: Progress | None = None, extract_to=None,
                   archive_check: bool = True) -> BackupManifest:
-    """Check the stored artifact against its manifest and read it back whole. The manifest
-    records the outcome either way, so a backup found broken is never chosen as verified."""
+    """Check a backup with the method that made it (app/ops/methods.py). The manifest records
+    the outcome either way, so a backup found broken is never chosen as verified."""
+    from app.ops.methods import method_of
+    return method_of(manifest).verify(target, manifest, now=now, progress=progress,
+                                      extract_to=extract_to, archive_check=archive_check)
+
+
+def verify_dump(target, manifest: BackupManifest, *, now: datetime,
+                progress: Progress | None = None, extract_to=None,
+                archive_check: bool = True) -> BackupManifest:
+    """Check the stored artifact against its manifest and read it back whole."""
     storage = target.storage
-    if manifest.is_restore_point:
-        from app.ops.pgbackrest import verify_restore_point
-        try:
-            verify_restore_point(target.settings, manifest)
-        except BackupFailed as exc:
-            _record_verification(storage, manifest, now, str(exc))
-            raise BackupFailed(f"backup {manifest.id} failed verification: {exc}") from None
-        _record_verification(storage, manifest, now, None)
-        return manifest
     if manifest.engine != target.database.kind:
         raise ConfigError(f"backup {manifest.id} is a {manifest.engine} backup but env "
                           f"'{target.env}' is configured for {target.database.kind}")
@@ -188,14 +188,23 @@ def verify_backup(target, manifest: BackupManifest, *, now: datetime,
     if manifest.encryption:
         identities = (Encryption.from_settings(target.settings) or Encryption((), None)).identities(
             manifest.id)
-    try:
+
+    def read_back() -> None:
         needed, what = _scratch(manifest, dumper, extract_to is not None, archive_check)
         with room_for(temp_folder(), needed, what, advice=TEMP_ADVICE):
             read_back_stored(storage, dumper, manifest.artifact, manifest.sha256,
                              manifest.raw_size, progress, extract_to, identities, archive_check)
+
+    return record_outcome(storage, manifest, now, read_back)
+
+
+def record_outcome(storage, manifest: BackupManifest, now: datetime,
+                   check: Callable[[], None]) -> BackupManifest:
+    """Run `check` and write its outcome into the manifest. A full temporary folder, or a store
+    that broke off midway, says nothing about the backup itself: nothing is recorded."""
+    try:
+        check()
     except (NoRoom, TransferFailed):
-        # A full temporary folder, or a store that broke off midway: neither says anything
-        # about the backup itself, so nothing is recorded against it.
         raise
     except BackupFailed as exc:
         _record_verification(storage, manifest, now, str(exc))

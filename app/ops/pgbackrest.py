@@ -3,9 +3,10 @@ archived, resting on a pgBackRest backup of the current timeline.
 
 This module owns talking to pgBackRest (always through PGBACKREST_COMMAND split like a shell
 would, never through one, with our own timeout: with the repository unreachable one
-`archive-push` hangs for minutes) and to the server's archiver. The restore point is recorded
+`archive-push` hangs for minutes); the server's archiver is app/ops/archiver.py's. The restore point is recorded
 in a manifest in our own store, like every other backup, because `pgbackrest info` does not
-list restore points. The point-in-time restore itself lives in app/ops/restore_pitr.py.
+list restore points. Verifying one is app/ops/pgbackrest_verify.py's, the point-in-time restore
+app/ops/restore_pitr.py's.
 """
 from __future__ import annotations
 
@@ -18,25 +19,39 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.ops.errors import BackupFailed, ConfigError, GuardRefused
+from app.ops.archiver import (SEGMENT_RE, archiver_facts, check_archiving, check_primary,
+                              check_ready_backlog, max_ready_of, read_archiver, timeline_of,
+                              wait_archived)
+from app.ops.errors import BackupFailed, ConfigError
 from app.ops.signals import spawn
 
 METHOD = "pgbackrest"
 FORMAT = "pgbackrest-restore-point"
 DEFAULT_TIMEOUT = 60.0
-SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
-POLL_SECONDS = 0.05
+# 2.39 made `verify` (which `invoke verify` runs) a user command, with its text output; it is
+# also the first release that supports PostgreSQL 15. Everything else we call is older.
+MINIMUM_VERSION = (2, 39)
+VERSION_RE = re.compile(r"pgBackRest (\d+)\.(\d+)")
+# What pgBackRest says when it may not read or write its repository, lock or log files: run by
+# another OS user than the one that owns them. strerror(EACCES), capitalised: PostgreSQL's own
+# "permission denied for function ..." (a missing grant, relayed by pgbackrest) is another matter.
+DENIED = "Permission denied"
 
 
 def timeout_of(settings) -> float:
     """PGBACKREST_TIMEOUT (seconds): the longest any pgbackrest call or wait may take."""
-    value = settings.get("PGBACKREST_TIMEOUT", str(DEFAULT_TIMEOUT))
+    return seconds_setting(settings, "PGBACKREST_TIMEOUT", DEFAULT_TIMEOUT)
+
+
+def seconds_setting(settings, name: str, default: float) -> float:
+    """A positive number of seconds (a trailing `s` allowed), else ConfigError naming it."""
+    value = settings.get(name, str(default))
     try:
         seconds = float(value.rstrip("s"))
     except ValueError:
         seconds = -1
     if seconds <= 0:
-        raise ConfigError(f"PGBACKREST_TIMEOUT '{value}' is not a number of seconds: use e.g. 60")
+        raise ConfigError(f"{name} '{value}' is not a number of seconds: use e.g. {default:g}")
     return seconds
 
 
@@ -67,21 +82,60 @@ class PgBackRest:
         return [*self.command, *config, f"--stanza={self.stanza}", *args]
 
     def run(self, *args: str, timeout: float | None = None) -> str:
-        """Run one pgbackrest command; its stdout. Any failure is one sentence (BackupFailed)."""
-        timeout = self.timeout if timeout is None else timeout
+        """Run one pgbackrest command; its stdout. Any failure is one sentence (BackupFailed;
+        ConfigError when pgbackrest was denied its own files)."""
         what = f"pgbackrest {args[-1] if args else ''}".strip()
+        result = self.call(self.argv(*args), what, "check that the repository is reachable",
+                            timeout)
+        if result.returncode != 0:
+            detail = last_line(result.stderr or result.stdout)
+            self.refuse_wrong_user(f"{result.stderr}\n{result.stdout}", detail)
+            raise BackupFailed(f"{what} failed (exit {result.returncode}): {detail}")
+        return result.stdout
+
+    def call(self, argv: list[str], what: str, advice: str, timeout: float | None = None, *,
+             timed_out=BackupFailed, timeout_setting: str = "PGBACKREST_TIMEOUT"):
+        """Run `argv` under our timeout (`timed_out` is raised when it passes); the completed
+        process, whatever its exit code."""
+        timeout = self.timeout if timeout is None else timeout
         try:
-            result = run_bounded(self.argv(*args), timeout, env=_child_environment())
+            return run_bounded(argv, timeout, env=_child_environment())
         except FileNotFoundError:
             raise ConfigError(f"cannot run {self.command[0]}: install pgBackRest or set "
                               "PGBACKREST_COMMAND to how it is run as the cluster's owner") from None
         except subprocess.TimeoutExpired:
-            raise BackupFailed(f"{what} did not finish within {timeout:g} s (PGBACKREST_TIMEOUT): "
-                               "check that the repository is reachable") from None
-        if result.returncode != 0:
-            raise BackupFailed(f"{what} failed (exit {result.returncode}): "
-                               f"{_last_line(result.stderr or result.stdout)}")
-        return result.stdout
+            raise timed_out(f"{what} did not finish within {timeout:g} s ({timeout_setting}): "
+                            f"{advice}") from None
+
+    def check_version(self) -> str:
+        """Refuse, before anything changes, a pgbackrest that PGBACKREST_COMMAND cannot run
+        (missing, or a `sudo`/`runuser` in front that cannot find it) or one older than
+        MINIMUM_VERSION; the version found."""
+        command = shlex.join(self.command)
+        result = self.call([*self.command, "version"], "pgbackrest version",
+                            "check PGBACKREST_COMMAND")
+        found = VERSION_RE.search(result.stdout or "")
+        if result.returncode != 0 or found is None:
+            raise ConfigError(f"cannot run pgbackrest through PGBACKREST_COMMAND (`{command}`): "
+                              f"{last_line(result.stderr or result.stdout)}; install pgBackRest "
+                              "or set PGBACKREST_COMMAND to how it is run as the cluster's owner")
+        version = (int(found.group(1)), int(found.group(2)))
+        if version < MINIMUM_VERSION:
+            raise ConfigError(f"pgBackRest {version[0]}.{version[1]} (`{command}`) is too old: "
+                              f"restore points need pgBackRest {MINIMUM_VERSION[0]}."
+                              f"{MINIMUM_VERSION[1]} or newer (for `pgbackrest verify`); "
+                              "upgrade it on this host")
+        return f"{version[0]}.{version[1]}"
+
+    def refuse_wrong_user(self, output: str, detail: str) -> None:
+        """pgBackRest denied its own files: PGBACKREST_COMMAND runs it as an OS user that does
+        not own the repository (root, which may read anything, is not caught here)."""
+        if DENIED in output:
+            raise ConfigError(f"pgbackrest may not use its own files ({detail}): "
+                              f"PGBACKREST_COMMAND (`{shlex.join(self.command)}`) runs it as "
+                              "another OS user than the one that owns the repository; set it to "
+                              "run pgbackrest as the cluster's owner, e.g. `sudo -u postgres "
+                              "pgbackrest`")
 
     def info(self) -> dict:
         """The stanza's entry of `pgbackrest info --output=json`."""
@@ -93,11 +147,22 @@ class PgBackRest:
                                f"'{self.stanza}'") from None
         status = stanza.get("status") or {}
         if status.get("code") not in (0, None):
-            raise BackupFailed(f"pgBackRest stanza '{self.stanza}' is not usable: "
-                               f"{status.get('message', 'unknown status')}; check "
-                               "PGBACKREST_CONFIG and the repository (`pgbackrest "
+            message = _status_message(stanza)
+            self.refuse_wrong_user(message, message)
+            raise BackupFailed(f"pgBackRest stanza '{self.stanza}' is not usable: {message}; "
+                               "check PGBACKREST_CONFIG and the repository (`pgbackrest "
                                f"--stanza={self.stanza} check`)")
         return stanza
+
+
+def _status_message(stanza: dict) -> str:
+    """The stanza's status, with each failing repository's own message: for "other" pgBackRest
+    puts the cause (a permission denied, say) only there."""
+    message = (stanza.get("status") or {}).get("message", "unknown status")
+    causes = [(repo.get("status") or {}).get("message") for repo in stanza.get("repo") or []
+              if (repo.get("status") or {}).get("code") not in (0, None)]
+    causes = [cause for cause in causes if cause and cause != message]
+    return ": ".join([message, *causes])
 
 
 def run_bounded(argv: list[str], timeout: float, env: dict | None = None):
@@ -128,80 +193,9 @@ def _child_environment() -> dict:
                                                               "POSTGRES_PASSWORD")}
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else "no message"
-
-
-def timeline_of(segment: str) -> int:
-    return int(segment[:8], 16)
-
-
-@dataclass
-class Archiver:
-    """pg_stat_archiver, as one row."""
-    archived: str | None
-    archived_at: datetime | None
-    failed: str | None
-    failed_at: datetime | None
-
-    @property
-    def failing(self) -> bool:
-        return self.failed_at is not None and (self.archived_at is None
-                                               or self.failed_at > self.archived_at)
-
-    def reached(self, segment: str) -> bool:
-        """Has the archiver archived `segment` or a later one of the same timeline?"""
-        archived = self.archived or ""
-        return (bool(SEGMENT_RE.fullmatch(archived)) and archived[:8] == segment[:8]
-                and archived >= segment)
-
-
-def read_archiver(conn) -> Archiver:
-    from sqlalchemy import text
-    row = conn.execute(text("SELECT last_archived_wal, last_archived_time, last_failed_wal, "
-                            "last_failed_time FROM pg_stat_archiver")).one()
-    return Archiver(*row)
-
-
-def check_primary(conn) -> None:
-    """A restore point can only be made on a primary that archives."""
-    from sqlalchemy import text
-    if conn.execute(text("SELECT pg_is_in_recovery()")).scalar():
-        raise GuardRefused("the database server is a standby (in recovery): a restore point can "
-                           "only be created on the primary; point the env at the primary")
-    mode = conn.execute(text("SHOW archive_mode")).scalar()
-    if mode == "off":
-        raise ConfigError("the server has archive_mode=off, so pgBackRest receives no WAL: set "
-                          "archive_mode and archive_command as pgBackRest's user guide says")
-
-
-def check_archiving(archiver: Archiver) -> None:
-    if archiver.failing:
-        raise BackupFailed(f"WAL archiving is failing (last failed segment {archiver.failed} at "
-                           f"{archiver.failed_at:%Y-%m-%d %H:%M:%S %Z}, after the last archived "
-                           f"one): fix archive_command or the pgBackRest repository; nothing was "
-                           "changed")
-
-
-def wait_archived(conn, segment: str, timeout: float) -> float:
-    """Poll the archiver until `segment` is archived; the seconds it took. An archive_command
-    that fails on the way, or the timeout, is BackupFailed."""
-    started = time.monotonic()
-    while True:
-        archiver = read_archiver(conn)
-        if archiver.reached(segment):
-            return time.monotonic() - started
-        if archiver.failing and archiver.failed and archiver.failed[:24] >= segment:
-            raise BackupFailed(f"WAL segment {segment} could not be archived (archive_command "
-                               f"failed on {archiver.failed}): fix archive_command or the "
-                               "pgBackRest repository; nothing was changed")
-        if time.monotonic() - started > timeout:
-            raise BackupFailed(f"WAL segment {segment} was not archived within {timeout:g} s "
-                               f"(PGBACKREST_TIMEOUT; last archived: {archiver.archived or 'none'})"
-                               ": check archive_command and the pgBackRest repository; nothing "
-                               "was changed")
-        time.sleep(POLL_SECONDS)
 
 
 def newest_backup_on(stanza_info: dict, timeline: int, lsn: int | None = None) -> dict | None:
@@ -243,13 +237,15 @@ def take_restore_point(target, *, reason: str, revision: str | None, now: dateti
                                   new_backup_id)
 
     pgbackrest = PgBackRest.from_settings(target.settings)
+    max_ready = max_ready_of(target.settings)
+    pgbackrest.check_version()
     storage = target.storage
     storage.prepare()
     started = time.monotonic()
     with connect(target.database.url) as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         version = int(conn.execute(text("SHOW server_version_num")).scalar())
-        base, timeline, system_id = _base_backup(conn, pgbackrest)
+        base, timeline, system_id = _base_backup(conn, pgbackrest, max_ready)
         backup_id = new_backup_id(now)
         name = restore_point_name(reason, backup_id)
         lsn, segment = _create_restore_point(conn, name)
@@ -271,14 +267,15 @@ def take_restore_point(target, *, reason: str, revision: str | None, now: dateti
     return manifest
 
 
-def _base_backup(conn, pgbackrest: PgBackRest) -> tuple[dict, int, str]:
-    """Refuse what a restore point cannot be taken on (a standby, failing archiving, no
-    backup on the current timeline, a stanza of another cluster); return the pgBackRest backup
-    it will rest on, the timeline and the system identifier."""
+def _base_backup(conn, pgbackrest: PgBackRest, max_ready: int) -> tuple[dict, int, str]:
+    """Refuse what a restore point cannot be taken on (a standby, failing archiving, a .ready
+    backlog, no backup on the current timeline, a stanza of another cluster); return the
+    pgBackRest backup it will rest on, the timeline and the system identifier."""
     from sqlalchemy import text
 
     check_primary(conn)
     check_archiving(read_archiver(conn))
+    check_ready_backlog(conn, max_ready)
     current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
     timeline = timeline_of(current)
     system_id = conn.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar()
@@ -323,65 +320,37 @@ def _create_restore_point(conn, name: str) -> tuple[str, str]:
     return lsn, segment
 
 
-def verify_restore_point(settings, manifest) -> None:
-    """The restore point is still reachable: the backup it rests on is in the repository and
-    the archive holds every WAL segment from that backup's start to the restore point's."""
-    record = manifest.pgbackrest or {}
-    stanza = PgBackRest.from_settings(settings).info()
-    label = record.get("backup_label")
-    backup = next((b for b in stanza.get("backup") or [] if b.get("label") == label), None)
-    if backup is None:
-        raise BackupFailed(f"pgBackRest backup {label}, which restore point "
-                           f"{record.get('restore_point')} rests on, is no longer in the "
-                           "repository (expired by pgBackRest's retention?)")
-    start, segment = (backup.get("archive") or {}).get("start", ""), record.get("segment", "")
-    ranges = [(a.get("min") or "", a.get("max") or "") for a in stanza.get("archive") or []]
-    if not any(low <= start and segment <= high for low, high in ranges
-               if low[:8] <= start[:8] and high[:8] >= segment[:8]):
-        raise BackupFailed(f"the WAL archive of stanza '{stanza.get('name')}' does not hold every "
-                           f"segment from {start} to {segment}: restore point "
-                           f"{record.get('restore_point')} cannot be reached")
-
-
 def status_facts(target) -> dict:
-    """For `invoke status`: the stanza's newest backups and archive range (`pgbackrest info`),
-    and how far the server's archiver is behind. A failure is reported in the dict, not
-    raised: status must show everything else."""
-    from sqlalchemy import text
-
-    from app.ops.connection import connect
+    """For `invoke status`: pgBackRest's version, the stanza's newest backups and archive range
+    (`pgbackrest info`), and how far the server's archiver is behind. A failure is reported in
+    the dict, not raised: status must show everything else."""
     from app.ops.errors import OpsError
 
-    settings = target.settings
-    facts: dict = {"stanza": settings.get("PGBACKREST_STANZA")}
+    facts: dict = {"stanza": target.settings.get("PGBACKREST_STANZA")}
     try:
-        stanza = PgBackRest.from_settings(settings).info()
-        backups = stanza.get("backup") or []
-        for kind in ("full", "incr", "diff"):
-            newest = max((b for b in backups if b.get("type") == kind),
-                         key=lambda b: (b.get("timestamp") or {}).get("stop") or 0, default=None)
-            facts[f"newest_{kind}"] = None if newest is None else {
-                "label": newest.get("label"),
-                "stopped_at": (newest.get("timestamp") or {}).get("stop")}
-        archive = stanza.get("archive") or []
-        facts["archive"] = {"min": min((a.get("min") or "" for a in archive), default=None),
-                            "max": max((a.get("max") or "" for a in archive), default=None)}
-        facts["repo_status"] = (stanza.get("status") or {}).get("message")
+        facts.update(_stanza_facts(target.settings))
     except OpsError as exc:
         facts["error"] = str(exc)
     try:
-        with connect(target.database.url) as conn:
-            archiver = read_archiver(conn)
-            current = conn.execute(text("SELECT pg_walfile_name(pg_current_wal_lsn())")).scalar()
-        behind = None
-        if archiver.archived and SEGMENT_RE.fullmatch(archiver.archived) and \
-                archiver.archived[:8] == current[:8]:
-            behind = max(0, int(current[8:], 16) - int(archiver.archived[8:], 16) - 1)
-        facts["archiver"] = {"last_archived_wal": archiver.archived,
-                             "last_archived_at": archiver.archived_at.isoformat()
-                             if archiver.archived_at else None,
-                             "failing": archiver.failing, "last_failed_wal": archiver.failed,
-                             "segments_behind": behind}
+        facts["archiver"] = archiver_facts(target.database.url)
     except OpsError as exc:
         facts.setdefault("error", str(exc))
+    return facts
+
+
+def _stanza_facts(settings) -> dict:
+    pgbackrest = PgBackRest.from_settings(settings)
+    facts: dict = {"version": pgbackrest.check_version()}
+    stanza = pgbackrest.info()
+    backups = stanza.get("backup") or []
+    for kind in ("full", "incr", "diff"):
+        newest = max((b for b in backups if b.get("type") == kind),
+                     key=lambda b: (b.get("timestamp") or {}).get("stop") or 0, default=None)
+        facts[f"newest_{kind}"] = None if newest is None else {
+            "label": newest.get("label"),
+            "stopped_at": (newest.get("timestamp") or {}).get("stop")}
+    archive = stanza.get("archive") or []
+    facts["archive"] = {"min": min((a.get("min") or "" for a in archive), default=None),
+                        "max": max((a.get("max") or "" for a in archive), default=None)}
+    facts["repo_status"] = (stanza.get("status") or {}).get("message")
     return facts

@@ -21,6 +21,7 @@ from typing import Callable
 from app.ops import audit
 from app.ops.backups import BackupManifest, find_backup, list_backups, take_backup
 from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused, LockLost
+from app.ops.methods import method_of
 from app.ops.report import Reporter
 
 SAFETY_REASON = "before restore of "
@@ -97,14 +98,12 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
     outcome, result = "failed", None
     with target.database.lock("restore", now) as lock:
         try:
-            if plan.backup.is_restore_point:
-                result = _restore_pitr(target, plan, reporter, whole_cluster)
-            else:
-                # The lock is asked again right before the swap: one lost meanwhile (its
-                # session ended) means another run may be changing the database too.
-                result = target.database.restore(target, plan, now=now, reporter=reporter,
-                                                 disconnect=disconnect, started=started,
-                                                 check_lock=lock.check)
+            # The method that made the backup restores it (app/ops/methods.py). The lock is
+            # asked again right before a swap: one lost meanwhile (its session ended) means
+            # another run may be changing the database too.
+            result = method_of(plan.backup).restore(
+                target, plan, now=now, reporter=reporter, disconnect=disconnect,
+                whole_cluster=whole_cluster, started=started, check_lock=lock.check)
             result.revision = target.database.revision()
             if result.revision != plan.backup.revision:
                 raise BackupFailed(f"after the restore the database is at {result.revision}, "
@@ -133,16 +132,6 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
                                                   else None),
                          kept_database=result.kept_database if result else None,
                          safety_backup_error=result.safety_error if result else None)
-
-
-def _restore_pitr(target, plan: RestorePlan, reporter: Reporter,
-                  whole_cluster: bool) -> RestoreResult:
-    """A pgBackRest restore point: no safety backup, the archived old timeline keeps the writes
-    made since (app/ops/restore_pitr.py)."""
-    from app.ops.restore_pitr import restore_restore_point
-    notes = restore_restore_point(target, plan.backup, whole_cluster=whole_cluster,
-                                  reporter=reporter)
-    return RestoreResult(plan.backup, None, None, 0.0, notes=notes)
 
 
 def safety_backup(target, plan: RestorePlan, now: datetime) -> BackupManifest:

@@ -17,8 +17,10 @@ import subprocess
 import time
 
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
-from app.ops.pgbackrest import (POLL_SECONDS, PgBackRest, check_primary, read_archiver,
-                                run_bounded, timeline_of, verify_restore_point, wait_archived)
+from app.ops.archiver import (POLL_SECONDS, check_primary, read_archiver, timeline_of,
+                              wait_archived)
+from app.ops.pgbackrest import PgBackRest, run_bounded
+from app.ops.pgbackrest_verify import verify_restore_point
 
 DEFAULT_RESTORE_TIMEOUT = 3600.0
 # What this restore asks pgBackRest to write (--type=lsn, --target-action, --target-timeline).

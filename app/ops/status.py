@@ -45,10 +45,7 @@ def collect_status(target, now: datetime, warn=None) -> dict:
     current = migrations.current()
     pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
     backups = list_backups(target, warn)  # on S3 this also aborts recorded uploads it can
-    extra = {}
-    if settings.backup_method == "pgbackrest":  # PostgreSQL only (app/settings.py)
-        from app.ops.pgbackrest import status_facts
-        extra["pgbackrest"] = status_facts(target)
+    extra = target.method.status(target)  # pgbackrest: the stanza and the archiver
     return {
         "env": settings.env,
         "database": target.database.masked_url,

@@ -1,4 +1,5 @@
-"""What a task acts on: one env's settings, its database and its backup store, each opened once.
+"""What a task acts on: one env's settings, its database, its backup store and its backup method,
+each opened once.
 
 tasks.py opens one `Target` per task (`open_target(settings)`) and passes it down: nothing below
 decides the kind of database again or opens a second store (one S3 client per task). A restore's
@@ -22,6 +23,12 @@ class Target:
         reported by the step that needs the store."""
         from app.ops.storage import open_storage
         return open_storage(self.settings)
+
+    @cached_property
+    def method(self):
+        """BACKUP_METHOD's object (app/ops/methods.py): how this env's backups are taken."""
+        from app.ops.methods import configured_method
+        return configured_method(self.settings)
 
     @property
     def env(self) -> str:
