@@ -449,7 +449,7 @@ def test_verify_fails_on_a_corrupt_wal_segment_the_restore_point_needs(project, 
         manifest = json.loads((project.root / "backups" / "pgtest" /
                                f"{item['id']}.manifest.json").read_text())
         assert manifest["verified"] is False and segment in manifest["verify_error"], manifest
-        # restore verifies first: refused before the cluster is stopped.
+        # restore refuses a restore point its last verify found damaged, before anything stops.
         started = cluster.psql("SELECT pg_postmaster_start_time()")
         failed(project.run("restore", f"--backup={item['id']}", "--yes", env=env), 4,
                f"WAL segment {segment}")

@@ -91,13 +91,27 @@ def problems_for(report: VerifyReport, labels: list[str], first: str, last: str)
 
 
 def verify_restore_point(settings, manifest) -> None:
-    """The restore point is still reachable: the backup it rests on is in the repository, the
-    archive holds every WAL segment from that backup's start to the restore point's, and
-    `pgbackrest verify` finds all of that intact. A damaged repository is BackupFailed; a verify
-    that does not finish in time says nothing about the backup (TransferFailed)."""
+    """The restore point is still reachable (`check_reachable`), and `pgbackrest verify` finds
+    all it needs intact. A damaged repository is BackupFailed; a verify that does not finish in
+    time says nothing about the backup (TransferFailed)."""
     record = manifest.pgbackrest or {}
     pgbackrest = PgBackRest.from_settings(settings)
     timeout = verify_timeout(settings)
+    backup = check_reachable(pgbackrest, manifest)
+    start, segment = (backup.get("archive") or {}).get("start", ""), record.get("segment", "")
+    report = _run_verify(pgbackrest, timeout)
+    needed = [record.get("backup_label"), *(backup.get("reference") or [])]
+    found = problems_for(report, needed, start, segment)
+    if found:
+        raise BackupFailed(f"pgbackrest verify finds what restore point "
+                           f"{record.get('restore_point')} needs damaged: {'; '.join(found)}")
+
+
+def check_reachable(pgbackrest: PgBackRest, manifest) -> dict:
+    """From `pgbackrest info` alone (quick at any size): the backup the restore point rests on
+    is in the repository, and the archive's ranges hold every WAL segment from that backup's
+    start to the restore point's. Returns that backup's record."""
+    record = manifest.pgbackrest or {}
     pgbackrest.check_version()  # `verify` needs 2.39: an older one is configuration, not damage
     stanza = pgbackrest.info()
     label = record.get("backup_label")
@@ -114,12 +128,7 @@ def verify_restore_point(settings, manifest) -> None:
         raise BackupFailed(f"the WAL archive of stanza '{stanza.get('name')}' does not hold every "
                            f"segment from {start} to {segment}: restore point "
                            f"{record.get('restore_point')} cannot be reached")
-    report = _run_verify(pgbackrest, timeout)
-    needed = [label, *(backup.get("reference") or [])]
-    found = problems_for(report, needed, start, segment)
-    if found:
-        raise BackupFailed(f"pgbackrest verify finds what restore point "
-                           f"{record.get('restore_point')} needs damaged: {'; '.join(found)}")
+    return backup
 
 
 def _run_verify(pgbackrest: PgBackRest, timeout: float) -> VerifyReport:

@@ -20,7 +20,7 @@ from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.ops.archiver import (POLL_SECONDS, check_primary, read_archiver, timeline_of,
                               wait_archived)
 from app.ops.pgbackrest import PgBackRest, run_bounded
-from app.ops.pgbackrest_verify import verify_restore_point
+from app.ops.pgbackrest_verify import check_reachable
 
 DEFAULT_RESTORE_TIMEOUT = 3600.0
 # What this restore asks pgBackRest to write (--type=lsn, --target-action, --target-timeline).
@@ -140,7 +140,7 @@ def _archive_old_timeline(target, manifest, pgbackrest, whole_cluster: bool,
             raise ConfigError(f"backup {manifest.id} was taken on another cluster (system "
                               f"identifier {record['system_identifier']}, this one is "
                               f"{system_id}); nothing was changed")
-        verify_restore_point(target.settings, manifest)
+        _check_restorable(pgbackrest, manifest)
         reporter.info(f"restore point {record['restore_point']} is reachable from pgBackRest "
                       f"backup {record['backup_label']}")
         end_lsn = conn.execute(text("SELECT pg_current_wal_lsn()::text")).scalar()
@@ -150,6 +150,21 @@ def _archive_old_timeline(target, manifest, pgbackrest, whole_cluster: bool,
             raise BackupFailed("WAL archiving is failing: the writes since the restore point "
                                "would be lost; fix archiving first; nothing was changed")
     return end_lsn, timeline_of(end_segment)
+
+
+def _check_restorable(pgbackrest, manifest) -> None:
+    """Before the cluster stops: the restore point is reachable (`pgbackrest info`, quick at
+    any size), and its last `invoke verify` did not find it damaged. Restore does not run
+    `pgbackrest verify` itself: up to pgBackRest 2.54 it reads the whole repository, which on
+    the databases this method is for takes longer than the restore; `invoke verify` on a
+    schedule (and `invoke check`'s CHECK_VERIFY_MAX_AGE) reads it, and pgBackRest checks each
+    file's checksum as it restores it."""
+    check_reachable(pgbackrest, manifest)
+    if not manifest.verified:
+        raise BackupFailed(f"restore point {manifest.pgbackrest['restore_point']} failed its last "
+                           f"verification ({manifest.verify_error}); nothing was changed: repair "
+                           f"the repository and run `invoke verify --env={manifest.env} "
+                           f"--backup={manifest.id}` again, or restore another backup")
 
 
 def _backup_new_timeline(pgbackrest, timeout: float) -> str:
