@@ -12,6 +12,7 @@ point needs. It must run on the database host: pgBackRest restores into the loca
 """
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -82,7 +83,7 @@ def restore_restore_point(target, manifest, *, whole_cluster: bool, reporter) ->
     _run(stop, "PG_STOP_COMMAND", long_timeout,
          "the cluster may still be running; nothing was restored")
     restore = pgbackrest.argv(
-        "--delta", f"--set={record['backup_label']}", "--type=lsn",
+        "--delta", _every_core(), f"--set={record['backup_label']}", "--type=lsn",
         f"--target={record['lsn']}", f"--target-timeline={record['timeline']}",
         "--target-action=promote", "restore")
     by_hand = " ".join(shlex.quote(a) for a in restore)
@@ -152,6 +153,12 @@ def _archive_old_timeline(target, manifest, pgbackrest, whole_cluster: bool,
     return end_lsn, timeline_of(end_segment)
 
 
+def _every_core() -> str:
+    """pgBackRest copies and checksums files in one process unless told otherwise: the restore
+    (the cluster is down meanwhile) and the backup right after it use every core of the host."""
+    return f"--process-max={max(1, min(os.cpu_count() or 1, 16))}"
+
+
 def _check_restorable(pgbackrest, manifest) -> None:
     """Before the cluster stops: the restore point is reachable (`pgbackrest info`, quick at
     any size), and its last `invoke verify` did not find it damaged. Restore does not run
@@ -173,7 +180,7 @@ def _backup_new_timeline(pgbackrest, timeout: float) -> str:
     try:
         # --start-fast: an immediate checkpoint, not a spread one that could take minutes
         # whatever the DBA's pgbackrest.conf says.
-        pgbackrest.run("--type=incr", "--start-fast", "backup", timeout=timeout)
+        pgbackrest.run("--type=incr", "--start-fast", _every_core(), "backup", timeout=timeout)
         return "an incremental pgBackRest backup was taken on the new timeline."
     except (BackupFailed, ConfigError) as exc:
         return (f"WARNING: no pgBackRest backup on the new timeline ({exc}): take one "
