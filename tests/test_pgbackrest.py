@@ -14,6 +14,7 @@ from app.ops.archiver import DEFAULT_MAX_READY, max_ready_of
 from app.ops.pgbackrest import PgBackRest
 from app.ops.pgbackrest_verify import (problems_for, read_verify_output,
                                        verify_restore_point)
+from app.ops.restore_pitr import restore_timeout
 from app.settings import load_settings
 
 PG_URL = "postgresql+psycopg2://mida:secret@127.0.0.1:5432/mida"
@@ -92,6 +93,16 @@ def test_info_with_a_denied_repository_is_the_wrong_os_user(tmp_path):
     missing.write_text('[{"name":"mida","status":{"code":2,"message":"missing stanza path"}}]')
     with pytest.raises(BackupFailed, match="stanza 'mida' is not usable: missing stanza path;"):
         fake(f"cat {missing}").info()
+
+
+def test_the_restore_timeout_is_a_positive_number_of_seconds(tmp_path):
+    assert restore_timeout(settings(tmp_path)) == 3600
+    assert restore_timeout(settings(tmp_path, PGBACKREST_RESTORE_TIMEOUT="90s")) == 90
+    # 0 or less would time out the stop command at once, with the cluster halfway down.
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(ConfigError, match="PGBACKREST_RESTORE_TIMEOUT .* is not a number of "
+                                              "seconds: use e.g. 3600"):
+            restore_timeout(settings(tmp_path, PGBACKREST_RESTORE_TIMEOUT=bad))
 
 
 def test_max_ready_is_a_count_of_segments(tmp_path):

@@ -20,7 +20,7 @@ import time
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.ops.archiver import (POLL_SECONDS, check_primary, read_archiver, timeline_of,
                               wait_archived)
-from app.ops.pgbackrest import PgBackRest, run_bounded
+from app.ops.pgbackrest import PgBackRest, run_bounded, seconds_setting
 from app.ops.pgbackrest_verify import check_reachable
 
 DEFAULT_RESTORE_TIMEOUT = 3600.0
@@ -61,12 +61,8 @@ def _run(argv: list[str], what: str, timeout: float, after: str) -> None:
 
 
 def restore_timeout(settings) -> float:
-    value = settings.get("PGBACKREST_RESTORE_TIMEOUT", str(DEFAULT_RESTORE_TIMEOUT))
-    try:
-        return float(value.rstrip("s"))
-    except ValueError:
-        raise ConfigError(f"PGBACKREST_RESTORE_TIMEOUT '{value}' is not a number of seconds: "
-                          "use e.g. 3600") from None
+    """PGBACKREST_RESTORE_TIMEOUT (seconds): the longest the stop, restore and start may take."""
+    return seconds_setting(settings, "PGBACKREST_RESTORE_TIMEOUT", DEFAULT_RESTORE_TIMEOUT)
 
 
 def restore_restore_point(target, manifest, *, whole_cluster: bool, reporter) -> list[str]:
