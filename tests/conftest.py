@@ -33,6 +33,13 @@ CLEARED = ("APP_ENV", "DATABASE_URL", "USE_SQLITE", "SQLITE_PATH", "PRODUCTION",
 CLEARED_PREFIXES = ("POSTGRES_", "AWS_", "BACKUP_", "MIGRATION_", "PG", "CHECK_")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test in a `*_e2e.py` file is marked `e2e`, so `pytest -m "not e2e"` is the fast loop."""
+    for item in items:
+        if item.path.name.endswith("_e2e.py"):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def pg_admin():
     """An AUTOCOMMIT engine on the server's maintenance database."""
