@@ -33,10 +33,15 @@ CLEARED = ("APP_ENV", "DATABASE_URL", "USE_SQLITE", "SQLITE_PATH", "PRODUCTION",
 CLEARED_PREFIXES = ("POSTGRES_", "AWS_", "BACKUP_", "MIGRATION_", "PG", "CHECK_")
 
 
+# Fixtures that mean a test runs invoke as a subprocess, or needs a server, a bucket or a disk.
+E2E_FIXTURES = {"project", "pg_admin", "e2e_moto", "archiving_cluster", "small_disk"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Every test in a `*_e2e.py` file is marked `e2e`, so `pytest -m "not e2e"` is the fast loop."""
+    """Every test in a `*_e2e.py` file, and every test using an E2E_FIXTURES fixture, is marked
+    `e2e`, so `pytest -m "not e2e"` is the fast loop of pure unit tests."""
     for item in items:
-        if item.path.name.endswith("_e2e.py"):
+        if item.path.name.endswith("_e2e.py") or E2E_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.e2e)
 
 
