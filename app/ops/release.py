@@ -99,8 +99,9 @@ def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
         try:
             yield run
             outcome = run.outcome or "succeeded"
-        except BackupFailed:
+        except BackupFailed as exc:
             outcome = "backup failed"
+            run.details["error"] = str(exc)  # the cause, for whoever reads the trail later
             raise
         except KeyboardInterrupt:
             outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
