@@ -6,6 +6,7 @@ and runs upgrade, downgrade, stamp, merge and revision. Alembic's own errors bec
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -238,7 +239,8 @@ class Migrations:
         from sqlalchemy.exc import DBAPIError, OperationalError
 
         try:
-            fn(self.config, target)
+            with self._interruptible():
+                fn(self.config, target)
         except OpsError:
             raise  # ours, from a hook in alembic/env.py (a lost lock): already one sentence
         except CommandError as exc:
@@ -253,6 +255,14 @@ class Migrations:
         except Exception as exc:
             raise MigrationFailed(f"alembic {verb} to {target} failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
+
+    def _interruptible(self):
+        """A stop (SIGTERM, Ctrl-C) cancels the statement the server is running, instead of
+        waiting until it ends (app/ops/interruptible.py)."""
+        if self.database.kind != "postgresql":
+            return contextlib.nullcontext()
+        from app.ops.interruptible import cancellable_statements
+        return cancellable_statements()
 
     def _failed(self, exc, target: str, verb: str) -> MigrationFailed:
         if getattr(exc.orig, "pgcode", None) == QUERY_CANCELED:
