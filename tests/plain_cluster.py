@@ -8,12 +8,8 @@ returns the env settings that point an invoke run at it.
 from __future__ import annotations
 
 import os
-import pwd
-import tempfile
-from pathlib import Path
 
-from pgbackrest_cluster import (OWNER, PG_BIN, ArchivingCluster, ClusterUnavailable, free_port,
-                                remove_cluster)
+from pgbackrest_cluster import OWNER, PG_BIN, ArchivingCluster, free_port, owned_root, remove_cluster
 
 
 class PlainCluster(ArchivingCluster):
@@ -28,15 +24,7 @@ class PlainCluster(ArchivingCluster):
 
 
 def build_plain_cluster() -> PlainCluster:
-    if not (PG_BIN / "initdb").exists():
-        raise ClusterUnavailable(f"no initdb in {PG_BIN} (set TEST_PG_BIN)")
-    try:
-        owner = pwd.getpwnam(OWNER)
-    except KeyError:
-        raise ClusterUnavailable(f"there is no '{OWNER}' OS user to own the cluster") from None
-    root = Path(tempfile.mkdtemp(prefix="plain-cluster-"))
-    os.chmod(root, 0o755)
-    os.chown(root, owner.pw_uid, owner.pw_gid)
+    root, owner = owned_root("plain-cluster-")
     cluster = PlainCluster(root, free_port())
     try:
         (root / "sock").mkdir(mode=0o750)

@@ -7,7 +7,6 @@ changed, no backup listed, and migrate's audit record names the cause.
 """
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 
@@ -19,28 +18,15 @@ from helpers import FIRST, failed, last_audit, ok, without_audit
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from plain_cluster import ClusterUnavailable, build_plain_cluster, remove_cluster
-    try:
-        built = build_plain_cluster()
-    except (ClusterUnavailable, RuntimeError, OSError) as exc:
-        message = f"cannot build a throwaway PostgreSQL cluster: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    yield built
-    remove_cluster(built)
-
-
 def columns(cluster, database: str) -> list[str]:
     return cluster.psql("SELECT column_name FROM information_schema.columns WHERE "
                         "table_name = 'users' ORDER BY 1", database).split()
 
 
 @pytest.mark.parametrize("action", ["migrate", "backup"])
-def test_a_server_restart_while_pg_dump_starts_is_one_sentence_and_exit_4(project, cluster,
+def test_a_server_restart_while_pg_dump_starts_is_one_sentence_and_exit_4(project, plain_cluster,
                                                                           tmp_path, action):
+    cluster = plain_cluster
     database = f"mida_restart_{secrets.token_hex(4)}"
     env = cluster.database(database)
     ok(project.run("migrate", f"--revision={FIRST}", env=env))

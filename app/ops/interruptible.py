@@ -50,7 +50,10 @@ def wait_or_cancel(conn) -> None:
         except KeyboardInterrupt as exc:
             if interrupt is None:  # a second one (a second Ctrl-C) changes nothing
                 interrupt = exc
-                conn.cancel()
+                try:
+                    conn.cancel()
+                except Exception:  # still connecting: nothing runs yet, the wait ends soon
+                    pass
         except Exception:
             if interrupt is None:
                 raise

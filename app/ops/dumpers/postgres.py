@@ -212,12 +212,16 @@ def exported_snapshot(url, lock_timeout: str | None):
 
 def connection_lost(conn) -> bool:
     """Whether the server has ended `conn`'s session (asked with a statement of its own)."""
-    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+    if conn.invalidated:  # found dead already (by the row counts beside pg_dump)
+        return True
     try:
         conn.exec_driver_sql("SELECT 1")
     except DBAPIError as exc:
         return bool(exc.connection_invalidated)
+    except SQLAlchemyError:
+        return conn.invalidated
     return False
 
 
