@@ -190,10 +190,9 @@ class PostgresDumper:
 def exported_snapshot(url, lock_timeout: str | None):
     """A REPEATABLE READ transaction whose snapshot pg_dump can share (--snapshot)."""
     from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
 
     from app.ops.connection import connect
-
-    from sqlalchemy.exc import SQLAlchemyError
 
     with connect(url) as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
