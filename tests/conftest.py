@@ -334,11 +334,26 @@ def archiving_cluster():
     """A throwaway PostgreSQL 15 cluster archiving to a local pgBackRest repository, with one
     full backup (tests/pgbackrest_cluster.py); stopped and removed at the end of the session.
     Under CI=true a cluster that cannot be built fails the tests instead of skipping them."""
-    from pgbackrest_cluster import ClusterUnavailable, build_cluster, remove_cluster
+    from pgbackrest_cluster import build_cluster
+    yield from _throwaway(build_cluster, "a throwaway pgBackRest cluster")
+
+
+@pytest.fixture(scope="module")
+def plain_cluster():
+    """A throwaway PostgreSQL cluster without archiving (tests/plain_cluster.py), for tests
+    that restart the server; stopped and removed after the module."""
+    from plain_cluster import build_plain_cluster
+    yield from _throwaway(build_plain_cluster, "a throwaway PostgreSQL cluster")
+
+
+def _throwaway(build, what: str):
+    """The cluster `build()` makes, removed afterwards. Under CI=true a cluster that cannot be
+    built fails the tests instead of skipping them."""
+    from pgbackrest_cluster import ClusterUnavailable, remove_cluster
     try:
-        cluster = build_cluster()
+        cluster = build()
     except (ClusterUnavailable, RuntimeError, OSError) as exc:
-        message = f"cannot build a throwaway pgBackRest cluster: {exc}"
+        message = f"cannot build {what}: {exc}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)

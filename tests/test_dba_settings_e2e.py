@@ -171,3 +171,36 @@ def test_drills_on_scratch_copies_do_not_copy_other_roles_settings(project, pgdb
     assert derived_databases(db.admin, db.name) == []
     assert ids(project.backups("pgtest", env=env)) == listed
     assert role_settings(db, api_role) == ["statement_timeout=5s"]
+
+
+# == what pg_dump and pg_restore are given =====================================================
+def recording_pg_bin(tmp_path: Path) -> tuple[Path, Path]:
+    """A PG_BIN_DIR whose pg_dump and pg_restore log their PGOPTIONS and arguments, then run
+    the real tool."""
+    log = tmp_path / "children.log"
+    body = (f'[ "$1" = "--version" ] || printf "%s|%s|%s\\n" "$(basename "$0")" "$PGOPTIONS" '
+            f'"$*" >> \'{log}\'\nexec "$REAL" "$@"\n')
+    return fake_pg_bin(tmp_path / "recording-bin", pg_dump=body, pg_restore=body), log
+
+
+@pytest.mark.postgres
+def test_pg_dump_and_pg_restore_get_the_maintenance_options_after_the_urls_own(project, pgdb,
+                                                                               tmp_path):
+    """The role's statement_timeout must be off from the tools' first statement (they switch it
+    off themselves only later), and `options` given in the URL must still reach them first."""
+    db = pgdb
+    bin_dir, log = recording_pg_bin(tmp_path)
+    url = db.url.update_query_dict({"options": "-c work_mem=7MB"})
+    env = {"APP_ENV": "pgtest", "DATABASE_URL": url.render_as_string(hide_password=False),
+           "PG_BIN_DIR": str(bin_dir)}
+    ok(project.run("migrate", env=env))
+    backup = take_backup(project, "pgtest", env)
+    ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+
+    calls = [line.split("|", 2) for line in log.read_text().splitlines()]
+    maintenance = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+    assert {tool for tool, _, _ in calls} == {"pg_dump", "pg_restore"}
+    for tool, options, args in calls:
+        assert options.startswith(f"-c work_mem=7MB {maintenance}"), (tool, options, args)
+    loads = [options for tool, options, args in calls if "--dbname=" in args]
+    assert loads and all("-c maintenance_work_mem=256MB" in options for options in loads), calls

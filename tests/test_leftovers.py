@@ -80,3 +80,31 @@ def test_a_backup_removes_abandoned_partials_but_not_one_being_written(tmp_path)
         assert being_written.exists()
         assert not abandoned.exists()
     assert store.exists("20260101T000000.000Z-aaaaaa.sqlite3.zst")
+
+
+def test_without_o_tmpfile_the_unnamed_file_loses_its_name_at_once(tmp_path):
+    """The fallback for a kernel or file system without O_TMPFILE (forced by a seccomp filter in
+    a child, tests/no_tmpfile.py): the file it makes has no name left in the folder while it is
+    written and read, so a kill -9 leaves nothing with patient data behind."""
+    from no_tmpfile import run_without_tmpfile
+
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    result = run_without_tmpfile(f"""
+        import os
+        from pathlib import Path
+        from app.ops.leftovers import unnamed_file
+        folder = Path({str(folder)!r})
+        try:
+            os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+            raise SystemExit("O_TMPFILE is still allowed: the fallback is not tested")
+        except OSError as exc:
+            assert exc.errno == 95, exc
+        with unnamed_file(folder) as file:
+            file.write(b"patient data")
+            file.seek(0)
+            assert file.read() == b"patient data"
+            print(sorted(os.listdir(folder)))
+        """, cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.strip() == "[]", result.stdout
+    assert list(folder.iterdir()) == []

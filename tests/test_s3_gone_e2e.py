@@ -13,7 +13,6 @@ import os
 import socket
 import sqlite3
 import stat
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -314,16 +313,35 @@ def test_an_abort_that_meets_a_broken_connection_is_retried(bucket, e2e_moto, tm
     assert not records.exists()
 
 
+def longest_connect_failure(config) -> float:
+    """The longest botocore can spend on one call to an endpoint that is gone (refused, or
+    dropping packets: no connection, so no read timeout), by what it is made of: every attempt
+    waiting its whole connect timeout, plus the standard mode's backoff after each failed
+    attempt but the last (at most min(2 ** i, 20) s after attempt i + 1)."""
+    attempts = config.retries["total_max_attempts"]  # the first attempt included
+    assert config.retries["mode"] == "standard", config.retries
+    return attempts * config.connect_timeout + sum(min(2 ** i, 20) for i in range(attempts - 1))
+
+
 def test_an_abort_against_a_vanished_endpoint_gives_up_within_seconds(bucket, e2e_moto):
+    """Bounded by its client's configuration, not timed: the attempts botocore made are counted
+    (before-send, once per attempt), and the bound comes from the timeouts and attempts the
+    abort's client was given. A wall-clock bound failed CI on a busy machine."""
     upload = bucket.client.create_multipart_upload(Bucket=bucket.name, Key="backups/dev/x")
     proxy = VanishingProxy(e2e_moto)
     store = store_via(bucket, proxy.endpoint)
     store.list()  # the endpoint answered once
     proxy.close()  # then went away
-    started = time.monotonic()
     cause, answered = store.abort_upload("backups/dev/x", upload["UploadId"])
-    elapsed = time.monotonic() - started
     assert (cause, answered) == ("connection refused", False)
-    # 4 attempts, 3 backoffs of at most 1, 2 and 4 s: never the minutes a hung abort could take.
-    assert elapsed < 12, elapsed
+    client = store._abort_s3  # the client the abort was made with
+    attempts = []
+    client.meta.events.register("before-send.s3.AbortMultipartUpload",
+                                lambda **kwargs: attempts.append(kwargs["request"].url))
+    assert store.abort_upload("backups/dev/x", upload["UploadId"]) == (cause, answered)
+    config = client.meta.config
+    assert len(attempts) == config.retries["total_max_attempts"] == 4, attempts
+    assert config.connect_timeout <= 3 and config.read_timeout <= 15
+    # 4 attempts of at most 3 s, 3 backoffs of at most 1, 2 and 4 s: seconds, never minutes.
+    assert longest_connect_failure(config) <= 19
     assert [u["UploadId"] for u in bucket.uploads()] == [upload["UploadId"]]

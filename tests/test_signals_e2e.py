@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fake_tools import gone, wrapped_pg_dump
-from helpers import FIRST, at_first_revision, failed, last_audit, ok, pg_env, without_audit
+from fake_tools import ended_afterwards, gone, wrapped_pg_dump
+from helpers import (FIRST, HEAD, add_revision, admin_sql, at_first_revision, failed, last_audit,
+                     ok, pg_env, without_audit)
 
 pytestmark = pytest.mark.postgres
 
@@ -77,3 +78,47 @@ def test_the_partial_file_a_kill_9_leaves_is_removed_by_the_next_backup(project,
     os.utime(path, (old, old))
     ok(project.run("backup", env=pg_env(db)))
     assert partials(project) == []
+
+
+# -- a signal during a long statement -----------------------------------------------------------
+def sleeping_backend(db, proc, timeout: float = 60) -> int:
+    """The pid of the backend running the migration's pg_sleep, once the server runs it (polled:
+    a condition, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = admin_sql(db.admin, "SELECT pid FROM pg_stat_activity WHERE datname = :d AND "
+                                   "state = 'active' AND query LIKE '%pg_sleep(600)%' "
+                                   "AND pid <> pg_backend_pid()", d=db.name)
+        if rows:
+            return rows[0][0]
+        assert proc.poll() is None, f"the migrate ended early:\n{proc.communicate()}"
+        assert time.monotonic() < deadline, "the migration's statement never started"
+        time.sleep(0.05)
+
+
+def test_sigterm_during_a_long_statement_cancels_it_then_rolls_back_and_stops(project,
+                                                                             pg_database):
+    """A migration running pg_sleep(600), as a big ALTER TABLE would: SIGTERM cancels the
+    statement on the server (the run ends within the minute the test waits, which only a cancel
+    allows), the transaction is rolled back, exit 143, audited as stopped."""
+    db = pg_database
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    add_revision(project, "5100e0000001", HEAD, """
+        op.add_column("users", sa.Column("notes", sa.Text(), nullable=True))
+        op.execute("SELECT pg_sleep(600)")
+        """, message="Add notes, slowly", slug="slow")
+    proc = project.start("migrate", env=env)
+    with ended_afterwards(proc):
+        backend = sleeping_backend(db, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    result = type("Result", (), {"returncode": proc.returncode, "stdout": out, "stderr": err})
+    failed(result, 143, "stopped by SIGTERM")
+    assert admin_sql(db.admin, "SELECT count(*) FROM pg_stat_activity WHERE pid = :p AND "
+                               "query LIKE '%pg_sleep(600)%' AND state = 'active'",
+                     p=backend) == [(0,)], "the statement still runs on the server"
+    assert db.revision() == HEAD
+    assert "notes" not in db.columns("users")
+    event = last_audit(project.store("pgtest"))
+    assert event["action"] == "migrate" and event["outcome"] == "stopped"

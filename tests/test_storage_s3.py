@@ -265,12 +265,18 @@ def test_unreachable_endpoint_is_a_clear_configuration_error(aws):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     store = make_store({**aws, "AWS_ENDPOINT_URL": endpoint}, max_attempts=1,
                        connect_timeout=1, read_timeout=1)
-    started = time.monotonic()
+    attempts = []
+    store.client.meta.events.register("before-send.s3",
+                                      lambda **kwargs: attempts.append(kwargs["request"].method))
     for action in (store.list, lambda: store.put_bytes("x", b"1")):
         with pytest.raises(ConfigError, match=f"endpoint {endpoint} for S3 bucket .* cannot "
                                               "be reached: check AWS_ENDPOINT_URL"):
             action()
-    assert time.monotonic() - started < 20
+    # Bounded by what it is made of, not timed: botocore's max_attempts counts retries, so 2
+    # attempts per call, each waiting at most the 1 s connect timeout, one backoff of <= 1 s.
+    config = store.client.meta.config
+    assert config.connect_timeout == 1 and config.retries["total_max_attempts"] == 2
+    assert attempts == ["GET", "GET", "PUT", "PUT"], attempts
 
 
 def test_no_credentials_at_all(aws):

@@ -6,10 +6,12 @@ and runs upgrade, downgrade, stamp, merge and revision. Alembic's own errors bec
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
 
+from app.ops.connection import first_line
 from app.ops.errors import ConfigError, MigrationFailed, OpsError
 from app.ops.report import Reporter
 from app.settings import PROJECT_ROOT
@@ -234,26 +236,56 @@ class Migrations:
 
     def _attempt(self, fn, target: str, verb: str) -> None:
         from alembic.util import CommandError
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import DBAPIError, OperationalError
 
         try:
-            fn(self.config, target)
+            with self._interruptible():
+                fn(self.config, target)
         except OpsError:
             raise  # ours, from a hook in alembic/env.py (a lost lock): already one sentence
         except CommandError as exc:
             raise MigrationFailed(f"alembic {verb} to {target} failed: {exc}") from exc
         except OperationalError:
             raise  # _run decides: a lock timeout is tried again
+        except DBAPIError as exc:
+            # The server's first line and the statement: SQLAlchemy's text runs on for lines
+            # (parameters, a link), and what follows it must stay on the message's one line.
+            raise MigrationFailed(f"alembic {verb} to {target} failed: {first_line(exc.orig)}, "
+                                  f"running: {_statement(exc)}") from exc
         except Exception as exc:
             raise MigrationFailed(f"alembic {verb} to {target} failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
 
+    def _interruptible(self):
+        """A stop (SIGTERM, Ctrl-C) cancels the statement the server is running, instead of
+        waiting until it ends (app/ops/interruptible.py)."""
+        if self.database.kind != "postgresql":
+            return contextlib.nullcontext()
+        from app.ops.interruptible import cancellable_statements
+        return cancellable_statements()
+
     def _failed(self, exc, target: str, verb: str) -> MigrationFailed:
         if getattr(exc.orig, "pgcode", None) == QUERY_CANCELED:
-            return MigrationFailed(f"the {verb} ran longer than MIGRATION_STATEMENT_TIMEOUT, "
-                                   f"running: {_statement(exc)}; nothing was changed")
+            return MigrationFailed(self._canceled(exc, verb))
         return MigrationFailed(f"alembic {verb} to {target} failed: "
                                f"{str(exc.orig).strip().splitlines()[0]}")
+
+    def _canceled(self, exc, verb: str) -> str:
+        """Why the server canceled the statement, naming the setting that applied: ours when
+        set, else the one the role, the database or the server gave the session."""
+        running = f"running: {_statement(exc)}"
+        primary = getattr(getattr(exc.orig, "diag", None), "message_primary", None) or ""
+        if "statement timeout" not in primary:
+            return (f"the {verb}'s statement was canceled ({primary or 'a cancel request'}: "
+                    f"pg_cancel_backend from another session?), {running}")
+        ours = self.config.attributes["postgres_timeouts"].get("statement_timeout")
+        if ours:
+            return f"the {verb} ran longer than MIGRATION_STATEMENT_TIMEOUT ({ours}), {running}"
+        from app.ops.server_settings import applied_setting
+
+        applied = applied_setting(self.database.url, "statement_timeout") or "statement_timeout"
+        return (f"the {verb} ran longer than {applied}, {running}; MIGRATION_STATEMENT_TIMEOUT "
+                "(not set) would give the migrations a timeout of their own")
 
     def history(self) -> None:
         from alembic import command

@@ -11,11 +11,12 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Iterator
 
 from app.ops import audit
 from app.ops.backup_run import backup_before_change
-from app.ops.errors import BackupFailed, LockLost, MigrationFailed
+from app.ops.errors import BackupFailed, LockLost, MigrationFailed, OpsError
 from app.ops.guards import (RunFacts, check_fit, check_staging_first, check_window,
                             confirm_data_loss, review_pending)
 from app.ops.manifest import BackupManifest
@@ -99,8 +100,9 @@ def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
         try:
             yield run
             outcome = run.outcome or "succeeded"
-        except BackupFailed:
+        except BackupFailed as exc:
             outcome = "backup failed"
+            run.details["error"] = str(exc)  # the cause, for whoever reads the trail later
             raise
         except KeyboardInterrupt:
             outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
@@ -111,6 +113,9 @@ def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
             raise LockLost(f"{action} stopped: {exc}; nothing was changed, the database is "
                            f"still at {before or 'base'}; run it again once no other run holds "
                            "the lock") from None
+        except OpsError as exc:
+            run.details["error"] = str(exc)
+            raise
         finally:
             if run.audited:
                 details = {"duration_seconds": round(time.monotonic() - started, 3),
@@ -149,7 +154,7 @@ def _guarded_run(target, migrations: Migrations, action: str, now: datetime,
             reason=f"before {action} {current or 'base'} -> {goal or 'base'}")
         run.details["backup_id"] = result.backup.id if result.backup else None
         run.lock.check()
-        _change(step, target, result)
+        _change(step, target, migrations, result)
         _checked(target, migrations, result)
     return result
 
@@ -181,11 +186,35 @@ def upgrade_sql(target, revision: str = "head") -> str:
     return migrations.upgrade_sql(current, goal)
 
 
-def _change(step, target, result: RunResult) -> None:
+def _change(step, target, migrations: Migrations, result: RunResult) -> None:
     try:
         step(result.target)
     except MigrationFailed as exc:
-        raise MigrationFailed(f"{exc}. {restore_hint(target, result.backup)}") from exc
+        raise MigrationFailed(f"{exc}. {_after_failure(target, migrations, result)}") from exc
+
+
+def _after_failure(target, migrations: Migrations, result: RunResult) -> str:
+    """What to do after a change that failed. A restore throws away every write made since
+    the backup, so it is advised only where the failure may have left something changed."""
+    try:
+        now = migrations.current()
+    except OpsError:  # cannot tell: the backup is what is sure
+        return restore_hint(target, result.backup)
+    if now != result.before or not rolled_back_whole(target, result.steps):
+        return restore_hint(target, result.backup)
+    kept = f" (backup {result.backup.id} was taken before it)" if result.backup else ""
+    return (f"Its transaction was rolled back, so nothing changed: the database is still at "
+            f"{now or 'base'} and needs no restore{kept}")
+
+
+def rolled_back_whole(target, steps: list[Revision]) -> bool:
+    """Whether a failure of `steps` is undone by the rollback of the run's one transaction:
+    on PostgreSQL (transactional DDL), unless a revision commits part of itself on its own
+    (Alembic's autocommit_block). SQLite commits DDL as it goes."""
+    if target.database.kind != "postgresql":
+        return False
+    return not any("autocommit_block" in Path(step.path).read_text(errors="replace")
+                   for step in steps)
 
 
 def restore_hint(target, backup: BackupManifest | None) -> str:

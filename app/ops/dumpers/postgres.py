@@ -128,6 +128,11 @@ class PostgresDumper:
                         cancel.forget(proc.kill)
                         cancel.forget(stop_counting)
                 status = proc.wait()
+                if status != 0 and connection_lost(conn):
+                    raise BackupFailed(f"the server ended the backup's connection while pg_dump "
+                                       f"ran (a restart, or its session was terminated): "
+                                       f"{_reason(errors)}; nothing was changed, run "
+                                       "it again once the server is back")
                 if status != 0:
                     raise BackupFailed(f"pg_dump failed (exit status {status}): "
                                        f"{_reason(errors)}; nothing was changed")
@@ -185,15 +190,38 @@ class PostgresDumper:
 def exported_snapshot(url, lock_timeout: str | None):
     """A REPEATABLE READ transaction whose snapshot pg_dump can share (--snapshot)."""
     from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
 
     from app.ops.connection import connect
 
     with connect(url) as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
+        transaction = conn.begin()
+        try:
             if lock_timeout:
                 conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": lock_timeout})
             yield conn.execute(text("SELECT pg_export_snapshot()")).scalar(), conn
+        finally:
+            # The transaction only read: ending it loses nothing. On a connection the server
+            # ended (a restart) the ROLLBACK fails too, and must not replace the error that
+            # says what happened.
+            with contextlib.suppress(SQLAlchemyError):
+                transaction.rollback()
+
+
+def connection_lost(conn) -> bool:
+    """Whether the server has ended `conn`'s session (asked with a statement of its own)."""
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    if conn.invalidated:  # found dead already (by the row counts beside pg_dump)
+        return True
+    try:
+        conn.exec_driver_sql("SELECT 1")
+    except DBAPIError as exc:
+        return bool(exc.connection_invalidated)
+    except SQLAlchemyError:
+        return conn.invalidated
+    return False
 
 
 class RowCounter(threading.Thread):

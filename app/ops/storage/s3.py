@@ -80,7 +80,9 @@ class S3Storage:
         self._config = dict(retries={"mode": "standard", "max_attempts": max_attempts},
                             connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._abort_config = dict(
-            retries={"mode": "standard", "max_attempts": ABORT_ATTEMPTS},
+            # total_max_attempts: botocore's max_attempts counts the retries alone (4 meant 5
+            # attempts and up to 15 s of backoff, more than this bound promises).
+            retries={"mode": "standard", "total_max_attempts": ABORT_ATTEMPTS},
             connect_timeout=min(connect_timeout, ABORT_CONNECT_TIMEOUT),
             read_timeout=min(read_timeout, ABORT_READ_TIMEOUT))
         self.page_size, self._s3, self._abort_s3 = page_size, None, None
