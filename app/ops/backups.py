@@ -180,8 +180,8 @@ def verify_dump(target, manifest: BackupManifest, *, now: datetime,
         raise ConfigError(f"backup {manifest.id} is a {manifest.engine} backup but env "
                           f"'{target.env}' is configured for {target.database.kind}")
     dumper = target.database.dumper()
-    if not storage.exists(manifest.artifact):
-        error = f"backup {manifest.id} has lost its artifact {manifest.location}"
+    error = _artifact_error(storage, manifest)
+    if error is not None:
         _record_verification(storage, manifest, now, error)
         raise BackupFailed(error)
     identities = None
@@ -196,6 +196,23 @@ def verify_dump(target, manifest: BackupManifest, *, now: datetime,
                              manifest.raw_size, progress, extract_to, identities, archive_check)
 
     return record_outcome(storage, manifest, now, read_back)
+
+
+def _artifact_error(storage, manifest: BackupManifest) -> str | None:
+    """Why the stored artifact cannot be this backup's, before a byte of it is read: gone, not
+    a file of the store (a symbolic link, perhaps out of it), or not the size recorded (a
+    checksum proves the bytes, not that the manifest describes them)."""
+    where = storage.location(manifest.artifact)
+    try:
+        stored = storage.size(manifest.artifact)
+    except FileNotFoundError:
+        return f"backup {manifest.id} has lost its artifact {manifest.location}"
+    except OSError as exc:  # a local store refuses what is not a regular file of its own
+        return f"backup {manifest.id}'s artifact {where} is refused: {exc.strerror or exc}"
+    if stored != manifest.size:
+        return (f"backup {manifest.id}'s artifact {where} is {stored} bytes but its manifest "
+                f"records {manifest.size}: it is damaged or not this backup's")
+    return None
 
 
 def record_outcome(storage, manifest: BackupManifest, now: datetime,
