@@ -27,12 +27,13 @@ Progress = Callable[[int], None]
 
 def take_backup(target, *, reason: str, revision: str | None, now: datetime,
                 label: str | None = None, database_size: int | None = None,
-                progress: Progress | None = None,
+                expected_size: int | None = None, progress: Progress | None = None,
                 readback_progress: Progress | None = None,
                 cancel=None) -> BackupManifest:
     """Dump, compress, hash and store; read the stored artifact back whole; then write the
     manifest. Any failure removes what this call stored and raises BackupFailed; so does
-    `cancel` (a Cancellation), from another thread."""
+    `cancel` (a Cancellation), from another thread. `expected_size`: the stored bytes expected
+    (an estimate, for the store: S3 chooses its part size from it)."""
     storage = target.storage
     storage.prepare()
     target.database.check_tools()
@@ -48,7 +49,7 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
     started = time.monotonic()
     hashed = None
     try:
-        with storage.writer(artifact) as out:
+        with storage.writer(artifact, expected_size=expected_size) as out:
             with InlineReadBack(dumper, identities if sealed else None, artifact) as check:
                 hashed = HashingWriter(TeeWriter(out, check))
                 with (encrypting(hashed, recipients) if sealed else nullcontext(hashed)) as sealed_out:

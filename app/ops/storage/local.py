@@ -45,9 +45,14 @@ class LocalStorage:
         # mkdir's mode is filtered by the umask and ignored for existing folders.
         os.chmod(self.folder, DIR_MODE)
 
+    def wants_estimate(self, upper_bound: int | None) -> bool:
+        """A file's size needs no planning (S3's parts do: see s3.py)."""
+        return False
+
     @contextlib.contextmanager
-    def writer(self, name: str) -> Iterator[BinaryIO]:
-        """Yields a binary file; the object appears under `name` only if the block succeeds."""
+    def writer(self, name: str, expected_size: int | None = None) -> Iterator[BinaryIO]:
+        """Yields a binary file; the object appears under `name` only if the block succeeds.
+        `expected_size` is S3's concern, not a file's."""
         self._ensure_folder()
         final = self.folder / name
         # Linking needs /proc/self/fd (open(2)'s way to name an O_TMPFILE file).
