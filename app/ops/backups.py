@@ -37,6 +37,10 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
     storage = target.storage
     storage.prepare()
     target.database.check_tools()
+    if expected_size is None and storage.wants_estimate(None):
+        # A backup nobody estimated (a restore's safety backup) into a store whose part size
+        # depends on it (S3): the database's own size, as the uncompressed upper bound.
+        expected_size = database_size or target.database.facts().size
     dumper = target.database.dumper()
     backup_id = new_backup_id(now)
     encryption = Encryption.from_settings(target.settings)

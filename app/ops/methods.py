@@ -26,7 +26,7 @@ class DumpMethod:
         # S3 takes 10,000 parts of an object: a big database needs bigger parts, chosen from
         # its size and (only then, as it reads every manifest) earlier backups' compression.
         expected = facts.database.size
-        if target.storage.wants_estimate(expected):
+        if expected and target.storage.wants_estimate(expected):
             expected = estimate_backup_size(facts)
         with reporter.progress("dumping") as dumped, \
                 reporter.progress("reading back") as read_back:

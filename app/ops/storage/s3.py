@@ -170,10 +170,10 @@ class S3Storage:
         return f"s3://{self.bucket}/{self.key(name)}"
 
     def wants_estimate(self, upper_bound: int | None) -> bool:
-        """Would an object of `upper_bound` bytes need bigger parts than the default? Only then
-        is an estimate of its size (from earlier backups: a listing and a GET per manifest)
-        worth reading for `writer`."""
-        return part_size_for(upper_bound, self.part_size) > self.part_size
+        """Would an object of `upper_bound` bytes (None: not known) need bigger parts than the
+        default? Only then is an estimate of its size (from earlier backups: a listing and a
+        GET per manifest) worth reading for `writer`."""
+        return upper_bound is None or part_size_for(upper_bound, self.part_size) > self.part_size
 
     @contextlib.contextmanager
     def writer(self, name: str, expected_size: int | None = None) -> Iterator[BinaryIO]:
