@@ -109,7 +109,13 @@ def status(c, env=None, json=False):
          f"open until {window['closes_at']}" if window["open"] else
          f"closed, next opening {window['next_open'] or 'none configured'}"),
         *unaborted,
+        *[("dated in future", _future_line(item)) for item in info.get("future_backups", ())],
     ])
+
+
+def _future_line(item: dict) -> str:
+    return (f"{item['id']}, created_at {item['created_at']}: the clock of the host that took it "
+            "was wrong (or its manifest was edited); it does not count as the newest backup")
 
 
 def _pgbackrest_status(facts: dict) -> str:
@@ -211,19 +217,21 @@ def backup(c, env=None, label=None):
 def backups(c, env=None, json=False):
     """List the environment's backups, newest first."""
     from app.ops.backups import list_backups
+    from app.ops.catalog import is_future
     from app.ops.status import backup_item
     from app.ops.units import human_age, human_size
 
     console = _console()
     items = list_backups(_target(env), console.warn)
+    now = _now()
     if json:
-        return console.json([backup_item(m) for m in items])
+        return console.json([backup_item(m, now) for m in items])
     if not items:
         return console.say("No backups yet.")
-    now = _now()
     console.table("Backups, newest first",
                   ["id", "age", "revision", "size", "verified", "reason", "location"],
-                  [[m.id, human_age(m.created_at, now), m.revision or "base", human_size(m.size),
+                  [[m.id, f"IN THE FUTURE ({m.created_at})" if is_future(m, now) else
+                    human_age(m.created_at, now), m.revision or "base", human_size(m.size),
                     ("yes" if m.verified else "NO") if m.intact else m.artifact_state.upper(),
                     m.label or m.reason, m.location]
                    for m in items])
@@ -302,7 +310,8 @@ def stamp(c, rev, env=None, break_glass=None):
     console.say(f"Stamped: {before or 'base'} -> {after or 'base'} (no migration ran)")
 
 
-@task(help={"backup": "the backup's id (default: the newest verified, not a safety backup)",
+@task(help={"backup": "the backup's id (default: the newest verified one whose artifact is "
+                      "present, not a safety backup)",
             "yes": "do not ask for confirmation (needed without a terminal)",
             "disconnect": "PostgreSQL: let the application keep using the database while the "
                           "copy is built, and end its sessions only at the swap (without it, "
@@ -316,8 +325,10 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster
 
     console = _console()
     target = _target(env)
-    plan = restoring.plan_restore(target, backup)
     now = _now()
+    plan = restoring.plan_restore(target, backup, now)
+    for note in plan.passed_over:  # newer backups the default could not take, and why
+        console.warn(note)
     b = plan.backup
     console.fields("Restore", [
         ("backup", f"{b.id}, taken {human_age(b.created_at, now)} ({b.created_at})"),
@@ -380,6 +391,9 @@ def prune(c, env=None, dry_run=False):
     for m in plan.damaged or ():
         console.warn(f"backup {m.id}'s artifact is {m.artifact_state}: kept for a person to look "
                      f"at, not counted as a copy ({m.location})")
+    for m in plan.future or ():
+        from app.ops.catalog import future_note
+        console.warn(f"{future_note(m)}; kept, not counted as a copy")
     if not plan.delete:
         return console.say(f"Nothing to prune: {len(plan.keep)} backup(s) kept.")
     verb = "Would delete" if dry_run else "Deleting"

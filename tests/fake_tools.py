@@ -83,6 +83,20 @@ def gone(pid: int) -> bool:
     return state == "Z"  # dead, not yet reaped by init
 
 
+def unnamed_files(pid: int, folder: Path) -> list[str]:
+    """The /proc paths of the files without a name in `folder` that process `pid` holds open
+    (O_TMPFILE: /proc shows each as `FOLDER/#INODE (deleted)`); opening one reaches the file."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(f"{folder}/") and target.endswith(" (deleted)"):
+            found.append(str(fd))
+    return found
+
+
 def fifo_pair(folder: Path) -> tuple[Path, Path]:
     """Two named pipes, `started.fifo` and `go.fifo`: a fake tool says it got somewhere on
     the first and waits for the test's line on the second."""

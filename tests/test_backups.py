@@ -436,8 +436,8 @@ class FlippingLocalStorage(LocalStorage):
     flipped = False
 
     @contextlib.contextmanager
-    def writer(self, name: str):
-        with super().writer(name) as out:
+    def writer(self, name: str, expected_size: int | None = None):
+        with super().writer(name, expected_size) as out:
             if name.endswith(MANIFEST_SUFFIX):
                 yield out
             else:

@@ -130,16 +130,32 @@ exec "$REAL" "$@"
 # -- the store keeps other bytes than it was sent -------------------------------------------
 def scribbling_pg_dump(tmp_path, folder: Path) -> str:
     """A pg_dump body: the real pg_dump, then, before it exits (the backup is still being
-    written: the invoke run waits for pg_dump's end), one byte of the `.partial` file already
-    on disk in `folder` is flipped, as a failing disk or another process would. The bytes that
-    went through the inline read-back were whole: only re-reading the stored object shows it.
-    The flip is recorded in `flipped`."""
+    written: the invoke run waits for pg_dump's end), one byte of the file already on disk in
+    `folder` is flipped, as a failing disk or another process would. That file has no name yet
+    (O_TMPFILE): it is reached through the invoke process's descriptor, /proc/PID/fd/N, or, on
+    a file system without unnamed files, as its `.partial`. The bytes that went through the
+    inline read-back were whole: only re-reading the stored object shows it. The flip is
+    recorded in `flipped`."""
     script = tmp_path / "scribble.py"
     script.write_text(f"""
-import pathlib, sys, time
+import os, pathlib, sys, time
 folder, deadline = pathlib.Path({str(folder)!r}), time.monotonic() + 60
+invoke_fds = pathlib.Path(f"/proc/{{sys.argv[1]}}/fd")
+
+
+def being_written():
+    for fd in invoke_fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(f"{{folder}}/") and target.endswith(" (deleted)"):
+            yield fd
+    yield from folder.glob(".*.partial")
+
+
 while True:  # until the buffered writer has put bytes on disk (a condition, not a delay)
-    written = [(p, p.stat().st_size) for p in folder.glob(".*.partial")]
+    written = [(p, p.stat().st_size) for p in being_written()]
     written = [(p, size) for p, size in written if size > 0]
     if written:
         break
@@ -152,9 +168,12 @@ with open(path, "r+b") as f:
     byte = f.read(1)[0]
     f.seek(size // 2)
     f.write(bytes([byte ^ 0x01]))
-pathlib.Path({str(tmp_path / "flipped")!r}).write_text(f"{{path.name}} {{size // 2}}")
+pathlib.Path({str(tmp_path / "flipped")!r}).write_text(
+    f"{{os.readlink(path) if path.is_symlink() else path}} {{size // 2}}")
 """)
-    return f'"$REAL" "$@"\nstatus=$?\n"{sys.executable}" \'{script}\' || exit 97\nexit $status'
+    # $PPID: the invoke run that writes the backup (the wrapper's parent).
+    return (f'"$REAL" "$@"\nstatus=$?\n"{sys.executable}" \'{script}\' $PPID || exit 97\n'
+            'exit $status')
 
 
 @pytest.mark.parametrize("sealed", [False, True], ids=["plain", "age"])
@@ -175,8 +194,8 @@ def test_a_backup_damaged_on_disk_while_written_stops_the_migration(project, pg_
 
     error = failed(project.run("migrate", env=dict(env, PG_BIN_DIR=str(bin_dir))), 4,
                    "SHA-256")
-    suffix = ".pgdump.zst.age.partial" if sealed else ".pgdump.zst.partial"
-    assert (tmp_path / "flipped").read_text().split()[0].endswith(suffix), error
+    # The file flipped was the artifact being written (the manifest comes after it), unnamed.
+    assert (tmp_path / "flipped").read_text().startswith(f"{project.store('pgtest')}/#"), error
     before.check()
     assert db.sql("SELECT count(*) FROM scans") == [(1,)]
 

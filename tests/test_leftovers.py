@@ -69,8 +69,10 @@ def test_the_next_private_folder_removes_only_abandoned_old_ones_of_its_own(tmpd
 
 
 def test_a_backup_removes_abandoned_partials_but_not_one_being_written(tmp_path):
+    # The store's fallback where unnamed files cannot be made: a held `.partial` name.
     store = LocalStorage(tmp_path / "dev")
-    with store.writer("20260101T000000.000Z-aaaaaa.sqlite3.zst") as out:
+    store._ensure_folder()
+    with store._named_writer(store.folder / "20260101T000000.000Z-aaaaaa.sqlite3.zst") as out:
         out.write(b"half")
         being_written = aged(tmp_path / "dev" / ".20260101T000000.000Z-aaaaaa.sqlite3.zst.partial")
         abandoned = tmp_path / "dev" / ".20250101T000000.000Z-bbbbbb.sqlite3.zst.partial"

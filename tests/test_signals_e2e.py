@@ -1,21 +1,20 @@
 """SIGTERM and SIGHUP, as a supervisor sends them: to invoke's own process only, mid-backup.
 
-The run must stop its pg_dump, remove its partial file, write its audit record and end with one
-line and 128 + the signal's number. What a kill -9 leaves (no clean-up can run) is removed by
-the next run.
+The run must stop its pg_dump, leave no file behind, write its audit record and end with one
+line and 128 + the signal's number. A kill -9 (no clean-up can run) leaves nothing either: the
+artifact being written has no name until it is complete.
 """
 from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from fake_tools import ended_afterwards, gone, wrapped_pg_dump
+from fake_tools import ended_afterwards, gone, unnamed_files, wrapped_pg_dump
 from helpers import (FIRST, HEAD, add_revision, admin_sql, at_first_revision, failed, last_audit,
-                     ok, pg_env, without_audit)
+                     ok, pg_env, take_backup, without_audit)
 
 pytestmark = pytest.mark.postgres
 
@@ -42,7 +41,8 @@ def test_a_signal_mid_backup_stops_pg_dump_cleans_up_and_audits(project, pg_data
     proc = project.start("migrate", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
     try:
         pg_dump_pid = int(said.read_text())  # blocks until pg_dump has dumped and parked
-        assert partials(project), "the backup's partial file should exist while it is written"
+        assert unnamed_files(proc.pid, project.store("pgtest")), \
+            "the backup's artifact should be open, without a name, while it is written"
         proc.send_signal(signum)  # to invoke alone, not its process group
         out, err = proc.communicate(timeout=60)
     finally:
@@ -59,25 +59,36 @@ def test_a_signal_mid_backup_stops_pg_dump_cleans_up_and_audits(project, pg_data
     assert audit["action"] == "migrate" and audit["outcome"] == "stopped"
 
 
-def test_the_partial_file_a_kill_9_leaves_is_removed_by_the_next_backup(project, pg_database,
-                                                                         tmp_path):
+def test_a_kill_9_mid_backup_leaves_nothing_to_sweep(project, pg_database, tmp_path):
+    """kill -9 of the whole process group while the artifact is being written: nothing in the
+    store (no `.partial`, no artifact, no manifest), nothing in TMPDIR, and the next backup, at
+    once (no sweep waits for it), is fine."""
     db = pg_database
-    at_first_revision(project, db)
+    backups_before, files_before = at_first_revision(project, db)
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
     bin_dir, said = parked_after_dump(tmp_path)
-    proc = project.start("backup", env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    proc = project.start("backup", env=pg_env(db, PG_BIN_DIR=str(bin_dir), TMPDIR=str(tmpdir)))
     try:
-        said.read_text()
-        proc.kill()  # kill -9: no clean-up runs
+        said.read_text()  # pg_dump has dumped everything and parked: the artifact is open
+        # The artifact being written: open in the store's folder, under no name.
+        assert len(unnamed_files(proc.pid, project.store("pgtest"))) == 1
+        os.killpg(proc.pid, signal.SIGKILL)  # invoke, pg_dump's wrapper, the read-back
         proc.wait(timeout=60)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # and the parked pg_dump with it
-    [left] = partials(project)
-    path = project.root / "backups" / "pgtest" / left
-    # Older than a partial being created: only the flock tells whether it is abandoned.
-    old = time.time() - 3600
-    os.utime(path, (old, old))
-    ok(project.run("backup", env=pg_env(db)))
-    assert partials(project) == []
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert without_audit(project.backup_files("pgtest")) == files_before  # hidden ones too
+    assert list(tmpdir.iterdir()) == []
+    assert project.backups("pgtest", env=pg_env(db)) == backups_before
+
+    item = take_backup(project, "pgtest", pg_env(db, TMPDIR=str(tmpdir)))
+    assert without_audit(project.backup_files("pgtest")) - files_before == {
+        f"{item['id']}.manifest.json", Path(item["location"]).name}
+    assert list(tmpdir.iterdir()) == []
+    ok(project.run("verify", "--env=pgtest", f"--backup={item['id']}", env=pg_env(db)))
 
 
 # -- a signal during a long statement -----------------------------------------------------------

@@ -75,8 +75,9 @@ def test_file_0600_and_folder_0700_with_umask_022(tmp_path, umask_022):
     assert mode(store.folder) == 0o700
     with store.writer("other.zst") as out:
         out.write(b"more")
-        partial = store.folder / ".other.zst.partial"
-        assert mode(partial) == 0o600
+        # Being written, it has no name: the file the writer holds is 0600 all the same.
+        assert stat.S_IMODE(os.fstat(out.fileno()).st_mode) == 0o600
+        assert sorted(os.listdir(store.folder)) == ["secret.zst"]
     assert mode(store.folder / "other.zst") == 0o600
 
 
@@ -140,3 +141,59 @@ def test_open_storage_unknown_kind_is_config_error(tmp_path):
     settings = load_settings("dev", environ={"BACKUP_STORAGE": "tape"}, root=tmp_path)
     with pytest.raises(ConfigError, match="tape"):
         open_storage(settings)
+
+
+# -- written without a name until complete; only regular files are objects -----------------
+
+
+def test_an_object_being_written_has_no_name_in_the_folder(tmp_path):
+    """The file being written is unnamed (O_TMPFILE): a kill -9 at this point leaves nothing."""
+    store = LocalStorage(tmp_path / "dev")
+    with store.writer("b1.pgdump.zst") as out:
+        out.write(b"x" * (2 << 20))  # past the 1 MiB buffer: bytes are on disk
+        out.flush()
+        assert os.listdir(store.folder) == []
+        held = os.readlink(f"/proc/self/fd/{out.fileno()}")
+        assert held.startswith(str(store.folder)) and held.endswith("(deleted)")
+    assert os.listdir(store.folder) == ["b1.pgdump.zst"]
+    assert store.size("b1.pgdump.zst") == 2 << 20
+
+
+def test_rewriting_an_existing_name_replaces_it_and_leaves_no_hidden_name(tmp_path):
+    store = LocalStorage(tmp_path / "dev")
+    store.put_bytes("m.manifest.json", b"old")
+    inode = os.stat(store.folder / "m.manifest.json").st_ino
+    with store.writer("m.manifest.json") as out:
+        out.write(b"new")
+        assert store.get_bytes("m.manifest.json") == b"old"
+    assert store.get_bytes("m.manifest.json") == b"new"
+    assert os.stat(store.folder / "m.manifest.json").st_ino != inode  # a new file, renamed in
+    assert os.listdir(store.folder) == ["m.manifest.json"]
+
+
+def test_the_fallback_without_unnamed_files_writes_a_held_partial(tmp_path):
+    """Where O_TMPFILE is not supported the writer falls back to a `.partial` name, renamed
+    into place (held under an flock meanwhile: test_leftovers.py shows the sweep spares it)."""
+    store = LocalStorage(tmp_path / "dev")
+    store._ensure_folder()
+    with store._named_writer(store.folder / "b2.zst") as out:
+        out.write(b"data")
+        assert mode(store.folder / ".b2.zst.partial") == 0o600
+        assert not store.exists("b2.zst")
+    assert os.listdir(store.folder) == ["b2.zst"]
+    assert store.get_bytes("b2.zst") == b"data"
+
+
+def test_a_symbolic_link_is_not_an_object(tmp_path):
+    outside = tmp_path / "outside.pgdump.zst"
+    outside.write_bytes(b"not the store's")
+    store = LocalStorage(tmp_path / "dev")
+    store.put_bytes("real.zst", b"real")
+    (store.folder / "linked.zst").symlink_to(outside)
+    assert store.sizes() == {"real.zst": 4}
+    assert store.list() == ["real.zst"]
+    assert not store.exists("linked.zst")
+    for read in (store.size, store.get_bytes, store.reader):
+        with pytest.raises(OSError, match=f"symbolic link \\(to {outside}\\)"):
+            read("linked.zst")
+    assert outside.read_bytes() == b"not the store's"

@@ -20,7 +20,7 @@ import pytest
 
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.storage import open_storage
-from app.ops.storage.s3 import S3Storage
+from app.ops.storage.s3 import MAX_PARTS, PART_SIZE, S3Storage, part_size_for
 from app.ops.target import open_target
 from app.settings import Settings, load_settings
 from conftest import s3_client
@@ -163,6 +163,66 @@ def test_object_of_exactly_whole_parts(aws, s3, total):
     with store.writer("exact") as out:
         out.write(data)
     assert store.get_bytes("exact") == data
+
+
+# -- the part size: 10,000 parts must hold the object ----------------------------------------
+TB, GiB, TiB = 10**12, 1 << 30, 1 << 40
+
+
+def test_the_part_size_grows_with_the_size_expected_so_10000_parts_hold_twice_it():
+    assert part_size_for(None) == part_size_for(0) == PART_SIZE == 16 * MiB
+    assert part_size_for(70 * GiB) == PART_SIZE  # twice it fits in 10,000 x 16 MiB (156 GiB)
+    for expected in (TB, 2 * TiB + 1, 1234567890123):
+        size = part_size_for(expected)
+        assert size * MAX_PARTS >= 2 * expected      # room for twice the estimate
+        assert size % MiB == 0 and size < 2 * expected / MAX_PARTS + MiB  # not wasteful
+    # A terabyte database, nothing known of its compression: parts of 191 MiB, not 16 MiB,
+    # which would have stopped at 156 GiB (part 10,001).
+    assert part_size_for(TB) == 191 * MiB
+
+
+def test_the_part_size_stops_where_s3s_5_tib_object_limit_is_reached():
+    biggest = part_size_for(50 * TiB)
+    assert biggest == part_size_for(5 * TiB) == 525 * MiB  # 10,000 x 525 MiB >= 5 TiB
+    assert biggest * MAX_PARTS >= 5 * TiB and (biggest - MiB) * MAX_PARTS < 5 * TiB
+    assert biggest <= 5 * GiB  # S3's largest part
+    assert part_size_for(1, floor=PART) == PART  # never under the store's own
+
+
+def test_the_estimate_uses_the_worst_compression_of_the_last_backups():
+    """The free-disk guard and the part size read the same estimate: the database's size times
+    the highest ratio of the last five backups, plus half; no history: no compression."""
+    from types import SimpleNamespace
+
+    from app.ops.guards import estimate_backup_size
+
+    def facts(size, *ratios):
+        backups = [SimpleNamespace(size=int(r * 1000), database_size=1000) for r in ratios]
+        return SimpleNamespace(database=SimpleNamespace(size=size), backups=backups)
+
+    assert estimate_backup_size(facts(TB)) == TB
+    assert abs(estimate_backup_size(facts(TB, 0.2, 0.3, 0.1)) - TB * 0.45) <= 1
+    assert estimate_backup_size(facts(None, 0.2)) is None
+    assert part_size_for(estimate_backup_size(facts(TB, 0.2, 0.3))) == 86 * MiB
+
+
+def test_a_writer_expecting_a_big_object_sends_bigger_parts(aws, s3):
+    """An object expected at ~29 GiB (10,000 parts of 6 MiB hold twice it) goes in 6 MiB
+    parts, where the store's own size is 5 MiB."""
+    store = make_store(aws, part_size=PART)
+    expected = 30_000 * MiB
+    assert part_size_for(expected, PART) == 6 * MiB
+    assert store.wants_estimate(expected) and not store.wants_estimate(20 * GiB)
+    assert store.wants_estimate(None)  # nothing known: the backup reads the database's size
+    data = b"".join(chunks(13 * MiB, seed=b"big"))
+    with store.writer("expected", expected_size=expected) as out:
+        out.write(data)
+    key = "backups/dev/expected"
+    head = s3.head_object(Bucket=aws["BACKUP_S3_BUCKET"], Key=key)
+    assert head["ETag"].strip('"').endswith("-3")  # 6 + 6 + 1 MiB
+    first = s3.head_object(Bucket=aws["BACKUP_S3_BUCKET"], Key=key, PartNumber=1)
+    assert first["ContentLength"] == 6 * MiB
+    assert store.get_bytes("expected") == data
 
 
 def put_small_and_large(store: S3Storage, large: int) -> None:

@@ -27,15 +27,20 @@ Progress = Callable[[int], None]
 
 def take_backup(target, *, reason: str, revision: str | None, now: datetime,
                 label: str | None = None, database_size: int | None = None,
-                progress: Progress | None = None,
+                expected_size: int | None = None, progress: Progress | None = None,
                 readback_progress: Progress | None = None,
                 cancel=None) -> BackupManifest:
     """Dump, compress, hash and store; read the stored artifact back whole; then write the
     manifest. Any failure removes what this call stored and raises BackupFailed; so does
-    `cancel` (a Cancellation), from another thread."""
+    `cancel` (a Cancellation), from another thread. `expected_size`: the stored bytes expected
+    (an estimate, for the store: S3 chooses its part size from it)."""
     storage = target.storage
     storage.prepare()
     target.database.check_tools()
+    if expected_size is None and storage.wants_estimate(None):
+        # A backup nobody estimated (a restore's safety backup) into a store whose part size
+        # depends on it (S3): the database's own size, as the uncompressed upper bound.
+        expected_size = database_size or target.database.facts().size
     dumper = target.database.dumper()
     backup_id = new_backup_id(now)
     encryption = Encryption.from_settings(target.settings)
@@ -48,7 +53,7 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
     started = time.monotonic()
     hashed = None
     try:
-        with storage.writer(artifact) as out:
+        with storage.writer(artifact, expected_size=expected_size) as out:
             with InlineReadBack(dumper, identities if sealed else None, artifact) as check:
                 hashed = HashingWriter(TeeWriter(out, check))
                 with (encrypting(hashed, recipients) if sealed else nullcontext(hashed)) as sealed_out:
@@ -180,8 +185,8 @@ def verify_dump(target, manifest: BackupManifest, *, now: datetime,
         raise ConfigError(f"backup {manifest.id} is a {manifest.engine} backup but env "
                           f"'{target.env}' is configured for {target.database.kind}")
     dumper = target.database.dumper()
-    if not storage.exists(manifest.artifact):
-        error = f"backup {manifest.id} has lost its artifact {manifest.location}"
+    error = _artifact_error(storage, manifest)
+    if error is not None:
         _record_verification(storage, manifest, now, error)
         raise BackupFailed(error)
     identities = None
@@ -196,6 +201,23 @@ def verify_dump(target, manifest: BackupManifest, *, now: datetime,
                              manifest.raw_size, progress, extract_to, identities, archive_check)
 
     return record_outcome(storage, manifest, now, read_back)
+
+
+def _artifact_error(storage, manifest: BackupManifest) -> str | None:
+    """Why the stored artifact cannot be this backup's, before a byte of it is read: gone, not
+    a file of the store (a symbolic link, perhaps out of it), or not the size recorded (a
+    checksum proves the bytes, not that the manifest describes them)."""
+    where = storage.location(manifest.artifact)
+    try:
+        stored = storage.size(manifest.artifact)
+    except FileNotFoundError:
+        return f"backup {manifest.id} has lost its artifact {manifest.location}"
+    except OSError as exc:  # a local store refuses what is not a regular file of its own
+        return f"backup {manifest.id}'s artifact {where} is refused: {exc.strerror or exc}"
+    if stored != manifest.size:
+        return (f"backup {manifest.id}'s artifact {where} is {stored} bytes but its manifest "
+                f"records {manifest.size}: it is damaged or not this backup's")
+    return None
 
 
 def record_outcome(storage, manifest: BackupManifest, now: datetime,

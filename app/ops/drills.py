@@ -93,7 +93,10 @@ class Rehearsal:
 def rehearse(target, *, now: datetime, reporter: Reporter = Reporter()) -> Rehearsal:
     from app.ops.restore import plan_restore
 
-    backup = plan_restore(target, None).backup
+    plan = plan_restore(target, None, now)
+    for note in plan.passed_over:
+        reporter.warn(note)
+    backup = plan.backup
     head = Migrations(target).single_head()
     rehearsal = Rehearsal(target.env, backup.id, iso(now))
     try:

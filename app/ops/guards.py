@@ -151,16 +151,25 @@ def check_staging_first(settings, goal: str | None, migrations) -> None:
                            "production")
 
 
+def estimate_backup_size(facts: RunFacts) -> int | None:
+    """The bytes a new backup will take in the store, erring high: the database's size times
+    the highest ratio of stored to database size of the last five backups, plus half (None:
+    the database's size is unknown). Read by the free-disk guard and to choose S3's parts."""
+    database_size = facts.database.size
+    if not database_size:
+        return None
+    ratios = [m.size / m.database_size for m in facts.backups[:5] if m.database_size]
+    # Without history assume no compression at all: better a false alarm than a full disk.
+    return int(database_size * (max(ratios) * 1.5 if ratios else 1.0))
+
+
 def check_free_disk(settings, facts: RunFacts, reporter: Reporter) -> None:
     """A local backup needs room: estimate it from the database's size and earlier backups."""
     import shutil
 
-    database_size = facts.database.size
-    if settings.backup_storage != "local" or not database_size:
+    if settings.backup_storage != "local" or not facts.database.size:
         return
-    ratios = [m.size / m.database_size for m in facts.backups[:5] if m.database_size]
-    # Without history assume no compression at all: better a false alarm than a full disk.
-    needed = int(database_size * (max(ratios) * 1.5 if ratios else 1.0))
+    needed = estimate_backup_size(facts)
     folder = settings.backup_dir
     while not folder.exists():
         folder = folder.parent

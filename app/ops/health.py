@@ -18,6 +18,7 @@ from pathlib import Path
 
 from app.ops.audit import AUDIT_SUFFIX
 from app.ops.backups import BackupManifest, list_backups
+from app.ops.catalog import CLOCK_SKEW, is_future
 from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
 from app.ops.leftovers import abandoned
 from app.ops.status import backup_item
@@ -102,6 +103,7 @@ class Facts:
     store_error: str | None = None
     newest_verified: BackupManifest | None = None
     lost: list[BackupManifest] = field(default_factory=list)  # verified, artifact gone
+    future: list[BackupManifest] = field(default_factory=list)  # dated later than now
     last_runs: dict[str, dict] | None = None  # action -> newest audit event of that action
     newest_run: dict | None = None
     audit_error: str | None = None
@@ -134,7 +136,8 @@ class HealthReport:
             data.update({
                 "database": facts.database, "production": facts.production,
                 "current": facts.current, "heads": facts.heads, "pending": facts.pending,
-                "last_backup": backup_item(facts.backups[0]) if facts.backups else None,
+                "last_backup": next((backup_item(m, self.now) for m in facts.backups or ()
+                                     if m not in facts.future), None),
                 "last_verified_backup":
                     backup_item(facts.newest_verified) if facts.newest_verified else None,
                 "last_runs": facts.last_runs})
@@ -148,13 +151,14 @@ def unknown(env: str, reason: str) -> HealthReport:
 
 def run_check(target, now: datetime) -> HealthReport:
     limits = Limits.from_settings(target.settings)
-    return evaluate(gather(target), limits, now)
+    return evaluate(gather(target, now), limits, now)
 
 
 # -- one pass over the environment ----------------------------------------------------------
 
 
-def gather(target) -> Facts:
+def gather(target, now: datetime | None = None) -> Facts:
+    """`now`: a backup dated later than it never counts as the newest (app/ops/catalog.py)."""
     from app.ops.migrations import Migrations
 
     # Settings first: a bad one is the check's UNKNOWN, not a finding.
@@ -175,7 +179,7 @@ def gather(target) -> Facts:
             facts.pending = [r.id for r in migrations.pending(facts.current, head)]
         except ConfigError as exc:  # the database is at a revision the scripts do not lead to
             facts.pending_error = str(exc)
-    _read_store(facts, target)
+    _read_store(facts, target, now)
     return facts
 
 
@@ -202,7 +206,7 @@ def _read_database(facts: Facts, database) -> None:
         facts.reachable, facts.database_error = False, first_line(exc.orig)
 
 
-def _read_store(facts: Facts, target) -> None:
+def _read_store(facts: Facts, target, now: datetime | None) -> None:
     settings, storage = target.settings, target.storage
     folder = getattr(storage, "folder", None)
     try:
@@ -217,8 +221,9 @@ def _read_store(facts: Facts, target) -> None:
         pass  # a record that cannot be read is the S3 store's to report, not a check failure
     try:
         facts.backups = [m for m in list_backups(target) if m.engine == facts.engine]
+        facts.future = [m for m in facts.backups if is_future(m, now)]
         for manifest in facts.backups:
-            if not manifest.verified:
+            if not manifest.verified or manifest in facts.future:
                 continue
             # The listing saw the artifact (no stat or HEAD per backup); a restore point's data
             # is in pgBackRest's repository.
@@ -259,7 +264,8 @@ def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
 
 def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
     checks = [_database(facts), _backup(facts, limits, now), _verification(facts, limits, now),
-              _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts)]
+              _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts),
+              _clock(facts)]
     state = worst(c.state for c in checks)
     if state == State.OK:
         newest = facts.newest_verified
@@ -301,9 +307,9 @@ def _backup(facts: Facts, limits: Limits, now: datetime) -> Check:
 
 
 def _verification(facts: Facts, limits: Limits, now: datetime) -> Check:
-    if not facts.backups:
+    newest = next((m for m in facts.backups or () if m not in facts.future), None)
+    if newest is None:
         return Check("verification", State.OK, "no backup to verify")
-    newest = facts.backups[0]
     if not newest.verified:
         return Check("verification", State.WARNING, f"newest backup {newest.id} failed "
                      f"verification: {newest.verify_error or 'no reason recorded'}")
@@ -317,6 +323,17 @@ def _verification(facts: Facts, limits: Limits, now: datetime) -> Check:
         return Check("verification", State.WARNING,
                      f"{detail}: run `invoke verify --env={facts.env}`")
     return Check("verification", State.OK, detail)
+
+
+def _clock(facts: Facts) -> Check:
+    """A backup dated later than now: the clock of the host that took it was wrong. It counts
+    for nothing here, and a person must look (the clock, and whether it is a real backup)."""
+    if not facts.future:
+        return Check("clock", State.OK, "no backup dated in the future")
+    return Check("clock", State.WARNING, f"{len(facts.future)} backup(s) dated more than "
+                 f"{span(CLOCK_SKEW)} in the future, not counted as the newest: "
+                 + ", ".join(f"{m.id} ({m.created_at})" for m in facts.future)
+                 + "; fix the clock of the host that took them, then verify or delete them")
 
 
 def _pending(facts: Facts) -> Check:

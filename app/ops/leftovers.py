@@ -81,17 +81,42 @@ def private_folder(purpose: str) -> Iterator[Path]:
         os.close(fd)
 
 
+# What open(2) answers for O_TMPFILE on a file system (or kernel) that does not support it.
+NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
+
+
+def open_unnamed(folder: Path, flags: int = os.O_RDWR) -> int | None:
+    """A 0600 file in `folder` without a name (O_TMPFILE), or None where the file system cannot
+    make one. The kernel frees it when the last descriptor closes, however the run ends, unless
+    `link_unnamed` gives it a name first."""
+    try:
+        return os.open(folder, os.O_TMPFILE | flags, 0o600)
+    except OSError as exc:
+        if exc.errno not in NO_TMPFILE:
+            raise
+        return None
+
+
+def link_unnamed(fd: int, path: Path) -> None:
+    """Give the unnamed file `fd` the name `path` (linkat through /proc/self/fd, as open(2)
+    documents); FileExistsError if the name is taken."""
+    # A directory descriptor makes CPython call linkat(AT_SYMLINK_FOLLOW); without one it calls
+    # link(2), which would try to link the /proc entry itself (EXDEV).
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+    finally:
+        os.close(folder)
+
+
 @contextlib.contextmanager
 def unnamed_file(folder: Path) -> Iterator[BinaryIO]:
     """A read-write 0600 file in `folder` without a name: nothing a run decrypts or decompresses
     into it outlives the run, not even after kill -9. Give a child `child_path(file)` and
     `pass_fds=(file.fileno(),)`."""
-    try:
-        fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
-    except OSError as exc:
+    fd = open_unnamed(folder)
+    if fd is None:
         # A file system without O_TMPFILE: a name for an instant, in a folder held by this run.
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-            raise
         fd, name = tempfile.mkstemp(dir=folder)
         os.unlink(name)
     with open(fd, "w+b") as file:

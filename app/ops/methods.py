@@ -20,13 +20,18 @@ class DumpMethod:
 
     def take(self, target, facts, *, now, revision, reason, reporter, label=None):
         from app.ops.backups import take_backup
-        from app.ops.guards import check_free_disk
+        from app.ops.guards import check_free_disk, estimate_backup_size
 
         check_free_disk(target.settings, facts, reporter)
+        # S3 takes 10,000 parts of an object: a big database needs bigger parts, chosen from
+        # its size and (only then, as it reads every manifest) earlier backups' compression.
+        expected = facts.database.size
+        if expected and target.storage.wants_estimate(expected):
+            expected = estimate_backup_size(facts)
         with reporter.progress("dumping") as dumped, \
                 reporter.progress("reading back") as read_back:
             return take_backup(target, reason=reason, revision=revision, now=now, label=label,
-                               database_size=facts.database.size,
+                               database_size=facts.database.size, expected_size=expected,
                                progress=dumped, readback_progress=read_back)
 
     def verify(self, target, manifest, *, now, progress=None, extract_to=None,

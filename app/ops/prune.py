@@ -4,7 +4,9 @@ A backup is kept if it is among the newest KEEP_LAST, or younger than KEEP_DAYS 
 either is enough, like restic's --keep-last with --keep-within). The store is input too, so
 only backups whose artifact is there at the recorded size count as copies: one whose artifact
 is missing or has the wrong size neither fills a KEEP_LAST place nor is deleted by retention
-(it stays listed, for a person to look at). The newest verified intact backup is never deleted,
+(it stays listed, for a person to look at). Nor does a backup dated in the future (a host whose
+clock was wrong: app/ops/catalog.py): it would outrank every real backup for KEEP_LAST, so it is
+kept and named, never counted. The newest verified intact backup is never deleted,
 and before anything is deleted it is read back whole: if it fails, it is recorded as failed and
 the next one takes its place, so a flipped byte cannot make prune delete the good backups.
 Deleting removes the manifest first, so a half-deleted backup is never listed as complete.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.ops.backups import BackupManifest, delete_backup, list_backups, verify_backup
+from app.ops.catalog import dated_in_future, in_the_present
 from app.ops.errors import BackupFailed, ConfigError
 
 # Backups kept longer than this are kept "forever": a bigger number is a typo, not a policy.
@@ -30,6 +33,7 @@ class PrunePlan:
     rules: str
     protected: BackupManifest | None = None
     damaged: list[BackupManifest] | None = None
+    future: list[BackupManifest] | None = None  # dated later than now: kept, never counted
 
 
 def _number(settings, name: str, kind=int):
@@ -50,14 +54,15 @@ def _number(settings, name: str, kind=int):
 def plan_prune(target, now: datetime, warn=None) -> PrunePlan:
     keep_last = _number(target.settings, "BACKUP_KEEP_LAST")
     keep_days = _number(target.settings, "BACKUP_KEEP_DAYS", float)
-    backups = list_backups(target, warn)
+    listed = list_backups(target, warn)
+    future, backups = dated_in_future(listed, now), in_the_present(listed, now)
     intact = [m for m in backups if m.intact]
     damaged = [m for m in backups if not m.intact]
     protected = next((m for m in intact if m.verified), None)
     if keep_last is None and keep_days is None:
-        return PrunePlan(backups, [], "no retention configured (BACKUP_KEEP_LAST, BACKUP_KEEP_DAYS)",
-                         protected, damaged)
-    keep, delete = list(damaged), []
+        return PrunePlan(listed, [], "no retention configured (BACKUP_KEEP_LAST, BACKUP_KEEP_DAYS)",
+                         protected, damaged, future)
+    keep, delete = damaged + future, []
     for index, manifest in enumerate(intact):
         recent = keep_days is not None and now - manifest.created <= timedelta(days=keep_days)
         counted = keep_last is not None and index < keep_last
@@ -66,7 +71,7 @@ def plan_prune(target, now: datetime, warn=None) -> PrunePlan:
         f"keep the last {keep_last}" if keep_last else "",
         f"keep {keep_days:g} days" if keep_days is not None else "",
         "always the newest verified") if part)
-    return PrunePlan(keep, delete, rules, protected, damaged)
+    return PrunePlan(keep, delete, rules, protected, damaged, future)
 
 
 def confirm_protected(target, now: datetime, warn=None) -> PrunePlan:

@@ -1,8 +1,10 @@
 """`invoke restore`: bring a backup back over the environment's database, exactly, or change
 nothing at all.
 
-Order: choose the backup (default: the newest verified one that restore did not take itself as
-a safety backup, so two restores in a row never flip back and forth), confirm, lock, verify it,
+Order: choose the backup (default: the newest verified one whose artifact is present and that
+restore did not take itself as a safety backup, so two restores in a row never flip back and
+forth; a newer one that is missing, damaged or dated in the future is named and passed over:
+app/ops/catalog.py), confirm, lock, verify it,
 restore (the database's own way: `restore` of app/ops/databases/), check the alembic revision,
 audit. On PostgreSQL the restore builds a new database and swaps names at the end
 (app/ops/databases/postgres_restore.py); a restore that fails before the swap drops the copy
@@ -20,6 +22,7 @@ from typing import Callable
 
 from app.ops import audit
 from app.ops.backups import BackupManifest, find_backup, list_backups, take_backup
+from app.ops.catalog import default_restore
 from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused, LockLost
 from app.ops.methods import method_of
 from app.ops.report import Reporter
@@ -33,6 +36,7 @@ class RestorePlan:
     database_name: str      # what the engineer types to confirm
     current: str | None     # the live database's revision now
     closed: bool = False    # PostgreSQL: closed to connections (a swap killed halfway)
+    passed_over: list = field(default_factory=list)  # newer backups the default skipped, why
 
 
 @dataclass
@@ -52,28 +56,33 @@ def is_safety_backup(manifest: BackupManifest) -> bool:
     return manifest.reason.startswith(SAFETY_REASON)
 
 
-def plan_restore(target, backup_id: str | None) -> RestorePlan:
+def plan_restore(target, backup_id: str | None, now: datetime | None = None) -> RestorePlan:
+    """`now` dates the default's choice: a backup dated later than it is passed over (without
+    it, none is)."""
     database = target.database
+    passed_over = []
     if backup_id:
         manifest = find_backup(target, backup_id)
     else:
         candidates = [m for m in list_backups(target)
-                      if m.verified and not is_safety_backup(m) and m.engine == database.kind]
-        if not candidates:
-            raise ConfigError(f"env '{target.env}' has no verified backup to restore: "
-                              "`invoke backups` lists them")
-        manifest = candidates[0]
+                      if not is_safety_backup(m) and m.engine == database.kind]
+        manifest, passed_over = default_restore(candidates, now)
+        if manifest is None:
+            raise ConfigError(f"env '{target.env}' has no verified backup whose artifact is "
+                              "present to restore" + "".join(f"; {p}" for p in passed_over)
+                              + ": `invoke backups` lists them")
     if manifest.engine != database.kind:
         raise ConfigError(f"backup {manifest.id} is a {manifest.engine} backup and cannot be "
                           f"restored over env '{target.env}' ({database.kind})")
     try:
-        return RestorePlan(manifest, database.name, database.revision())
+        return RestorePlan(manifest, database.name, database.revision(),
+                           passed_over=passed_over)
     except DatabaseUnreachable:
         # A restore killed during its swap leaves the live database closed to connections:
         # its revision cannot be read until run_restore, under the lock, opens it again.
         if not database.is_closed():
             raise
-        return RestorePlan(manifest, database.name, None, closed=True)
+        return RestorePlan(manifest, database.name, None, closed=True, passed_over=passed_over)
 
 
 def confirm(plan: RestorePlan, *, yes: bool, ask: Callable[[str], str] | None) -> None:

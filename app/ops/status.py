@@ -7,12 +7,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.ops.backups import BackupManifest, list_backups
+from app.ops.catalog import dated_in_future, in_the_present, is_future
 from app.ops.migrations import Migrations
 from app.ops.storage import unaborted_uploads
 
 
-def backup_item(manifest: BackupManifest) -> dict:
-    """A backup as `invoke backups --json` and `status --json` show it."""
+def backup_item(manifest: BackupManifest, now: datetime | None = None) -> dict:
+    """A backup as `invoke backups --json` and `status --json` show it; `future`: dated later
+    than `now` (app/ops/catalog.py)."""
     return {
         "id": manifest.id, "env": manifest.env, "created_at": manifest.created_at,
         "revision": manifest.revision, "size": manifest.size, "sha256": manifest.sha256,
@@ -22,6 +24,7 @@ def backup_item(manifest: BackupManifest) -> dict:
         "reason": manifest.reason, "label": manifest.label,
         "duration_seconds": manifest.duration_seconds,
         "method": manifest.method, "pgbackrest": manifest.pgbackrest,
+        "future": is_future(manifest, now),
     }
 
 
@@ -52,7 +55,9 @@ def collect_status(target, now: datetime, warn=None) -> dict:
         "current": current,
         "heads": heads,
         "pending": [r.id for r in pending],
-        "last_backup": backup_item(backups[0]) if backups else None,
+        # The newest that counts: one dated in the future is listed apart, flagged.
+        "last_backup": next((backup_item(m, now) for m in in_the_present(backups, now)), None),
+        "future_backups": [backup_item(m, now) for m in dated_in_future(backups, now)],
         "production": settings.production,
         "window": window_status(settings, now),
         "unaborted_uploads": unaborted_uploads(settings),

@@ -2,7 +2,9 @@
 
 Same interface as `LocalStorage`. A new object streams into a multipart upload of fixed-size
 parts, each sent on a thread while the next fills (two buffers at most), so memory stays flat
-whatever the size; the object exists only
+whatever the size. S3 takes at most 10,000 parts of an object, so the part size is chosen from
+the size the caller expects (`writer(name, expected_size)`, `part_size_for`): 16 MiB parts hold
+156 GiB, bigger ones up to S3's 5 TiB object limit. The object exists only
 once the upload completes, and a failed block aborts it, leaving no parts (a lifecycle rule
 `AbortIncompleteMultipartUpload` still covers a killed process). Every object written carries
 the configured server-side encryption. Credentials, region and endpoint follow boto3's own
@@ -40,7 +42,13 @@ from app.ops.errors import BackupFailed, ConfigError, OpsError, TransferFailed
 
 PART_SIZE = 16 << 20   # 16 MiB: S3's minimum is 5 MiB; 10,000 parts of this hold ~156 GiB
 MIN_PART_SIZE = 5 << 20
+MAX_PART_SIZE = 5 << 30       # S3's largest part
+MAX_OBJECT_SIZE = 5 << 40     # S3's largest object: no part size takes an upload past it
 MAX_PARTS = 10_000
+# An expected size is an estimate (a dump may compress less than the last ones did): the parts
+# are chosen to hold twice it, which costs only memory (two parts are buffered at a time).
+PART_HEADROOM = 2
+MiB = 1 << 20
 SSE_VALUES = {"AES256": "AES256", "AWS:KMS": "aws:kms"}
 MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
 # The abort of a failed upload is retried briefly, then recorded: a vanished endpoint must not
@@ -62,6 +70,18 @@ CLIENT_ERRORS = [
      "{b} is in another region than the one configured: set AWS_DEFAULT_REGION to its region"),
     ({"KMS"}, "S3 refused the KMS key for {b}: check BACKUP_S3_KMS_KEY_ID and the key's policy"),
 ]
+
+
+def part_size_for(expected_size: int | None, floor: int = PART_SIZE) -> int:
+    """The part size whose 10,000 parts hold PART_HEADROOM times `expected_size` (None:
+    unknown, `floor`), in whole MiB, at least `floor`, and no bigger than the part that
+    takes 10,000 parts to S3's 5 TiB object limit (a bigger one could not help: S3 refuses the
+    object) nor than S3's 5 GiB part."""
+    if not expected_size:
+        return floor
+    needed = -(-expected_size * PART_HEADROOM // MAX_PARTS)          # ceiling division
+    ceiling = min(MAX_PART_SIZE, -(-MAX_OBJECT_SIZE // MAX_PARTS // MiB) * MiB)
+    return max(floor, min(ceiling, -(-needed // MiB) * MiB))
 
 
 class S3Storage:
@@ -151,11 +171,18 @@ class S3Storage:
     def location(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.key(name)}"
 
+    def wants_estimate(self, upper_bound: int | None) -> bool:
+        """Would an object of `upper_bound` bytes (None: not known) need bigger parts than the
+        default? Only then is an estimate of its size (from earlier backups: a listing and a
+        GET per manifest) worth reading for `writer`."""
+        return upper_bound is None or part_size_for(upper_bound, self.part_size) > self.part_size
+
     @contextlib.contextmanager
-    def writer(self, name: str) -> Iterator[BinaryIO]:
+    def writer(self, name: str, expected_size: int | None = None) -> Iterator[BinaryIO]:
         """Yields a write-only binary stream; the object appears under `name` only if the block
-        succeeds. Anything else aborts the multipart upload, leaving no object and no parts."""
-        upload = _Upload(self, name)
+        succeeds. Anything else aborts the multipart upload, leaving no object and no parts.
+        `expected_size` (bytes, an estimate) chooses the part size: see part_size_for."""
+        upload = _Upload(self, name, part_size_for(expected_size, self.part_size))
         try:
             yield upload
             upload.finish()
@@ -378,8 +405,9 @@ class _Upload(io.RawIOBase):
     multipart upload. A full part is sent on a thread of its own while the next one fills, so
     the dump does not wait for the network; at most two part-sized buffers exist at a time."""
 
-    def __init__(self, store: S3Storage, name: str):
+    def __init__(self, store: S3Storage, name: str, part_size: int):
         self.store, self.name, self.key = store, name, store.key(name)
+        self.part_size = part_size
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict] = []
@@ -402,10 +430,10 @@ class _Upload(io.RawIOBase):
         view = memoryview(data).cast("B")
         size = len(view)
         while view:
-            room = self.store.part_size - len(self.buffer)
+            room = self.part_size - len(self.buffer)
             self.buffer += view[:room]
             view = view[room:]
-            if len(self.buffer) == self.store.part_size:
+            if len(self.buffer) == self.part_size:
                 self._send_part()
         return size
 
@@ -425,8 +453,10 @@ class _Upload(io.RawIOBase):
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
         number = len(self.parts) + 1
         if number > MAX_PARTS:
-            raise BackupFailed(f"{self.store.location(self.name)} would need more than "
-                               f"{MAX_PARTS} parts of {self.store.part_size} bytes")
+            raise BackupFailed(f"{self.store.location(self.name)} would need more than S3's "
+                               f"{MAX_PARTS} parts of {self.part_size // MiB} MiB (chosen for "
+                               "the size expected from the database and earlier backups): the "
+                               "backup is far bigger than expected; nothing was stored")
         self._wait_for_part()
         body, self.buffer = self.buffer, bytearray()
         self.parts.append({"PartNumber": number})
