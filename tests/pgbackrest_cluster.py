@@ -108,16 +108,7 @@ def build_cluster() -> ArchivingCluster:
     tool is missing, RuntimeError when a step fails (the caller removes what was made)."""
     if shutil.which("pgbackrest") is None:
         raise ClusterUnavailable("pgbackrest is not installed (apt-get install -y pgbackrest)")
-    if not (PG_BIN / "initdb").exists():
-        raise ClusterUnavailable(f"no initdb in {PG_BIN} (set TEST_PG_BIN)")
-    try:
-        owner = pwd.getpwnam(OWNER)
-    except KeyError:
-        raise ClusterUnavailable(f"there is no '{OWNER}' OS user to own the cluster") from None
-    # Not "mida-private-...": the tool removes abandoned ones from the temporary folder.
-    root = Path(tempfile.mkdtemp(prefix="pgbackrest-cluster-"))
-    os.chmod(root, 0o755)  # the project runs as root; the cluster's owner must reach its files
-    os.chown(root, owner.pw_uid, owner.pw_gid)
+    root, owner = cluster_folder("pgbackrest-cluster-")
     cluster = ArchivingCluster(root, free_port())
     try:
         _set_up(cluster, owner)
@@ -125,6 +116,22 @@ def build_cluster() -> ArchivingCluster:
         remove_cluster(cluster)
         raise
     return cluster
+
+
+def cluster_folder(prefix: str):
+    """A new folder for a cluster, owned by the cluster's OS user, and that user's pwd entry;
+    ClusterUnavailable when initdb or the user is missing."""
+    if not (PG_BIN / "initdb").exists():
+        raise ClusterUnavailable(f"no initdb in {PG_BIN} (set TEST_PG_BIN)")
+    try:
+        owner = pwd.getpwnam(OWNER)
+    except KeyError:
+        raise ClusterUnavailable(f"there is no '{OWNER}' OS user to own the cluster") from None
+    # Not "mida-private-...": the tool removes abandoned ones from the temporary folder.
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, 0o755)  # the project runs as root; the cluster's owner must reach its files
+    os.chown(root, owner.pw_uid, owner.pw_gid)
+    return root, owner
 
 
 def _set_up(cluster: ArchivingCluster, owner) -> None:

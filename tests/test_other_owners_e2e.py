@@ -109,3 +109,25 @@ def test_a_backup_whose_owner_role_the_app_role_cannot_use_is_refused_naming_the
     as_admin_in(db, f'GRANT "{reports_role}" TO "{db.role}"')  # what the message says
     ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
     assert grants_and_owners(db) == before
+
+
+@pytest.mark.postgres
+def test_grants_on_pg_catalog_functions_are_left_out_and_named(project, pgdb):
+    """The grants the pgBackRest set-up asks for, alone: before, the restore failed
+    "permission denied for function pg_create_restore_point" (only a superuser may give them
+    again); now they are left out, and the output gives the statements to run."""
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None))
+    as_admin_in(db, CATALOG_GRANT.format(role=f'"{db.role}"'))
+    backup = take_backup(project, "pgtest", env)
+    insert_users(db, ("grace@example.org", None))
+
+    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+    assert db.sql("SELECT email FROM users") == [("ada@example.org",)]
+    for statement in (f'GRANT ALL ON FUNCTION pg_catalog.pg_create_restore_point(text) '
+                      f'TO "{db.role}"', "pg_catalog.pg_switch_wal()"):
+        assert statement in result.stdout or statement.replace('"', '') in result.stdout, \
+            shown(result)
+    ok(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env))

@@ -9,15 +9,13 @@ the cluster and removes the folder.
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgbackrest_cluster import OWNER, PG_BIN, ClusterUnavailable, as_owner, free_port
+from pgbackrest_cluster import OWNER, PG_BIN, as_owner, cluster_folder, free_port
 from helpers import AWKWARD_PASSWORD
 
 
@@ -82,15 +80,7 @@ class ThrowawayCluster:
 def start_cluster(settings: dict[str, str]) -> ThrowawayCluster:
     """initdb, the given postgresql.conf settings, start. ClusterUnavailable when initdb or the
     postgres OS user is missing."""
-    if not (PG_BIN / "initdb").exists():
-        raise ClusterUnavailable(f"no initdb in {PG_BIN} (set TEST_PG_BIN)")
-    try:
-        owner = pwd.getpwnam(OWNER)
-    except KeyError:
-        raise ClusterUnavailable(f"there is no '{OWNER}' OS user to own the cluster") from None
-    root = Path(tempfile.mkdtemp(prefix="throwaway-cluster-"))
-    os.chmod(root, 0o755)
-    os.chown(root, owner.pw_uid, owner.pw_gid)
+    root, owner = cluster_folder("throwaway-cluster-")
     cluster = ThrowawayCluster(root, free_port())
     try:
         (root / "sock").mkdir(mode=0o750)
