@@ -39,15 +39,15 @@ def db(cluster):
 
 
 def create_tables(cluster, db, count: int, start: int = 0) -> None:
-    """`count` tables with a primary key, owned by db's role, 500 to a transaction (one
-    transaction creating them all would itself need a lock per table)."""
+    """`count` tables with two indexes (a primary key, a unique column), owned by db's role,
+    500 to a transaction (one transaction creating them all would need a lock per table)."""
     made, _ = cluster
     made.run(str(PG_BIN / "psql"), "-X", "-q",
              "-v", "ON_ERROR_STOP=1", "-h", str(made.root / "sock"), "-p", str(made.port),
              "-d", db.name, "-c", f'SET ROLE "{db.role}"', "-c", f"""
 DO $$ BEGIN
   FOR i IN {start + 1}..{start + count} LOOP
-    EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, note text)', i);
+    EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, note text UNIQUE)', i);
     IF i % 500 = 0 THEN COMMIT; END IF;
   END LOOP;
 END $$""")

@@ -31,7 +31,8 @@ def test_parse_toc_reads_descriptions_of_several_words_and_names_with_spaces():
     constraint = entries[5]
     assert (constraint.desc, constraint.name) == ("CONSTRAINT", "reports reports_pkey")
     grant = entries[7]
-    assert (grant.desc, grant.schema, grant.name) == ("ACL", "pg_catalog", "FUNCTION pg_switch_wal()")
+    assert (grant.desc, grant.schema, grant.name) == \
+        ("ACL", "pg_catalog", "FUNCTION pg_switch_wal()")
 
 
 def test_objects_of_other_roles_get_schemas_and_their_grants_first():

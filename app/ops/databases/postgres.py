@@ -87,8 +87,8 @@ class PostgresDatabase:
             room = lock_room(conn)
         if not room.enough:
             raise GuardRefused(f"restore refused before any work: its safety backup of the "
-                               f"database as it is now could not be taken: {room.advice(self.name)}"
-                               "; nothing was changed")
+                               f"database as it is now could not be taken: "
+                               f"{room.advice(self.name)}; nothing was changed")
 
     def dumper(self):
         """A dumper for one dump or read-back, knowing the tools' versions checked so far."""

@@ -75,8 +75,8 @@ def _current_user(database) -> str:
 def _build_copy(target, plan: RestorePlan, new: str, props, now: datetime,
                 reporter) -> list[str]:
     """Verify and restore the backup into the new database `new`, check it, and give it the
-    live database's properties; pg_restore's notes. The seekable copy a parallel pg_restore needs has no name: a
-    killed run leaves no decrypted, decompressed data on disk."""
+    live database's properties; pg_restore's notes. The seekable copy a parallel pg_restore
+    needs has no name: a killed run leaves no decrypted, decompressed data on disk."""
     database = target.database
     server = database.server()
     with private_folder("pg-restore") as folder, unnamed_file(folder) as archive:

@@ -110,8 +110,8 @@ class PostgresDumper:
             self.revision_read = True
             room = lock_room(conn)
             if not room.enough:
-                raise BackupFailed(f"pg_dump would run out of locks: {room.advice(self.url.database)}"
-                                   "; nothing was changed")
+                raise BackupFailed(f"pg_dump would run out of locks: "
+                                   f"{room.advice(self.url.database)}; nothing was changed")
             argv = [self.tool("pg_dump"), "--format=custom", "-Z0", "--no-password",
                     f"--snapshot={snapshot}"]
             if self.lock_timeout:
