@@ -108,7 +108,7 @@ def build_cluster() -> ArchivingCluster:
     tool is missing, RuntimeError when a step fails (the caller removes what was made)."""
     if shutil.which("pgbackrest") is None:
         raise ClusterUnavailable("pgbackrest is not installed (apt-get install -y pgbackrest)")
-    root, owner = owned_root("pgbackrest-cluster-")
+    root, owner = cluster_folder("pgbackrest-cluster-")
     cluster = ArchivingCluster(root, free_port())
     try:
         _set_up(cluster, owner)
@@ -118,8 +118,8 @@ def build_cluster() -> ArchivingCluster:
     return cluster
 
 
-def owned_root(prefix: str):
-    """A fresh folder for a cluster, owned by its OS user, and that user (pwd entry). Raises
+def cluster_folder(prefix: str):
+    """A new folder for a cluster, owned by the cluster's OS user, and that user's pwd entry;
     ClusterUnavailable when initdb or the user is missing."""
     if not (PG_BIN / "initdb").exists():
         raise ClusterUnavailable(f"no initdb in {PG_BIN} (set TEST_PG_BIN)")

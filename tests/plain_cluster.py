@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from pgbackrest_cluster import OWNER, PG_BIN, ArchivingCluster, free_port, owned_root, remove_cluster
+from pgbackrest_cluster import OWNER, PG_BIN, ArchivingCluster, free_port, cluster_folder, remove_cluster
 
 
 class PlainCluster(ArchivingCluster):
@@ -24,7 +24,7 @@ class PlainCluster(ArchivingCluster):
 
 
 def build_plain_cluster() -> PlainCluster:
-    root, owner = owned_root("plain-cluster-")
+    root, owner = cluster_folder("plain-cluster-")
     cluster = PlainCluster(root, free_port())
     try:
         (root / "sock").mkdir(mode=0o750)

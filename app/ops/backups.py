@@ -76,6 +76,10 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
             raise BackupFailed(f"writing backup {backup_id} to {storage.location(artifact)} "
                                f"failed: {exc.strerror or exc}; nothing was changed") from None
         raise
+    if getattr(dumper, "revision_read", False):
+        # Read in the dump's own snapshot: a migrate that committed after the caller read
+        # the revision, before the dump began, is in the archive, and so in the manifest.
+        revision = dumper.revision
     manifest = BackupManifest(
         id=backup_id, env=target.env, engine=target.database.kind,
         database=target.database.masked_url,

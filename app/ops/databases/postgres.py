@@ -78,6 +78,18 @@ class PostgresDatabase:
             dumper.check_tools(self.facts().server_version_num)
             self._tools.update(dumper.versions)
 
+    def check_lock_room(self) -> None:
+        """Refuse a restore, before any work, whose safety backup (a dump of this database,
+        taken after the swap) would run the server's lock table out."""
+        from app.ops.databases.postgres_locks import lock_room
+        from app.ops.errors import GuardRefused
+        with connect(self.url) as conn:
+            room = lock_room(conn)
+        if not room.enough:
+            raise GuardRefused(f"restore refused before any work: its safety backup of the "
+                               f"database as it is now could not be taken: "
+                               f"{room.advice(self.name)}; nothing was changed")
+
     def dumper(self):
         """A dumper for one dump or read-back, knowing the tools' versions checked so far."""
         dumper = self._new_dumper()
@@ -102,11 +114,12 @@ class PostgresDatabase:
         connection to this database: pg_database is a shared catalog."""
         from sqlalchemy import text
 
-        from app.ops.databases.postgres_server import derived_name
+        from app.ops.databases.postgres_server import CLIENTS, derived_name
 
         rows = conn.execute(text(
             "SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a "
-            "WHERE a.datname = d.datname) FROM pg_database d WHERE strpos(d.datname, '__') > 0 "
+            f"WHERE a.datname = d.datname AND {CLIENTS}) FROM pg_database d "
+            "WHERE strpos(d.datname, '__') > 0 "
             "ORDER BY 1")).all()
         found = []
         for name, sessions in rows:
@@ -166,13 +179,44 @@ def restore_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def postgres_row_counts(conn) -> dict[str, int]:
-    """Exact row counts of every user table, keyed `schema.table`, in conn's snapshot."""
+# Tables counted per transaction. A count locks its table and the indexes the planner opens
+# until its transaction ends: counting every table in one transaction beside pg_dump (which
+# locks every table too) needed twice pg_dump's locks, and ran the server's lock table out of
+# shared memory where pg_dump alone fits (issue 17, case 6).
+COUNT_BATCH = 25
+
+
+def user_tables(conn) -> list[str]:
+    """Every user table, `schema.table` quoted as SQL needs it, in conn's snapshot."""
     from sqlalchemy import text
 
-    tables = conn.execute(text(
+    return conn.execute(text(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
         "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
         "AND n.nspname NOT LIKE 'pg!_%' ESCAPE '!' ORDER BY 1")).scalars().all()
-    return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
+
+
+def count_in_batches(conn, tables: list[str], start=None, stopped=lambda: False) -> dict:
+    """Exact row counts of `tables`, COUNT_BATCH to a transaction; `start(conn)` opens each
+    one (a snapshot imported, a lock timeout). `conn` must not be in a transaction."""
+    from sqlalchemy import text
+
+    counts: dict[str, int] = {}
+    for i in range(0, len(tables), COUNT_BATCH):
+        if stopped():
+            break
+        with conn.begin():
+            if start is not None:
+                start(conn)
+            for table in tables[i:i + COUNT_BATCH]:
+                counts[table] = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+    return counts
+
+
+def postgres_row_counts(conn) -> dict[str, int]:
+    """Exact row counts of every user table, keyed `schema.table` (a database nobody writes
+    to: a scratch copy; a dump counts in its own snapshot instead)."""
+    with conn.begin():
+        tables = user_tables(conn)
+    return count_in_batches(conn, tables)

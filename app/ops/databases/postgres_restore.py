@@ -34,6 +34,7 @@ def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disco
         plan.current = database.revision()
     props = server.properties()
     server.check_can_swap(_current_user(database), props, disconnect)
+    database.check_lock_room()
     database.check_tools()
     for stale in server.drop_stale():
         reporter.info(f"dropped {stale}, left behind by an interrupted restore")
@@ -42,7 +43,7 @@ def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disco
     stamp = database_stamp(now)  # to the millisecond: two restores in one second get two names
     new, kept = (derived_name(database.name, RESTORING, stamp),
                  derived_name(database.name, KEPT, stamp))
-    _build_copy(target, plan, new, props, now, reporter)
+    notes = _build_copy(target, plan, new, props, now, reporter)
     try:
         check_lock()  # LockLost: nothing swapped, the copy is dropped below
         downtime = server.swap(new, kept, end_sessions=disconnect)
@@ -55,7 +56,7 @@ def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disco
         raise
     result = RestoreResult(plan.backup, None, None, 0.0, kept_database=kept,
                            downtime_seconds=round(downtime, 3),
-                           time_to_service_seconds=round(in_service, 3))
+                           time_to_service_seconds=round(in_service, 3), notes=notes)
     reporter.info(f"backup {plan.backup.id} is in service; the previous database is {kept}: "
                   "taking its safety backup")
     result.safety, result.safety_error = _safety_backup_of(
@@ -71,10 +72,11 @@ def _current_user(database) -> str:
         return conn.execute(text("SELECT current_user")).scalar()
 
 
-def _build_copy(target, plan: RestorePlan, new: str, props, now: datetime, reporter) -> None:
+def _build_copy(target, plan: RestorePlan, new: str, props, now: datetime,
+                reporter) -> list[str]:
     """Verify and restore the backup into the new database `new`, check it, and give it the
-    live database's properties. The seekable copy a parallel pg_restore needs has no name: a
-    killed run leaves no decrypted, decompressed data on disk."""
+    live database's properties; pg_restore's notes. The seekable copy a parallel pg_restore
+    needs has no name: a killed run leaves no decrypted, decompressed data on disk."""
     database = target.database
     server = database.server()
     with private_folder("pg-restore") as folder, unnamed_file(folder) as archive:
@@ -85,10 +87,11 @@ def _build_copy(target, plan: RestorePlan, new: str, props, now: datetime, repor
             verify_backup(target, plan.backup, now=now, extract_to=archive, archive_check=False)
             reporter.info(f"backup {plan.backup.id} verified; restoring into {new}")
             server.create_like(new, props)
-            database.dumper().restore(child_path(archive), new, jobs=restore_jobs(),
-                                      pass_fds=(archive.fileno(),))
+            notes = database.dumper().restore(child_path(archive), new, jobs=restore_jobs(),
+                                              pass_fds=(archive.fileno(),))
             _check_copy(database.at(new), plan.backup)
             server.copy_properties(new, props)
+            return notes
         except BaseException:
             # Before the swap nothing has changed: the copy being built is dropped (else the
             # next restore drops it).

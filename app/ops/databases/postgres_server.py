@@ -26,6 +26,9 @@ RESTORING = "__restoring_"
 KEPT = "__pre_restore_"
 MAX_NAME = 63  # PostgreSQL's identifier limit, in bytes
 STAMP_DIGITS = 17  # YYYYmmddHHMMSS and milliseconds: two restores in one second get two names
+# The sessions an application opens (pg_stat_activity of `a`), as opposed to the server's
+# own background processes there (autovacuum workers, parallel workers).
+CLIENTS = "a.backend_type = 'client backend'"
 
 
 def quote(name: str) -> str:
@@ -172,9 +175,11 @@ class PostgresServer:
         return [described for described, _, _ in self._sessions(database)]
 
     def _sessions(self, database: str) -> list[tuple[str, str, bool]]:
-        """(description, role, may this role end it) of each other session of `database`.
-        The server's own rule for pg_terminate_backend: a superuser's session only by a
-        superuser, any other by a role with its privileges or with pg_signal_backend's."""
+        """(description, role, may this role end it) of each other client session of
+        `database`. The server's own rule for pg_terminate_backend: a superuser's session only
+        by a superuser, any other by a role with its privileges or with pg_signal_backend's.
+        Background processes (an autovacuum worker, a parallel worker of a client counted
+        already) are no application's sessions: the rename deals with them (see swap)."""
         rows = self._run(
             "SELECT a.pid, coalesce(a.usename, '?'), coalesce(host(a.client_addr), 'local'), "
             "coalesce(a.application_name, ''), "
@@ -182,7 +187,7 @@ class PostgresServer:
             "THEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
             "ELSE pg_has_role(a.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE') "
             "END FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid "
-            "WHERE a.datname = :d AND a.pid <> pg_backend_pid() ORDER BY a.pid",
+            f"WHERE a.datname = :d AND a.pid <> pg_backend_pid() AND {CLIENTS} ORDER BY a.pid",
             {"d": database}, fetch=True)
         return [(f"pid {pid} {user}@{client} '{app}'", user, bool(may_end))
                 for pid, user, client, app, may_end in rows]
@@ -244,9 +249,13 @@ class PostgresServer:
                                        f"restore ({'; '.join(others)}); nothing was swapped: "
                                        "stop them, or run restore with --disconnect")
             # pg_terminate_backend waits (up to 5 s) for each session to end, and the rename
-            # itself waits a few seconds more for one still on its way out.
-            self._run(["SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                       f"WHERE datname = {_literal(self.database)} AND pid <> pg_backend_pid()",
+            # itself waits a few seconds more for one still on its way out. Only client
+            # sessions: PostgreSQL 15 lets no one but a superuser signal an autovacuum worker
+            # (pg_signal_autovacuum_worker is 18's), and the rename itself sends every
+            # autovacuum worker of the database SIGTERM while it waits for the others to go.
+            self._run(["SELECT pg_terminate_backend(a.pid, 5000) FROM pg_stat_activity a "
+                       f"WHERE a.datname = {_literal(self.database)} "
+                       f"AND a.pid <> pg_backend_pid() AND {CLIENTS}",
                        f"ALTER DATABASE {live} RENAME TO {quote(kept)}",
                        f"ALTER DATABASE {quote(new)} RENAME TO {live}",
                        f"ALTER DATABASE {quote(kept)} ALLOW_CONNECTIONS true"])

@@ -15,8 +15,11 @@ import tempfile
 import threading
 from typing import Callable
 
-from app.ops.connection import maintenance_options
-from app.ops.errors import BackupFailed, ConfigError
+from app.ops.connection import maintenance_options, revision_of
+from app.ops.databases.postgres_locks import lock_room, out_of_locks
+from app.ops.dumpers.postgres_toc import grant_statements, list_text, parse_toc, plan_passes
+from app.ops.leftovers import child_path
+from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.ops.signals import spawn
 from app.ops.streams import CHUNK
 
@@ -35,6 +38,8 @@ class PostgresDumper:
         self.lock_timeout = lock_timeout
         self.versions: dict[str, str] = {}
         self.row_counts: dict[str, int] | None = None
+        self.revision: str | None = None
+        self.revision_read = False  # True once dump() read the revision in its snapshot
 
     # -- tools -----------------------------------------------------------------------------
     def tool(self, name: str) -> str:
@@ -94,20 +99,27 @@ class PostgresDumper:
     def dump(self, sink, cancel=None) -> None:
         """Stream a custom-format archive into `sink`; raise BackupFailed unless pg_dump exits 0.
 
-        pg_dump reads a snapshot exported by a transaction of ours, and that transaction counts
-        every table's rows meanwhile: `row_counts` then describes exactly what the archive holds,
-        which `invoke verify --restore-test` compares a restored copy against. `cancel` (a
-        Cancellation) kills pg_dump, which ends the dump as a failure."""
+        pg_dump reads a snapshot exported by a transaction of ours; in that snapshot the alembic
+        revision is read (`revision`: what the archive holds, even if a migrate commits while
+        the backup starts) and every table's rows are counted: `row_counts` then describes
+        exactly what the archive holds, which `invoke verify --restore-test` compares a restored
+        copy against. `cancel` (a Cancellation) kills pg_dump, which ends the dump as a
+        failure."""
         with exported_snapshot(self.url, self.lock_timeout) as (snapshot, conn):
+            self.revision = revision_of(conn)
+            self.revision_read = True
+            room = lock_room(conn)
+            if not room.enough:
+                raise BackupFailed(f"pg_dump would run out of locks: "
+                                   f"{room.advice(self.url.database)}; nothing was changed")
             argv = [self.tool("pg_dump"), "--format=custom", "-Z0", "--no-password",
                     f"--snapshot={snapshot}"]
             if self.lock_timeout:
                 argv.append(f"--lock-wait-timeout={self.lock_timeout}")
-            counter = RowCounter(conn)
-            # A cancel also stops the row counts, which could otherwise wait on a lock.
-            stop_counting = conn.connection.dbapi_connection.cancel
+            counter = RowCounter(self.url, snapshot, self.lock_timeout)
             if cancel is not None:
-                cancel.on_cancel(stop_counting)
+                # A cancel also stops the row counts, which could otherwise wait on a lock.
+                cancel.on_cancel(counter.stop)
             with tempfile.TemporaryFile() as errors:
                 proc = spawn(argv, stdout=subprocess.PIPE, stderr=errors,
                                         env=self.environment())
@@ -120,13 +132,14 @@ class PostgresDumper:
                 except BaseException:
                     proc.kill()
                     proc.wait()
+                    counter.stop()
                     raise
                 finally:
                     proc.stdout.close()
                     counter.join()
                     if cancel is not None:
                         cancel.forget(proc.kill)
-                        cancel.forget(stop_counting)
+                        cancel.forget(counter.stop)
                 status = proc.wait()
                 if status != 0 and connection_lost(conn):
                     raise BackupFailed(f"the server ended the backup's connection while pg_dump "
@@ -134,8 +147,11 @@ class PostgresDumper:
                                        f"{_reason(errors)}; nothing was changed, run "
                                        "it again once the server is back")
                 if status != 0:
+                    reason = _reason(errors)
+                    if out_of_locks(reason):
+                        reason += f"; {room.advice(self.url.database)}"
                     raise BackupFailed(f"pg_dump failed (exit status {status}): "
-                                       f"{_reason(errors)}; nothing was changed")
+                                       f"{reason}; nothing was changed")
             self.row_counts = counter.result()
 
     def read_back(self, feed: Callable[[object], None]) -> None:
@@ -161,20 +177,37 @@ class PostgresDumper:
 
 
     def restore(self, archive_path: str, database: str, jobs: int = 1,
-                pass_fds: tuple[int, ...] = ()) -> None:
+                pass_fds: tuple[int, ...] = ()) -> list[str]:
         """pg_restore a seekable custom-format archive into the (empty) `database`, in `jobs`
-        parallel workers, stopping at the first error. `pass_fds`: descriptors pg_restore
-        inherits, for an archive without a name given as `/proc/self/fd/N` (each worker
-        reopens the archive by that path, and finds the same file)."""
-        argv = [self.tool("pg_restore"), "--exit-on-error", f"--jobs={max(1, jobs)}",
-                f"--dbname={database}", archive_path]
+        parallel workers, stopping at the first error; the notes the engineer must read
+        afterwards. `pass_fds`: descriptors pg_restore inherits, for an archive without a name
+        given as `/proc/self/fd/N` (each worker reopens the archive by that path, and finds
+        the same file). Objects of other roles get their owners back (postgres_toc.py)."""
         env = self.environment()
         env["PGDATABASE"] = database
+        listing = self._pg_restore(["--list", archive_path], database, env, pass_fds)
+        user, superuser = self._restoring_role(database)
+        plan = plan_passes(parse_toc(listing), user, superuser)
+        self._check_owners(database, user, plan.owners)
+        notes = self._skipped_grants(archive_path, database, env, pass_fds, plan.skipped)
         # Settings a database owner may set for its own sessions; they speed up index builds.
         env["PGOPTIONS"] += " -c maintenance_work_mem=256MB -c synchronous_commit=off"
-        with tempfile.TemporaryFile() as errors:
-            proc = spawn(argv, stdin=subprocess.DEVNULL, stderr=errors, env=env,
-                                    pass_fds=pass_fds)
+        restore = ["--exit-on-error", f"--jobs={max(1, jobs)}", f"--dbname={database}"]
+        if not plan.passes:
+            self._pg_restore([*restore, archive_path], database, env, pass_fds)
+        for entries in plan.passes:
+            with tempfile.TemporaryFile("w+") as chosen:  # unnamed: a kill leaves nothing
+                chosen.write(list_text(entries))
+                self._pg_restore([*restore, f"--use-list={child_path(chosen)}", archive_path],
+                                 database, env, (*pass_fds, chosen.fileno()))
+        return notes
+
+    def _pg_restore(self, args: list[str], database: str, env: dict,
+                    pass_fds: tuple[int, ...]) -> str:
+        """Run pg_restore with `args`; its output (a listing, a script), or BackupFailed."""
+        with tempfile.TemporaryFile() as errors, tempfile.TemporaryFile() as out:
+            proc = spawn([self.tool("pg_restore"), *args], stdin=subprocess.DEVNULL,
+                         stdout=out, stderr=errors, env=env, pass_fds=pass_fds)
             try:
                 status = proc.wait()
             except BaseException:
@@ -184,6 +217,66 @@ class PostgresDumper:
             if status != 0:
                 raise BackupFailed(f"pg_restore into {database} failed (exit status {status}): "
                                    f"{_reason(errors)}")
+            out.seek(0)
+            return out.read().decode("utf-8", "replace")
+
+    def _restoring_role(self, database: str) -> tuple[str, bool]:
+        from sqlalchemy import text
+
+        from app.ops.connection import connect
+        with connect(self.url.set(database=database)) as conn:
+            row = conn.execute(text("SELECT current_user, rolsuper FROM pg_roles "
+                                    "WHERE rolname = current_user")).one()
+        return row[0], bool(row[1])
+
+    def _check_owners(self, database: str, user: str, owners: set[str]) -> None:
+        """Refuse, before pg_restore runs, an archive whose objects go to roles `user` may not
+        give them to (a role missing here, or one `user` is no member of)."""
+        from sqlalchemy import text
+
+        from app.ops.connection import connect
+        if not owners:
+            return
+        with connect(self.url.set(database=database)) as conn:
+            rows = conn.execute(text(
+                "SELECT o.name, r.oid IS NOT NULL, r.oid IS NOT NULL "
+                "AND pg_has_role(current_user, r.oid, 'MEMBER') "
+                "FROM unnest(CAST(:names AS text[])) o(name) "
+                "LEFT JOIN pg_roles r ON r.rolname = o.name ORDER BY 1"),
+                {"names": sorted(owners)}).all()
+        missing = [name for name, exists, _ in rows if not exists]
+        barred = [name for name, exists, member in rows if exists and not member]
+        if not (missing or barred):
+            return
+        fixes = [f"CREATE ROLE {_ident(name)}; GRANT {_ident(name)} TO {_ident(user)}"
+                 for name in missing] + [f"GRANT {_ident(name)} TO {_ident(user)}"
+                                         for name in barred]
+        raise GuardRefused(
+            f"the backup holds objects owned by {', '.join(sorted(owners))}, and {user} may "
+            f"not give objects to {', '.join(missing + barred)} "
+            f"({'missing on this server' if missing else 'not a member'}): as a superuser, "
+            f"{'; '.join(fixes)}, then run it again; the live database was not changed")
+
+    def _skipped_grants(self, archive_path: str, database: str, env: dict,
+                        pass_fds: tuple[int, ...], skipped: list) -> list[str]:
+        """The note for grants on the server's own functions, left out: only a superuser may
+        give them, in the restored database, with the statements the archive holds."""
+        if not skipped:
+            return []
+        with tempfile.TemporaryFile("w+") as chosen:
+            chosen.write(list_text(skipped))
+            script = self._pg_restore(["--file=-", f"--use-list={child_path(chosen)}",
+                                       archive_path], database, env,
+                                      (*pass_fds, chosen.fileno()))
+        statements = grant_statements(script)
+        return [f"the backup's {len(skipped)} grant(s) on the server's own objects "
+                f"({', '.join(e.name for e in skipped)}) were left out, as only a superuser "
+                f"may give them: a superuser gives them back in the restored database with: "
+                f"{' '.join(statements)}"]
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 @contextlib.contextmanager
@@ -225,27 +318,53 @@ def connection_lost(conn) -> bool:
 
 
 class RowCounter(threading.Thread):
-    """Counts each user table's rows on the snapshot's connection, beside the running dump."""
+    """Counts each user table's rows in the dump's snapshot, beside the running dump, on a
+    connection of its own: each batch of tables in a transaction that imports the snapshot
+    (the exporting one stays open until the counts are done), so its locks are let go batch
+    by batch instead of doubling pg_dump's."""
 
-    def __init__(self, conn):
+    def __init__(self, url, snapshot: str, lock_timeout: str | None):
         super().__init__(daemon=True)
-        self.conn = conn
+        self.url, self.snapshot, self.lock_timeout = url, snapshot, lock_timeout
         self.counts: dict[str, int] = {}
         self.error: Exception | None = None
+        self._stopped = False
+        self._cancel_query = None
 
     def run(self) -> None:
-        from app.ops.databases.postgres import postgres_row_counts
+        from app.ops.connection import connect
+        from app.ops.databases.postgres import count_in_batches, user_tables
 
         try:
-            # In a savepoint: a count the server refuses (a table the role may not read) must
-            # not abort the snapshot's transaction under pg_dump, which then fails on that
-            # table itself and says why, instead of on a snapshot that vanished.
-            with self.conn.begin_nested():
-                self.counts = postgres_row_counts(self.conn)
+            with connect(self.url) as conn:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                self._cancel_query = conn.connection.dbapi_connection.cancel
+                with conn.begin():
+                    self._in_snapshot(conn)
+                    tables = user_tables(conn)
+                self.counts = count_in_batches(conn, tables, self._in_snapshot,
+                                               stopped=lambda: self._stopped)
         except Exception as exc:  # reported by result(), in the caller's thread
             self.error = exc
 
+    def _in_snapshot(self, conn) -> None:
+        from sqlalchemy import text
+
+        # Utility statement: no bind parameter; pg_export_snapshot's ids are hex and dashes.
+        conn.execute(text(f"SET TRANSACTION SNAPSHOT '{self.snapshot}'"))
+        if self.lock_timeout:
+            conn.execute(text("SELECT set_config('lock_timeout', :t, true)"),
+                         {"t": self.lock_timeout})
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._cancel_query is not None:
+            with contextlib.suppress(Exception):
+                self._cancel_query()
+
     def result(self) -> dict[str, int]:
+        if self._stopped and self.error is None:
+            raise BackupFailed("counting rows for the manifest was stopped")
         if self.error is not None:
             raise BackupFailed(f"counting rows for the manifest failed: {self.error}")
         return self.counts

@@ -1,0 +1,133 @@
+"""End to end (issue 17, case 5): a database holding a table of another role, as PostgreSQL 15
+allows it (`public` owned by pg_database_owner, a second role with CREATE on it, the app role a
+member), and grants on pg_catalog functions (what the pgBackRest set-up asks for). The backup
+was verified, but every restore and restore-test failed "permission denied for schema public".
+"""
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from sqlalchemy import create_engine, pool, text
+
+from helpers import (HEAD, SAFETY_PREFIX, Untouched, admin_url, drop_derived, failed,
+                     insert_users, ok, pg_env, shown, take_backup)
+
+CATALOG_GRANT = ("GRANT EXECUTE ON FUNCTION pg_catalog.pg_create_restore_point(text), "
+                 "pg_catalog.pg_switch_wal() TO {role}")
+
+
+def as_admin_in(db, statement: str):
+    """Run SQL as the server's admin role inside db (not its maintenance database)."""
+    engine = create_engine(admin_url().set(database=db.name), poolclass=pool.NullPool,
+                           isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(text(statement))
+            return result.fetchall() if result.returns_rows else None
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def reports_role(pgdb):
+    """A second role (NOLOGIN) the app role is a member of, with CREATE on `public`."""
+    name = f"mida_reports_{secrets.token_hex(3)}"
+    as_admin_in(pgdb, f'CREATE ROLE "{name}" NOLOGIN')
+    as_admin_in(pgdb, f'GRANT "{name}" TO "{pgdb.role}"')
+    pgdb.sql(f'GRANT CREATE ON SCHEMA public TO "{name}"')  # the owner may: pg_database_owner
+    yield name
+    drop_derived(pgdb.admin, pgdb.name)
+    as_admin_in(pgdb, f'DROP OWNED BY "{name}"')
+    as_admin_in(pgdb, f'DROP ROLE "{name}"')
+
+
+def grants_and_owners(db) -> dict:
+    return {
+        "schema": db.sql("SELECT nspowner::regrole::text, nspacl::text FROM pg_namespace "
+                         "WHERE nspname = 'public'"),
+        "tables": db.sql("SELECT c.relname, pg_get_userbyid(c.relowner), c.relacl::text "
+                         "FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
+                         "AND c.relkind IN ('r', 'S') ORDER BY 1"),
+    }
+
+
+@pytest.fixture
+def other_owner_db(project, pgdb, reports_role):
+    """pgdb migrated, with users and a table `reports` owned by the reports role (granted to
+    the app role for reading), the pg_catalog grants; its owners and grants, and its backup."""
+    env = pg_env(pgdb)
+    ok(project.run("migrate", env=env))
+    insert_users(pgdb, ("ada@example.org", None))
+    pgdb.sql(f'SET ROLE "{reports_role}"; '
+             "CREATE TABLE reports (id serial PRIMARY KEY, body text); "
+             "INSERT INTO reports (body) VALUES ('weekly'), ('monthly'); "
+             f'GRANT SELECT ON reports TO "{pgdb.role}"; RESET ROLE')
+    as_admin_in(pgdb, CATALOG_GRANT.format(role=f'"{pgdb.role}"'))
+    before = grants_and_owners(pgdb)
+    owners = {name: owner for name, owner, _ in before["tables"]}
+    assert owners["reports"] == owners["reports_id_seq"] == reports_role, before
+    backup = take_backup(project, "pgtest", env)
+    return pgdb, env, backup, before
+
+
+@pytest.mark.postgres
+def test_a_table_of_another_role_is_restored_with_its_owner_and_grants(project, other_owner_db,
+                                                                       reports_role):
+    db, env, backup, before = other_owner_db
+    ok(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env))
+    db.sql("INSERT INTO reports (body) VALUES ('after the backup')")
+
+    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+    assert grants_and_owners(db) == before
+    assert db.sql("SELECT body FROM reports ORDER BY id") == [("weekly",), ("monthly",)]
+    assert db.revision() == HEAD
+    # The grants on the server's own functions are left out, and the output says how to give
+    # them again: only a superuser may.
+    assert "pg_catalog.pg_switch_wal()" in result.stdout, shown(result)
+    assert "superuser" in result.stdout, shown(result)
+    assert db.sql("SELECT has_function_privilege('pg_catalog.pg_switch_wal()', 'EXECUTE')") \
+        == [(False,)]
+    safety = [b for b in project.backups("pgtest", env=env)
+              if b["reason"] == SAFETY_PREFIX + backup["id"]]
+    assert len(safety) == 1 and safety[0]["verified"], shown(result)
+
+
+@pytest.mark.postgres
+def test_a_backup_whose_owner_role_the_app_role_cannot_use_is_refused_naming_the_grant(
+        project, other_owner_db, reports_role):
+    db, env, backup, before = other_owner_db
+    as_admin_in(db, f'REVOKE "{reports_role}" FROM "{db.role}"')
+    untouched = Untouched(project, db, db.admin, env)
+
+    failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
+           reports_role, f'GRANT "{reports_role}" TO "{db.role}"', "not changed")
+    untouched.check()
+    failed(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env), 3,
+           f'GRANT "{reports_role}" TO "{db.role}"')
+
+    as_admin_in(db, f'GRANT "{reports_role}" TO "{db.role}"')  # what the message says
+    ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+    assert grants_and_owners(db) == before
+
+
+@pytest.mark.postgres
+def test_grants_on_pg_catalog_functions_are_left_out_and_named(project, pgdb):
+    """The grants the pgBackRest set-up asks for, alone: before, the restore failed
+    "permission denied for function pg_create_restore_point" (only a superuser may give them
+    again); now they are left out, and the output gives the statements to run."""
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    insert_users(db, ("ada@example.org", None))
+    as_admin_in(db, CATALOG_GRANT.format(role=f'"{db.role}"'))
+    backup = take_backup(project, "pgtest", env)
+    insert_users(db, ("grace@example.org", None))
+
+    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+    assert db.sql("SELECT email FROM users") == [("ada@example.org",)]
+    for statement in (f'GRANT ALL ON FUNCTION pg_catalog.pg_create_restore_point(text) '
+                      f'TO "{db.role}"', "pg_catalog.pg_switch_wal()"):
+        assert statement in result.stdout or statement.replace('"', '') in result.stdout, \
+            shown(result)
+    ok(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env))
