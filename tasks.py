@@ -391,15 +391,19 @@ def prune(c, env=None, dry_run=False):
                 f"{len(plan.keep)} kept.")
 
 
-@task(help={"json": "print a JSON array, newest first"})
+@task(help={"json": "print a JSON array, newest first, each event with its sha256 and the "
+                    "previous event it names"})
 def audit(c, env=None, json=False):
     """Show the audit trail of migrate, rollback, restore and break-glass, newest first."""
     from app.ops.audit import read_events
 
     console = _console()
-    events = read_events(_target(env))
+    target = _target(env)
     if json:
-        return console.json(events)
+        # Each event with its own SHA-256 and the predecessor it names (app/ops/audit_chain.py).
+        from app.ops.audit_chain import events_with_hashes
+        return console.json(events_with_hashes(target.storage))
+    events = read_events(target)
     if not events:
         return console.say("No audited runs yet.")
     console.table("Audit trail, newest first",
