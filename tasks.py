@@ -245,6 +245,8 @@ def verify(c, env=None, backup=None, restore_test=False):
         console.say(f"Restore test of backup {manifest.id} passed in {result.seconds:.1f} s: "
                     f"{len(result.counts)} tables, {sum(result.counts.values())} rows, all as "
                     "recorded. The scratch copy is dropped.")
+        for done in result.checks:  # the checks that went on record (app/ops/drill_records.py)
+            console.say(f"  {done['name']}: {done['detail']}")
         return
     with console.progress("verifying", total=manifest.size) as advance:
         verify_backup(target, manifest, now=_now(), progress=advance)
