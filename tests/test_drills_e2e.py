@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.helpers import failed, insert_users, migrated_with_backup, ok, pg_env, shown
+from helpers import failed, insert_users, migrated_with_backup, ok, pg_env, shown
 
 
 def drills(project, env_name: str = "pgtest") -> list[dict]:

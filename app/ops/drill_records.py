@@ -37,6 +37,11 @@ class DrillRecord:
         return self.outcome == SUCCEEDED
 
     @property
+    def rto_seconds(self) -> float:
+        """The time it took to bring the data back (a real restore: to service)."""
+        return self.restore_seconds if self.restore_seconds is not None else self.seconds
+
+    @property
     def started(self) -> datetime:
         return datetime.fromisoformat(self.at.replace("Z", "+00:00"))
 
@@ -83,7 +88,8 @@ def keep(target, record: DrillRecord, now: datetime, reporter=None) -> None:
 def new_record(target, kind: str, now: datetime, backup: str | None, seconds: float,
                outcome: str, checks=(), restore_seconds: float | None = None) -> DrillRecord:
     return DrillRecord(kind, target.env, iso(now), backup, round(seconds, 3), outcome,
-                       list(checks), restore_seconds)
+                       list(checks),
+                       None if restore_seconds is None else round(restore_seconds, 3))
 
 
 def read_drills(storage) -> list[DrillRecord]:
