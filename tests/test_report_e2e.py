@@ -4,6 +4,7 @@ real browser, and that it writes nothing."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -204,10 +205,19 @@ def test_since_limits_the_period_and_a_bad_value_is_exit_2(project):
     bad = project.run("report", "--since=soon")
     assert bad.returncode == 2 and "--since 'soon' is neither a duration nor a date" in \
         bad.stderr, shown(bad)
+    nowhere = project.root / "no-such-folder" / "evidence.html"
+    bad = project.run("report", f"--html={nowhere}")
+    assert bad.returncode == 2 and f"the report could not be written to {nowhere}" in \
+        bad.stderr and "Traceback" not in bad.stderr, shown(bad)
+    bad = project.run("report", env={"RTO_TARGET": "fast"})
+    assert bad.returncode == 2 and "RTO_TARGET 'fast' is not a duration" in bad.stderr
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium-headless-shell (.ci/run installs it)")
+# Under CI=true a missing browser fails the test (.ci/run installs it), never skips it.
+@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
+                    reason="needs chromium-headless-shell (.ci/run installs it)")
 def test_the_html_page_is_self_contained_and_a_real_browser_renders_it(project, tmp_path):
+    assert CHROMIUM, "no chromium-headless-shell or chromium on PATH: apt-get install one"
     store = sqlite_history(project)
     ok(project.run("verify", "--restore-test"))
     before = store_state(store)
