@@ -20,7 +20,8 @@ AUDIT_SUFFIX = ".audit.json"
 PREVIOUS = "previous"  # the field of an event: {"name", "sha256"} or None for the first
 # How many of the newest events `link` reads to find the chain's end: an event is named by the
 # time its run started, so one written after a longer run began can sort a little earlier.
-LINK_WINDOW = 64
+# Each is a GET on S3, so a few overlapping runs' worth, not the whole trail.
+LINK_WINDOW = 16
 
 
 def sha256_of(data: bytes) -> str:
