@@ -253,6 +253,8 @@ def verify(c, env=None, backup=None, restore_test=False):
         console.say(f"Restore test of backup {manifest.id} passed in {result.seconds:.1f} s: "
                     f"{len(result.counts)} tables, {sum(result.counts.values())} rows, all as "
                     "recorded. The scratch copy is dropped.")
+        for done in result.checks:  # the checks that went on record (app/ops/drill_records.py)
+            console.say(f"  {done['name']}: {done['detail']}")
         return
     with console.progress("verifying", total=manifest.size) as advance:
         verify_backup(target, manifest, now=_now(), progress=advance)
@@ -405,15 +407,19 @@ def prune(c, env=None, dry_run=False):
                 f"{len(plan.keep)} kept.")
 
 
-@task(help={"json": "print a JSON array, newest first"})
+@task(help={"json": "print a JSON array, newest first, each event with its sha256 and the "
+                    "previous event it names"})
 def audit(c, env=None, json=False):
     """Show the audit trail of migrate, rollback, restore and break-glass, newest first."""
     from app.ops.audit import read_events
 
     console = _console()
-    events = read_events(_target(env))
+    target = _target(env)
     if json:
-        return console.json(events)
+        # Each event with its own SHA-256 and the predecessor it names (app/ops/audit_chain.py).
+        from app.ops.audit_chain import events_with_hashes
+        return console.json(events_with_hashes(target.storage))
+    events = read_events(target)
     if not events:
         return console.say("No audited runs yet.")
     console.table("Audit trail, newest first",
@@ -459,5 +465,55 @@ def check(c, env=None, json=False, prometheus=None):
         raise Exit(code=int(report.state))
 
 
+@task(help={"since": "the period's start: a duration back from now (default 90d) or a date "
+                     "(2026-01-31); never before the env's first backup or audit event",
+            "json": "print the report as a JSON object",
+            "html": "also write the report to FILE as one self-contained page with charts"})
+def report(c, env=None, since=None, json=False, html=None):
+    """Evidence for an audit: backups and RPO, restore drills and RTO, changes, the trail."""
+    from app.ops.evidence import build_report
+
+    console = _console()
+    facts = build_report(_target(env), now=_now(), since=since, warn=console.warn)
+    if html:
+        from app.ops.evidence_html import write_html
+        written = write_html(facts, html)
+        if not json:
+            console.say(f"Report written to {written}")
+    if json:
+        return console.json(facts)
+    _print_report(console, facts)
+
+
+def _print_report(console, facts):
+    from app.ops.evidence_html import hours
+
+    trail = facts["trail"]
+    console.fields(f"Evidence for env {facts['env']}", [
+        ("period", f"{facts['period']['from']} to {facts['period']['to']}"),
+        *[(t["name"], f"{'met' if t['met'] else 'MISSED'}: {hours(t['achieved_seconds'])} "
+                      f"(target {hours(t['target_seconds'])}); {t['evidence']}")
+          for t in facts["targets"]],
+        ("trail", f"{'intact' if trail['intact'] else 'NOT INTACT'}, {trail['events']} events"
+                  f" ({trail['unchained']} from before the chain), newest seen "
+                  f"{(trail['newest'] or {}).get('name', 'none')}"),
+        *[(f"trail {p['kind']}", p["detail"]) for p in trail["problems"]]])
+    console.table(f"Backups ({len(facts['backups'])})",
+                  ["id", "taken", "encryption", "verified", "size", "reason"],
+                  [[b["id"], b["created_at"], b["encryption"],
+                    "yes" if b["verified"] else "NO", str(b["size"]), b["reason"]]
+                   for b in facts["backups"]])
+    console.table(f"Restore drills ({len(facts['drills'])})",
+                  ["kind", "at", "backup", "time", "outcome"],
+                  [[d["kind"], d["at"], d["backup"] or "-", hours(d["rto_seconds"]),
+                    d["outcome"]] for d in facts["drills"]])
+    console.table(f"Changes ({len(facts['changes'])})",
+                  ["when", "action", "outcome", "from", "to", "who", "break glass"],
+                  [[e.get("at", "?"), e.get("action", "?"), e.get("outcome", "?"),
+                    e.get("from_revision") or "base", e.get("to_revision") or "base",
+                    e.get("user", "?"), e.get("break_glass") or ""] for e in facts["changes"]])
+    console.say(trail["note"] + ".")
+
+
 ns = Collection(status, migrate, rollback, backup, backups, verify, create, history, heads,
-                merge, stamp, restore, prune, rehearse, audit, check)
+                merge, stamp, restore, prune, rehearse, audit, check, report)

@@ -37,6 +37,11 @@ def parse_duration(value: str, units: Mapping[str, float]) -> float | None:
     return int(match.group(1)) * units[match.group(2)]
 
 
+# The evidence targets `invoke report` and `invoke check` judge against, with their defaults.
+EVIDENCE_TARGETS = {"RPO_TARGET": "24h", "RTO_TARGET": "4h", "DRILL_MAX_AGE": "30d"}
+TARGET_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str
@@ -100,6 +105,15 @@ class Settings:
         """A duration setting in PostgreSQL's form (as `duration` checks it), in seconds: for
         waits of our own, such as the pause between lock retries."""
         return parse_duration(self.duration(name, default), POSTGRES_UNITS)
+
+    def target_seconds(self, name: str) -> float:
+        """RPO_TARGET, RTO_TARGET or DRILL_MAX_AGE in seconds (a duration such as 24h or 30d)."""
+        value = self.get(name, EVIDENCE_TARGETS[name])
+        seconds = parse_duration(value, TARGET_UNITS)
+        if not seconds:
+            raise ConfigError(f"{name} '{value}' is not a duration: use e.g. 24h, 90min, 30d "
+                              "or 3600s")
+        return seconds
 
     def path(self, value: str) -> Path:
         """A path setting, relative to the project root so every working directory agrees."""

@@ -143,8 +143,8 @@ def last_audit(folder: Path) -> dict:
 
 
 def without_audit(names: Iterable[str]) -> set[str]:
-    """Artifacts and manifests: every name but the audit trail's."""
-    return {n for n in names if not n.endswith(".audit.json")}
+    """Artifacts and manifests: every name but the audit trail's and the drill records'."""
+    return {n for n in names if not n.endswith((".audit.json", ".drill.json"))}
 
 
 # -- settings files, revisions, keys ---------------------------------------------------------

@@ -27,10 +27,11 @@ def store_on(disk) -> dict:
 
 
 def store_files(folder: Path) -> dict[str, bytes]:
-    """Every file of the store but the records a failed run adds (audit, rehearsal), with its
+    """Every file of the store but the records a failed run adds (audit, rehearsal, drill), with its
     bytes: a manifest rewritten, an artifact left, a `.partial` left all show."""
     return {p.name: p.read_bytes() for p in folder.iterdir()
-            if not p.name.endswith((".audit.json", ".rehearsal.json"))} if folder.is_dir() else {}
+            if not p.name.endswith((".audit.json", ".rehearsal.json", ".drill.json"))
+            } if folder.is_dir() else {}
 
 
 class SqliteUntouched:

@@ -21,7 +21,7 @@ from helpers import (FIRST, HEAD, add_revision, audit_events, dev_db, failed, ok
 
 CONTRACT_TASKS = ("status", "migrate", "rollback", "backup", "backups", "restore", "verify",
                   "prune", "create", "rehearse", "audit", "history", "heads", "merge", "stamp",
-                  "check")
+                  "check", "report")
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The audit trail: one small JSON object per migrate, rollback, restore or break-glass.
+"""The audit trail: one small JSON object per migrate, rollback, restore or break-glass, each
+chained to the one before it by its hash (app/ops/audit_chain.py).
 
 Events live in the backup store beside the backups, not in the database, so restoring the
 database cannot erase them. One object per event (never an appended file) works the same on
@@ -13,7 +14,7 @@ import secrets
 import socket
 from datetime import datetime, timezone
 
-AUDIT_SUFFIX = ".audit.json"
+from app.ops.audit_chain import AUDIT_SUFFIX, PREVIOUS, canonical_bytes, link
 
 
 def who() -> dict:
@@ -35,7 +36,9 @@ def record(target, *, action: str, now: datetime, outcome: str, reporter=None,
              "outcome": outcome, **who(), **details}
     name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{AUDIT_SUFFIX}"
     try:
-        target.storage.put_bytes(name, (json.dumps(event, sort_keys=True) + "\n").encode())
+        # Chained to the env's previous event (app/ops/audit_chain.py): a removal shows.
+        event[PREVIOUS] = link(target.storage)
+        target.storage.put_bytes(name, canonical_bytes(event))
     except (OpsError, OSError) as exc:
         if reporter is not None:
             reporter.warn(f"the audit record of this {action} ({outcome}) could not be written: "

@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from app.ops import drill_records
 from app.ops.diskspace import STORE_ADVICE, in_blocks, is_full, no_room
 from app.ops.errors import BackupFailed, ConfigError, MigrationFailed, OpsError
 from app.ops.manifest import BackupManifest, iso
 from app.ops.migrations import Migrations
 from app.ops.report import Reporter
+from app.ops.sequences import sequences_behind
 
 REHEARSAL_SUFFIX = ".rehearsal.json"
 
@@ -32,6 +34,7 @@ class RestoreTest:
     backup: BackupManifest
     counts: dict[str, int]
     seconds: float
+    checks: list[dict] = field(default_factory=list)
 
 
 def refuse_restore_point(backup: BackupManifest) -> None:
@@ -49,19 +52,57 @@ def scratch_copy(target, backup: BackupManifest, now: datetime):
 
 
 def restore_test(target, backup: BackupManifest, *, now: datetime) -> RestoreTest:
+    """Restore into a scratch copy, compare the row counts with the dump's and check that every
+    sequence is ahead of its column; the outcome goes on record either way (drill_records)."""
     refuse_restore_point(backup)
     if not backup.row_counts:
         raise BackupFailed(f"backup {backup.id} recorded no row counts (taken by an older "
                            "version): take a new backup to restore-test")
     started = time.monotonic()
-    with scratch_copy(target, backup, now) as scratch:
-        counts = scratch.database.row_counts()
+    checks, outcome = [], "failed"
+    try:
+        with scratch_copy(target, backup, now) as scratch:
+            counts = scratch.database.row_counts()
+            checked, behind = sequences_behind(scratch.database)
+        checks = _restore_test_checks(backup, counts, checked, behind)
+        failures = [c["detail"] for c in checks if not c["ok"]]
+        if failures:
+            raise BackupFailed(f"restore test of backup {backup.id} failed: " + "; ".join(failures))
+        outcome = drill_records.SUCCEEDED
+    except KeyboardInterrupt:
+        outcome = "stopped"
+        raise
+    finally:
+        drill_records.keep(target, drill_records.new_record(
+            target, "restore-test", now, backup.id, time.monotonic() - started, outcome, checks,
+            restore_seconds=time.monotonic() - started), now)
+    return RestoreTest(backup, counts, round(time.monotonic() - started, 3), checks)
+
+
+def _restore_test_checks(backup: BackupManifest, counts: dict[str, int], checked: int,
+                         behind: list[str]) -> list[dict]:
     differences = [f"{t}: {backup.row_counts.get(t)} recorded, {counts.get(t)} restored"
                    for t in sorted(set(counts) | set(backup.row_counts))
                    if counts.get(t) != backup.row_counts.get(t)]
-    if differences:
-        raise BackupFailed(f"restore test of backup {backup.id} failed: " + "; ".join(differences))
-    return RestoreTest(backup, counts, round(time.monotonic() - started, 3))
+    return [
+        drill_records.check("row counts", not differences, "; ".join(differences) or
+                            f"{len(counts)} tables, {sum(counts.values())} rows, as recorded"),
+        drill_records.check("sequences", not behind, "; ".join(behind) or (
+            f"{checked} sequence(s), each ahead of the column it feeds" if checked
+            else "no sequence feeds a column")),
+    ]
+
+
+def _rehearsal_drill(target, rehearsal: "Rehearsal", now: datetime, started: float):
+    restored = [s.seconds for s in rehearsal.steps if s.action == "restore"]
+    migrated = [s for s in rehearsal.steps if s.action != "restore"]
+    checks = [drill_records.check(
+        "migrations down and up", rehearsal.outcome == drill_records.SUCCEEDED,
+        f"{len(migrated)} step(s) ran on the scratch copy"
+        + ("" if rehearsal.outcome == drill_records.SUCCEEDED else ", then it failed"))]
+    return drill_records.new_record(target, "rehearse", now, rehearsal.backup_id,
+                                    time.monotonic() - started, rehearsal.outcome, checks,
+                                    restore_seconds=restored[0] if restored else None)
 
 
 @dataclass
@@ -99,6 +140,7 @@ def rehearse(target, *, now: datetime, reporter: Reporter = Reporter()) -> Rehea
     backup = plan.backup
     head = Migrations(target).single_head()
     rehearsal = Rehearsal(target.env, backup.id, iso(now))
+    started = time.monotonic()
     try:
         clock = time.monotonic()
         with scratch_copy(target, backup, now) as scratch:
@@ -125,8 +167,12 @@ def rehearse(target, *, now: datetime, reporter: Reporter = Reporter()) -> Rehea
         # too (full, say) must not replace it.
         with contextlib.suppress(OpsError):
             _save(target, rehearsal, now)
+        drill_records.keep(target, _rehearsal_drill(target, rehearsal, now, started), now,
+                           reporter)
         raise
     _save(target, rehearsal, now)
+    drill_records.keep(target, _rehearsal_drill(target, rehearsal, now, started), now,
+                           reporter)
     return rehearsal
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import IntEnum
 from pathlib import Path
 
 from app.ops.audit import AUDIT_SUFFIX
 from app.ops.backups import BackupManifest, list_backups
 from app.ops.catalog import CLOCK_SKEW, is_future
+from app.ops.drill_records import newest_successful, read_drills
 from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
 from app.ops.leftovers import abandoned
 from app.ops.status import backup_item
@@ -64,6 +65,7 @@ class Limits:
     backup_max_age_text: str
     verify_max_age: timedelta | None
     verify_max_age_text: str | None
+    drill_max_age: timedelta | None = None  # DRILL_MAX_AGE (app/ops/drill_records.py)
 
     @classmethod
     def from_settings(cls, settings) -> "Limits":
@@ -71,7 +73,8 @@ class Limits:
         verify = settings.get("CHECK_VERIFY_MAX_AGE")
         return cls(max_age(backup, "CHECK_BACKUP_MAX_AGE"), backup.strip(),
                    max_age(verify, "CHECK_VERIFY_MAX_AGE") if verify else None,
-                   verify.strip() if verify else None)
+                   verify.strip() if verify else None,
+                   timedelta(seconds=settings.target_seconds("DRILL_MAX_AGE")))
 
 
 def max_age(value: str, name: str) -> timedelta:
@@ -107,6 +110,9 @@ class Facts:
     last_runs: dict[str, dict] | None = None  # action -> newest audit event of that action
     newest_run: dict | None = None
     audit_error: str | None = None
+    drills: list | None = None  # DrillRecords, newest first
+    drill_error: str | None = None
+    first_event_at: datetime | None = None  # the oldest audit event's time, from its name
 
 
 @dataclass
@@ -235,8 +241,23 @@ def _read_store(facts: Facts, target, now: datetime | None) -> None:
         facts.backups, facts.store_error = None, str(exc)
     try:
         facts.last_runs, facts.newest_run = _last_runs(storage)
+        facts.first_event_at = _first_event_at(storage)
     except (OpsError, OSError) as exc:
         facts.audit_error = str(exc)
+    try:
+        facts.drills = read_drills(storage)
+    except (OpsError, OSError) as exc:
+        facts.drill_error = str(exc)
+
+
+def _first_event_at(storage) -> datetime | None:
+    """An audit event is named by its time (app/ops/audit.py): the oldest name says it."""
+    names = sorted(storage.list(AUDIT_SUFFIX))
+    try:
+        return datetime.strptime(names[0][:22], "%Y%m%dT%H%M%S%fZ").replace(
+            tzinfo=timezone.utc) if names else None
+    except ValueError:
+        return None
 
 
 def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
@@ -265,7 +286,7 @@ def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
 def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
     checks = [_database(facts), _backup(facts, limits, now), _verification(facts, limits, now),
               _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts),
-              _clock(facts)]
+              _clock(facts), _drill(facts, limits, now)]
     state = worst(c.state for c in checks)
     if state == State.OK:
         newest = facts.newest_verified
@@ -400,6 +421,26 @@ def _last_run(facts: Facts) -> Check:
     return Check("last_run", State.OK, detail)
 
 
+def _drill(facts: Facts, limits: Limits, now: datetime) -> Check:
+    """In production, a restore drill that did not run is a warning, not only one that failed."""
+    if facts.drills is None:
+        return Check("drill", State.UNKNOWN, f"the drill records cannot be read: "
+                     f"{facts.drill_error}")
+    newest = newest_successful(facts.drills)
+    state = State.WARNING if facts.production else State.OK
+    advice = f": run `invoke verify --restore-test --env={facts.env}`"
+    if newest is None:
+        return Check("drill", state, "no successful restore drill on record"
+                     + (advice if facts.production else " (not production)"))
+    age = age_of(newest.started, now)
+    detail = (f"newest successful drill ({newest.kind} of backup {newest.backup}) is "
+              f"{span(age)} old (limit {span(limits.drill_max_age)})")
+    if age > limits.drill_max_age:
+        return Check("drill", state, detail + (advice if facts.production
+                                               else " (not production)"))
+    return Check("drill", State.OK, detail)
+
+
 def _perfdata(facts: Facts, limits: Limits, now: datetime) -> str:
     """Performance data as plugins print it: label=value[unit];warn;crit[;min;max]."""
     data = []
@@ -468,6 +509,7 @@ def write_textfile(report: HealthReport, path: str) -> None:
             gauge("pending_migrations", "revisions an upgrade to head would apply").labels(
                 env).set(len(facts.pending))
         gauge("heads", "head revisions in alembic/versions").labels(env).set(len(facts.heads))
+        _drill_gauges(gauge, env, facts, report.now)
         if facts.last_runs:
             success = gauge("last_run_success", "1 if the newest audited run of this action "
                             "succeeded (or had nothing to do)", ("env", "action"))
@@ -479,6 +521,24 @@ def write_textfile(report: HealthReport, path: str) -> None:
                 if at is not None:
                     stamp.labels(env, action).set(at.timestamp())
     write_to_textfile(path, registry)
+
+
+def _drill_gauges(gauge, env: str, facts: Facts, now: datetime | None) -> None:
+    """The newest successful drill (0: none) and the RPO achieved over the report's default
+    period (app/ops/evidence.py), so a dashboard shows what `invoke report` judges."""
+    if facts.drills is not None:
+        newest = newest_successful(facts.drills)
+        gauge("last_drill_timestamp_seconds", "when the newest successful restore drill started "
+              "(0: none)").labels(env).set(newest.started.timestamp() if newest else 0)
+        gauge("last_drill_seconds", "how long it took to bring the data back (0: none)").labels(
+            env).set(newest.rto_seconds if newest else 0)
+    if facts.backups is not None and now is not None:
+        from app.ops.evidence import longest_stretch
+        first = min([m.created for m in facts.backups]
+                    + ([facts.first_event_at] if facts.first_event_at else []), default=None)
+        gauge("rpo_achieved_seconds", "longest stretch of the report period (90 days) without "
+              "a verified backup whose artifact is present").labels(env).set(
+            longest_stretch(facts.backups, first, now).seconds)
 
 
 def textfile_failed(report: HealthReport, path: str, exc: Exception) -> HealthReport:

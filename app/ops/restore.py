@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
-from app.ops import audit
+from app.ops import audit, drill_records
 from app.ops.backups import BackupManifest, find_backup, list_backups, take_backup
 from app.ops.catalog import default_restore
 from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused, LockLost
@@ -141,6 +141,23 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
                                                   else None),
                          kept_database=result.kept_database if result else None,
                          safety_backup_error=result.safety_error if result else None)
+            drill_records.keep(target, _drill(target, plan, now, started, outcome, result), now,
+                               reporter)
+
+
+def _drill(target, plan: RestorePlan, now: datetime, started: float, outcome: str,
+           result: RestoreResult | None):
+    """A real restore is a drill too (the evidence of how long recovery takes): whole, and to
+    service where the method measures it."""
+    seconds = time.monotonic() - started
+    checks = [] if result is None else [drill_records.check(
+        "revision", result.revision == plan.backup.revision,
+        f"the database is at {result.revision or 'base'}, the backup's revision")]
+    to_service = result.time_to_service_seconds if result else None
+    return drill_records.new_record(
+        target, "restore", now, plan.backup.id, seconds, outcome, checks,
+        restore_seconds=to_service if to_service is not None else
+        (seconds if result is not None else None))
 
 
 def safety_backup(target, plan: RestorePlan, now: datetime) -> BackupManifest:
