@@ -62,6 +62,12 @@ class Settings:
         return mask_url(self.database_url)
 
     @property
+    def maintenance_database(self) -> str | None:
+        """POSTGRES_MAINTENANCE_DB: where locks and restores connect (app/ops/databases/
+        maintenance.py); unset, postgres, else template1, as libpq's tools do."""
+        return self.get("POSTGRES_MAINTENANCE_DB")
+
+    @property
     def pg_bin_dir(self) -> str | None:
         return self.get("PG_BIN_DIR")
 

@@ -120,3 +120,94 @@ def test_an_error_message_masks_the_query_string_secrets(project, pgdb, key):
     line = failed(result, 2, "cannot connect to", f"{key}=***")
     assert "does not exist" in line
     assert project.backup_files("pgtest") == set()
+
+
+# -- case 10: the maintenance database ---------------------------------------------------------
+@pytest.fixture
+def locked_down_cluster():
+    """A throwaway cluster (initdb, trust auth, a free port) whose `postgres` database the
+    PUBLIC may not connect to, as some hardened servers are; removed afterwards. Holds a role
+    `mida_owner` (LOGIN CREATEDB) owning database `mida`."""
+    import os
+    import pwd
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pgbackrest_cluster import OWNER, PG_BIN, ArchivingCluster, free_port, remove_cluster
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"no initdb in {PG_BIN} (set TEST_PG_BIN)")
+    owner = pwd.getpwnam(OWNER)
+    root = Path(tempfile.mkdtemp(prefix="maintenance-cluster-"))
+    os.chmod(root, 0o755)
+    os.chown(root, owner.pw_uid, owner.pw_gid)
+    cluster = ArchivingCluster(root, free_port())
+    try:
+        cluster.socket_dir.mkdir(mode=0o750)
+        os.chown(cluster.socket_dir, owner.pw_uid, owner.pw_gid)
+        cluster.run(str(PG_BIN / "initdb"), "-D", str(cluster.data), "--auth=trust", "-U",
+                    OWNER, "--no-sync", "-E", "UTF8")
+        with open(cluster.data / "postgresql.conf", "a") as conf:
+            conf.write(f"port = {cluster.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{cluster.socket_dir}'\nfsync = off\n")
+        cluster.start()
+        cluster.psql("CREATE ROLE mida_owner LOGIN CREATEDB")
+        cluster.psql("CREATE DATABASE mida OWNER mida_owner")
+        cluster.psql("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
+        yield cluster
+    finally:
+        remove_cluster(cluster)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cluster_env(cluster, **extra: str) -> dict:
+    from pgbackrest_cluster import PG_BIN
+    return {"APP_ENV": "pgtest", "POSTGRES_SERVER": "127.0.0.1",
+            "POSTGRES_PORT": str(cluster.port), "POSTGRES_USER": "mida_owner",
+            "POSTGRES_DB": "mida", "PG_BIN_DIR": str(PG_BIN), **extra}
+
+
+def cluster_revision(cluster) -> str:
+    if cluster.psql("SELECT to_regclass('alembic_version') IS NULL", database="mida") == "t":
+        return "base"
+    return cluster.psql("SELECT version_num FROM alembic_version", database="mida")
+
+
+def test_the_maintenance_database_is_a_setting_with_libpqs_fallback(project, locked_down_cluster):
+    cluster = locked_down_cluster
+    # `postgres` is closed to the role: the lock's session falls back to template1, as
+    # createdb would, and the release goes through.
+    env = cluster_env(cluster)
+    ok(project.run("migrate", env=env))
+    assert cluster_revision(cluster) == HEAD
+    events = audit_events(project.store("pgtest"))
+    assert [(e["action"], e["outcome"]) for e in events] == [("migrate", "succeeded")]
+    check = project.run("check", env=env)
+    assert "OK maintenance_db: maintenance database template1 reachable" in check.stdout, check
+
+    # A maintenance database that cannot be reached: check says so, and a rollback refuses
+    # before its backup (the lock is the first thing it connects for), the database as it was.
+    nowhere = cluster_env(cluster, POSTGRES_MAINTENANCE_DB="mida_nowhere")
+    check = project.run("check", env=nowhere)
+    assert check.returncode == 1 and check.stdout.startswith("WARNING: "), check
+    line = next(l for l in check.stdout.splitlines() if l.startswith("WARNING maintenance_db:"))
+    assert '"mida_nowhere" does not exist' in line and "POSTGRES_MAINTENANCE_DB" in line, line
+    backups_before = project.backup_files("pgtest")
+    failed(project.run("rollback", env=nowhere), 2, "mida_nowhere", "POSTGRES_MAINTENANCE_DB")
+    assert cluster_revision(cluster) == HEAD
+    assert project.backup_files("pgtest") == backups_before
+
+    # template1 closed too: only the setting gets a restore through, and the swap happens
+    # from the database it names.
+    cluster.psql("REVOKE CONNECT ON DATABASE template1 FROM PUBLIC")
+    cluster.psql("CREATE DATABASE mida_maintenance")
+    failed(project.run("restore", "--yes", env=env), 2, "template1", "POSTGRES_MAINTENANCE_DB")
+    assert cluster_revision(cluster) == HEAD
+    named = cluster_env(cluster, POSTGRES_MAINTENANCE_DB="mida_maintenance")
+    ok(project.run("restore", "--yes", env=named))
+    assert cluster_revision(cluster) == "base"  # the backup migrate took, before its change
+    assert [e["action"] for e in audit_events(project.store("pgtest"))][-1] == "restore"
+    # No half-built copy left: at most the previous database, kept as the restore said.
+    assert cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'mida\\_\\_%' "
+                        "AND datname NOT LIKE 'mida\\_\\_pre\\_restore\\_%'") == "0"
