@@ -27,7 +27,8 @@ def task(*args, **kwargs):
                 with stop_on_signals():
                     return body(c, *a, **kw)
             except OpsError as exc:
-                raise Exit(f"ERROR: {exc}", code=int(exc.exit_code)) from None
+                from app.ops.printable import printable  # a message may quote the store
+                raise Exit(f"ERROR: {printable(exc)}", code=int(exc.exit_code)) from None
             except KeyboardInterrupt as exc:
                 # Every child was stopped and every partial file removed on the way out.
                 what = exc.name if isinstance(exc, Stopped) else "interrupted"
@@ -97,7 +98,8 @@ def status(c, env=None, json=False):
         ("database", info["database"]),
         ("current", info["current"] or "base (no revision yet)"),
         ("heads", ", ".join(info["heads"]) or "-"),
-        ("pending", ", ".join(info["pending"]) or "none"),
+        ("pending", "unknown: " + info["revision_problem"] if info["revision_problem"] else
+         ", ".join(info["pending"]) or "none"),
         ("last backup", "none" if last is None else
          f"{last['id']}, {human_age(last['created_at'], now)}, {human_size(last['size'])}, "
          f"{'verified' if last['verified'] else 'NOT VERIFIED'}, {last['location']}"
@@ -419,7 +421,7 @@ def audit(c, env=None, json=False):
         # Each event with its own SHA-256 and the predecessor it names (app/ops/audit_chain.py).
         from app.ops.audit_chain import events_with_hashes
         return console.json(events_with_hashes(target.storage))
-    events = read_events(target)
+    events = read_events(target, console.warn)
     if not events:
         return console.say("No audited runs yet.")
     console.table("Audit trail, newest first",

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Callable, Iterator, Sequence
 
+from app.ops.printable import printable
 from app.ops.report import Reporter
 
 
@@ -27,13 +28,14 @@ class Console(Reporter):
 
     # -- messages --------------------------------------------------------------------------
     def info(self, message: str) -> None:
-        print(message, file=self.err, flush=True)
+        print(printable(message), file=self.err, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"WARNING: {message}", file=self.err, flush=True)
+        print(f"WARNING: {printable(message)}", file=self.err, flush=True)
 
     def say(self, message: str = "") -> None:
-        print(message, file=self.out, flush=True)
+        # Every line goes through printable(): tables and fields too, when piped.
+        print(printable(message), file=self.out, flush=True)
 
     def json(self, data) -> None:
         self.say(json.dumps(data, indent=2))
@@ -86,9 +88,10 @@ class Console(Reporter):
             for column in columns:
                 table.add_column(column)
             for row in rows:
-                table.add_row(*row)
+                table.add_row(*map(_cell, row))
             RichConsole(file=self.out).print(table)
             return
+        rows = [[printable(c) for c in row] for row in rows]  # widths of what is shown
         widths = [max(len(str(c)) for c in col) for col in zip(columns, *rows)]
         self.say(title)
         for row in (columns, *rows):
@@ -103,10 +106,17 @@ class Console(Reporter):
             table.add_column(style="bold")
             table.add_column()
             for key, value in pairs:
-                table.add_row(key, value)
+                table.add_row(key, _cell(value))
             RichConsole(file=self.out).print(table)
             return
+        pairs = [(key, printable(value)) for key, value in pairs]
         width = max(len(k) for k, _ in pairs)
         self.say(title)
         for key, value in pairs:
             self.say(f"  {key.ljust(width)}  {value}")
+
+
+def _cell(value) -> str:
+    """A table cell for rich: printable, and its `[...]` shown as written, not read as markup."""
+    from rich.markup import escape
+    return escape(printable(value))

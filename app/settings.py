@@ -67,6 +67,12 @@ class Settings:
         return mask_url(self.database_url)
 
     @property
+    def maintenance_database(self) -> str | None:
+        """POSTGRES_MAINTENANCE_DB: where locks and restores connect (app/ops/databases/
+        maintenance.py); unset, postgres, else template1, as libpq's tools do."""
+        return self.get("POSTGRES_MAINTENANCE_DB")
+
+    @property
     def pg_bin_dir(self) -> str | None:
         return self.get("PG_BIN_DIR")
 
@@ -153,9 +159,42 @@ def load_settings(env: str | None = None, environ: Mapping[str, str] | None = No
     values: dict[str, str] = {}
     for layer in (root / ".env", env_file):
         if layer.is_file():
-            values.update({k: v for k, v in dotenv_values(layer).items() if v is not None})
+            values.update({k: v for k, v in read_dotenv(layer, dotenv_values).items()
+                           if v is not None})
     values.update(environ)
     return Settings(env=name, values=values, root=root)
+
+
+def read_dotenv(path: Path, dotenv_values) -> dict:
+    """`dotenv_values(path)`, refusing a line python-dotenv cannot parse: it skips such a line
+    with a logging warning, and a skipped `POSTGRES_DB='mida_prod` (quote unclosed) would send a
+    migrate to libpq's default database. The warning is caught by a handler on its logger, for
+    the duration of the call only, and becomes a ConfigError naming the file and the line."""
+    import logging
+
+    class Unparsed(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            if "could not parse" in str(record.msg):
+                self.lines.append(record.args[0] if record.args else "?")
+
+    logger = logging.getLogger("dotenv.main")
+    handler, propagate = Unparsed(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # ours to report, as an error, not python-dotenv's to print
+    try:
+        values = dotenv_values(path)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if handler.lines:
+        line = handler.lines[0]
+        raise ConfigError(f"{path.name} line {line} cannot be read as a setting (python-dotenv "
+                          f"could not parse it, e.g. a quote left open): fix that line in {path}")
+    return values
 
 
 def build_database_url(settings: Settings):
@@ -173,6 +212,9 @@ def build_database_url(settings: Settings):
         # 2.1 would otherwise pick psycopg 3, which is not installed.
         if url.drivername in ("postgresql", "postgres"):
             url = url.set(drivername="postgresql+psycopg2")
+        if url.get_backend_name() == "postgresql" and not url.database:
+            raise ConfigError(_no_database_name(settings, "DATABASE_URL has no database name (its "
+                                                "path, e.g. postgresql://user@host:5432/dbname)"))
         return url
     if _truthy(settings.get("USE_SQLITE")) or (
             not settings.get("POSTGRES_SERVER") and settings.env == DEFAULT_ENV):
@@ -182,6 +224,8 @@ def build_database_url(settings: Settings):
         raise ConfigError(
             f"no database is configured for env '{settings.env}': set DATABASE_URL, "
             "USE_SQLITE=True, or POSTGRES_SERVER/POSTGRES_USER/POSTGRES_DB")
+    if not settings.get("POSTGRES_DB"):
+        raise ConfigError(_no_database_name(settings, "POSTGRES_DB is not set"))
     port = settings.get("POSTGRES_PORT", "5432")
     if not port.isdigit():
         raise ConfigError(f"POSTGRES_PORT '{port}' is not a port number")
@@ -192,8 +236,26 @@ def build_database_url(settings: Settings):
                       database=settings.get("POSTGRES_DB"))
 
 
+def _no_database_name(settings: Settings, what: str) -> str:
+    # libpq would pick the database named after the user: another database than meant.
+    return (f"{what} for env '{settings.env}': a PostgreSQL env must name its database, or "
+            "libpq falls back to the one named after the user; set it in .env."
+            f"{settings.env} or the environment")
+
+
+# Every secret a libpq URL can carry besides the authority's password: libpq reads connection
+# parameters from the query string too (postgresql://u@host/db?password=...).
+SECRET_QUERY_KEYS = ("password", "sslpassword")
+MASK = "***"
+
+
 def mask_url(url) -> str:
-    return url.render_as_string(hide_password=True)
+    """The one way a URL is shown (status, check, messages, manifests, the audit trail): the
+    password in the authority and every secret query parameter replaced by ***."""
+    secret = {k: MASK for k in url.query if k.lower() in SECRET_QUERY_KEYS}
+    text = url.update_query_dict(secret).render_as_string(hide_password=True)
+    # render_as_string percent-encodes the query's *** as %2A%2A%2A: show it as the authority's.
+    return text.replace("=%2A%2A%2A", "=" + MASK)
 
 
 def engine_kind(url) -> str:

@@ -37,7 +37,7 @@ def _password_forms(pw: str) -> tuple[str, ...]:
     forms = {
         pw,
         pw.split("#")[0],
-        quote_plus(pw),
+        quote_plus(pw),              # a URL query string (?password=...), as urlencode writes it
         quote(pw, safe=""),
         quote(pw),                   # urllib's default keeps `/`
         quote(pw, safe=" +"),        # sqlalchemy URL.render_as_string(hide_password=False)

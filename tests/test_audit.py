@@ -116,3 +116,22 @@ def test_audit_and_backups_do_not_mix(tmp_path):
 
 def test_no_events_yet(tmp_path):
     assert read_events(target_for(tmp_path)) == []
+
+
+def test_an_object_that_is_not_an_event_is_skipped_with_a_warning_naming_it(tmp_path):
+    target = target_for(tmp_path)
+    record(target, action="migrate", now=T0, outcome="succeeded")
+    folder = target.settings.backup_dir / target.env
+    (folder / f"29990101T000000000000Z-aaaaaa{AUDIT_SUFFIX}").write_text("[1, 2]")
+    (folder / f"29990101T000000000001Z-bbbbbb{AUDIT_SUFFIX}").write_text('"just a string"')
+    warnings = []
+    events = read_events(target, warnings.append)
+    assert [e["action"] for e in events] == ["migrate"]
+    assert len(warnings) == 2 and "29990101T000000000000Z-aaaaaa" in warnings[1]
+    assert "holds a JSON list, not an event" in warnings[1]
+
+
+def test_printable_escapes_control_characters_but_keeps_newlines_and_tabs():
+    from app.ops.printable import printable
+    assert printable("a\x1b[2Jb\x07\r\x9b\u202ec\n\td") == "a\\x1b[2Jb\\x07\\x0d\\x9b\\u202ec\n\td"
+    assert printable(None) == "None" and printable("plain é ü") == "plain é ü"

@@ -268,11 +268,21 @@ def test_an_unknown_env_is_unknown(project):
 
 def test_an_unexpected_error_is_unknown_in_one_line(project):
     backed_up(project)
-    # A revision file that does not even parse: nothing the check knows how to judge.
+    # A revision that revises one that is nowhere: Alembic itself fails, with a KeyError.
+    (project.root / "alembic" / "versions" / "0bad5ca1e001_broken.py").write_text(
+        'revision = "0bad5ca1e001"\ndown_revision = "123456789abc"\n')
+    lines = checked(project.run("check"), UNKNOWN)
+    assert len(lines) == 1 and "unexpected error" in lines[0] and "KeyError" in lines[0]
+
+
+def test_a_revision_file_that_does_not_parse_is_unknown_naming_file_and_line(project):
+    backed_up(project)
     (project.root / "alembic" / "versions" / "0bad5ca1e001_broken.py").write_text(
         'revision = "0bad5ca1e001"\ndown_revision = (\n')
     lines = checked(project.run("check"), UNKNOWN)
-    assert len(lines) == 1 and "unexpected error" in lines[0] and "SyntaxError" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(
+        "UNKNOWN: revision file alembic/versions/0bad5ca1e001_broken.py line 2 cannot be "
+        "loaded: '(' was never closed"), lines
 
 
 # -- the textfile -----------------------------------------------------------------------------

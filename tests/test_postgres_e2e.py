@@ -39,6 +39,17 @@ def url_env(db) -> dict:
     return {"APP_ENV": "pgtest", "DATABASE_URL": db.url.render_as_string(hide_password=False)}
 
 
+def query_url_env(db) -> dict:
+    """The password in the URL's query string, which libpq accepts (issue 18)."""
+    from urllib.parse import quote_plus
+
+    from sqlalchemy.engine import URL
+    u = db.url
+    plain = URL.create(u.drivername, u.username, None, u.host, u.port, u.database)
+    return {"APP_ENV": "pgtest", "DATABASE_URL": plain.render_as_string(hide_password=False)
+            + f"?password={quote_plus(u.password)}"}
+
+
 def users_columns(db) -> list[str]:
     return db.columns("users")
 
@@ -82,10 +93,12 @@ class ScratchDatabase:
 
 
 # -- the release round trip, both ways of naming the database --------------------------------
-@pytest.mark.parametrize("settings", ["POSTGRES_settings", "DATABASE_URL"])
+@pytest.mark.parametrize("settings", ["POSTGRES_settings", "DATABASE_URL",
+                                      "DATABASE_URL?password="])
 def test_round_trip_with_an_awkward_password(project, pg_database, settings):
     db = pg_database
-    env = pg_env(db) if settings == "POSTGRES_settings" else url_env(db)
+    env = {"POSTGRES_settings": pg_env, "DATABASE_URL": url_env,
+           "DATABASE_URL?password=": query_url_env}[settings](db)
 
     ok(project.run("migrate", env=env))
     assert db.revision() == HEAD

@@ -330,3 +330,43 @@ def test_a_malformed_duration_setting_is_config_error_naming_it(tmp_path):
     settings = load_settings("dev", environ={"MIGRATION_LOCK_TIMEOUT": "2d"}, root=tmp_path)
     with pytest.raises(ConfigError, match="MIGRATION_LOCK_TIMEOUT '2d' is not a duration"):
         settings.seconds("MIGRATION_LOCK_TIMEOUT", "5s")
+
+
+# -- issue 18: no database name, a line python-dotenv cannot parse, secrets in the query -----
+def test_postgres_settings_without_a_database_name_are_a_config_error(tmp_path):
+    write_env(tmp_path, "prod", **{k: v for k, v in PG.items() if k != "POSTGRES_DB"})
+    with pytest.raises(ConfigError, match="POSTGRES_DB is not set for env 'prod'"):
+        load_settings("prod", environ={}, root=tmp_path).database_url
+
+
+def test_a_postgresql_database_url_without_a_database_name_is_a_config_error(tmp_path):
+    env = {"APP_ENV": "prod", "DATABASE_URL": "postgresql://mida@db.example.internal:5432"}
+    with pytest.raises(ConfigError, match="DATABASE_URL has no database name"):
+        load_settings("prod", environ=env, root=tmp_path).database_url
+
+
+def test_a_line_python_dotenv_cannot_parse_is_an_error_naming_file_and_line(tmp_path, caplog):
+    (tmp_path / ".env.prod").write_text(
+        "POSTGRES_SERVER=db.example.internal\n# the database\nPOSTGRES_DB='mida_prod\n"
+        "POSTGRES_USER=mida\n")
+    with pytest.raises(ConfigError, match=r"\.env\.prod line 3 cannot be read"):
+        load_settings("prod", environ={}, root=tmp_path)
+    # Reported as the error, not printed as python-dotenv's warning besides.
+    assert not [r for r in caplog.records if "could not parse" in r.getMessage()]
+
+
+def test_a_bad_line_in_the_shared_env_file_is_an_error_too(tmp_path):
+    (tmp_path / ".env").write_text("A=1\nB=\"open\n")
+    write_env(tmp_path, "prod", **PG)
+    with pytest.raises(ConfigError, match=r"\.env line 2 cannot be read"):
+        load_settings("prod", environ={}, root=tmp_path)
+
+
+@pytest.mark.parametrize("key", ["password", "sslpassword"])
+def test_masked_url_hides_secrets_in_the_query_string(tmp_path, key):
+    url = f"postgresql://mida@db/mida?sslmode=require&{key}={quote_plus(AWKWARD)}"
+    s = load_settings("prod", environ={"APP_ENV": "prod", "DATABASE_URL": url}, root=tmp_path)
+    masked = s.masked_database_url
+    assert f"{key}=***" in masked and "sslmode=require" in masked, masked
+    for form in (AWKWARD, quote_plus(AWKWARD), quote(AWKWARD, safe=""), "p@ss", "p%40ss"):
+        assert form not in masked

@@ -46,13 +46,19 @@ def record(target, *, action: str, now: datetime, outcome: str, reporter=None,
     return event
 
 
-def read_events(target) -> list[dict]:
-    """The environment's audit trail, newest first."""
+def read_events(target, warn=None) -> list[dict]:
+    """The environment's audit trail, newest first. An object that holds JSON but not an event
+    (an array, a number) is skipped, with a warning through `warn` naming it."""
     storage = target.storage
     events = []
     for name in sorted(storage.list(AUDIT_SUFFIX), reverse=True):
         try:
-            events.append(json.loads(storage.get_bytes(name)))
+            event = json.loads(storage.get_bytes(name))
         except (ValueError, OSError):
-            events.append({"action": "unreadable", "object": name})
+            event = {"action": "unreadable", "object": name}
+        if isinstance(event, dict):
+            events.append(event)
+        elif warn is not None:
+            warn(f"audit object {name} holds a JSON {type(event).__name__}, not an event: "
+                 "skipped (look at who wrote it)")
     return events

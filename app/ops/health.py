@@ -113,6 +113,9 @@ class Facts:
     drills: list | None = None  # DrillRecords, newest first
     drill_error: str | None = None
     first_event_at: datetime | None = None  # the oldest audit event's time, from its name
+    # PostgreSQL: the maintenance database the lock and restore connect to, or why not
+    maintenance: str | None = None
+    maintenance_error: str | None = None
 
 
 @dataclass
@@ -204,12 +207,22 @@ def _read_database(facts: Facts, database) -> None:
             facts.current = revision_of(conn)
             facts.reachable = True
             facts.leftover_databases = database.leftover_copies(conn)
+        _read_maintenance(facts, database)
     except DatabaseUnreachable as exc:
         facts.database_error = str(exc)
     except OpsError as exc:  # several stamped revisions: reachable, but not sound
         facts.reachable, facts.database_error = False, str(exc)
     except DBAPIError as exc:
         facts.reachable, facts.database_error = False, first_line(exc.orig)
+
+
+def _read_maintenance(facts: Facts, database) -> None:
+    maintenance = getattr(database, "maintenance", None)  # PostgreSQL's only
+    if maintenance is not None:
+        try:
+            facts.maintenance = maintenance.reachable(database.url)
+        except DatabaseUnreachable as exc:
+            facts.maintenance_error = str(exc)
 
 
 def _read_store(facts: Facts, target, now: datetime | None) -> None:
@@ -287,6 +300,8 @@ def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
     checks = [_database(facts), _backup(facts, limits, now), _verification(facts, limits, now),
               _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts),
               _clock(facts), _drill(facts, limits, now)]
+    if facts.maintenance or facts.maintenance_error:
+        checks.insert(1, _maintenance(facts))
     state = worst(c.state for c in checks)
     if state == State.OK:
         newest = facts.newest_verified
@@ -304,6 +319,14 @@ def _database(facts: Facts) -> Check:
         return Check("database", State.OK, f"{facts.database} reachable, at "
                      f"{facts.current or 'base (no revision yet)'}")
     return Check("database", State.CRITICAL, f"database unreachable: {facts.database_error}")
+
+
+def _maintenance(facts: Facts) -> Check:
+    if facts.maintenance_error:
+        return Check("maintenance_db", State.WARNING, "migrate, rollback and restore cannot "
+                     f"run: {facts.maintenance_error}")
+    return Check("maintenance_db", State.OK, f"maintenance database {facts.maintenance} "
+                 "reachable")
 
 
 def _backup(facts: Facts, limits: Limits, now: datetime) -> Check:

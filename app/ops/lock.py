@@ -2,7 +2,8 @@
 
 PostgreSQL: a session-level advisory lock on a connection of its own, so the migration's
 transactions cannot release it, and a crashed run's lock dies with its session. The session
-connects to the server's maintenance database (`postgres`), not to the target: restore swaps the
+connects to the server's maintenance database (`postgres` or POSTGRES_MAINTENANCE_DB, see
+app/ops/databases/maintenance.py), not to the target: restore swaps the
 target database by renaming it, which PostgreSQL allows only with nobody connected to it. The
 key is derived from the target's name. The holder's identity travels in that session's
 application_name, where a refused run can read it.
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Iterator
 
 from app.ops.audit import who
+# The default; app/ops/databases/maintenance.py decides which one a run uses.
+from app.ops.databases.maintenance import DEFAULT as MAINTENANCE_DATABASE
 from app.ops.errors import GuardRefused, LockLost
-
-MAINTENANCE_DATABASE = "postgres"
 
 
 def advisory_key(database_name: str) -> int:
@@ -95,17 +96,17 @@ _SESSION_SETTINGS = ("SET idle_session_timeout = 0", "SET idle_in_transaction_se
 
 
 @contextlib.contextmanager
-def advisory_lock(url, action: str, now: datetime, env: str) -> Iterator[HeldLock]:
+def advisory_lock(url, action: str, now: datetime, env: str,
+                  maintenance=None) -> Iterator[HeldLock]:
     """PostgreSQL's: `database.lock(action, now)` of app/ops/databases/postgres.py."""
     from sqlalchemy import text
 
-    from app.ops.connection import connect
+    from app.ops.databases.maintenance import MaintenanceDatabase
 
     identity = f"mida {action} {holder_text(now)}"[:63]
     key = advisory_key(url.database)
-    lock_url = url.set(database=MAINTENANCE_DATABASE).update_query_dict(
-        {"application_name": identity})
-    with connect(lock_url) as conn:
+    lock_url = url.update_query_dict({"application_name": identity})
+    with (maintenance or MaintenanceDatabase()).connect(lock_url) as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         for statement in _SESSION_SETTINGS:
             conn.execute(text(statement))

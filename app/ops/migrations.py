@@ -10,6 +10,7 @@ import contextlib
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.ops.connection import first_line
 from app.ops.errors import ConfigError, MigrationFailed, OpsError
@@ -55,6 +56,52 @@ class LockRetries:
         return self.delay * 2 ** (attempt - 1)
 
 
+class UnknownRevision(ConfigError):
+    """The database is stamped with a revision no file in alembic/versions has."""
+
+
+def unknown_revision_advice(revision: str, env: str) -> str:
+    return (f"the database is at revision {revision}, which is not in alembic/versions (its "
+            "file was removed, or is not pulled yet): pull the code that has it, or, once you "
+            f"know which known revision the schema matches, record it with `invoke stamp "
+            f"--env={env} REV` (`invoke history` lists them)")
+
+
+class UnloadableRevisionFile(ConfigError):
+    """A file in alembic/versions cannot be imported (a syntax error, a bad import)."""
+
+
+def load_revision_files(script) -> None:
+    """Import every revision file once, as Alembic does on first use, and turn a file that
+    cannot be imported into one sentence naming the file, the line and the error."""
+    try:
+        script.revision_map.heads  # noqa: B018 (the property imports every file)
+    except SyntaxError as exc:
+        source = f" in `{exc.text.strip()}`" if (exc.text or "").strip() else ""
+        raise UnloadableRevisionFile(_unloadable(exc.filename, exc.lineno,
+                                                 exc.msg + source)) from None
+    except Exception as exc:  # raised at a file's top level: NameError, ImportError...
+        frame = _innermost_frame_in(exc, Path(script.dir))
+        if frame is None:
+            raise
+        raise UnloadableRevisionFile(_unloadable(frame.filename, frame.lineno,
+                                                 f"{type(exc).__name__}: {exc}")) from None
+
+
+def _innermost_frame_in(exc, folder: Path):
+    import traceback
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if Path(f.filename).resolve().is_relative_to(folder.resolve())]
+    return frames[-1] if frames else None
+
+
+def _unloadable(filename, line, error: str) -> str:
+    path = Path(filename or "?")
+    shown = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+    return (f"revision file {shown} line {line or '?'} cannot be loaded: {error}; fix it, or "
+            "move it out of alembic/versions, before any migration runs")
+
+
 def _statement(exc) -> str:
     return " ".join(str(exc.statement or "").split())[:120]
 
@@ -85,6 +132,7 @@ class Migrations:
         # (alembic/env.py): never a string with the password in it, through configparser.
         self.config.attributes["database_url"] = target.database.url
         self.script = ScriptDirectory.from_config(self.config)
+        load_revision_files(self.script)  # a file that cannot load refuses before any lock
         self.config.attributes["postgres_timeouts"] = postgres_timeouts(target.settings)
         self.lock_retries = LockRetries.of(target.settings)
         self.reporter = reporter
@@ -122,8 +170,27 @@ class Migrations:
             raise ConfigError(f"revision '{revision}' is unknown: `invoke history` lists them")
         return script.revision
 
+    def is_known(self, revision: str | None) -> bool:
+        """Whether the scripts have `revision` (base always is)."""
+        from alembic.script.revision import RevisionError
+        from alembic.util import CommandError
+
+        if revision is None:
+            return True
+        try:
+            return self.script.get_revision(revision) is not None
+        except (CommandError, RevisionError):
+            return False
+
+    def check_known(self, current: str | None) -> None:
+        """Refuse to plan from a database revision the code does not have (its file removed,
+        or not pulled yet): Alembic cannot tell what lies between it and anything else."""
+        if not self.is_known(current):
+            raise UnknownRevision(unknown_revision_advice(current, self.settings.env))
+
     def pending(self, current: str | None, target: str | None) -> list[Revision]:
         """Revisions an upgrade from `current` to `target` applies, in apply order."""
+        self.check_known(current)
         if target is None or target == current:
             return []
         from alembic.script.revision import RevisionError
@@ -140,6 +207,7 @@ class Migrations:
         """Resolve rollback's `--to` (-N, a revision id or base) against `current`; return the
         target and the revisions undone, in the order they are undone."""
         steps: list[Revision] = []
+        self.check_known(current)
         match = RELATIVE_RE.match(to)
         if match:
             wanted = int(match.group(1))
@@ -190,9 +258,15 @@ class Migrations:
         return buffer.getvalue()
 
     def stamp(self, revision: str) -> None:
+        import functools
+
         from alembic import command
         target = self.resolve(revision)
-        self._run(command.stamp, target or "base", "stamp")
+        # From a revision the scripts do not have, Alembic cannot work out a path to `target`:
+        # the version table is emptied first and `target` recorded alone (the documented fix
+        # for a database at an unknown revision).
+        purge = not self.is_known(self._position())
+        self._run(functools.partial(command.stamp, purge=purge), target or "base", "stamp")
 
     def _run(self, fn, target: str, verb: str) -> None:
         """`fn` (an alembic command) to `target`. A lock timeout rolls the attempt back (one
@@ -289,7 +363,10 @@ class Migrations:
 
     def history(self) -> None:
         from alembic import command
-        command.history(self.config, verbose=False, indicate_current=self.database.exists())
+        current = self.current() if self.database.exists() else None
+        # Alembic marks the current revision by resolving it: an unknown one would fail there.
+        command.history(self.config, verbose=False,
+                        indicate_current=self.database.exists() and self.is_known(current))
 
     def show_heads(self) -> None:
         from alembic import command

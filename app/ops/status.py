@@ -8,7 +8,7 @@ from datetime import datetime
 
 from app.ops.backups import BackupManifest, list_backups
 from app.ops.catalog import dated_in_future, in_the_present, is_future
-from app.ops.migrations import Migrations
+from app.ops.migrations import Migrations, UnknownRevision, UnloadableRevisionFile
 from app.ops.storage import unaborted_uploads
 
 
@@ -41,12 +41,26 @@ def window_status(settings, now: datetime) -> dict | None:
             "spec": spec, "timezone": str(window.tz)}
 
 
-def collect_status(target, now: datetime, warn=None) -> dict:
-    settings = target.settings
-    migrations = Migrations(target)
+def revision_state(target) -> tuple[str | None, list[str], list[str], str | None]:
+    """(current, heads, pending ids, problem): a revision file that cannot be loaded, or a
+    database at a revision the code does not have, is the problem's one sentence, and the rest
+    of the status is still shown."""
+    try:
+        migrations = Migrations(target)
+    except UnloadableRevisionFile as exc:
+        return target.database.revision(), [], [], str(exc)
     heads = migrations.heads()
     current = migrations.current()
-    pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
+    try:
+        pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
+    except UnknownRevision as exc:
+        return current, heads, [], str(exc)
+    return current, heads, [r.id for r in pending], None
+
+
+def collect_status(target, now: datetime, warn=None) -> dict:
+    settings = target.settings
+    current, heads, pending, problem = revision_state(target)
     backups = list_backups(target, warn)  # on S3 this also aborts recorded uploads it can
     extra = target.method.status(target)  # pgbackrest: the stanza and the archiver
     return {
@@ -54,7 +68,8 @@ def collect_status(target, now: datetime, warn=None) -> dict:
         "database": target.database.masked_url,
         "current": current,
         "heads": heads,
-        "pending": [r.id for r in pending],
+        "pending": pending,
+        "revision_problem": problem,
         # The newest that counts: one dated in the future is listed apart, flagged.
         "last_backup": next((backup_item(m, now) for m in in_the_present(backups, now)), None),
         "future_backups": [backup_item(m, now) for m in dated_in_future(backups, now)],

@@ -25,8 +25,13 @@ class PostgresDatabase:
     kind = "postgresql"
 
     def __init__(self, url, env: str, *, bin_dir: str | None = None,
-                 lock_timeout: str | None = None, tools: dict | None = None):
+                 lock_timeout: str | None = None, tools: dict | None = None,
+                 maintenance=None):
+        from app.ops.databases.maintenance import MaintenanceDatabase
+
         self.url, self.env = url, env
+        # Shared with `at`'s databases: one run's sessions all meet in the same one.
+        self.maintenance = maintenance or MaintenanceDatabase()
         self.bin_dir, self.lock_timeout = bin_dir, lock_timeout
         # pg_dump's and pg_restore's versions once checked; shared with `at`'s databases, so one
         # run asks the tools once.
@@ -37,13 +42,16 @@ class PostgresDatabase:
     def from_settings(cls, settings) -> "PostgresDatabase":
         # lock_timeout: a backup must not queue forever behind a session holding an exclusive
         # table lock.
+        from app.ops.databases.maintenance import MaintenanceDatabase
         return cls(settings.database_url, settings.env, bin_dir=settings.pg_bin_dir,
-                   lock_timeout=settings.duration("MIGRATION_LOCK_TIMEOUT", "5s"))
+                   lock_timeout=settings.duration("MIGRATION_LOCK_TIMEOUT", "5s"),
+                   maintenance=MaintenanceDatabase(settings.maintenance_database))
 
     def at(self, name: str) -> "PostgresDatabase":
         """Another database of the same server: a restore's previous database, a scratch copy."""
         return PostgresDatabase(self.url.set(database=name), self.env, bin_dir=self.bin_dir,
-                                lock_timeout=self.lock_timeout, tools=self._tools)
+                                lock_timeout=self.lock_timeout, tools=self._tools,
+                                maintenance=self.maintenance)
 
     @property
     def name(self) -> str:
@@ -102,7 +110,7 @@ class PostgresDatabase:
 
     def lock(self, action: str, now: datetime):
         from app.ops.lock import advisory_lock
-        return advisory_lock(self.url, action, now, self.env)
+        return advisory_lock(self.url, action, now, self.env, maintenance=self.maintenance)
 
     def row_counts(self) -> dict[str, int]:
         with connect(self.url) as conn:
@@ -133,7 +141,7 @@ class PostgresDatabase:
 
     def server(self):
         from app.ops.databases.postgres_server import PostgresServer
-        return PostgresServer(self.url)
+        return PostgresServer(self.url, self.maintenance)
 
     def is_closed(self) -> bool:
         """Closed to connections, by a restore killed during its swap."""

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from app.ops.databases.maintenance import MaintenanceDatabase
 from app.ops.errors import BackupFailed, GuardRefused
-from app.ops.lock import MAINTENANCE_DATABASE
 
 RESTORING = "__restoring_"
 KEPT = "__pre_restore_"
@@ -62,17 +62,18 @@ class DatabaseProperties:
 class PostgresServer:
     """The server of `url`'s database, seen from its maintenance database."""
 
-    def __init__(self, url):
+    def __init__(self, url, maintenance: MaintenanceDatabase | None = None):
         self.url = url
         self.database = url.database
+        self.maintenance = maintenance or MaintenanceDatabase()
 
     def _run(self, statements, params=None, fetch=False):
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        from app.ops.connection import connect, first_line
+        from app.ops.connection import first_line
 
-        with connect(self.url.set(database=MAINTENANCE_DATABASE)) as conn:
+        with self.maintenance.connect(self.url) as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 if isinstance(statements, str):
@@ -146,10 +147,10 @@ class PostgresServer:
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        from app.ops.connection import connect, first_line
+        from app.ops.connection import first_line
 
         refused = []
-        with connect(self.url.set(database=MAINTENANCE_DATABASE)) as conn:
+        with self.maintenance.connect(self.url) as conn:
             with conn.begin() as transaction:
                 for role, key, value in _settings_of(props):
                     statement = _set_statement(quote(self.database), role, key, value)
