@@ -63,7 +63,7 @@ def collect_status(target, now: datetime, warn=None) -> dict:
 
 def last_watch(target) -> dict | None:
     """The env's newest watch verdict, as the audit recorded it (None: never watched)."""
-    from app.ops.watch.session import last_verdict
+    from app.ops.watch.records import last_verdict
     event = last_verdict(target.storage)
     if event is None:
         return None

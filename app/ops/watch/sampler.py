@@ -9,10 +9,6 @@ sample's `unreadable` with what would let it be read; the other signals go on.
 """
 from __future__ import annotations
 
-import urllib.error
-import urllib.parse
-import urllib.request
-
 from app.ops.connection import first_line
 from app.ops.errors import DatabaseUnreachable
 from app.ops.watch.facts import LockWait, Sample, mask_literals, shorten
@@ -55,6 +51,7 @@ CAPABILITIES_SQL = MARK + (
 
 def mask_url(url: str) -> str:
     """The health URL without credentials or query string (either may hold a token)."""
+    import urllib.parse
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
@@ -63,6 +60,9 @@ def mask_url(url: str) -> str:
 
 def probe_health(url: str) -> tuple[bool, str]:
     """(healthy, what was seen): a 2xx answer within 2 s is healthy."""
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as answer:
             status = answer.status

@@ -10,21 +10,18 @@ the clock (`now`, `clock`) and `sleep`, so that tests control time.
 from __future__ import annotations
 
 import json
-import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
 from app.ops import audit
 from app.ops.errors import ConfigError
 from app.ops.watch import baseline as baselines
+from app.ops.watch import records
 from app.ops.watch.sampler import PostgresSampler, SqliteSampler
 from app.ops.watch.undo import undo_commands
 from app.ops.watch.verdict import (ORDER, WINDOW_INTERVALS, Confirmation, Limits, SignalState,
                                    compare, verdict)
-
-VERDICT_SUFFIX = ".watch-verdict.json"
-
 
 def check_watchable(target, config) -> None:
     """Before a watched change: refuse (exit 2) a watch that would have nothing to read."""
@@ -157,8 +154,13 @@ def change_of(target, base: baselines.Baseline) -> dict | None:
     names the baseline), or None: a baseline on demand, for a deploy with no migrate."""
     if not base.change or not base.name:
         return None
-    for event in audit.read_events(target):
-        if event.get("action") in ("migrate", "rollback"):
+    storage = target.storage
+    for name in sorted(storage.list(audit.AUDIT_SUFFIX), reverse=True):  # newest first, and
+        try:                                                             # only as far as needed
+            event = json.loads(storage.get_bytes(name))
+        except (ValueError, OSError):
+            continue
+        if isinstance(event, dict) and event.get("action") in ("migrate", "rollback"):
             return event if event.get("watch_baseline") == base.name else None
     return None
 
@@ -172,19 +174,4 @@ def _record(target, outcome: WatchOutcome, now: datetime, change: dict | None) -
                "to_revision": change.get("to_revision"), "backup_id": change.get("backup_id"),
                "undo": [command for command, _ in outcome.undo]}
     event = audit.record(target, action="watch", now=now, outcome=outcome.verdict, **details)
-    name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}" \
-           f"{VERDICT_SUFFIX}"
-    try:
-        target.storage.put_bytes(name, (json.dumps(event, sort_keys=True) + "\n").encode())
-    except OSError:
-        pass  # the audit event holds it too; only `invoke status` would miss it
-
-
-def last_verdict(storage) -> dict | None:
-    """The env's newest watch verdict (for `invoke status`): one listing, one read."""
-    for name in sorted(storage.list(VERDICT_SUFFIX), reverse=True):
-        try:
-            return json.loads(storage.get_bytes(name))
-        except (ValueError, OSError):
-            continue
-    return None
+    records.store_verdict(target.storage, event, now)
