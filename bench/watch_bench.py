@@ -16,6 +16,7 @@ Prints the figures; the cluster is removed at the end. Needs root (runuser).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -54,11 +55,20 @@ def sampler_cost(target, load) -> None:
         for _ in range(30):
             costs.append(sampler.sample().own_seconds * 1000)
             time.sleep(0.2)
+        floor = []   # the same connection's round trip, for scale on a busy machine
+        for _ in range(30):
+            started = time.monotonic()
+            for _ in range(5):
+                sampler.conn.exec_driver_sql("SELECT 1").fetchall()
+            floor.append((time.monotonic() - started) * 1000)
+            time.sleep(0.2)
     finally:
         sampler.close()
     costs.sort()
-    print(f"sampler, one sample (6 queries): median {statistics.median(costs):.2f} ms, "
-          f"p95 {costs[int(len(costs) * 0.95) - 1]:.2f} ms, max {costs[-1]:.2f} ms")
+    print(f"sampler, one sample (5 queries): median {statistics.median(costs):.2f} ms, "
+          f"p95 {costs[int(len(costs) * 0.95) - 1]:.2f} ms, max {costs[-1]:.2f} ms; "
+          f"5 x SELECT 1 on the same connection: median {statistics.median(floor):.2f} ms")
+    print(f"load average: {open('/proc/loadavg').read().split()[0]} ({os.cpu_count()} cores)")
     without = throughput(load, 10)
     stop = threading.Event()
     thread = threading.Thread(target=watch_every_second, args=(target, stop), daemon=True)

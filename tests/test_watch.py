@@ -288,3 +288,12 @@ def test_the_loop_stops_at_the_first_confirmed_regression():
     assert outcome.verdict == "regression"
     assert outcome.watched_seconds == 30   # bad at 25 and at 30: confirmed, and said at once
     assert [s.name for s in outcome.regressions] == ["seq_scan_rows"]
+
+
+def test_an_old_baseline_is_named():
+    from datetime import timedelta
+
+    from app.ops.watch.session import _age_note
+    base = normal_baseline()
+    assert _age_note(base, NOW + timedelta(hours=3)) == []
+    assert "3 day(s) old" in _age_note(base, NOW + timedelta(days=3))[0]

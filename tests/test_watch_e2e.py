@@ -298,6 +298,9 @@ def test_watch_for_with_a_health_url_on_sqlite(project):
         assert "undo the deploy" in result.stdout
     events = [e for e in audit_events(project.store("dev")) if e["action"] == "watch"]
     assert [e["outcome"] for e in events] == ["ok", "regression"]
+    status = ok(project.run("status", env=env)).stdout
+    assert [line.split()[:4] for line in status.splitlines() if "last watch" in line] == [
+        ["last", "watch", "regression", "at"]], status
 
 
 def test_a_watch_with_nothing_to_read_or_bad_settings_is_refused(project):
@@ -313,3 +316,29 @@ def test_a_watch_with_nothing_to_read_or_bad_settings_is_refused(project):
            2, "no baseline is recorded for env 'dev'")
     assert not (project.root / "dev.db").exists()
     assert project.backup_files("dev") == set()
+
+
+def test_sigterm_ends_a_watch_cleanly_and_it_is_audited_as_stopped(project):
+    import signal
+
+    with HealthServer(200) as health:
+        env = {**TIMING, "WATCH_HEALTH_URL": health.url}
+        ok(project.run("watch", "--baseline", env=env))
+        proc = project.start("watch", "--for=5m", env=env)
+        try:
+            # The first interval's line says the watch is sampling: then stop it.
+            for line in proc.stderr:
+                if "s watched," in line:
+                    break
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in out + err
+    assert [l for l in err.splitlines() if l.startswith("ERROR:")] == [
+        "ERROR: stopped by SIGTERM; nothing further was done"], err
+    events = [e for e in audit_events(project.store("dev")) if e["action"] == "watch"]
+    assert [e["outcome"] for e in events] == ["stopped"]

@@ -95,7 +95,7 @@ def watch(target, config, base: baselines.Baseline, *, duration: float, now: dat
     sampler = open_sampler(target, config, clock)
     sampler.open()
     try:
-        outcome.notes = _notes(base, sampler, config)
+        outcome.notes = _notes(base, sampler, config) + _age_note(base, now)
         for note in outcome.notes if reporter is not None else ():
             reporter.warn(note)
         _loop(outcome, sampler, config, base, duration, clock, sleep, on_interval)
@@ -147,6 +147,16 @@ def _notes(base, sampler, config) -> list[str]:
         notes.append("health_url is not watched: set WATCH_HEALTH_URL to the application's "
                      "health endpoint")
     return notes
+
+
+def _age_note(base, now: datetime) -> list[str]:
+    """A baseline from another day compares with other traffic: say so (a false alarm)."""
+    taken = datetime.fromisoformat(base.at.replace("Z", "+00:00"))
+    days = (now - taken).total_seconds() / 86400
+    if days < 1:
+        return []
+    return [f"the baseline is {days:.0f} day(s) old ({base.at}): traffic then may not be "
+            "traffic now; record a fresh one with `invoke watch --baseline`"]
 
 
 def change_of(target, base: baselines.Baseline) -> dict | None:
