@@ -5,6 +5,7 @@ Each task parses its options, makes one call into `app`, and prints the result. 
 Only invoke is imported at module level so that `invoke --list` stays fast; each task imports
 what it needs.
 """
+import contextlib
 import functools
 from datetime import datetime, timezone
 
@@ -50,7 +51,7 @@ def _refuse_empty(options: dict, positional) -> None:
     from app.ops.errors import ConfigError
     for name, value in options.items():
         if isinstance(value, str) and not value.strip():
-            what = name.upper() if name in positional else f"--{name.replace('_', '-')}"
+            what = name.upper() if name in positional else f"--{name.strip('_').replace('_', '-')}"
             raise ConfigError(f"{what} was given an empty value: give it a value"
                               + ("" if name in positional else ", or leave the option out"))
 
@@ -107,6 +108,8 @@ def status(c, env=None, json=False):
         *([("pgbackrest", _pgbackrest_status(info["pgbackrest"]))] if "pgbackrest" in info
           else []),
         ("production", "yes" if info["production"] else "no"),
+        *([("last watch", _watch_status(info["last_watch"]))] if info.get("last_watch")
+          else []),
         ("window", "not configured" if window is None else
          f"open until {window['closes_at']}" if window["open"] else
          f"closed, next opening {window['next_open'] or 'none configured'}"),
@@ -118,6 +121,10 @@ def status(c, env=None, json=False):
 def _future_line(item: dict) -> str:
     return (f"{item['id']}, created_at {item['created_at']}: the clock of the host that took it "
             "was wrong (or its manifest was edited); it does not count as the newest backup")
+def _watch_status(last: dict) -> str:
+    regressed = [s["name"] for s in last.get("signals") or () if s.get("state") == "regression"]
+    return (f"{last.get('verdict')} at {last.get('at')}, {last.get('watched_seconds')} s watched"
+            + (f" ({', '.join(regressed)})" if regressed else ""))
 
 
 def _pgbackrest_status(facts: dict) -> str:
@@ -138,8 +145,11 @@ def _pgbackrest_status(facts: dict) -> str:
 
 @task(help={"revision": "target revision (default: head)",
             "sql": "print the SQL of the pending migrations and change nothing",
-            "break_glass": "run in production outside the window; REASON goes to the audit log"})
-def migrate(c, env=None, revision="head", sql=False, break_glass=None):
+            "break_glass": "run in production outside the window; REASON goes to the audit log",
+            "watch": "after the change, watch the database and the application for DURATION "
+                     "(e.g. 10m; default WATCH_AFTER_MIGRATE; 0: no watch); exit 6 on a "
+                     "regression"})
+def migrate(c, env=None, revision="head", sql=False, break_glass=None, watch=None):
     """Back up, then upgrade the database to head (or --revision)."""
     from app.ops import release
 
@@ -147,27 +157,108 @@ def migrate(c, env=None, revision="head", sql=False, break_glass=None):
     target = _target(env)
     if sql:
         return console.say(release.upgrade_sql(target, revision))
+    watched = _watched(console, target, watch, "migrate")
     console.info(f"env {target.env}: {target.database.masked_url}")
     console.show_migration_log()
     result = release.migrate(target, revision=revision, now=_now(), reporter=console,
-                             break_glass=break_glass)
+                             break_glass=break_glass,
+                             before_backup=watched.take_baseline if watched else None)
     _report_run(console, result)
+    if watched and not result.nothing_to_do:
+        watched.watch_after(result)
 
 
 @task(help={"to": "where to go: -N steps (default -1), a revision id, or base",
             "break_glass": "run in production outside the window; REASON goes to the audit log",
-            "yes": "in production, go on although the rollback drops tables or columns"})
-def rollback(c, env=None, to="-1", break_glass=None, yes=False):
+            "yes": "in production, go on although the rollback drops tables or columns",
+            "watch": "after the change, watch the database and the application for DURATION "
+                     "(e.g. 10m; default WATCH_AFTER_MIGRATE; 0: no watch); exit 6 on a "
+                     "regression"})
+def rollback(c, env=None, to="-1", break_glass=None, yes=False, watch=None):
     """Back up, then downgrade the database (one step by default)."""
     from app.ops import release
 
     console = _console()
     target = _target(env)
+    watched = _watched(console, target, watch, "rollback")
     console.info(f"env {target.env}: {target.database.masked_url}")
     console.show_migration_log()
     result = release.rollback(target, to=to, now=_now(), reporter=console,
-                              break_glass=break_glass, yes=yes, ask=_terminal_prompt())
+                              break_glass=break_glass, yes=yes, ask=_terminal_prompt(),
+                              before_backup=watched.take_baseline if watched else None)
     _report_run(console, result)
+    if watched and not result.nothing_to_do:
+        watched.watch_after(result)
+
+
+class _Watched:
+    """A migrate or rollback that watches: its baseline before the backup, its watch after."""
+
+    def __init__(self, console, target, config, seconds, action):
+        self.console, self.target, self.config = console, target, config
+        self.seconds, self.action, self.baseline = seconds, action, None
+
+    def take_baseline(self, result) -> dict:
+        import time
+
+        from app.console_watch import WatchDisplay
+        from app.ops.watch.session import take_baseline
+
+        with WatchDisplay(self.console).baseline(self.config.baseline) as progress:
+            self.baseline = take_baseline(self.target, self.config, now=_now(),
+                                          clock=time.monotonic, sleep=time.sleep,
+                                          progress=progress, change={"action": self.action})
+        return {"watch_baseline": self.baseline.name}
+
+    def watch_after(self, result) -> None:
+        backup = result.backup
+        change = {"action": result.action, "from_revision": result.before,
+                  "to_revision": result.after, "backup_id": backup.id if backup else None,
+                  "restore_point": bool(backup and backup.is_restore_point)}
+        _run_watch(self.console, self.target, self.config, self.baseline, self.seconds,
+                   change=change)
+
+
+def _watched(console, target, option, action):
+    """A `_Watched` when this run watches (`--watch`, else WATCH_AFTER_MIGRATE), else None;
+    without either the watch is not even imported. Bad WATCH_* settings stop the run here,
+    before anything is done."""
+    if option is None and not target.settings.get("WATCH_AFTER_MIGRATE"):
+        return None
+    from app.ops.watch.config import WatchConfig
+    from app.ops.watch.session import check_watchable
+
+    config = WatchConfig.from_settings(target.settings)
+    seconds = config.watch_for(option)
+    if not seconds:
+        return None
+    check_watchable(target, config)
+    return _Watched(console, target, config, seconds, action)
+
+
+def _run_watch(console, target, config, baseline, seconds, change=None, json=False):
+    """Watch, show the verdict (or the JSON object), and exit 6 on a regression."""
+    import time
+
+    from app.console_watch import WatchDisplay
+    from app.ops.errors import WatchRegression
+    from app.ops.watch.session import watch as run_watch
+
+    display = WatchDisplay(console)
+    live = contextlib.nullcontext(None) if json else display.live(seconds)
+    with live as on_interval:
+        outcome = run_watch(target, config, baseline, duration=seconds, now=_now(),
+                            clock=time.monotonic, sleep=time.sleep, on_interval=on_interval,
+                            change=change, reporter=console)
+    if json:
+        console.json(outcome.as_json())
+    else:
+        display.verdict(outcome)
+    if outcome.verdict == "regression":
+        undo = " or ".join(f"`{command}`" for command, _ in outcome.undo)
+        raise WatchRegression(
+            "the watch found a regression: " + "; ".join(s.detail for s in outcome.regressions)
+            + (f"; undo with {undo}" if undo else "; undo the deploy that followed the baseline"))
 
 
 def _terminal_prompt():
@@ -432,6 +523,47 @@ def audit(c, env=None, json=False):
                     e.get("break_glass") or ""] for e in events])
 
 
+@task(help={"for_": "how long to watch (default: WATCH_AFTER_MIGRATE, else 10m)",
+            "baseline": "record a new baseline of normal traffic (WATCH_BASELINE long) and exit",
+            "json": "print the contract's JSON object instead of the table"})
+def watch(c, env=None, for_=None, baseline=False, json=False):
+    """Compare the database and the application with the last baseline (6: regression)."""
+    import time
+
+    from app.console_watch import WatchDisplay
+    from app.ops.errors import ConfigError
+    from app.ops.watch import baseline as baselines
+    from app.ops.watch.config import WatchConfig
+    from app.ops.watch.session import check_watchable, take_baseline
+
+    console = _console()
+    target = _target(env)
+    config = WatchConfig.from_settings(target.settings)
+    if baseline and for_ is not None:
+        raise ConfigError("--baseline records a baseline of WATCH_BASELINE and exits: leave "
+                          "out --for")
+    seconds = None if baseline else config.duration(for_)
+    check_watchable(target, config)
+    if baseline:
+        with WatchDisplay(console).baseline(config.baseline) as progress:
+            base = take_baseline(target, config, now=_now(), clock=time.monotonic,
+                                 sleep=time.sleep, progress=progress)
+        for note in base.notes + [f"{k} is not watched: {v}" for k, v in base.unreadable.items()]:
+            console.warn(note)
+        if json:
+            return console.json(base.record())
+        return console.say(f"Baseline {base.name} recorded: {base.seconds:.0f} s of traffic, "
+                           f"{len(base.statements or [])} main statement(s), "
+                           f"{len(base.seq_rows_per_s or {})} table(s). `invoke watch "
+                           f"--env={target.env}` compares with it.")
+    base = baselines.latest(target.storage)
+    if base is None or base.engine != target.database.kind:
+        raise ConfigError(f"no baseline is recorded for env '{target.env}': run `invoke watch "
+                          f"--env={target.env} --baseline` before the deploy, or set "
+                          "WATCH_AFTER_MIGRATE so that migrate records one")
+    _run_watch(console, target, config, base, seconds, json=json)
+
+
 @task(help={"json": "print a JSON object (status, checks, facts) instead of plugin lines",
             "prometheus": "also write the metrics to FILE for node_exporter's textfile "
                           "collector (name it *.prom; written atomically)"})
@@ -518,4 +650,4 @@ def _print_report(console, facts):
 
 
 ns = Collection(status, migrate, rollback, backup, backups, verify, create, history, heads,
-                merge, stamp, restore, prune, rehearse, audit, check, report)
+                merge, stamp, restore, prune, rehearse, audit, check, report, watch)

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     REFUSED = 3
     BACKUP_FAILED = 4
     MIGRATION_FAILED = 5
+    WATCH_REGRESSION = 6
 
 
 class OpsError(Exception):
@@ -55,3 +56,8 @@ class NoRoom(BackupFailed):
     """A folder has no room for a backup, its manifest or a scratch copy (ENOSPC, a full quota,
     or too little free space found before starting). Says nothing about the backup itself, so
     verify never records it as damage."""
+
+
+class WatchRegression(OpsError):
+    """The change is in, but the watch after it found a regression (the undo is printed)."""
+    exit_code = ExitCode.WATCH_REGRESSION

@@ -29,7 +29,8 @@ from app.settings import parse_duration
 DEFAULT_BACKUP_MAX_AGE = "26h"
 UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 AUDITED_RUNS = ("migrate", "rollback", "restore")
-FINE_OUTCOMES = {"succeeded", "nothing to do"}
+FINE_OUTCOMES = {"succeeded", "nothing to do", "ok"}   # "ok": a watch's verdict
+WATCH_ACTION = "watch"
 METRIC_PREFIX = "mida_db_"
 
 
@@ -284,11 +285,14 @@ def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
         except (ValueError, FileNotFoundError):
             continue
         action = event.get("action") if isinstance(event, dict) else None
+        if action == WATCH_ACTION and newest is None:
+            # Only a watch after every migrate, rollback and restore speaks for the database.
+            found.setdefault(action, event)
         if action not in AUDITED_RUNS:
             continue
         newest = newest or event
         found.setdefault(action, event)
-        if len(found) == len(AUDITED_RUNS):
+        if all(a in found for a in AUDITED_RUNS):
             break
     return found, newest
 
@@ -299,7 +303,7 @@ def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
 def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
     checks = [_database(facts), _backup(facts, limits, now), _verification(facts, limits, now),
               _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts),
-              _clock(facts), _drill(facts, limits, now)]
+              _clock(facts), _drill(facts, limits, now), _last_watch(facts)]
     if facts.maintenance or facts.maintenance_error:
         checks.insert(1, _maintenance(facts))
     state = worst(c.state for c in checks)
@@ -462,6 +466,19 @@ def _drill(facts: Facts, limits: Limits, now: datetime) -> Check:
         return Check("drill", state, detail + (advice if facts.production
                                                else " (not production)"))
     return Check("drill", State.OK, detail)
+def _last_watch(facts: Facts) -> Check:
+    event = (facts.last_runs or {}).get(WATCH_ACTION)
+    if event is None:
+        return Check("last_watch", State.OK, "no watch since the last migrate, rollback or "
+                     "restore")
+    detail = f"last watch at {event.get('at', '?')}: {event.get('outcome', '?')}"
+    if event.get("outcome") == "regression":
+        regressed = [s.get("detail", "?") for s in event.get("signals") or ()
+                     if s.get("state") == "regression"]
+        undo = " or ".join(f"`{u}`" for u in event.get("undo") or ())
+        return Check("last_watch", State.WARNING, f"{detail} ({'; '.join(regressed)})"
+                     + (f": undo with {undo}" if undo else ""))
+    return Check("last_watch", State.OK, detail)
 
 
 def _perfdata(facts: Facts, limits: Limits, now: datetime) -> str:

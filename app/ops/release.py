@@ -39,23 +39,27 @@ class RunResult:
 
 
 def migrate(target, *, revision: str = "head", now: datetime,
-            reporter: Reporter = Reporter(), break_glass: str | None = None) -> RunResult:
+            reporter: Reporter = Reporter(), break_glass: str | None = None,
+            before_backup=None) -> RunResult:
+    """`before_backup(result)`, when given, runs after the guards and before the backup (the
+    watch's baseline); the dict it returns joins the run's audit event."""
     migrations = Migrations(target, reporter=reporter)
     goal = migrations.resolve(revision)
     return _guarded_run(target, migrations, "migrate", now, reporter, break_glass,
                         lambda current: (goal, migrations.pending(current, goal)),
-                        migrations.upgrade)
+                        migrations.upgrade, before_backup=before_backup)
 
 
 def rollback(target, *, to: str = "-1", now: datetime,
              reporter: Reporter = Reporter(), break_glass: str | None = None,
-             yes: bool = False, ask=None) -> RunResult:
+             yes: bool = False, ask=None, before_backup=None) -> RunResult:
     migrations = Migrations(target, reporter=reporter)
     return _guarded_run(target, migrations, "rollback", now, reporter, break_glass,
                         lambda current: migrations.downgrade_target(current, to),
                         migrations.downgrade,
                         confirm=lambda steps: confirm_data_loss(target.settings, steps, yes=yes,
-                                                                ask=ask, reporter=reporter))
+                                                                ask=ask, reporter=reporter),
+                        before_backup=before_backup)
 
 
 def stamp(target, *, revision: str, now: datetime, reporter: Reporter = Reporter(),
@@ -130,7 +134,7 @@ def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
 
 def _guarded_run(target, migrations: Migrations, action: str, now: datetime,
                  reporter: Reporter, break_glass: str | None, plan, step,
-                 confirm=None) -> RunResult:
+                 confirm=None, before_backup=None) -> RunResult:
     """Window, then lock, then plan (under the lock, so nobody moves the database meanwhile),
     then the guards, the backup and the Alembic step."""
     facts = RunFacts(target)
@@ -149,6 +153,8 @@ def _guarded_run(target, migrations: Migrations, action: str, now: datetime,
         # means another run may be changing the database too.
         migrations.config.attributes["before_commit"] = run.lock.check
         run.audited = True
+        if before_backup is not None:
+            run.details.update(before_backup(result) or {})
         result.backup = backup_before_change(
             target, facts, now=now, revision=current, reporter=reporter,
             reason=f"before {action} {current or 'base'} -> {goal or 'base'}")

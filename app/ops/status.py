@@ -76,5 +76,16 @@ def collect_status(target, now: datetime, warn=None) -> dict:
         "production": settings.production,
         "window": window_status(settings, now),
         "unaborted_uploads": unaborted_uploads(settings),
+        "last_watch": last_watch(target),
         **extra,
     }
+
+
+def last_watch(target) -> dict | None:
+    """The env's newest watch verdict, as the audit recorded it (None: never watched)."""
+    from app.ops.watch.records import last_verdict
+    event = last_verdict(target.storage)
+    if event is None:
+        return None
+    return {key: event.get(key) for key in ("at", "verdict", "baseline_at", "watched_seconds",
+                                            "signals", "undo", "from_revision", "to_revision")}
