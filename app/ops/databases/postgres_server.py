@@ -27,8 +27,11 @@ KEPT = "__pre_restore_"
 MAX_NAME = 63  # PostgreSQL's identifier limit, in bytes
 STAMP_DIGITS = 17  # YYYYmmddHHMMSS and milliseconds: two restores in one second get two names
 # The sessions an application opens (pg_stat_activity of `a`), as opposed to the server's
-# own background processes there (autovacuum workers, parallel workers).
-CLIENTS = "a.backend_type = 'client backend'"
+# own background processes there (autovacuum workers, parallel workers). A role without
+# pg_read_all_stats sees another role's backend_type as NULL: such a row is a client if it has
+# a role (an autovacuum worker has none).
+CLIENTS = ("(a.backend_type = 'client backend' "
+           "OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))")
 
 
 def quote(name: str) -> str:
