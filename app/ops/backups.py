@@ -189,10 +189,15 @@ def verify_dump(target, manifest: BackupManifest, *, now: datetime,
         raise ConfigError(f"backup {manifest.id} is a {manifest.engine} backup but env "
                           f"'{target.env}' is configured for {target.database.kind}")
     dumper = target.database.dumper()
-    error = _artifact_error(storage, manifest)
-    if error is not None:
+    try:
+        problem = _artifact_problem(storage, manifest)
+    except FileNotFoundError:
+        error = f"backup {manifest.id} has lost its artifact {manifest.location}"
         _record_verification(storage, manifest, now, error)
-        raise BackupFailed(error)
+        raise BackupFailed(error) from None
+    if problem is not None:
+        _record_verification(storage, manifest, now, problem)
+        raise BackupFailed(f"backup {manifest.id} failed verification: {problem}")
     identities = None
     if manifest.encryption:
         identities = (Encryption.from_settings(target.settings) or Encryption((), None)).identities(
@@ -207,20 +212,20 @@ def verify_dump(target, manifest: BackupManifest, *, now: datetime,
     return record_outcome(storage, manifest, now, read_back)
 
 
-def _artifact_error(storage, manifest: BackupManifest) -> str | None:
-    """Why the stored artifact cannot be this backup's, before a byte of it is read: gone, not
-    a file of the store (a symbolic link, perhaps out of it), or not the size recorded (a
-    checksum proves the bytes, not that the manifest describes them)."""
+def _artifact_problem(storage, manifest: BackupManifest) -> str | None:
+    """Why the stored artifact cannot be this backup's, before a byte of it is read: not a
+    file of the store (a symbolic link, perhaps out of it), or not the size recorded (a
+    checksum proves the bytes, not that the manifest describes them). FileNotFoundError: gone."""
     where = storage.location(manifest.artifact)
     try:
         stored = storage.size(manifest.artifact)
     except FileNotFoundError:
-        return f"backup {manifest.id} has lost its artifact {manifest.location}"
+        raise
     except OSError as exc:  # a local store refuses what is not a regular file of its own
-        return f"backup {manifest.id}'s artifact {where} is refused: {exc.strerror or exc}"
+        return f"its artifact {where} is refused: {exc.strerror or exc}"
     if stored != manifest.size:
-        return (f"backup {manifest.id}'s artifact {where} is {stored} bytes but its manifest "
-                f"records {manifest.size}: it is damaged or not this backup's")
+        return (f"its artifact {where} is {stored} bytes but its manifest records "
+                f"{manifest.size}: it is damaged or not this backup's")
     return None
 
 
