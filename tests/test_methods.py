@@ -112,9 +112,7 @@ def test_a_dump_backup_is_still_verified_and_a_damaged_one_recorded(tmp_path):
     assert verify_backup(target, manifest, now=T0).verified
     artifact = Path(manifest.location)
     artifact.write_bytes(artifact.read_bytes()[:-7])
-    # Refused by its size first (shorter than the manifest says), and recorded.
-    with pytest.raises(BackupFailed, match=f"backup {manifest.id}'s artifact .* is "
-                                           "[0-9]+ bytes but its manifest records"):
+    with pytest.raises(BackupFailed, match=f"backup {manifest.id} failed verification"):
         verify_backup(target, manifest, now=T0)
     [stored] = [m for m in list_backups(target) if m.id == manifest.id]
     assert stored.verified is False and stored.verify_error
