@@ -329,16 +329,23 @@ def archiving_cluster():
     """A throwaway PostgreSQL 15 cluster archiving to a local pgBackRest repository, with one
     full backup (tests/pgbackrest_cluster.py); stopped and removed at the end of the session.
     Under CI=true a cluster that cannot be built fails the tests instead of skipping them."""
-    from pgbackrest_cluster import ClusterUnavailable, build_cluster, remove_cluster
+    from pgbackrest_cluster import build_cluster, remove_cluster
+    cluster = cluster_or_skip(build_cluster, "a throwaway pgBackRest cluster")
+    yield cluster
+    remove_cluster(cluster)
+
+
+def cluster_or_skip(build, what: str):
+    """`build()`'s throwaway cluster; one that cannot be built skips the test (fails it under
+    CI=true)."""
+    from pgbackrest_cluster import ClusterUnavailable
     try:
-        cluster = build_cluster()
-    except (ClusterUnavailable, RuntimeError, OSError) as exc:
-        message = f"cannot build a throwaway pgBackRest cluster: {exc}"
+        return build()
+    except (ClusterUnavailable, RuntimeError, OSError, KeyError) as exc:
+        message = f"cannot build {what}: {exc}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    yield cluster
-    remove_cluster(cluster)
 
 
 @dataclass

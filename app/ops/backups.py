@@ -29,15 +29,16 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
                 label: str | None = None, database_size: int | None = None,
                 progress: Progress | None = None,
                 readback_progress: Progress | None = None,
-                cancel=None) -> BackupManifest:
+                cancel=None, backup_id: str | None = None) -> BackupManifest:
     """Dump, compress, hash and store; read the stored artifact back whole; then write the
     manifest. Any failure removes what this call stored and raises BackupFailed; so does
-    `cancel` (a Cancellation), from another thread."""
+    `cancel` (a Cancellation), from another thread. `backup_id`: an id chosen beforehand (a
+    restore records its safety backup's id before taking it)."""
     storage = target.storage
     storage.prepare()
     target.database.check_tools()
     dumper = target.database.dumper()
-    backup_id = new_backup_id(now)
+    backup_id = backup_id or new_backup_id(now)
     encryption = Encryption.from_settings(target.settings)
     sealed = encryption is not None and bool(encryption.recipients)
     if sealed:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.ops.backups import BackupManifest, list_backups
+from app.ops.errors import DatabaseUnreachable
 from app.ops.migrations import Migrations
 from app.ops.storage import unaborted_uploads
 
@@ -42,7 +43,16 @@ def collect_status(target, now: datetime, warn=None) -> dict:
     settings = target.settings
     migrations = Migrations(target)
     heads = migrations.heads()
-    current = migrations.current()
+    interrupted = interrupted_restores(target)
+    try:
+        current = migrations.current()
+    except DatabaseUnreachable as exc:
+        if not interrupted:
+            raise
+        # A restore cut short at its swap may have left the database closed: say so.
+        raise DatabaseUnreachable(f"{exc}; " + "; ".join(i["describe"] for i in interrupted)
+                                  + f": the next migrate, rollback, backup or restore of env "
+                                  f"'{settings.env}' finishes it") from None
     pending = migrations.pending(current, heads[0]) if len(heads) == 1 else []
     backups = list_backups(target, warn)  # on S3 this also aborts recorded uploads it can
     extra = target.method.status(target)  # pgbackrest: the stanza and the archiver
@@ -56,5 +66,13 @@ def collect_status(target, now: datetime, warn=None) -> dict:
         "production": settings.production,
         "window": window_status(settings, now),
         "unaborted_uploads": unaborted_uploads(settings),
+        "interrupted_restores": interrupted,
         **extra,
     }
+
+
+def interrupted_restores(target) -> list[dict]:
+    """The env's restores cut short at their swap (app/ops/restore_intent.py), as JSON."""
+    from app.ops.restore_intent import pending_intents
+    return [{**intent.as_json(), "describe": intent.describe()}
+            for intent in pending_intents(target)]
