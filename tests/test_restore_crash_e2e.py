@@ -4,7 +4,8 @@
    server: nothing restarts it);
 2. the server stopped just after the rename committed, started again once the run has ended;
 3. the server stopped while the rename waits (between closing the live database to connections
-   and renaming it), started again once the run has ended.
+   and renaming it), started again once the run has ended; and the rename's session ended while
+   the server still answers, which the run settles itself on its way out.
 2 and 3 run on a throwaway cluster of their own (initdb on a free port), never the shared
 server. Each synchronises on a real event (a fake pg_dump writing to a FIFO or stopping the
 server itself, a lock wait seen in pg_locks) and asserts what the server and the store hold
@@ -196,6 +197,9 @@ exec "$REAL" "$@"
     assert safety_backups(project, env, backup["id"]) == []
     intent = shows_interrupted(project, env, backup["id"], kept[0])
     assert intent["phase"] == "swapped" and intent["safety_backup_id"]
+    # The killed safety backup's half-written file: the next run knows it by the recorded id.
+    left = leftovers_in_store(project)
+    assert len(left) == 2 and left[0].startswith(f".{intent['safety_backup_id']}."), left
 
     result = ok(project.run("backup", env=env))
     assert f"finished the restore of backup {backup['id']}" in result.stderr, shown(result)
@@ -324,3 +328,42 @@ def test_a_server_restart_before_the_rename_reopens_the_database_on_the_next_run
         f"not swapped, cleaned up by run {events[1]['run']}", "succeeded"], events
     assert len(safety_backups(project, env, backup["id"])) == 1
     assert leftovers_in_store(project) == []
+
+
+def test_a_rename_cut_short_while_the_server_answers_is_settled_on_the_way_out(
+        project, pgdb, pg_admin):
+    """The rename's session ended mid-wait (as a restart ends it) while the server still
+    answers: the run reopens what it closed and drops its copy itself, reads from the server
+    that nothing was swapped, and leaves no record for the next run."""
+    db = pgdb
+    env = pg_env(db)
+    migrated_with_backup(project, db, ("ada@example.org", None))
+    backup = project.backups("pgtest", env=env)[0]
+    insert_users(db, ("written-before-the-swap@example.org", None))
+    before = pg_state(db)
+    old_oid = db_properties(pg_admin, db.name)["oid"]
+    holder_engine = create_engine(db.admin.url, poolclass=pool.NullPool)
+    holder = holder_engine.connect()
+    holder.execute(text(f'COMMENT ON DATABASE "{db.name}" IS NULL'))
+    run = project.start("restore", "--yes", f"--backup={backup['id']}", env=env)
+    try:
+        with ended_afterwards(run):
+            wait_for_rename_to_wait(pg_admin, old_oid, run)
+            admin_sql(pg_admin, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
+                                "locktype = 'object' AND classid = 'pg_database'::regclass "
+                                "AND objid = :oid AND NOT granted", oid=old_oid)
+            out, err = run.communicate(timeout=120)
+    finally:
+        holder.rollback()
+        holder_engine.dispose()
+    result = type("Result", (), {"returncode": run.returncode, "stdout": out, "stderr": err})
+
+    failed(result, 4, "the server refused a step of the restore")
+    assert pg_state(db) == before
+    assert db_properties(pg_admin, db.name)["oid"] == old_oid
+    assert allows_connections(pg_admin, db.name)
+    assert derived_databases(pg_admin, db.name) == []
+    assert [e["outcome"] for e in restore_events(project)] == ["failed"]
+    assert leftovers_in_store(project) == []
+    status = json.loads(ok(project.run("status", "--json", env=env)).stdout)
+    assert status["interrupted_restores"] == []

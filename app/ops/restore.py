@@ -9,6 +9,9 @@ audit. On PostgreSQL the restore builds a new database and swaps names at the en
 and has changed nothing. The safety backup is taken after the swap, of the previous
 database under its new name: it holds every write made until the swap, and is off the path to
 service. On SQLite it is taken just before the copy, under SQLite's locking.
+A PostgreSQL restore cut short at its swap is finished by the next run, from its intent record
+(app/ops/restore_intent.py); a run that fails after writing it reads from the server what
+became of the swap on its way out.
 Never gated by the maintenance window: it is the incident tool.
 """
 from __future__ import annotations

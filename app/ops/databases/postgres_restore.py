@@ -6,6 +6,13 @@ it exactly as it was (a killed run leaves a `__restoring_` database, which the n
 drops). The old database stays under a dated name (`DB__pre_restore_STAMP`) until the engineer
 drops it: it holds every write made until the swap, and its safety backup is taken from it.
 
+Right before the swap an intent record goes to the backup store (app/ops/restore_intent.py):
+a run cut short from there on (kill -9 during the safety backup, a server restart around the
+rename) is finished by the next migrate, rollback, backup or restore (`finish_interrupted`),
+from that record and what the server shows: the safety backup taken and verified, audited, and
+only then the old database dropped; or, not swapped, the live database reopened and the copy
+dropped.
+
 Why not `pg_restore --clean` into the live database: a table added by a later migration survives
 it, a foreign key from such a table makes the restore fail halfway, and it cannot run in parallel.
 """
@@ -53,10 +60,7 @@ def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disco
         check_lock()  # LockLost: nothing swapped, the copy is dropped below
         # Before the live database is touched: a run cut short from here on is finished by
         # the next one, from this record and what the server shows (app/ops/restore_intent.py).
-        plan.intent = write_intent(target, backup_id=plan.backup.id, copy=new, kept=kept,
-                                   live_oid=props.oid, from_revision=plan.current,
-                                   to_revision=plan.backup.revision, now=now,
-                                   disconnect=disconnect)
+        plan.intent = _intent_written(target, plan, new, kept, props, now, disconnect)
         downtime = server.swap(new, kept, end_sessions=disconnect)
         in_service = time.monotonic() - started
     except BaseException:
@@ -74,10 +78,23 @@ def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disco
     safety_id = new_backup_id(at)
     # Its id is recorded first: a run killed while taking it leaves a half-written file that
     # the next run knows to be this one's.
-    mark_intent(target, plan.intent, phase="swapped", safety_backup_id=safety_id)
+    with contextlib.suppress(OpsError, OSError):  # the next run reads the server anyway
+        mark_intent(target, plan.intent, phase="swapped", safety_backup_id=safety_id)
     result.safety, result.safety_error = _safety_backup_of(
         target.at(database.at(kept)), plan, at, safety_id)
     return result
+
+
+def _intent_written(target, plan: RestorePlan, new: str, kept: str, props, now: datetime,
+                    disconnect: bool) -> RestoreIntent:
+    try:
+        return write_intent(target, backup_id=plan.backup.id, copy=new, kept=kept,
+                            live_oid=props.oid, from_revision=plan.current,
+                            to_revision=plan.backup.revision, now=now, disconnect=disconnect)
+    except (OpsError, OSError) as exc:
+        raise BackupFailed(f"the restore's intent record could not be written to the backup "
+                           f"store ({exc}); nothing was swapped, the restored copy is "
+                           "dropped") from None
 
 
 def _current_user(database) -> str:
