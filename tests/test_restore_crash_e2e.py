@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import signal
+import tempfile
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, pool, text
@@ -37,21 +41,17 @@ INTENT_SUFFIX = ".restore-intent.json"
 
 # -- a throwaway cluster, and what the tests read from a server ------------------------------
 def _build_plain_cluster() -> ArchivingCluster:
-    """initdb on a free port, trust authentication, started; no archiving."""
-    import pwd
-    import shutil
-    import tempfile
-
+    """initdb on a free port, trust authentication, started; no archiving. Its folder belongs
+    to the `postgres` OS user, as the server runs as that user (never root)."""
     if not (PG_BIN / "initdb").exists():
         raise ClusterUnavailable(f"no initdb in {PG_BIN} (set TEST_PG_BIN)")
     owner = pwd.getpwnam("postgres")
-    root = tempfile.mkdtemp(prefix="restore-crash-cluster-")
+    root = Path(tempfile.mkdtemp(prefix="restore-crash-cluster-"))
     os.chmod(root, 0o755)
     os.chown(root, owner.pw_uid, owner.pw_gid)
-    from pathlib import Path
-    cluster = ArchivingCluster(Path(root), free_port())
+    cluster = ArchivingCluster(root, free_port())
     try:
-        (cluster.socket_dir).mkdir(mode=0o750)
+        cluster.socket_dir.mkdir(mode=0o750)
         os.chown(cluster.socket_dir, owner.pw_uid, owner.pw_gid)
         cluster.run(str(PG_BIN / "initdb"), "-D", str(cluster.data), "--auth=trust", "-U",
                     "postgres", "--no-sync", "-E", "UTF8")
@@ -61,7 +61,6 @@ def _build_plain_cluster() -> ArchivingCluster:
         cluster.start()
     except BaseException:
         remove_cluster(cluster)
-        shutil.rmtree(root, ignore_errors=True)
         raise
     return cluster
 
@@ -234,7 +233,7 @@ exec "$REAL" "$@"
         result = project.run("restore", "--yes", f"--backup={backup['id']}",
                              env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
     finally:
-        cluster.start()
+        started_again(cluster)
 
     failed(result, 4, f"backup {backup['id']} is in service", "nothing was dropped",
            "the next migrate, rollback, backup or restore")
@@ -267,6 +266,32 @@ def wait_for_rename_to_wait(admin, oid: int, run) -> None:
         time.sleep(0.05)
 
 
+def restore_cut_at_the_rename(project, db, backup_id: str, env: dict, cut) -> SimpleNamespace:
+    """`invoke restore` whose rename waits for a lock the test holds on the live database's
+    catalog entry (as any ALTER or COMMENT ON DATABASE takes: closing the database to
+    connections does not need it, the rename does); `cut()` runs once it waits. The run's end."""
+    old_oid = db_properties(db.admin, db.name)["oid"]
+    holder_engine = create_engine(db.admin.url, poolclass=pool.NullPool)
+    holder = holder_engine.connect()
+    holder.execute(text(f'COMMENT ON DATABASE "{db.name}" IS NULL'))
+    run = project.start("restore", "--yes", f"--backup={backup_id}", env=env)
+    try:
+        with ended_afterwards(run):
+            wait_for_rename_to_wait(db.admin, old_oid, run)
+            assert not allows_connections(db.admin, db.name)
+            cut()
+            out, err = run.communicate(timeout=120)
+    finally:
+        holder.invalidate()  # closed without a rollback: the server rolls its session back
+        holder_engine.dispose()
+    return SimpleNamespace(returncode=run.returncode, stdout=out, stderr=err)
+
+
+def started_again(cluster) -> None:
+    if not (cluster.data / "postmaster.pid").exists():
+        cluster.start()
+
+
 def test_a_server_restart_before_the_rename_reopens_the_database_on_the_next_run(
         project, cluster, cluster_db):
     db = cluster_db
@@ -276,23 +301,12 @@ def test_a_server_restart_before_the_rename_reopens_the_database_on_the_next_run
     insert_users(db, ("written-before-the-swap@example.org", None))
     before = pg_state(db)
     old_oid = db_properties(db.admin, db.name)["oid"]
-    # A lock on the live database's catalog entry, as any ALTER or COMMENT ON DATABASE takes:
-    # closing it to connections does not need it, the rename does.
-    holder_engine = create_engine(db.admin.url, poolclass=pool.NullPool)
-    holder = holder_engine.connect()
-    holder.execute(text(f'COMMENT ON DATABASE "{db.name}" IS NULL'))
-    run = project.start("restore", "--yes", f"--backup={backup['id']}", env=env)
     try:
-        with ended_afterwards(run):
-            wait_for_rename_to_wait(db.admin, old_oid, run)
-            assert not allows_connections(db.admin, db.name)
-            cluster.pg_ctl("stop", "-m", "fast", "-w")
-            out, err = run.communicate(timeout=120)
+        result = restore_cut_at_the_rename(
+            project, db, backup["id"], env,
+            cut=lambda: cluster.pg_ctl("stop", "-m", "fast", "-w"))
     finally:
-        holder.invalidate()  # its session ended with the server: nothing to roll back
-        holder_engine.dispose()
-        cluster.start()
-    result = type("Result", (), {"returncode": run.returncode, "stdout": out, "stderr": err})
+        started_again(cluster)
 
     failed(result, 4, "cut short at the swap", f"reopening {db.name}", "nothing was dropped")
     # Not swapped, and left closed: the server was away when the run tried to reopen it.
@@ -342,21 +356,10 @@ def test_a_rename_cut_short_while_the_server_answers_is_settled_on_the_way_out(
     insert_users(db, ("written-before-the-swap@example.org", None))
     before = pg_state(db)
     old_oid = db_properties(pg_admin, db.name)["oid"]
-    holder_engine = create_engine(db.admin.url, poolclass=pool.NullPool)
-    holder = holder_engine.connect()
-    holder.execute(text(f'COMMENT ON DATABASE "{db.name}" IS NULL'))
-    run = project.start("restore", "--yes", f"--backup={backup['id']}", env=env)
-    try:
-        with ended_afterwards(run):
-            wait_for_rename_to_wait(pg_admin, old_oid, run)
-            admin_sql(pg_admin, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
-                                "locktype = 'object' AND classid = 'pg_database'::regclass "
-                                "AND objid = :oid AND NOT granted", oid=old_oid)
-            out, err = run.communicate(timeout=120)
-    finally:
-        holder.rollback()
-        holder_engine.dispose()
-    result = type("Result", (), {"returncode": run.returncode, "stdout": out, "stderr": err})
+    result = restore_cut_at_the_rename(project, db, backup["id"], env, cut=lambda: admin_sql(
+        pg_admin, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'object' "
+                  "AND classid = 'pg_database'::regclass AND objid = :oid AND NOT granted",
+        oid=old_oid))
 
     failed(result, 4, "the server refused a step of the restore")
     assert pg_state(db) == before

@@ -144,11 +144,16 @@ def _safety_backup_of(kept, plan: RestorePlan, at: datetime,
     and nobody writes to it any more. Its backup is taken, read back and listed like any other;
     a failure here does not undo the restore (which has succeeded): it is reported, and the
     previous database is kept."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.ops.connection import first_line
     try:
         return take_backup(kept, reason=f"{SAFETY_REASON}{plan.backup.id}",
                            revision=kept.database.revision(), now=at, backup_id=backup_id), None
     except OpsError as exc:
         why = str(exc)
+    except DBAPIError as exc:  # the server went away under the dump's snapshot session
+        why = first_line(exc.orig)
     except KeyboardInterrupt:
         why = "it was stopped"
     name = kept.database.name
@@ -221,6 +226,9 @@ def _finish_safety_backup(target, intent: RestoreIntent, now: datetime,
     """The verified safety backup of the previous database: the one the cut-short run
     finished, read back again, or a new one. None (and a warning) if it fails: then nothing
     is dropped and the record stays for the next run."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.ops.connection import first_line
     _remove_partials(target.storage, intent.safety_backup_id)
     kept = target.at(target.database.at(intent.kept))
     try:
@@ -231,9 +239,10 @@ def _finish_safety_backup(target, intent: RestoreIntent, now: datetime,
                 return manifest
         return take_backup(kept, reason=f"{SAFETY_REASON}{intent.backup_id}",
                            revision=kept.database.revision(), now=now)
-    except OpsError as exc:
+    except (OpsError, DBAPIError) as exc:
+        why = first_line(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
         reporter.warn(f"the {intent.describe()} is not finished: the safety backup of "
-                      f"{intent.kept} failed ({exc}); nothing was dropped, the next run tries "
+                      f"{intent.kept} failed ({why}); nothing was dropped, the next run tries "
                       "again")
         return None
 
