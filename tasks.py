@@ -95,6 +95,10 @@ def status(c, env=None, json=False):
                   f"{u['parts']} part{'' if u['parts'] == 1 else 's'} stored, recorded {u['recorded_at']} in {u['record']}): the next "
                   f"run that reaches {u['endpoint']} aborts it")
                  for u in info["unaborted_uploads"]]
+    # Shown only when there are some: restores a kill or a server restart cut short.
+    unaborted += [("interrupted restore", f"{r['describe']}: the next migrate, rollback, "
+                   "backup or restore of this env finishes it")
+                  for r in info["interrupted_restores"]]
     console.fields(f"Environment {info['env']}" + (" (PRODUCTION)" if info["production"] else ""), [
         ("database", info["database"]),
         ("current", info["current"] or "base (no revision yet)"),

@@ -352,7 +352,7 @@ def _throwaway(build, what: str):
     from pgbackrest_cluster import ClusterUnavailable, remove_cluster
     try:
         cluster = build()
-    except (ClusterUnavailable, RuntimeError, OSError) as exc:
+    except (ClusterUnavailable, RuntimeError, OSError, KeyError) as exc:
         message = f"cannot build {what}: {exc}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)

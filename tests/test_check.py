@@ -402,3 +402,17 @@ def test_s3_with_the_object_gone_is_critical(project, bucket: Bucket):
     bucket.client.delete_object(Bucket=bucket.name, Key=bucket.key("dev", artifact))
     lines = checked(project.run("check", env=env), CRITICAL)
     assert "no verified backup" in line_of(lines, "backup")
+
+
+def test_a_restore_intent_record_left_in_the_store_warns_until_it_is_gone(project):
+    """A record a restore cut short at its swap left (one that cannot be read counts too: it
+    is named, not skipped); the restore itself is e2e in test_restore_crash_e2e.py."""
+    backed_up(project)
+    record = project.store("dev") / "20260101T000000000000Z-0badc0de.restore-intent.json"
+    record.write_text("{not json")
+    lines = checked(project.run("check"), WARNING)
+    assert record.name in line_of(lines, "interrupted_restore")
+    assert state_of(lines, "interrupted_restore") == "WARNING"
+    record.unlink()
+    lines = checked(project.run("check"), OK)
+    assert "no restore left unfinished" in line_of(lines, "interrupted_restore")

@@ -16,13 +16,17 @@ from datetime import datetime, timezone
 
 from app.ops.audit_chain import AUDIT_SUFFIX, PREVIOUS, canonical_bytes, link
 
+# This process's run, named in each of its events: a run that finishes another's interrupted
+# restore says which run it was ("completed by run RUN_ID").
+RUN_ID = secrets.token_hex(4)
+
 
 def who() -> dict:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
+    return {"user": user, "host": socket.gethostname(), "pid": os.getpid(), "run": RUN_ID}
 
 
 def record(target, *, action: str, now: datetime, outcome: str, reporter=None,

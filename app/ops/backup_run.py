@@ -18,6 +18,7 @@ def backup_on_demand(target, *, now: datetime, label: str | None,
                      reporter: Reporter = Reporter()) -> BackupManifest:
     """`invoke backup`: the same backup migrate takes, with an optional label."""
     check_label(label)
+    finish_interrupted_restores(target, now=now, reporter=reporter)
     manifest = backup_before_change(target, now=now, revision=target.database.revision(),
                                     reporter=reporter, reason="on demand", label=label)
     if manifest is None:
@@ -38,3 +39,13 @@ def backup_before_change(target, facts=None, *, now: datetime, revision: str | N
         return None
     return target.method.take(target, facts, now=now, revision=revision, reason=reason,
                               reporter=reporter, label=label)
+
+
+def finish_interrupted_restores(target, *, now: datetime, reporter: Reporter) -> None:
+    """A backup on demand takes no lock, but a restore an earlier run left unfinished is
+    finished first, under the lock, like migrate, rollback and restore do."""
+    from app.ops.restore_intent import pending_intents
+    if target.database.kind != "postgresql" or not pending_intents(target):
+        return
+    with target.database.lock("backup", now):
+        target.database.finish_interrupted_restore(target, now=now, reporter=reporter)

@@ -29,11 +29,12 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
                 label: str | None = None, database_size: int | None = None,
                 expected_size: int | None = None, progress: Progress | None = None,
                 readback_progress: Progress | None = None,
-                cancel=None) -> BackupManifest:
+                cancel=None, backup_id: str | None = None) -> BackupManifest:
     """Dump, compress, hash and store; read the stored artifact back whole; then write the
     manifest. Any failure removes what this call stored and raises BackupFailed; so does
     `cancel` (a Cancellation), from another thread. `expected_size`: the stored bytes expected
-    (an estimate, for the store: S3 chooses its part size from it)."""
+    (an estimate, for the store: S3 chooses its part size from it). `backup_id`: an id chosen
+    beforehand (a restore records its safety backup's id before taking it)."""
     storage = target.storage
     storage.prepare()
     target.database.check_tools()
@@ -42,7 +43,7 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
         # depends on it (S3): the database's own size, as the uncompressed upper bound.
         expected_size = database_size or target.database.facts().size
     dumper = target.database.dumper()
-    backup_id = new_backup_id(now)
+    backup_id = backup_id or new_backup_id(now)
     encryption = Encryption.from_settings(target.settings)
     sealed = encryption is not None and bool(encryption.recipients)
     if sealed:

@@ -22,6 +22,7 @@ from app.ops.catalog import CLOCK_SKEW, is_future
 from app.ops.drill_records import newest_successful, read_drills
 from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
 from app.ops.leftovers import abandoned
+from app.ops.restore_intent import RestoreIntent, read_intents
 from app.ops.status import backup_item
 from app.ops.storage import unaborted_uploads
 from app.settings import parse_duration
@@ -31,6 +32,7 @@ UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 AUDITED_RUNS = ("migrate", "rollback", "restore")
 FINE_OUTCOMES = {"succeeded", "nothing to do", "ok"}   # "ok": a watch's verdict
 WATCH_ACTION = "watch"
+FINISHED_BY_ANOTHER_RUN = "completed by run "  # a restore finished by the next run
 METRIC_PREFIX = "mida_db_"
 
 
@@ -117,6 +119,9 @@ class Facts:
     # PostgreSQL: the maintenance database the lock and restore connect to, or why not
     maintenance: str | None = None
     maintenance_error: str | None = None
+    # restores cut short at their swap (app/ops/restore_intent.py); a name: an unreadable record
+    interrupted_restores: list[RestoreIntent | str] = field(default_factory=list)
+    lock_held: bool = False  # PostgreSQL: a migrate, rollback or restore holds the env's lock
 
 
 @dataclass
@@ -208,6 +213,7 @@ def _read_database(facts: Facts, database) -> None:
             facts.current = revision_of(conn)
             facts.reachable = True
             facts.leftover_databases = database.leftover_copies(conn)
+            facts.lock_held = _lock_held(conn, database)
         _read_maintenance(facts, database)
     except DatabaseUnreachable as exc:
         facts.database_error = str(exc)
@@ -224,6 +230,20 @@ def _read_maintenance(facts: Facts, database) -> None:
             facts.maintenance = maintenance.reachable(database.url)
         except DatabaseUnreachable as exc:
             facts.maintenance_error = str(exc)
+
+
+def _lock_held(conn, database) -> bool:
+    """Whether a run holds the env's lock now: a restore's intent record is then that run's,
+    in progress, not one left unfinished."""
+    from sqlalchemy import text
+
+    from app.ops.lock import advisory_key
+    if database.kind != "postgresql":
+        return False
+    return bool(conn.execute(text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND ((classid::bigint << 32) | objid::bigint) = :k"),
+        {"k": advisory_key(database.name)}).scalar())
 
 
 def _read_store(facts: Facts, target, now: datetime | None) -> None:
@@ -253,6 +273,10 @@ def _read_store(facts: Facts, target, now: datetime | None) -> None:
             facts.lost.append(manifest)
     except (OpsError, OSError) as exc:  # OSError: a local folder this user may not read
         facts.backups, facts.store_error = None, str(exc)
+    try:
+        facts.interrupted_restores = read_intents(target)
+    except (OpsError, OSError):
+        pass  # the store's own failure is reported by the backup check
     try:
         facts.last_runs, facts.newest_run = _last_runs(storage)
         facts.first_event_at = _first_event_at(storage)
@@ -303,7 +327,8 @@ def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
 def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
     checks = [_database(facts), _backup(facts, limits, now), _verification(facts, limits, now),
               _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts),
-              _clock(facts), _drill(facts, limits, now), _last_watch(facts)]
+              _clock(facts), _drill(facts, limits, now), _last_watch(facts),
+              _interrupted_restore(facts)]
     if facts.maintenance or facts.maintenance_error:
         checks.insert(1, _maintenance(facts))
     state = worst(c.state for c in checks)
@@ -412,7 +437,11 @@ def _leftovers(facts: Facts, now: datetime) -> Check:
         problems.append(f"multipart upload {upload['upload_id']} of {upload['location']} could "
                         "not be aborted (its parts are still stored and billed): the next run "
                         "that reaches the endpoint aborts it")
+    unfinished = {n for i in facts.interrupted_restores if isinstance(i, RestoreIntent)
+                  for n in (i.kept, i.copy)}
     for name, sessions in facts.leftover_databases:
+        if name in unfinished:
+            continue  # the interrupted_restore check names it: not to be dropped by hand
         if "__pre_restore_" in name:
             problems.append(f"database {name} kept by a restore: drop it with `dropdb {name}` "
                             "once satisfied")
@@ -443,7 +472,8 @@ def _last_run(facts: Facts) -> Check:
     if event is None:
         return Check("last_run", State.OK, "no migrate, rollback or restore audited yet")
     detail = f"last {event.get('action')} at {event.get('at', '?')}: {event.get('outcome', '?')}"
-    if event.get("outcome") not in FINE_OUTCOMES:
+    outcome = str(event.get("outcome", ""))
+    if outcome not in FINE_OUTCOMES and not outcome.startswith(FINISHED_BY_ANOTHER_RUN):
         return Check("last_run", State.WARNING, detail + " (`invoke audit` has the details)")
     return Check("last_run", State.OK, detail)
 
@@ -466,6 +496,8 @@ def _drill(facts: Facts, limits: Limits, now: datetime) -> Check:
         return Check("drill", state, detail + (advice if facts.production
                                                else " (not production)"))
     return Check("drill", State.OK, detail)
+
+
 def _last_watch(facts: Facts) -> Check:
     event = (facts.last_runs or {}).get(WATCH_ACTION)
     if event is None:
@@ -479,6 +511,19 @@ def _last_watch(facts: Facts) -> Check:
         return Check("last_watch", State.WARNING, f"{detail} ({'; '.join(regressed)})"
                      + (f": undo with {undo}" if undo else ""))
     return Check("last_watch", State.OK, detail)
+
+
+def _interrupted_restore(facts: Facts) -> Check:
+    if not facts.interrupted_restores:
+        return Check("interrupted_restore", State.OK, "no restore left unfinished")
+    if facts.lock_held:
+        return Check("interrupted_restore", State.OK, "a restore is in progress (the env's lock "
+                     "is held): " + "; ".join(i.describe(cut_short=False) if isinstance(i, RestoreIntent)
+                                               else i for i in facts.interrupted_restores))
+    found = [(f"the {i.describe()}; the next migrate, rollback, backup or restore of env "
+              f"{facts.env} finishes it (do not drop {i.kept})") if isinstance(i, RestoreIntent)
+             else f"restore intent record {i} cannot be read" for i in facts.interrupted_restores]
+    return Check("interrupted_restore", State.WARNING, "interrupted restore: " + "; ".join(found))
 
 
 def _perfdata(facts: Facts, limits: Limits, now: datetime) -> str:

@@ -37,6 +37,15 @@ def abandoned(path: Path, now: float | None = None) -> bool:
     try:
         if (now or time.time()) - path.lstat().st_mtime < MIN_AGE_SECONDS:
             return False
+    except OSError:
+        return False
+    return unheld(path)
+
+
+def unheld(path: Path) -> bool:
+    """True if no process holds `path` (whatever its age: for a file whose writer is known to
+    be gone, such as the safety backup of a restore whose lock another run now holds)."""
+    try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False

@@ -99,6 +99,8 @@ def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
                  reporter=reporter)
     started = time.monotonic()
     with target.database.lock(action, now) as lock:
+        # A restore an earlier run left unfinished is finished first (app/ops/restore_intent.py).
+        target.database.finish_interrupted_restore(target, now=now, reporter=reporter)
         run = AuditedRun(lock)
         outcome = "failed"
         try:

@@ -11,10 +11,14 @@ audit. On PostgreSQL the restore builds a new database and swaps names at the en
 and has changed nothing. The safety backup is taken after the swap, of the previous
 database under its new name: it holds every write made until the swap, and is off the path to
 service. On SQLite it is taken just before the copy, under SQLite's locking.
+A PostgreSQL restore cut short at its swap is finished by the next run, from its intent record
+(app/ops/restore_intent.py); a run that fails after writing it reads from the server what
+became of the swap on its way out.
 Never gated by the maintenance window: it is the incident tool.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,9 +27,11 @@ from typing import Callable
 from app.ops import audit, drill_records
 from app.ops.backups import BackupManifest, find_backup, list_backups, take_backup
 from app.ops.catalog import default_restore
-from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused, LockLost
+from app.ops.errors import (BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused,
+                            LockLost, OpsError)
 from app.ops.methods import method_of
 from app.ops.report import Reporter
+from app.ops.restore_intent import NOT_SWAPPED, SWAPPED, clear_intent, swap_state, undo_unswapped
 
 SAFETY_REASON = "before restore of "
 
@@ -37,6 +43,8 @@ class RestorePlan:
     current: str | None     # the live database's revision now
     closed: bool = False    # PostgreSQL: closed to connections (a swap killed halfway)
     passed_over: list = field(default_factory=list)  # newer backups the default skipped, why
+    intent: object = None   # PostgreSQL: the swap's intent record, once written
+    intent_done: bool = False  # settled on the way out: the record can go
 
 
 @dataclass
@@ -106,6 +114,10 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
     started = time.monotonic()
     outcome, result = "failed", None
     with target.database.lock("restore", now) as lock:
+        # A restore an earlier run left unfinished is finished first (its own record).
+        if target.database.finish_interrupted_restore(target, now=now, reporter=reporter):
+            with contextlib.suppress(DatabaseUnreachable):  # still closed: reopened below
+                plan.current = target.database.revision()
         try:
             # The method that made the backup restores it (app/ops/methods.py). The lock is
             # asked again right before a swap: one lost meanwhile (its session ended) means
@@ -123,12 +135,20 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
             return result
         except KeyboardInterrupt:
             outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
+            with contextlib.suppress(Exception):
+                _settle_on_the_way_out(target, plan, result, reporter)
             raise
         except LockLost as exc:
             outcome = "lock lost"
             raise LockLost(f"restore stopped before the swap: {exc}; nothing was changed, the "
                            "restored copy is dropped; run it again once no other run holds "
                            "the lock") from None
+        except OpsError as exc:
+            unsettled = _settle_on_the_way_out(target, plan, result, reporter, exc)
+            if unsettled is None:
+                raise
+            outcome, message = unsettled
+            raise BackupFailed(message) from None
         finally:
             audit.record(target, action="restore", now=now, outcome=outcome, reporter=reporter,
                          from_revision=plan.current, to_revision=plan.backup.revision,
@@ -140,7 +160,10 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
                          time_to_service_seconds=(result.time_to_service_seconds if result
                                                   else None),
                          kept_database=result.kept_database if result else None,
-                         safety_backup_error=result.safety_error if result else None)
+                         safety_backup_error=result.safety_error if result else None,
+                         intent=plan.intent.name if plan.intent else None)
+            if plan.intent is not None and (plan.intent_done or (result and result.safety)):
+                _clear(target, plan.intent, reporter)  # finished: audited, and settled
             drill_records.keep(target, _drill(target, plan, now, started, outcome, result), now,
                                reporter)
 
@@ -158,6 +181,50 @@ def _drill(target, plan: RestorePlan, now: datetime, started: float, outcome: st
         target, "restore", now, plan.backup.id, seconds, outcome, checks,
         restore_seconds=to_service if to_service is not None else
         (seconds if result is not None else None))
+
+
+def _settle_on_the_way_out(target, plan: RestorePlan, result: RestoreResult | None, reporter,
+                           exc: Exception | None = None) -> tuple[str, str] | None:
+    """A run that wrote its intent record and then failed reads from the server what became of
+    the swap. Not swapped: it reopens what it closed and drops its copy (the record can go),
+    and its own error stands (None). Otherwise (the server away, or the swap in but its safety
+    backup not taken) the record stays for the next run: (outcome, message) to end with."""
+    intent = plan.intent
+    if intent is None or (result is not None and result.safety is not None):
+        return None
+    try:
+        server = target.database.server()
+        state, found = swap_state(server, intent)
+        if state == NOT_SWAPPED:
+            for done in undo_unswapped(server, intent, found):
+                reporter.warn(done)
+            plan.intent_done = True
+            return None
+    except OpsError as unreachable:
+        state, exc = None, exc or unreachable
+    if exc is None or (state is not None and result is not None):
+        return None  # the server answers and the run's own error says what happened
+    next_run = (f"the next migrate, rollback, backup or restore of env '{target.env}' finishes "
+                "it (`invoke status` shows it until then)")
+    if result is not None or state == SWAPPED:
+        return ("in service, safety backup pending",
+                f"backup {plan.backup.id} is in service (the swap committed), but the run "
+                f"could not go on ({exc}): the previous database is kept as {intent.kept}, "
+                f"nothing was dropped and its safety backup is not taken yet; {next_run}")
+    return ("cut short at the swap",
+            f"the restore of backup {plan.backup.id} was cut short at the swap ({exc}): "
+            f"whether it went into service is read from the server by the next run; "
+            f"{next_run}, reopening {intent.database} to connections if it was left closed; "
+            "nothing was dropped")
+
+
+def _clear(target, intent, reporter) -> None:
+    try:
+        clear_intent(target, intent)
+    except (OpsError, OSError) as exc:
+        reporter.warn(f"the restore's intent record {intent.name} could not be removed ({exc}): "
+                      "the next run of the env takes it for an unfinished restore: it verifies "
+                      f"the safety backup again and drops {intent.kept}")
 
 
 def safety_backup(target, plan: RestorePlan, now: datetime) -> BackupManifest:

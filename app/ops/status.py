@@ -8,6 +8,7 @@ from datetime import datetime
 
 from app.ops.backups import BackupManifest, list_backups
 from app.ops.catalog import dated_in_future, in_the_present, is_future
+from app.ops.errors import DatabaseUnreachable
 from app.ops.migrations import Migrations, UnknownRevision, UnloadableRevisionFile
 from app.ops.storage import unaborted_uploads
 
@@ -60,7 +61,16 @@ def revision_state(target) -> tuple[str | None, list[str], list[str], str | None
 
 def collect_status(target, now: datetime, warn=None) -> dict:
     settings = target.settings
-    current, heads, pending, problem = revision_state(target)
+    interrupted = interrupted_restores(target)
+    try:
+        current, heads, pending, problem = revision_state(target)
+    except DatabaseUnreachable as exc:
+        if not interrupted:
+            raise
+        # A restore cut short at its swap may have left the database closed: say so.
+        raise DatabaseUnreachable(f"{exc}; " + "; ".join(i["describe"] for i in interrupted)
+                                  + f": the next migrate, rollback, backup or restore of env "
+                                  f"'{settings.env}' finishes it") from None
     backups = list_backups(target, warn)  # on S3 this also aborts recorded uploads it can
     extra = target.method.status(target)  # pgbackrest: the stanza and the archiver
     return {
@@ -77,6 +87,7 @@ def collect_status(target, now: datetime, warn=None) -> dict:
         "window": window_status(settings, now),
         "unaborted_uploads": unaborted_uploads(settings),
         "last_watch": last_watch(target),
+        "interrupted_restores": interrupted,
         **extra,
     }
 
@@ -89,3 +100,10 @@ def last_watch(target) -> dict | None:
         return None
     return {key: event.get(key) for key in ("at", "verdict", "baseline_at", "watched_seconds",
                                             "signals", "undo", "from_revision", "to_revision")}
+
+
+def interrupted_restores(target) -> list[dict]:
+    """The env's restores cut short at their swap (app/ops/restore_intent.py), as JSON."""
+    from app.ops.restore_intent import pending_intents
+    return [{**intent.as_json(), "describe": intent.describe()}
+            for intent in pending_intents(target)]

@@ -182,6 +182,12 @@ class PostgresDatabase:
                                started=started, check_lock=check_lock)
 
 
+    def finish_interrupted_restore(self, target, *, now: datetime, reporter) -> bool:
+        """Under the lock: finish a restore a kill or a server restart cut short at its swap."""
+        from app.ops.databases.postgres_restore import finish_interrupted
+        return finish_interrupted(target, now=now, reporter=reporter)
+
+
 def restore_jobs() -> int:
     import os
     return max(1, min(os.cpu_count() or 1, 8))

@@ -289,6 +289,16 @@ class PostgresServer:
     def drop(self, name: str) -> None:
         self._run(f"DROP DATABASE IF EXISTS {quote(name)} WITH (FORCE)")
 
+    def databases_named(self, names: list[str]) -> dict[str, tuple[int, bool]]:
+        """{name: (oid, accepts connections)} of those of `names` that exist: which database
+        holds which name after an interrupted swap (a rename keeps the oid)."""
+        rows = self._run("SELECT datname, oid, datallowconn FROM pg_database "
+                         "WHERE datname = ANY(:names)", {"names": list(names)}, fetch=True)
+        return {name: (int(oid), bool(allowed)) for name, oid, allowed in rows}
+
+    def allow_connections(self, name: str) -> None:
+        self._run(f"ALTER DATABASE {quote(name)} ALLOW_CONNECTIONS true")
+
 
 def _settings_of(props: DatabaseProperties) -> list[tuple[str | None, str, str]]:
     """(role or None, name, value) of each setting of the database that can be set again."""

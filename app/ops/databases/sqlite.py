@@ -91,6 +91,10 @@ class SqliteDatabase:
                 verify_backup(target, backup, now=now, extract_to=extracted)
             yield target.at(self.at(copy))
 
+    def finish_interrupted_restore(self, target, *, now: datetime, reporter) -> bool:
+        """Nothing to finish: an SQLite restore has no swap that a kill could cut short."""
+        return False
+
     def restore(self, target, plan, *, now: datetime, reporter, disconnect: bool,
                 started: float, check_lock):
         """Verify into a private copy, take the safety backup of the database as it is just
