@@ -166,9 +166,12 @@ exec "$REAL" "$@"
     assert safety_backups(project, env, backup["id"]) == []
     intent = shows_interrupted(project, env, backup["id"], kept[0])
     assert intent["phase"] == "swapped" and intent["safety_backup_id"]
-    # The killed safety backup's half-written file: the next run knows it by the recorded id.
+    # The killed safety backup was written under no name (O_TMPFILE): nothing half-written is
+    # left in the store, only the intent record.
     left = leftovers_in_store(project)
-    assert len(left) == 2 and left[0].startswith(f".{intent['safety_backup_id']}."), left
+    assert len(left) == 1 and left[0].endswith(INTENT_SUFFIX), left
+    assert not [p for p in project.store("pgtest").iterdir()
+                if p.name.startswith(f".{intent['safety_backup_id']}.")]
 
     result = ok(project.run("backup", env=env))
     assert f"finished the restore of backup {backup['id']}" in result.stderr, shown(result)
