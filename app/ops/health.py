@@ -105,6 +105,7 @@ class Facts:
     last_runs: dict[str, dict] | None = None  # action -> newest audit event of that action
     newest_run: dict | None = None
     audit_error: str | None = None
+    key_warnings: list[str] = field(default_factory=list)  # app/ops/key_health.py
 
 
 @dataclass
@@ -176,7 +177,20 @@ def gather(target) -> Facts:
         except ConfigError as exc:  # the database is at a revision the scripts do not lead to
             facts.pending_error = str(exc)
     _read_store(facts, target)
+    _read_keys(facts, target)
     return facts
+
+
+def _read_keys(facts: Facts, target) -> None:
+    from app.ops.key_health import key_findings
+
+    newest = facts.backups[0] if facts.backups else None
+    try:
+        facts.key_warnings = key_findings(target.settings, target.storage, newest)
+    except ConfigError:
+        raise  # BACKUP_ENCRYPTION itself is wrong: the check's own settings
+    except (OpsError, OSError) as exc:
+        facts.key_warnings = [f"the newest backup's age header cannot be read: {exc}"]
 
 
 def _read_database(facts: Facts, database) -> None:
@@ -259,7 +273,8 @@ def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
 
 def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
     checks = [_database(facts), _backup(facts, limits, now), _verification(facts, limits, now),
-              _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts)]
+              _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts),
+              _keys(facts)]
     state = worst(c.state for c in checks)
     if state == State.OK:
         newest = facts.newest_verified
@@ -381,6 +396,13 @@ def _last_run(facts: Facts) -> Check:
     if event.get("outcome") not in FINE_OUTCOMES:
         return Check("last_run", State.WARNING, detail + " (`invoke audit` has the details)")
     return Check("last_run", State.OK, detail)
+
+
+def _keys(facts: Facts) -> Check:
+    if facts.key_warnings:
+        return Check("encryption", State.WARNING, "; ".join(facts.key_warnings))
+    return Check("encryption", State.OK, "keys and encryption policy in order" if facts.production
+                 else "not production: keys not checked")
 
 
 def _perfdata(facts: Facts, limits: Limits, now: datetime) -> str:

@@ -22,7 +22,17 @@ def backup_item(manifest: BackupManifest) -> dict:
         "reason": manifest.reason, "label": manifest.label,
         "duration_seconds": manifest.duration_seconds,
         "method": manifest.method, "pgbackrest": manifest.pgbackrest,
+        "encryption": manifest.encryption, "recipients": manifest.recipients,
+        "rekeyed_at": manifest.rekeyed_at,
     }
+
+
+def _retention(storage) -> dict | None:
+    """S3 Object Lock (BACKUP_S3_OBJECT_LOCK): how long each object is kept, in which mode."""
+    lock = getattr(storage, "object_lock", None)
+    if lock is None:
+        return None
+    return {"object_lock": lock.text, "seconds": lock.seconds, "mode": lock.mode}
 
 
 def window_status(settings, now: datetime) -> dict | None:
@@ -56,5 +66,6 @@ def collect_status(target, now: datetime, warn=None) -> dict:
         "production": settings.production,
         "window": window_status(settings, now),
         "unaborted_uploads": unaborted_uploads(settings),
+        "retention": _retention(target.storage),
         **extra,
     }

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from app.ops.backups import BackupManifest, check_scratch_room, take_backup, verify_backup
 from app.ops.databases.postgres import restore_jobs
 from app.ops.databases.postgres_server import KEPT, RESTORING, database_stamp, derived_name
+from app.ops.encryption_policy import safety_backup_refusal
 from app.ops.errors import BackupFailed, OpsError
 from app.ops.leftovers import child_path, private_folder, unnamed_file
 from app.ops.restore import SAFETY_REASON, RestorePlan, RestoreResult
@@ -56,6 +57,9 @@ def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disco
     result = RestoreResult(plan.backup, None, None, 0.0, kept_database=kept,
                            downtime_seconds=round(downtime, 3),
                            time_to_service_seconds=round(in_service, 3))
+    result.safety_skipped = safety_backup_refusal(target.settings, kept)
+    if result.safety_skipped:
+        return result
     reporter.info(f"backup {plan.backup.id} is in service; the previous database is {kept}: "
                   "taking its safety backup")
     result.safety, result.safety_error = _safety_backup_of(
