@@ -111,6 +111,8 @@ def status(c, env=None, json=False):
          + ("" if last["artifact"] == "present" else f", ARTIFACT {last['artifact'].upper()}")),
         *([("pgbackrest", _pgbackrest_status(info["pgbackrest"]))] if "pgbackrest" in info
           else []),
+        *([("retention", f"S3 Object Lock, {info['retention']['object_lock']} per object "
+            f"({info['retention']['mode']} mode)")] if info.get("retention") else []),
         ("production", "yes" if info["production"] else "no"),
         *([("last watch", _watch_status(info["last_watch"]))] if info.get("last_watch")
           else []),
@@ -326,12 +328,21 @@ def backups(c, env=None, json=False):
     if not items:
         return console.say("No backups yet.")
     console.table("Backups, newest first",
-                  ["id", "age", "revision", "size", "verified", "reason", "location"],
+                  ["id", "age", "revision", "size", "verified", "reason", "encryption",
+                   "location"],
                   [[m.id, f"IN THE FUTURE ({m.created_at})" if is_future(m, now) else
                     human_age(m.created_at, now), m.revision or "base", human_size(m.size),
                     ("yes" if m.verified else "NO") if m.intact else m.artifact_state.upper(),
-                    m.label or m.reason, m.location]
+                    m.label or m.reason, _encryption_cell(m), m.location]
                    for m in items])
+
+
+def _encryption_cell(m) -> str:
+    """age and its recipients (public keys, shortened), and when it was last re-keyed."""
+    if m.encryption != "age":
+        return "pgbackrest" if m.is_restore_point else "none"
+    keys = ", ".join(f"{k[:12]}...{k[-4:]}" for k in m.recipients or [])
+    return f"age to {keys}" + (f", re-keyed {m.rekeyed_at}" if m.rekeyed_at else "")
 
 
 @task(help={"backup": "the backup's id (default: the newest)",
@@ -453,7 +464,10 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster
                     + (" --disconnect" if disconnect else ""))
     for note in result.notes:
         console.say(note[0].upper() + note[1:])
-    if result.kept_database:
+    if result.safety_skipped:
+        console.say(result.safety_skipped[0].upper() + result.safety_skipped[1:] + ": keep it "
+                    "until you are satisfied, it is the only copy of what was there before.")
+    elif result.kept_database:
         console.say(f"The previous database is kept as {result.kept_database}: drop it with "
                     f"`dropdb {result.kept_database}` once you are satisfied.")
     if result.safety_error:
@@ -493,6 +507,9 @@ def prune(c, env=None, dry_run=False):
     for m in plan.future or ():
         from app.ops.catalog import future_note
         console.warn(f"{future_note(m)}; kept, not counted as a copy")
+    for m, until in plan.retained or ():
+        console.say(f"Keeping {m.id} ({m.created_at}): under S3 Object Lock retention until "
+                    f"{until.isoformat(timespec='seconds')}; a prune after that deletes it.")
     if not plan.delete:
         return console.say(f"Nothing to prune: {len(plan.keep)} backup(s) kept.")
     verb = "Would delete" if dry_run else "Deleting"
@@ -566,6 +583,41 @@ def watch(c, env=None, for_=None, baseline=False, json=False):
                           f"--env={target.env} --baseline` before the deploy, or set "
                           "WATCH_AFTER_MIGRATE so that migrate records one")
     _run_watch(console, target, config, base, seconds, json=json)
+
+
+@task(help={"backup": "re-key only this backup (default: every backup of the env)",
+            "dry_run": "list what would be re-keyed, change nothing"})
+def rekey(c, env=None, backup=None, dry_run=False):
+    """Re-encrypt the env's backups to the current BACKUP_ENCRYPTION_RECIPIENTS."""
+    from app.ops.errors import BackupFailed, ConfigError
+    from app.ops.rekey import RESTORE_POINT_NOTE, plan_rekey, run_rekey
+
+    console = _console()
+    target = _target(env)
+    plan = plan_rekey(target, backup, console.warn)
+    for m in plan.restore_points:
+        console.say(f"Backup {m.id}: {RESTORE_POINT_NOTE}.")
+    for m in plan.current:
+        console.say(f"Backup {m.id}: already encrypted to the current recipients.")
+    for name in plan.orphans:
+        console.say(f"{'Would remove' if dry_run else 'Removing'} "
+                    f"{target.storage.location(name)}, left by an interrupted rekey.")
+    verb = "Would re-key" if dry_run else "Re-keying"
+    for m in plan.todo:
+        now_to = (f"age to {len(m.recipients or [])} other recipient(s)" if m.encryption == "age"
+                  else "not encrypted")
+        console.say(f"{verb} backup {m.id} ({now_to}).")
+    if dry_run:
+        return console.say(f"{len(plan.todo)} would be re-keyed; nothing was changed.")
+    result = run_rekey(target, plan, now=_now(), reporter=console)
+    console.say(f"{len(result.done)} re-keyed, {len(plan.current)} already current, "
+                f"{len(plan.restore_points)} restore point(s) not re-keyed, "
+                f"{len(result.failed)} failed.")
+    if result.failed:
+        errors = [exc for _, exc in result.failed]
+        kind = ConfigError if all(isinstance(e, ConfigError) for e in errors) else BackupFailed
+        raise kind(f"{len(errors)} backup(s) not re-keyed, left as they were: "
+                   + "; ".join(f"{m.id}: {exc}" for m, exc in result.failed))
 
 
 @task(help={"json": "print a JSON object (status, checks, facts) instead of plugin lines",
@@ -654,4 +706,4 @@ def _print_report(console, facts):
 
 
 ns = Collection(status, migrate, rollback, backup, backups, verify, create, history, heads,
-                merge, stamp, restore, prune, rehearse, audit, check, report, watch)
+                merge, stamp, restore, prune, rehearse, audit, check, report, watch, rekey)

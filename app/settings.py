@@ -102,6 +102,15 @@ class Settings:
                               f"'{self.env}' is {engine_kind(self.database_url)}")
         return method
 
+    @property
+    def backup_encryption(self) -> str:
+        """BACKUP_ENCRYPTION: `required` (the default in production) or `optional`."""
+        value = self.get("BACKUP_ENCRYPTION", "required" if self.production else "optional")
+        if value.strip().lower() not in {"required", "optional"}:
+            raise ConfigError(f"BACKUP_ENCRYPTION '{value}' is not supported: use required or "
+                              "optional")
+        return value.strip().lower()
+
     def duration(self, name: str, default: str | None = None) -> str | None:
         """A PostgreSQL duration setting (5s, 500ms, 2min), validated so that a typo is a clear
         error before anything runs, not a failed SET halfway into a release."""

@@ -199,9 +199,12 @@ def test_a_failed_migrate_in_the_audit_warns_until_a_run_succeeds(project):
     assert "rollback" in line_of(lines, "last_run")
 
 
-def test_pending_migrations_warn_in_production_only(project):
+def test_pending_migrations_warn_in_production_only(project, keys):
+    key = keys("prod")  # production's backups must be encrypted (BACKUP_ENCRYPTION=required)
     for name in ("prod", "staging"):
-        project.env_file(name, USE_SQLITE="True", SQLITE_PATH=f"{name}.db")
+        project.env_file(name, USE_SQLITE="True", SQLITE_PATH=f"{name}.db",
+                         BACKUP_ENCRYPTION_RECIPIENTS=key.recipient,
+                         BACKUP_ENCRYPTION_IDENTITY_FILE=str(key.path))
         assert project.run("migrate", f"--env={name}", f"--revision={FIRST}",
                            "--break-glass=test set-up").returncode == 0
         assert project.run("backup", f"--env={name}").returncode == 0

@@ -50,7 +50,8 @@ def store_files(project, env_name: str) -> dict[str, bytes]:
 
 def prod_at(project, revision: str, **settings: str) -> Path:
     """`.env.prod` on SQLite file prod.db, brought to `revision` outside any guard (env dev)."""
-    project.env_file("prod", USE_SQLITE="True", **settings)
+    # Plaintext backups allowed: the guards tested here are others (test_encryption_policy_e2e).
+    project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional", **settings)
     ok(project.run("migrate", f"--revision={revision}", env={"SQLITE_PATH": "prod.db"}))
     path = project.root / "prod.db"
     assert sqlite_state(path)["revision"] == revision
@@ -164,7 +165,7 @@ def test_a_risky_operation_is_a_warning_on_migrate(project, env_name):
 def test_production_waits_for_staging_to_reach_the_target(project):
     project.env_file("staging", USE_SQLITE="True", SQLITE_PATH="staging.db")
     project.env_file("prod", USE_SQLITE="True", REQUIRE_STAGING_FIRST="staging",
-                     MAINTENANCE_WINDOW=open_window())
+                     MAINTENANCE_WINDOW=open_window(), BACKUP_ENCRYPTION="optional")
     staging, prod = project.root / "staging.db", project.root / "prod.db"
     ok(project.run("migrate", "--env=staging", f"--revision={FIRST}"))
     ok(project.run("migrate", "--env=prod", f"--revision={FIRST}"))  # staging is there: allowed
@@ -204,7 +205,7 @@ def test_a_run_that_would_not_fit_the_window_is_refused_unless_break_glass(proje
     manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     now = datetime.now(UTC)
-    project.env_file("prod", USE_SQLITE="True",
+    project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional",
                      MAINTENANCE_WINDOW=window_covering(now - timedelta(hours=1),
                                                         now + timedelta(minutes=2)))
     before = sqlite_state(prod)
@@ -259,7 +260,8 @@ def scratch_databases(db) -> list[str]:
 
 def prod_pg_env(db, **extra: str) -> dict:
     # Lock timeouts are retried (MIGRATION_LOCK_RETRIES, default 3): short pauses here.
-    settings = {"PRODUCTION": "true", "MIGRATION_LOCK_TIMEOUT": "1s",
+    settings = {"PRODUCTION": "true", "BACKUP_ENCRYPTION": "optional",
+                "MIGRATION_LOCK_TIMEOUT": "1s",
                 "MIGRATION_LOCK_RETRY_DELAY": "100ms", "MAINTENANCE_WINDOW": open_window()}
     settings.update(extra)
     return pg_env(db, **settings)

@@ -630,7 +630,7 @@ def test_restore_in_production_is_not_gated_by_the_window_and_is_audited(project
     db = pgdb
     ok(project.run("migrate", env=pg_env(db)))
     insert_users(db, ("ada@example.org", None))
-    prod = pg_env(db, APP_ENV="prod")
+    prod = pg_env(db, APP_ENV="prod", BACKUP_ENCRYPTION="optional")
     assert "MAINTENANCE_WINDOW" not in prod
     info = json.loads(ok(project.run("status", "--json", env=prod)).stdout)
     assert info["production"] is True and info["window"] is None

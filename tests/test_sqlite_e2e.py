@@ -59,7 +59,8 @@ def env_window(start: datetime, end: datetime) -> str:
 
 def prod_project(project, **settings: str) -> Path:
     """`.env.prod` on SQLite file prod.db, set up at FIRST outside any guard (via env dev)."""
-    project.env_file("prod", USE_SQLITE="True", **settings)
+    # Plaintext backups allowed: these tests are about the window (encryption: its own tests).
+    project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional", **settings)
     migrated(project, FIRST, env={"SQLITE_PATH": "prod.db"})
     path = project.root / "prod.db"
     assert sqlite_state(path)["revision"] == FIRST

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from app.ops.encryption_policy import audit_unencrypted, check_policy
 from app.ops.errors import ConfigError
 from app.ops.guards import RunFacts
 from app.ops.manifest import BackupManifest, check_label
@@ -18,12 +19,17 @@ def backup_on_demand(target, *, now: datetime, label: str | None,
                      reporter: Reporter = Reporter()) -> BackupManifest:
     """`invoke backup`: the same backup migrate takes, with an optional label."""
     check_label(label)
+    facts = RunFacts(target)
+    check_policy(target.settings, lambda: facts.at_rest, action="backup")
     finish_interrupted_restores(target, now=now, reporter=reporter)
-    manifest = backup_before_change(target, now=now, revision=target.database.revision(),
+    manifest = backup_before_change(target, facts, now=now, revision=target.database.revision(),
                                     reporter=reporter, reason="on demand", label=label)
     if manifest is None:
         raise ConfigError(f"database {target.database.masked_url} does not exist yet: "
                           "there is nothing to back up")
+    if target.settings.production and facts.at_rest is None:
+        # Not audited otherwise: under BACKUP_ENCRYPTION=optional a plaintext copy is.
+        audit_unencrypted(target, manifest, now=now, reporter=reporter)
     return manifest
 
 

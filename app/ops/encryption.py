@@ -27,8 +27,7 @@ class Encryption:
 
     @classmethod
     def from_settings(cls, settings) -> "Encryption | None":
-        keys = [k.strip() for k in (settings.get("BACKUP_ENCRYPTION_RECIPIENTS") or "").split(",")
-                if k.strip()]
+        keys = parse_recipients(settings.get("BACKUP_ENCRYPTION_RECIPIENTS"))
         identity = settings.get("BACKUP_ENCRYPTION_IDENTITY_FILE")
         if not keys:
             return cls((), identity) if identity else None
@@ -47,8 +46,6 @@ class Encryption:
         return parsed
 
     def identities(self, backup_id: str):
-        from pyrage import x25519
-
         if not self.identity_file:
             raise ConfigError(f"backup {backup_id} is encrypted: set "
                               "BACKUP_ENCRYPTION_IDENTITY_FILE to the age private key to read it")
@@ -63,15 +60,27 @@ class Encryption:
             # As ssh does with a private key: this one opens every backup of patient data.
             raise ConfigError(f"BACKUP_ENCRYPTION_IDENTITY_FILE {path} is open to other users "
                               f"(mode {mode & 0o777:04o}): run `chmod 600 {path}` first")
-        try:
-            found = [x25519.Identity.from_str(line.strip()) for line in lines
-                     if line.strip() and not line.startswith("#")]
-        except Exception:
-            found = []
+        found = parse_identities(lines)
         if not found:
             raise ConfigError(f"BACKUP_ENCRYPTION_IDENTITY_FILE {path} holds no age identity "
                               "(AGE-SECRET-KEY-1...)")
         return found
+
+
+def parse_identities(lines) -> list:
+    """The age identities in an identity file's lines (none if any line is not one)."""
+    from pyrage import x25519
+
+    try:
+        return [x25519.Identity.from_str(line.strip()) for line in lines
+                if line.strip() and not line.startswith("#")]
+    except Exception:
+        return []
+
+
+def parse_recipients(value: str | None) -> tuple[str, ...]:
+    """BACKUP_ENCRYPTION_RECIPIENTS as a tuple of keys."""
+    return tuple(k.strip() for k in (value or "").split(",") if k.strip())
 
 
 class _Pump(threading.Thread):

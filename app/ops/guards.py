@@ -42,6 +42,12 @@ class RunFacts:
         """The parsed MAINTENANCE_WINDOW (read only where one is configured)."""
         return load_window(self.target.settings)
 
+    @cached_property
+    def at_rest(self) -> str | None:
+        """How this run's backup would be encrypted at rest (app/ops/encryption_policy.py)."""
+        from app.ops.encryption_policy import at_rest
+        return at_rest(self.target.settings)
+
 
 def load_window(settings):
     from app.ops.window import MaintenanceWindow, WindowError

@@ -122,6 +122,7 @@ class Facts:
     # restores cut short at their swap (app/ops/restore_intent.py); a name: an unreadable record
     interrupted_restores: list[RestoreIntent | str] = field(default_factory=list)
     lock_held: bool = False  # PostgreSQL: a migrate, rollback or restore holds the env's lock
+    key_warnings: list[str] = field(default_factory=list)  # app/ops/key_health.py
 
 
 @dataclass
@@ -195,7 +196,20 @@ def gather(target, now: datetime | None = None) -> Facts:
         except ConfigError as exc:  # the database is at a revision the scripts do not lead to
             facts.pending_error = str(exc)
     _read_store(facts, target, now)
+    _read_keys(facts, target)
     return facts
+
+
+def _read_keys(facts: Facts, target) -> None:
+    from app.ops.key_health import key_findings
+
+    newest = facts.backups[0] if facts.backups else None
+    try:
+        facts.key_warnings = key_findings(target.settings, target.storage, newest)
+    except ConfigError:
+        raise  # BACKUP_ENCRYPTION itself is wrong: the check's own settings
+    except (OpsError, OSError) as exc:
+        facts.key_warnings = [f"the newest backup's age header cannot be read: {exc}"]
 
 
 def _read_database(facts: Facts, database) -> None:
@@ -328,7 +342,7 @@ def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
     checks = [_database(facts), _backup(facts, limits, now), _verification(facts, limits, now),
               _pending(facts), _heads(facts), _leftovers(facts, now), _last_run(facts),
               _clock(facts), _drill(facts, limits, now), _last_watch(facts),
-              _interrupted_restore(facts)]
+              _interrupted_restore(facts), _keys(facts)]
     if facts.maintenance or facts.maintenance_error:
         checks.insert(1, _maintenance(facts))
     state = worst(c.state for c in checks)
@@ -524,6 +538,13 @@ def _interrupted_restore(facts: Facts) -> Check:
               f"{facts.env} finishes it (do not drop {i.kept})") if isinstance(i, RestoreIntent)
              else f"restore intent record {i} cannot be read" for i in facts.interrupted_restores]
     return Check("interrupted_restore", State.WARNING, "interrupted restore: " + "; ".join(found))
+
+
+def _keys(facts: Facts) -> Check:
+    if facts.key_warnings:
+        return Check("encryption", State.WARNING, "; ".join(facts.key_warnings))
+    return Check("encryption", State.OK, "keys and encryption policy in order" if facts.production
+                 else "not production: keys not checked")
 
 
 def _perfdata(facts: Facts, limits: Limits, now: datetime) -> str:

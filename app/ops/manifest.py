@@ -42,6 +42,7 @@ class BackupManifest:
     row_counts: dict | None = None
     encryption: str | None = None
     recipients: list | None = None
+    rekeyed_at: str | None = None   # when `invoke rekey` last re-encrypted it (app/ops/rekey.py)
     tool: str = TOOL_NAME
     versions: dict = field(default_factory=dict)
     verified: bool = True
@@ -83,8 +84,7 @@ class BackupManifest:
             return cls._restore_point(data)
         if data.get("method", "dump") != "dump":
             raise ValueError(f"its method {data['method']!r} is not dump or pgbackrest")
-        suffixes = [s + e for s in ARTIFACT_SUFFIXES for e in ("", ".age")]
-        if data["artifact"] not in [data["id"] + suffix for suffix in suffixes]:
+        if not is_artifact_of(data["id"], data["artifact"]):
             raise ValueError(f"its artifact {data['artifact']!r} is not named after its id")
         if not SHA256_RE.fullmatch(data["sha256"]) or data["size"] < 0 or data["raw_size"] < 0:
             raise ValueError("its sha256 or size is not one")
@@ -131,17 +131,31 @@ class BackupManifest:
 
 _OPTIONAL = {"stored_size", "tool", "versions", "verified", "verified_at", "verify_error",
              "label", "duration_seconds", "database_size", "row_counts", "encryption",
-             "recipients", "method", "pgbackrest"}
+             "recipients", "method", "pgbackrest", "rekeyed_at"}
 _FIELD_TYPES = {
     **{name: (str,) for name in ("id", "env", "engine", "database", "created_at", "sha256",
                                  "artifact", "location", "format", "reason", "tool")},
     **{name: (str, None) for name in ("revision", "label", "verified_at", "verify_error",
-                                      "encryption")},
+                                      "encryption", "rekeyed_at")},
     "size": (int,), "raw_size": (int,), "database_size": (int, None),
     "duration_seconds": (int, float, None), "row_counts": (dict, None),
     "recipients": (list, None), "versions": (dict,), "verified": (bool,),
     "method": (str,), "pgbackrest": (dict, None),
 }
+
+
+def artifact_re(backup_id: str) -> re.Pattern:
+    """The names a backup's artifact may have: `ID.pgdump.zst[.age]`, and after `invoke rekey`
+    `ID.kN.pgdump.zst.age` (N: how many times re-keyed in place), so an old and a new artifact
+    can be in the store side by side."""
+    suffixes = "|".join(re.escape(s) for s in ARTIFACT_SUFFIXES)
+    return re.compile(rf"(?P<id>{re.escape(backup_id)})(?:\.k(?P<generation>[1-9]\d{{0,5}}))?"
+                      rf"(?P<suffix>{suffixes})(?P<age>\.age)?")
+
+
+def is_artifact_of(backup_id: str, name: str) -> bool:
+    match = artifact_re(backup_id).fullmatch(name)
+    return bool(match) and not (match["generation"] and not match["age"])
 
 
 def check_label(label: str | None) -> None:

@@ -34,6 +34,8 @@ class PrunePlan:
     protected: BackupManifest | None = None
     damaged: list[BackupManifest] | None = None
     future: list[BackupManifest] | None = None  # dated later than now: kept, never counted
+    # (backup, until): due for deletion, but under S3 Object Lock retention: kept for now
+    retained: list | None = None
 
 
 def _number(settings, name: str, kind=int):
@@ -71,7 +73,29 @@ def plan_prune(target, now: datetime, warn=None) -> PrunePlan:
         f"keep the last {keep_last}" if keep_last else "",
         f"keep {keep_days:g} days" if keep_days is not None else "",
         "always the newest verified") if part)
-    return PrunePlan(keep, delete, rules, protected, damaged, future)
+    retained = _retained(target.storage, delete, now)
+    keep += [m for m, _ in retained]
+    delete = [m for m in delete if m not in keep]
+    return PrunePlan(keep, delete, rules, protected, damaged, future, retained)
+
+
+
+def _retained(storage, due: list[BackupManifest], now: datetime) -> list:
+    """The backups due for deletion whose manifest or artifact is under S3 Object Lock
+    retention, with the date it ends: never tried (the next prune after it deletes them)."""
+    retained_until = getattr(storage, "retained_until", None)
+    if retained_until is None or getattr(storage, "object_lock", None) is None:
+        return []
+    from app.ops.manifest import MANIFEST_SUFFIX
+
+    found = []
+    for manifest in due:
+        dates = [retained_until(name) for name in (manifest.id + MANIFEST_SUFFIX,
+                                                   manifest.artifact) if name]
+        until = max((d for d in dates if d is not None), default=None)
+        if until is not None and until > now:
+            found.append((manifest, until))
+    return found
 
 
 def confirm_protected(target, now: datetime, warn=None) -> PrunePlan:

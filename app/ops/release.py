@@ -16,6 +16,7 @@ from typing import Iterator
 
 from app.ops import audit
 from app.ops.backup_run import backup_before_change
+from app.ops.encryption_policy import check_policy
 from app.ops.errors import BackupFailed, LockLost, MigrationFailed, OpsError
 from app.ops.guards import (RunFacts, check_fit, check_staging_first, check_window,
                             confirm_data_loss, review_pending)
@@ -140,6 +141,8 @@ def _guarded_run(target, migrations: Migrations, action: str, now: datetime,
     """Window, then lock, then plan (under the lock, so nobody moves the database meanwhile),
     then the guards, the backup and the Alembic step."""
     facts = RunFacts(target)
+    # Before the lock, the backup and any audit: a refused run has done nothing.
+    check_policy(target.settings, lambda: facts.at_rest, action=action)
     with _locked_and_audited(target, facts, action, now, reporter, break_glass) as run:
         current = migrations.current()
         goal, steps = plan(current)
@@ -161,6 +164,8 @@ def _guarded_run(target, migrations: Migrations, action: str, now: datetime,
             target, facts, now=now, revision=current, reporter=reporter,
             reason=f"before {action} {current or 'base'} -> {goal or 'base'}")
         run.details["backup_id"] = result.backup.id if result.backup else None
+        if result.backup and target.settings.production and facts.at_rest is None:
+            run.details.update(encryption="none", encryption_policy="optional")
         run.lock.check()
         _change(step, target, migrations, result)
         _checked(target, migrations, result)

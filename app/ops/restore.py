@@ -55,6 +55,8 @@ class RestoreResult:
     seconds: float
     kept_database: str | None = None
     safety_error: str | None = None  # the restore succeeded, its safety backup did not
+    # BACKUP_ENCRYPTION=required and no way to encrypt: no safety backup, the old database kept
+    safety_skipped: str | None = None
     downtime_seconds: float | None = None         # PostgreSQL: the swap, as clients see it
     time_to_service_seconds: float | None = None  # from the start to the restored data served
     notes: list = field(default_factory=list)  # what the engineer must know afterwards
@@ -161,7 +163,8 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
                                                   else None),
                          kept_database=result.kept_database if result else None,
                          safety_backup_error=result.safety_error if result else None,
-                         intent=plan.intent.name if plan.intent else None)
+                         intent=plan.intent.name if plan.intent else None,
+                         safety_backup_skipped=result.safety_skipped if result else None)
             if plan.intent is not None and (plan.intent_done or (result and result.safety)):
                 _clear(target, plan.intent, reporter)  # finished: audited, and settled
             drill_records.keep(target, _drill(target, plan, now, started, outcome, result), now,

@@ -26,7 +26,17 @@ def backup_item(manifest: BackupManifest, now: datetime | None = None) -> dict:
         "duration_seconds": manifest.duration_seconds,
         "method": manifest.method, "pgbackrest": manifest.pgbackrest,
         "future": is_future(manifest, now),
+        "encryption": manifest.encryption, "recipients": manifest.recipients,
+        "rekeyed_at": manifest.rekeyed_at,
     }
+
+
+def _retention(storage) -> dict | None:
+    """S3 Object Lock (BACKUP_S3_OBJECT_LOCK): how long each object is kept, in which mode."""
+    lock = getattr(storage, "object_lock", None)
+    if lock is None:
+        return None
+    return {"object_lock": lock.text, "seconds": lock.seconds, "mode": lock.mode}
 
 
 def window_status(settings, now: datetime) -> dict | None:
@@ -88,6 +98,7 @@ def collect_status(target, now: datetime, warn=None) -> dict:
         "unaborted_uploads": unaborted_uploads(settings),
         "last_watch": last_watch(target),
         "interrupted_restores": interrupted,
+        "retention": _retention(target.storage),
         **extra,
     }
 

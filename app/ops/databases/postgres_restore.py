@@ -27,6 +27,7 @@ from app.ops.backups import (BackupManifest, check_scratch_room, list_backups, t
                              verify_backup)
 from app.ops.databases.postgres import restore_jobs
 from app.ops.databases.postgres_server import KEPT, RESTORING, database_stamp, derived_name
+from app.ops.encryption_policy import safety_backup_refusal
 from app.ops.errors import BackupFailed, OpsError
 from app.ops.leftovers import child_path, private_folder, unheld, unnamed_file
 from app.ops.manifest import new_backup_id
@@ -73,6 +74,9 @@ def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disco
     result = RestoreResult(plan.backup, None, None, 0.0, kept_database=kept,
                            downtime_seconds=round(downtime, 3),
                            time_to_service_seconds=round(in_service, 3), notes=notes)
+    result.safety_skipped = safety_backup_refusal(target.settings, kept)
+    if result.safety_skipped:
+        return result
     reporter.info(f"backup {plan.backup.id} is in service; the previous database is {kept}: "
                   "taking its safety backup")
     at = now + timedelta(seconds=in_service)

@@ -103,6 +103,7 @@ class SqliteDatabase:
         from app.ops.backups import verify_backup
         from app.ops.errors import BackupFailed
         from app.ops.leftovers import private_folder
+        from app.ops.encryption_policy import safety_backup_refusal
         from app.ops.restore import RestoreResult, safety_backup
 
         with private_folder("sqlite-restore") as folder:
@@ -110,10 +111,16 @@ class SqliteDatabase:
             with _private_file(copy) as extracted:
                 verify_backup(target, plan.backup, now=now, extract_to=extracted)
             reporter.info(f"backup {plan.backup.id} verified")
-            safety = None
+            safety, kept, skipped = None, None, None
             if self.exists():
-                safety = safety_backup(target, plan, now)
-                reporter.info(f"safety backup {safety.id} taken")
+                kept = self.path.with_name(f"{self.path.name}__pre_restore_{now:%Y%m%d%H%M%S}")
+                skipped = safety_backup_refusal(target.settings, str(kept))
+                if skipped:
+                    self._keep_copy(kept)  # the only copy of what is there now
+                else:
+                    kept = None
+                    safety = safety_backup(target, plan, now)
+                    reporter.info(f"safety backup {safety.id} taken")
             check_lock()  # a no-op: an flock cannot be taken away from its holder
             source = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
             live = sqlite3.connect(self.path, timeout=60)
@@ -125,7 +132,19 @@ class SqliteDatabase:
             finally:
                 live.close()
                 source.close()
-        return RestoreResult(plan.backup, safety, None, 0.0)
+        return RestoreResult(plan.backup, safety, None, 0.0,
+                             kept_database=str(kept) if kept else None, safety_skipped=skipped)
+
+    def _keep_copy(self, kept: Path) -> None:
+        """A 0600 copy of the database as it is, beside it, through SQLite's backup API."""
+        _private_file(kept).close()
+        live = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        copy = sqlite3.connect(kept)
+        try:
+            live.backup(copy)
+        finally:
+            copy.close()
+            live.close()
 
 
 def _private_file(path: Path):

@@ -97,6 +97,8 @@ class S3Storage:
         self.bucket, self.folder, self.part_size = bucket, prefix_folder.strip("/"), part_size
         self._get = settings.get if settings is not None else (lambda name, default=None: default)
         self._sse = self._sse_arguments()  # checked now, so a bad value fails before any work
+        from app.ops.storage.object_lock import ObjectLock
+        self.object_lock = ObjectLock.from_settings(self._get)  # BACKUP_S3_OBJECT_LOCK
         self._config = dict(retries={"mode": "standard", "max_attempts": max_attempts},
                             connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._abort_config = dict(
@@ -165,6 +167,30 @@ class S3Storage:
                 "s3", endpoint_url=get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL"),
                 config=Config(**config))
 
+    def check_object_lock(self) -> None:
+        """With BACKUP_S3_OBJECT_LOCK, the bucket must have Object Lock (read once)."""
+        lock = self.object_lock
+        if lock is not None and lock.mode is None:
+            with self._errors("checking Object Lock of"):
+                lock.read_mode(self.client, self.bucket)
+
+    def put_arguments(self) -> dict:
+        """What every new object is put with: the SSE, and the Object Lock retention (dated
+        from the moment of the put: the retention runs from when the object exists)."""
+        if self.object_lock is None:
+            return self._sse
+        from datetime import datetime, timezone
+        self.check_object_lock()
+        return {**self._sse, **self.object_lock.arguments(datetime.now(timezone.utc))}
+
+    def retained_until(self, name: str):
+        """The retain-until date of the object's newest version, or None (no Object Lock)."""
+        if self.object_lock is None:
+            return None
+        with self._errors("reading", name):
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+        return head.get("ObjectLockRetainUntilDate")
+
     def key(self, name: str) -> str:
         return f"{self.folder}/{name}" if self.folder else name
 
@@ -223,6 +249,7 @@ class S3Storage:
         # The trailing "/" and the delimiter keep `backups-old/...` and nested keys out.
         prefix = f"{self.folder}/" if self.folder else ""
         sizes = {}
+        self.check_object_lock()  # a bucket that cannot hold locked objects: refused at once
         with self._errors("listing"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix, Delimiter="/",
@@ -233,8 +260,30 @@ class S3Storage:
         return {n: size for n, size in sizes.items() if n and not n.startswith(".")}
 
     def delete(self, name: str) -> None:
+        if self.object_lock is not None:
+            return self._delete_versions(name)
         with self._errors("deleting", name):
             self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+
+    def _delete_versions(self, name: str) -> None:
+        """Under Object Lock the bucket is versioned: a plain delete would only hide the object
+        behind a delete marker. Each version is deleted, once none is under retention (else
+        Retained, and nothing is deleted)."""
+        from datetime import datetime, timezone
+
+        from app.ops.storage.object_lock import Retained
+        key = self.key(name)
+        until = None
+        with contextlib.suppress(FileNotFoundError):
+            until = self.retained_until(name)
+        if until is not None and until > datetime.now(timezone.utc):
+            raise Retained(self.location(name), until)
+        with self._errors("deleting", name):
+            listed = self.client.list_object_versions(Bucket=self.bucket, Prefix=key)
+            for version in listed.get("Versions", []) + listed.get("DeleteMarkers", []):
+                if version["Key"] == key:
+                    self.client.delete_object(Bucket=self.bucket, Key=key,
+                                              VersionId=version["VersionId"])
 
     # -- uploads that could not be aborted -------------------------------------------------
     def abort_upload(self, key: str, upload_id: str) -> tuple[str | None, bool]:
@@ -449,7 +498,7 @@ class _Upload(io.RawIOBase):
 
             # CRC32 per part, checked by S3, as boto3's own transfer manager does.
             self.upload_id = self._call("create_multipart_upload", ChecksumAlgorithm="CRC32",
-                                        **self.store._sse)["UploadId"]
+                                        **self.store.put_arguments())["UploadId"]
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
         number = len(self.parts) + 1
         if number > MAX_PARTS:
@@ -480,7 +529,7 @@ class _Upload(io.RawIOBase):
 
     def finish(self) -> None:
         if self.upload_id is None:
-            self._call("put_object", Body=bytes(self.buffer), **self.store._sse)
+            self._call("put_object", Body=bytes(self.buffer), **self.store.put_arguments())
         else:
             if self.buffer:
                 self._send_part()
