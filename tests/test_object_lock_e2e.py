@@ -29,6 +29,16 @@ def test_a_bucket_without_object_lock_is_refused_at_once(project, bucket):
     assert bucket.objects() == before
 
 
+def test_a_migrate_with_nothing_to_back_up_is_refused_too(project, bucket):
+    """A migrate of a database that does not exist yet writes only its audit event (which may
+    not fail a run): the bucket is still refused before the database is created."""
+    before = bucket.objects()
+    failed(project.run("migrate", env=bucket.env(BACKUP_S3_OBJECT_LOCK="35d")), 2,
+           bucket.name, "no Object Lock", "--object-lock-enabled-for-bucket")
+    assert not (project.root / "dev.db").exists()
+    assert bucket.objects() == before
+
+
 def test_a_bad_duration_is_bad_input(project, bucket):
     failed(project.run("backups", env=bucket.env(BACKUP_S3_OBJECT_LOCK="forever")), 2,
            "BACKUP_S3_OBJECT_LOCK", "forever")
