@@ -532,7 +532,7 @@ def audit(c, env=None, json=False):
     if json:
         # Each event with its own SHA-256 and the predecessor it names (app/ops/audit_chain.py).
         from app.ops.audit_chain import events_with_hashes
-        return console.json(events_with_hashes(target.storage))
+        return console.json(events_with_hashes(target.storage, console.warn))
     events = read_events(target, console.warn)
     if not events:
         return console.say("No audited runs yet.")

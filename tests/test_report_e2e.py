@@ -106,8 +106,10 @@ def test_an_rpo_target_shorter_than_the_time_since_the_newest_backup_is_missed(p
     assert next(t for t in report["targets"] if t["name"] == "rpo")["met"] is True
 
 
-def test_an_old_drill_makes_check_warn_in_production(project):
-    project.env_file("prod", USE_SQLITE="True", SQLITE_PATH="prod.db")
+def test_an_old_drill_makes_check_warn_in_production(project, keys):
+    key = keys("prod")  # production backups are encrypted (BACKUP_ENCRYPTION=required)
+    project.env_file("prod", USE_SQLITE="True", SQLITE_PATH="prod.db",
+                     **sealed(key, identity=key))
     ok(project.run("migrate", "--env=prod", "--break-glass=test set-up"))
     ok(project.run("backup", "--env=prod"))
     first = project.run("check", "--env=prod")

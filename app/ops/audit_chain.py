@@ -38,6 +38,7 @@ class StoredEvent:
     name: str
     sha256: str
     event: dict | None  # None: not a JSON object
+    parsed: bool = True  # False: not JSON at all (unreadable), as opposed to JSON of another kind
 
     @property
     def previous(self) -> dict | None:
@@ -59,10 +60,11 @@ def read_stored(storage, names=None) -> list[StoredEvent]:
         except FileNotFoundError:
             continue  # removed between the listing and the read
         try:
-            event = json.loads(data)
+            event, parsed = json.loads(data), True
         except ValueError:
-            event = None
-        out.append(StoredEvent(name, sha256_of(data), event if isinstance(event, dict) else None))
+            event, parsed = None, False
+        out.append(StoredEvent(name, sha256_of(data), event if isinstance(event, dict) else None,
+                               parsed))
     return out
 
 
@@ -136,10 +138,17 @@ def walk(storage) -> TrailReport:
     return report
 
 
-def events_with_hashes(storage) -> list[dict]:
-    """`invoke audit --json`: each event, newest first, with its own hash and its link."""
+def events_with_hashes(storage, warn=None) -> list[dict]:
+    """`invoke audit --json`: each event, newest first, with its own hash and its link. JSON
+    that is not an event (an array, a number) is skipped, with a warning through `warn`, as
+    `invoke audit` does (app/ops/audit.py); bytes that are not JSON are `unreadable`."""
     out = []
     for e in reversed(read_stored(storage)):
+        if e.event is None and e.parsed:
+            if warn is not None:
+                warn(f"audit object {e.name} holds JSON that is not an event: skipped (look at "
+                     "who wrote it)")
+            continue
         item = dict(e.event) if e.event is not None else {"action": "unreadable"}
         item.update({"object": e.name, "sha256": e.sha256,
                      PREVIOUS: e.previous if e.chained else None,
