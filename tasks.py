@@ -80,7 +80,7 @@ def _console():
 @task(help={"json": "print the contract's JSON object instead of a table"})
 def status(c, env=None, json=False):
     """Show the database, its revision, pending migrations, newest backup and window."""
-    from app.ops.status import collect_status
+    from app.ops.commands.status import collect_status
     from app.ops.units import human_age, human_size
 
     console = _console()
@@ -157,7 +157,7 @@ def _pgbackrest_status(facts: dict) -> str:
                      "regression"})
 def migrate(c, env=None, revision="head", sql=False, break_glass=None, watch=None):
     """Back up, then upgrade the database to head (or --revision)."""
-    from app.ops import release
+    from app.ops.commands import release
 
     console = _console()
     target = _target(env)
@@ -182,7 +182,7 @@ def migrate(c, env=None, revision="head", sql=False, break_glass=None, watch=Non
                      "regression"})
 def rollback(c, env=None, to="-1", break_glass=None, yes=False, watch=None):
     """Back up, then downgrade the database (one step by default)."""
-    from app.ops import release
+    from app.ops.commands import release
 
     console = _console()
     target = _target(env)
@@ -208,7 +208,7 @@ class _Watched:
         import time
 
         from app.console_watch import WatchDisplay
-        from app.ops.watch.session import take_baseline
+        from app.ops.commands.watch.session import take_baseline
 
         with WatchDisplay(self.console).baseline(self.config.baseline) as progress:
             self.baseline = take_baseline(self.target, self.config, now=_now(),
@@ -231,8 +231,8 @@ def _watched(console, target, option, action):
     before anything is done."""
     if option is None and not target.settings.get("WATCH_AFTER_MIGRATE"):
         return None
-    from app.ops.watch.config import WatchConfig
-    from app.ops.watch.session import check_watchable
+    from app.ops.commands.watch.config import WatchConfig
+    from app.ops.commands.watch.session import check_watchable
 
     config = WatchConfig.from_settings(target.settings)
     seconds = config.watch_for(option)
@@ -248,7 +248,7 @@ def _run_watch(console, target, config, baseline, seconds, change=None, json=Fal
 
     from app.console_watch import WatchDisplay
     from app.ops.errors import WatchRegression
-    from app.ops.watch.session import watch as run_watch
+    from app.ops.commands.watch.session import watch as run_watch
 
     display = WatchDisplay(console)
     live = contextlib.nullcontext(None) if json else display.live(seconds)
@@ -300,7 +300,7 @@ def _restore_point_line(manifest):
 @task(help={"label": "a note stored in the backup's manifest"})
 def backup(c, env=None, label=None):
     """Take a verified backup now."""
-    from app.ops.backup_run import backup_on_demand
+    from app.ops.commands.backup_run import backup_on_demand
     from app.ops.units import human_size
 
     console = _console()
@@ -315,9 +315,9 @@ def backup(c, env=None, label=None):
 @task(help={"json": "print a JSON array, newest first"})
 def backups(c, env=None, json=False):
     """List the environment's backups, newest first."""
-    from app.ops.backups import list_backups
-    from app.ops.catalog import is_future
-    from app.ops.status import backup_item
+    from app.ops.catalog.backups import list_backups
+    from app.ops.catalog.dates import is_future
+    from app.ops.commands.status import backup_item
     from app.ops.units import human_age, human_size
 
     console = _console()
@@ -349,19 +349,19 @@ def _encryption_cell(m) -> str:
             "restore_test": "restore into a scratch database, compare row counts, drop it"})
 def verify(c, env=None, backup=None, restore_test=False):
     """Check a backup's checksum and that it reads back whole (or --restore-test it)."""
-    from app.ops.backups import find_backup, verify_backup
+    from app.ops.catalog.backups import find_backup, verify_backup
 
     console = _console()
     target = _target(env)
     manifest = find_backup(target, backup)
     if restore_test:
-        from app.ops.drills import restore_test as run_restore_test
+        from app.ops.commands.drills import restore_test as run_restore_test
 
         result = run_restore_test(target, manifest, now=_now())
         console.say(f"Restore test of backup {manifest.id} passed in {result.seconds:.1f} s: "
                     f"{len(result.counts)} tables, {sum(result.counts.values())} rows, all as "
                     "recorded. The scratch copy is dropped.")
-        for done in result.checks:  # the checks that went on record (app/ops/drill_records.py)
+        for done in result.checks:  # the checks that went on record (app/ops/catalog/drill_records.py)
             console.say(f"  {done['name']}: {done['detail']}")
         return
     with console.progress("verifying", total=manifest.size) as advance:
@@ -375,7 +375,7 @@ def verify(c, env=None, backup=None, restore_test=False):
             "empty": "write an empty revision to fill in by hand"})
 def create(c, message, env=None, empty=False):
     """Autogenerate a revision from app/models/ and show it for review."""
-    from app.ops.revisions import create_revision
+    from app.ops.schema.revisions import create_revision
 
     console = _console()
     created = create_revision(_target(env), message, empty=empty)
@@ -388,21 +388,21 @@ def create(c, message, env=None, empty=False):
 @task
 def history(c, env=None):
     """Show the revisions, oldest at the bottom, marking the database's current one."""
-    from app.ops.migrations import Migrations
+    from app.ops.schema.migrations import Migrations
     Migrations(_target(env)).history()
 
 
 @task
 def heads(c, env=None):
     """Show the head revisions (more than one needs `invoke merge`)."""
-    from app.ops.migrations import Migrations
+    from app.ops.schema.migrations import Migrations
     Migrations(_target(env)).show_heads()
 
 
 @task(help={"message": "the merge revision's message"})
 def merge(c, env=None, message="merge heads"):
     """Join several heads into one with a merge revision."""
-    from app.ops.migrations import Migrations
+    from app.ops.schema.migrations import Migrations
     script = Migrations(_target(env)).merge(message)
     _console().say(f"Created merge revision {script.revision} at {script.path}")
 
@@ -412,7 +412,7 @@ def merge(c, env=None, message="merge heads"):
     "break_glass": "run in production outside the window; REASON goes to the audit log"})
 def stamp(c, rev, env=None, break_glass=None):
     """Record REV as the database's revision without running any migration."""
-    from app.ops import release
+    from app.ops.commands import release
 
     console = _console()
     before, after = release.stamp(_target(env), revision=rev, now=_now(), reporter=console,
@@ -430,7 +430,7 @@ def stamp(c, rev, env=None, break_glass=None):
                              "cluster: allow it when the cluster holds other databases"})
 def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster=False):
     """Restore a backup over the database (verified first; a safety backup of what it replaces)."""
-    from app.ops import restore as restoring
+    from app.ops.commands import restore as restoring
     from app.ops.units import human_age, human_size
 
     console = _console()
@@ -478,7 +478,7 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster
 @task
 def rehearse(c, env=None):
     """Restore the newest backup into a scratch database and run the migrations down and up."""
-    from app.ops.drills import rehearse as run_rehearsal
+    from app.ops.commands.drills import rehearse as run_rehearsal
 
     console = _console()
     target = _target(env)
@@ -493,7 +493,7 @@ def rehearse(c, env=None):
 @task(help={"dry_run": "list what would be deleted, delete nothing"})
 def prune(c, env=None, dry_run=False):
     """Delete backups beyond BACKUP_KEEP_LAST / BACKUP_KEEP_DAYS (never the newest verified)."""
-    from app.ops.prune import apply_prune, confirm_protected, plan_prune
+    from app.ops.commands.prune import apply_prune, confirm_protected, plan_prune
     from app.ops.units import human_size
 
     console = _console()
@@ -505,7 +505,7 @@ def prune(c, env=None, dry_run=False):
         console.warn(f"backup {m.id}'s artifact is {m.artifact_state}: kept for a person to look "
                      f"at, not counted as a copy ({m.location})")
     for m in plan.future or ():
-        from app.ops.catalog import future_note
+        from app.ops.catalog.dates import future_note
         console.warn(f"{future_note(m)}; kept, not counted as a copy")
     for m, until in plan.retained or ():
         console.say(f"Keeping {m.id} ({m.created_at}): under S3 Object Lock retention until "
@@ -525,13 +525,13 @@ def prune(c, env=None, dry_run=False):
                     "previous event it names"})
 def audit(c, env=None, json=False):
     """Show the audit trail of migrate, rollback, restore and break-glass, newest first."""
-    from app.ops.audit import read_events
+    from app.ops.catalog.audit import read_events
 
     console = _console()
     target = _target(env)
     if json:
-        # Each event with its own SHA-256 and the predecessor it names (app/ops/audit_chain.py).
-        from app.ops.audit_chain import events_with_hashes
+        # Each event with its own SHA-256 and the predecessor it names (app/ops/catalog/audit_chain.py).
+        from app.ops.catalog.audit_chain import events_with_hashes
         return console.json(events_with_hashes(target.storage, console.warn))
     events = read_events(target, console.warn)
     if not events:
@@ -553,9 +553,9 @@ def watch(c, env=None, for_=None, baseline=False, json=False):
 
     from app.console_watch import WatchDisplay
     from app.ops.errors import ConfigError
-    from app.ops.watch import baseline as baselines
-    from app.ops.watch.config import WatchConfig
-    from app.ops.watch.session import check_watchable, take_baseline
+    from app.ops.commands.watch import baseline as baselines
+    from app.ops.commands.watch.config import WatchConfig
+    from app.ops.commands.watch.session import check_watchable, take_baseline
 
     console = _console()
     target = _target(env)
@@ -590,7 +590,7 @@ def watch(c, env=None, for_=None, baseline=False, json=False):
 def rekey(c, env=None, backup=None, dry_run=False):
     """Re-encrypt the env's backups to the current BACKUP_ENCRYPTION_RECIPIENTS."""
     from app.ops.errors import BackupFailed, ConfigError
-    from app.ops.rekey import RESTORE_POINT_NOTE, plan_rekey, run_rekey
+    from app.ops.commands.rekey import RESTORE_POINT_NOTE, plan_rekey, run_rekey
 
     console = _console()
     target = _target(env)
@@ -627,7 +627,7 @@ def check(c, env=None, json=False, prometheus=None):
     """Health for cron and monitoring: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
     # The monitoring-plugins convention, not the contract's exit codes: whatever happens, one
     # status line and a plugin state, never a traceback (a bug is UNKNOWN too).
-    from app.ops import health
+    from app.ops.commands import health
     from app.settings import resolve_env_name
 
     console = _console()
@@ -661,12 +661,12 @@ def check(c, env=None, json=False, prometheus=None):
             "html": "also write the report to FILE as one self-contained page with charts"})
 def report(c, env=None, since=None, json=False, html=None):
     """Evidence for an audit: backups and RPO, restore drills and RTO, changes, the trail."""
-    from app.ops.evidence import build_report
+    from app.ops.commands.evidence import build_report
 
     console = _console()
     facts = build_report(_target(env), now=_now(), since=since, warn=console.warn)
     if html:
-        from app.ops.evidence_html import write_html
+        from app.ops.commands.evidence_html import write_html
         written = write_html(facts, html)
         if not json:
             console.say(f"Report written to {written}")
@@ -676,7 +676,7 @@ def report(c, env=None, since=None, json=False, html=None):
 
 
 def _print_report(console, facts):
-    from app.ops.evidence_html import hours
+    from app.ops.commands.evidence_html import hours
 
     trail = facts["trail"]
     console.fields(f"Evidence for env {facts['env']}", [

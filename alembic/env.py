@@ -1,6 +1,6 @@
 """Alembic's environment: the URL comes from the project's settings, never from alembic.ini.
 
-`invoke` (app/ops/migrations.py) hands in the URL object through `config.attributes`, as
+`invoke` (app/ops/schema/migrations.py) hands in the URL object through `config.attributes`, as
 Alembic's cookbook shares a connection. Run as the bare `alembic` command, the URL is read from
 the settings of APP_ENV (default `dev`), exactly as `invoke --env` would read them.
 """
@@ -48,7 +48,7 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = create_engine(database_url(), poolclass=pool.NullPool)
     with connectable.connect() as connection:
-        # lock_timeout in every env, statement_timeout when set (app/ops/migrations.py): a
+        # lock_timeout in every env, statement_timeout when set (app/ops/schema/migrations.py): a
         # migration that waits on a busy table gives up (and is tried again) instead of
         # stalling the API's writes queued behind it.
         timeouts = config.attributes.get("postgres_timeouts") or {}
@@ -59,7 +59,7 @@ def run_migrations_online() -> None:
         context.configure(connection=connection, **configure_options(connection.dialect.name))
         with context.begin_transaction():
             context.run_migrations()
-            # invoke's lock check (app/ops/release.py): raising here rolls the change back.
+            # invoke's lock check (app/ops/commands/release.py): raising here rolls the change back.
             before_commit = config.attributes.get("before_commit")
             if before_commit is not None:
                 before_commit()

@@ -21,7 +21,7 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 DURATION_RE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$")
 # Seconds per unit of a duration PostgreSQL reads (lock_timeout): a bare number is milliseconds.
 POSTGRES_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "": 0.001}
-# The watch after a change (app/ops/watch/config.py checks each value); WATCH_AFTER_MIGRATE and
+# The watch after a change (app/ops/commands/watch/config.py checks each value); WATCH_AFTER_MIGRATE and
 # WATCH_HEALTH_URL have no default: unset, migrate does not watch and no URL is probed.
 WATCH_DEFAULTS = {"WATCH_BASELINE": "60s", "WATCH_INTERVAL": "5s", "WATCH_LATENCY_FACTOR": "2",
                   "WATCH_LATENCY_MIN": "10ms", "WATCH_HEALTH_FAILURES": "3",

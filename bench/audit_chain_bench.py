@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.ops.audit import record  # noqa: E402
-from app.ops.audit_chain import walk  # noqa: E402
+from app.ops.catalog.audit import record  # noqa: E402
+from app.ops.catalog.audit_chain import walk  # noqa: E402
 from app.ops.target import open_target  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 

@@ -47,7 +47,7 @@ def target_for(url, store: Path, interval: str):
 
 
 def sampler_cost(target, load) -> None:
-    from app.ops.watch.sampler import PostgresSampler
+    from app.ops.commands.watch.sampler import PostgresSampler
     sampler = PostgresSampler(target.database.url, None, time.monotonic, 1.0)
     sampler.open()
     try:
@@ -87,7 +87,7 @@ def throughput(load, seconds: float) -> float:
 
 
 def watch_every_second(target, stop) -> None:
-    from app.ops.watch.sampler import PostgresSampler
+    from app.ops.commands.watch.sampler import PostgresSampler
     sampler = PostgresSampler(target.database.url, None, time.monotonic, 1.0)
     sampler.open()
     try:
@@ -98,8 +98,8 @@ def watch_every_second(target, stop) -> None:
 
 
 def time_to_notice(target, cluster, database: str) -> float:
-    from app.ops.watch.config import WatchConfig
-    from app.ops.watch.session import take_baseline, watch
+    from app.ops.commands.watch.config import WatchConfig
+    from app.ops.commands.watch.session import take_baseline, watch
 
     config = WatchConfig.from_settings(target.settings)
     now = datetime.now(timezone.utc)

@@ -229,7 +229,7 @@ def pg_settings(db, root: Path, **extra: str):
 
 def advisory_locks_held(db) -> int:
     """How many sessions hold the advisory lock the tool takes on `db`."""
-    from app.ops.lock import advisory_key
+    from app.ops.databases.lock import advisory_key
     return admin_sql(db.admin, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                                "AND granted AND ((classid::bigint << 32) | objid::bigint) = :k",
                      k=advisory_key(db.name))[0][0]

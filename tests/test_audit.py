@@ -1,4 +1,4 @@
-"""app.ops.audit: one object per event, beside the backups, read back newest first."""
+"""app.ops.catalog.audit: one object per event, beside the backups, read back newest first."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,8 @@ import os
 import socket
 from datetime import UTC, datetime, timedelta
 
-from app.ops.audit import AUDIT_SUFFIX, read_events, record
-from app.ops.backups import list_backups
+from app.ops.catalog.audit import AUDIT_SUFFIX, read_events, record
+from app.ops.catalog.backups import list_backups
 from app.ops.target import open_target
 from app.settings import load_settings
 

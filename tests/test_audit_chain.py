@@ -1,4 +1,4 @@
-"""app.ops.audit_chain: each event names its predecessor by name and SHA-256; the walk tells a
+"""app.ops.catalog.audit_chain: each event names its predecessor by name and SHA-256; the walk tells a
 removed or changed event from two that were written at once."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 import shutil
 from datetime import UTC, datetime, timedelta
 
-from app.ops.audit import record
-from app.ops.audit_chain import AUDIT_SUFFIX, events_with_hashes, sha256_of, walk
+from app.ops.catalog.audit import record
+from app.ops.catalog.audit_chain import AUDIT_SUFFIX, events_with_hashes, sha256_of, walk
 from app.ops.target import open_target
 from app.settings import load_settings
 

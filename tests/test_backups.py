@@ -1,4 +1,4 @@
-"""app.ops.backups: take, verify, list and find backups, on real SQLite files and on a real
+"""app.ops.catalog.backups: take, verify, list and find backups, on real SQLite files and on a real
 PostgreSQL database (the `pg_database` fixture, whose role has an awkward password)."""
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import zstandard
 from pyrage import x25519
 
-from app.ops.backups import find_backup, list_backups, take_backup, verify_backup
+from app.ops.catalog.backups import find_backup, list_backups, take_backup, verify_backup
 from app.ops.databases import open_database
 from app.ops.errors import BackupFailed, ConfigError
-from app.ops.manifest import MANIFEST_SUFFIX, BackupManifest
+from app.ops.catalog.manifest import MANIFEST_SUFFIX, BackupManifest
 from app.ops.storage.local import LocalStorage
 from app.ops.target import Target, open_target
 from app.settings import load_settings

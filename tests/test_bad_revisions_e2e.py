@@ -24,7 +24,7 @@ UNKNOWN = "deadbeef0000"
 def lock_held_by_someone_else(db):
     """The tool's advisory lock on `db`, held by a session of the test's: a run that reached the
     lock would be refused (exit 3) instead of saying what is wrong with the revisions."""
-    from app.ops.lock import MAINTENANCE_DATABASE, advisory_key
+    from app.ops.databases.lock import MAINTENANCE_DATABASE, advisory_key
 
     engine = create_engine(db.url.set(database=MAINTENANCE_DATABASE), poolclass=pool.NullPool)
     with engine.connect() as conn:

@@ -1,4 +1,4 @@
-"""End to end for the catalog of backups (app/ops/catalog.py) on the worst day: a backup dated in
+"""End to end for the catalog of backups (app/ops/catalog/dates.py) on the worst day: a backup dated in
 the future, the newest artifact lost, a manifest that lies about its size, an artifact that is
 a symbolic link out of the store. `invoke` runs as a subprocess on the embedded SQLite database
 (the catalog knows no engine; the PostgreSQL restore of case 9 is at the end); every test

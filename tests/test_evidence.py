@@ -1,14 +1,14 @@
-"""app.ops.evidence: the period, the RPO stretches and the verdicts, from given facts."""
+"""app.ops.commands.evidence: the period, the RPO stretches and the verdicts, from given facts."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.ops.drill_records import DrillRecord
+from app.ops.catalog.drill_records import DrillRecord
 from app.ops.errors import ConfigError
-from app.ops.evidence import _rto, period_start, rpo_stretches
-from app.ops.manifest import BackupManifest, iso
+from app.ops.commands.evidence import _rto, period_start, rpo_stretches
+from app.ops.catalog.manifest import BackupManifest, iso
 from app.settings import load_settings
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

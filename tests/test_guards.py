@@ -1,4 +1,4 @@
-"""app.ops.guards.check_window: the production maintenance-window guard and break-glass."""
+"""app.ops.guards.preflight.check_window: the production maintenance-window guard and break-glass."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 
 from app.ops.errors import ConfigError, ExitCode, GuardRefused
-from app.ops.guards import RunFacts, check_window
+from app.ops.guards.preflight import RunFacts, check_window
 from app.ops.report import Reporter
 from app.ops.target import open_target
 from app.settings import load_settings

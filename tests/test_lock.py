@@ -1,4 +1,4 @@
-"""app.ops.lock: one migrate, rollback or restore at a time per database.
+"""app.ops.databases.lock: one migrate, rollback or restore at a time per database.
 
 flock locks belong to an open file description, so a second `database_lock` in this same process
 opens the lock file again and conflicts exactly as another process would.
@@ -17,7 +17,7 @@ import pytest
 
 from app.ops.errors import ExitCode, GuardRefused
 from app.ops.databases import open_database
-from app.ops.lock import advisory_key
+from app.ops.databases.lock import advisory_key
 from app.settings import load_settings
 from helpers import advisory_locks_held, pg_settings
 

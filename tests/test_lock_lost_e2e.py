@@ -18,7 +18,7 @@ from helpers import (FIRST, HEAD, add_revision, admin_url, advisory_locks_held, 
 
 from app.ops.errors import ExitCode, LockLost
 from app.ops.databases import open_database
-from app.ops.lock import advisory_key
+from app.ops.databases.lock import advisory_key
 
 pytestmark = pytest.mark.postgres
 

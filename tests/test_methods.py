@@ -1,4 +1,4 @@
-"""app.ops.methods: the backup method is chosen once (BACKUP_METHOD, or the manifest's own
+"""app.ops.methods.registry: the backup method is chosen once (BACKUP_METHOD, or the manifest's own
 method for an existing backup), and backups, restore and status ask that object instead of
 branching on "pgbackrest" themselves. Real SQLite files; a recording method stands in where a
 test must see what was asked of it."""
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from app.ops.backup_run import backup_before_change
-from app.ops.backups import list_backups, take_backup, verify_backup
+from app.ops.commands.backup_run import backup_before_change
+from app.ops.catalog.backups import list_backups, take_backup, verify_backup
 from app.ops.errors import BackupFailed, ConfigError
-from app.ops.guards import RunFacts
-from app.ops.methods import METHODS, DumpMethod, PgBackRestMethod, method_of
+from app.ops.guards.preflight import RunFacts
+from app.ops.methods.registry import METHODS, DumpMethod, PgBackRestMethod, method_of
 from app.ops.report import Reporter
-from app.ops.restore import RestorePlan, RestoreResult, run_restore
-from app.ops.status import collect_status
+from app.ops.commands.restore import RestorePlan, RestoreResult, run_restore
+from app.ops.commands.status import collect_status
 from app.ops.target import open_target
 from app.settings import load_settings
 

@@ -1,4 +1,4 @@
-"""app.ops.migrations: Alembic through its Python API, on real SQLite files in tmp_path."""
+"""app.ops.schema.migrations: Alembic through its Python API, on real SQLite files in tmp_path."""
 from __future__ import annotations
 
 import sqlite3
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.ops.databases.postgres import PostgresDatabase
+from app.ops.databases.postgres.database import PostgresDatabase
 from app.ops.errors import ConfigError
-from app.ops.migrations import Migrations, Revision
+from app.ops.schema.migrations import Migrations, Revision
 from app.ops.target import open_target
 from app.settings import load_settings
 from helpers import FIRST, HEAD
@@ -269,7 +269,7 @@ def test_stamped_revision_on_postgres_reads_the_version_table(pg_database):
 @pytest.mark.parametrize("production", ["false", "true"])
 def test_lock_timeout_applies_in_every_env_and_statement_timeout_only_when_set(tmp_path,
                                                                                production):
-    from app.ops.migrations import postgres_timeouts
+    from app.ops.schema.migrations import postgres_timeouts
 
     settings = load_settings("dev", environ={"PRODUCTION": production}, root=tmp_path)
     assert postgres_timeouts(settings) == {"lock_timeout": "5s"}
@@ -287,7 +287,7 @@ def test_lock_timeout_applies_in_every_env_and_statement_timeout_only_when_set(t
     ({"MIGRATION_LOCK_RETRY_DELAY": "300"}, 3, [0.3, 0.6, 1.2]),  # bare: ms, as PostgreSQL
 ])
 def test_lock_retries_and_their_doubling_pauses(tmp_path, environ, retries, pauses):
-    from app.ops.migrations import LockRetries
+    from app.ops.schema.migrations import LockRetries
 
     lock_retries = LockRetries.of(load_settings("dev", environ=environ, root=tmp_path))
     assert lock_retries.retries == retries and lock_retries.attempts == retries + 1

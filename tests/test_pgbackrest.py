@@ -1,4 +1,4 @@
-"""app.ops.pgbackrest without a cluster: the preflight's own decisions (which pgbackrest can be
+"""app.ops.methods.pgbackrest.command without a cluster: the preflight's own decisions (which pgbackrest can be
 run, which is too old, what a wrong OS user looks like, PGBACKREST_MAX_READY). Real child
 processes stand in for pgbackrest where the decision is about running one; the end-to-end
 tests with a real cluster are in test_pgbackrest_e2e.py."""
@@ -9,12 +9,12 @@ import json
 import pytest
 
 from app.ops.errors import BackupFailed, ConfigError, TransferFailed
-from app.ops.manifest import BackupManifest
-from app.ops.archiver import DEFAULT_MAX_READY, max_ready_of
-from app.ops.pgbackrest import PgBackRest
-from app.ops.pgbackrest_verify import (problems_for, read_verify_output,
+from app.ops.catalog.manifest import BackupManifest
+from app.ops.methods.pgbackrest.archiver import DEFAULT_MAX_READY, max_ready_of
+from app.ops.methods.pgbackrest.command import PgBackRest
+from app.ops.methods.pgbackrest.verify import (problems_for, read_verify_output,
                                        verify_restore_point)
-from app.ops.restore_pitr import restore_timeout
+from app.ops.methods.pgbackrest.point_in_time import restore_timeout
 from app.settings import load_settings
 
 PG_URL = "postgresql+psycopg2://mida:secret@127.0.0.1:5432/mida"

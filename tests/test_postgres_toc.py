@@ -1,10 +1,10 @@
 """The archive's table of contents and the passes a restore by the database's owner makes
-over it (app/ops/dumpers/postgres_toc.py), and the lock-table room of a dump
-(app/ops/databases/postgres_locks.py)."""
+over it (app/ops/databases/postgres/toc.py), and the lock-table room of a dump
+(app/ops/databases/postgres/locks.py)."""
 from __future__ import annotations
 
-from app.ops.databases.postgres_locks import LockRoom, out_of_locks
-from app.ops.dumpers.postgres_toc import (grant_statements, list_text, parse_toc,
+from app.ops.databases.postgres.locks import LockRoom, out_of_locks
+from app.ops.databases.postgres.toc import (grant_statements, list_text, parse_toc,
                                           plan_passes)
 
 LISTING = """;

@@ -692,7 +692,7 @@ def test_restore_by_a_role_that_may_not_create_databases_is_refused_first(
 @pytest.mark.postgres
 def test_a_step_the_server_refuses_is_one_sentence_not_a_traceback(pgdb):
     from app.ops.errors import BackupFailed
-    from app.ops.databases.postgres_server import PostgresServer
+    from app.ops.databases.postgres.server import PostgresServer
 
     server = PostgresServer(pgdb.url)
     with pytest.raises(BackupFailed, match=f'"{pgdb.name}" already exists') as caught:

@@ -1,4 +1,4 @@
-"""app.ops.review: reading revision files the way a reviewer would (risky operations in upgrade(),
+"""app.ops.schema.review: reading revision files the way a reviewer would (risky operations in upgrade(),
 and a downgrade() that does nothing). Each test writes a revision file to tmp_path and checks the
 findings; the files are parsed, never imported or run.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.ops.review import Finding, downgrade_does_nothing, risky_operations
+from app.ops.schema.review import Finding, downgrade_does_nothing, risky_operations
 
 REPO = Path(__file__).resolve().parent.parent
 VERSIONS = REPO / "alembic" / "versions"

@@ -1,9 +1,9 @@
-"""app.ops.server_settings: where a server setting came from, worded for a DBA."""
+"""app.ops.databases.postgres.server_settings: where a server setting came from, worded for a DBA."""
 from __future__ import annotations
 
 import pytest
 
-from app.ops.server_settings import describe
+from app.ops.databases.postgres.server_settings import describe
 
 
 @pytest.mark.parametrize("source,said", [

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.ops.errors import ConfigError
-from app.ops.health import UNIT_SECONDS
+from app.ops.commands.health import UNIT_SECONDS
 from app.settings import POSTGRES_UNITS, load_settings, parse_duration
 from helpers import write_dotenv
 

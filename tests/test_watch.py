@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from app.ops.errors import ConfigError
-from app.ops.watch import baseline as baselines
-from app.ops.watch.baseline import Baseline, summarise, top_statements
-from app.ops.watch.config import WatchConfig
-from app.ops.watch.facts import LockWait, Sample, mask_literals
-from app.ops.watch.session import WatchOutcome, _loop
-from app.ops.watch.undo import undo_commands
-from app.ops.watch.verdict import Confirmation, Limits, compare, verdict
+from app.ops.commands.watch import baseline as baselines
+from app.ops.commands.watch.baseline import Baseline, summarise, top_statements
+from app.ops.commands.watch.config import WatchConfig
+from app.ops.commands.watch.facts import LockWait, Sample, mask_literals
+from app.ops.commands.watch.session import WatchOutcome, _loop
+from app.ops.commands.watch.undo import undo_commands
+from app.ops.commands.watch.verdict import Confirmation, Limits, compare, verdict
 from app.settings import load_settings
 
 NOW = datetime(2026, 12, 2, 4, 0, tzinfo=timezone.utc)
@@ -293,7 +293,7 @@ def test_the_loop_stops_at_the_first_confirmed_regression():
 def test_an_old_baseline_is_named():
     from datetime import timedelta
 
-    from app.ops.watch.session import _age_note
+    from app.ops.commands.watch.session import _age_note
     base = normal_baseline()
     assert _age_note(base, NOW + timedelta(hours=3)) == []
     assert "3 day(s) old" in _age_note(base, NOW + timedelta(days=3))[0]

@@ -241,7 +241,7 @@ def test_the_watch_reads_on_a_read_only_connection(cluster):
     """The sampler's session cannot write, whatever a bug in the watch would ask."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.watch.sampler import APPLICATION_NAME, PostgresSampler
+    from app.ops.commands.watch.sampler import APPLICATION_NAME, PostgresSampler
     with cluster.database() as url:
         sampler = PostgresSampler(url, None, time.monotonic, 1.0)
         sampler.open()

@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.ops.window import MaintenanceWindow, WindowError, describe
+from app.ops.guards.window import MaintenanceWindow, WindowError, describe
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -26,8 +26,8 @@ class Target:
 
     @cached_property
     def method(self):
-        """BACKUP_METHOD's object (app/ops/methods.py): how this env's backups are taken."""
-        from app.ops.methods import configured_method
+        """BACKUP_METHOD's object (app/ops/methods/registry.py): how this env's backups are taken."""
+        from app.ops.methods.registry import configured_method
         return configured_method(self.settings)
 
     @property

@@ -25,7 +25,7 @@ def open_database(settings):
     from app.settings import engine_kind
 
     if engine_kind(settings.database_url) == "sqlite":
-        from app.ops.databases.sqlite import SqliteDatabase
+        from app.ops.databases.sqlite.database import SqliteDatabase
         return SqliteDatabase(settings.database_url, settings.env)
-    from app.ops.databases.postgres import PostgresDatabase
+    from app.ops.databases.postgres.database import PostgresDatabase
     return PostgresDatabase.from_settings(settings)

@@ -1,4 +1,4 @@
-## The page of `invoke report --html` (app/ops/evidence_html.py): self-contained, no script,
+## The page of `invoke report --html` (app/ops/commands/evidence_html.py): self-contained, no script,
 ## no external style or font; every value is escaped (default filter h), the SVG charts are
 ## drawn in Python and passed through with | n.
 <%

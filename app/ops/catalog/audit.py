@@ -1,0 +1,68 @@
+"""The audit trail: one small JSON object per migrate, rollback, restore or break-glass, each
+chained to the one before it by its hash (app/ops/catalog/audit_chain.py).
+
+Events live in the backup store beside the backups, not in the database, so restoring the
+database cannot erase them. One object per event (never an appended file) works the same on
+local disk and in object stores, and two runs can never overwrite each other's records.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import socket
+from datetime import datetime, timezone
+
+from app.ops.catalog.audit_chain import AUDIT_SUFFIX, PREVIOUS, canonical_bytes, link
+
+# This process's run, named in each of its events: a run that finishes another's interrupted
+# restore says which run it was ("completed by run RUN_ID").
+RUN_ID = secrets.token_hex(4)
+
+
+def who() -> dict:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"user": user, "host": socket.gethostname(), "pid": os.getpid(), "run": RUN_ID}
+
+
+def record(target, *, action: str, now: datetime, outcome: str, reporter=None,
+           **details) -> dict:
+    """Write one event. A store that fails here must not hide what the run itself did (it may
+    have migrated, or be failing for a reason of its own): it is reported, never raised."""
+    from app.ops.errors import OpsError
+
+    event = {"action": action, "env": target.env, "database": target.database.masked_url,
+             "at": now.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+             "outcome": outcome, **who(), **details}
+    name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{AUDIT_SUFFIX}"
+    try:
+        # Chained to the env's previous event (app/ops/catalog/audit_chain.py): a removal shows.
+        event[PREVIOUS] = link(target.storage)
+        target.storage.put_bytes(name, canonical_bytes(event))
+    except (OpsError, OSError) as exc:
+        if reporter is not None:
+            reporter.warn(f"the audit record of this {action} ({outcome}) could not be written: "
+                          f"{exc}; record it by hand")
+    return event
+
+
+def read_events(target, warn=None) -> list[dict]:
+    """The environment's audit trail, newest first. An object that holds JSON but not an event
+    (an array, a number) is skipped, with a warning through `warn` naming it."""
+    storage = target.storage
+    events = []
+    for name in sorted(storage.list(AUDIT_SUFFIX), reverse=True):
+        try:
+            event = json.loads(storage.get_bytes(name))
+        except (ValueError, OSError):
+            event = {"action": "unreadable", "object": name}
+        if isinstance(event, dict):
+            events.append(event)
+        elif warn is not None:
+            warn(f"audit object {name} holds a JSON {type(event).__name__}, not an event: "
+                 "skipped (look at who wrote it)")
+    return events

@@ -1,0 +1,236 @@
+"""The env's PostgreSQL database: facts, tools, dumper, lock, row counts, scratch copies and
+restore, for a role that owns its database (no superuser).
+
+Server-level work (a database's properties, creating one like it, the swap) is
+`PostgresServer`'s (postgres_server.py); the restore by swap is postgres_restore.py's. This class
+is what the rest of the app holds, and what it asks.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from datetime import datetime
+from typing import Iterator
+
+from app.ops.databases.connection import connect, revision_of
+from app.ops.databases import DatabaseFacts
+from app.settings import mask_url
+
+SCRATCH = "__scratch_"
+STAMPED_DATABASE = re.compile(
+    r"(__restoring_|__pre_restore_|__scratch_)([0-9]{14}(?:[0-9]{3})?)$")
+
+
+class PostgresDatabase:
+    kind = "postgresql"
+
+    def __init__(self, url, env: str, *, bin_dir: str | None = None,
+                 lock_timeout: str | None = None, tools: dict | None = None,
+                 maintenance=None):
+        from app.ops.databases.postgres.maintenance import MaintenanceDatabase
+
+        self.url, self.env = url, env
+        # Shared with `at`'s databases: one run's sessions all meet in the same one.
+        self.maintenance = maintenance or MaintenanceDatabase()
+        self.bin_dir, self.lock_timeout = bin_dir, lock_timeout
+        # pg_dump's and pg_restore's versions once checked; shared with `at`'s databases, so one
+        # run asks the tools once.
+        self._tools = tools if tools is not None else {}
+        self._facts: DatabaseFacts | None = None
+
+    @classmethod
+    def from_settings(cls, settings) -> "PostgresDatabase":
+        # lock_timeout: a backup must not queue forever behind a session holding an exclusive
+        # table lock.
+        from app.ops.databases.postgres.maintenance import MaintenanceDatabase
+        return cls(settings.database_url, settings.env, bin_dir=settings.pg_bin_dir,
+                   lock_timeout=settings.duration("MIGRATION_LOCK_TIMEOUT", "5s"),
+                   maintenance=MaintenanceDatabase(settings.maintenance_database))
+
+    def at(self, name: str) -> "PostgresDatabase":
+        """Another database of the same server: a restore's previous database, a scratch copy."""
+        return PostgresDatabase(self.url.set(database=name), self.env, bin_dir=self.bin_dir,
+                                lock_timeout=self.lock_timeout, tools=self._tools,
+                                maintenance=self.maintenance)
+
+    @property
+    def name(self) -> str:
+        """What an engineer types to confirm a restore over it."""
+        return self.url.database
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    def exists(self) -> bool:
+        return True  # a server's database: one that cannot be reached is an error, not absent
+
+    def facts(self) -> DatabaseFacts:
+        if self._facts is None:
+            from sqlalchemy import text
+            with connect(self.url) as conn:
+                version = int(conn.execute(text("SHOW server_version_num")).scalar())
+                size = int(conn.execute(text("SELECT pg_database_size(current_database())"))
+                           .scalar())
+            self._facts = DatabaseFacts(True, version, size)
+        return self._facts
+
+    def revision(self) -> str | None:
+        with connect(self.url) as conn:
+            return revision_of(conn)
+
+    def check_tools(self) -> None:
+        """Refuse, before anything runs, a pg_dump or pg_restore older than the server."""
+        if not self._tools:
+            dumper = self._new_dumper()
+            dumper.check_tools(self.facts().server_version_num)
+            self._tools.update(dumper.versions)
+
+    def check_lock_room(self) -> None:
+        """Refuse a restore, before any work, whose safety backup (a dump of this database,
+        taken after the swap) would run the server's lock table out."""
+        from app.ops.databases.postgres.locks import lock_room
+        from app.ops.errors import GuardRefused
+        with connect(self.url) as conn:
+            room = lock_room(conn)
+        if not room.enough:
+            raise GuardRefused(f"restore refused before any work: its safety backup of the "
+                               f"database as it is now could not be taken: "
+                               f"{room.advice(self.name)}; nothing was changed")
+
+    def dumper(self):
+        """A dumper for one dump or read-back, knowing the tools' versions checked so far."""
+        dumper = self._new_dumper()
+        dumper.versions.update(self._tools)
+        return dumper
+
+    def _new_dumper(self):
+        from app.ops.databases.postgres.dumper import PostgresDumper
+        return PostgresDumper(self.url, self.bin_dir, lock_timeout=self.lock_timeout)
+
+    def lock(self, action: str, now: datetime):
+        from app.ops.databases.lock import advisory_lock
+        return advisory_lock(self.url, action, now, self.env, maintenance=self.maintenance)
+
+    def row_counts(self) -> dict[str, int]:
+        with connect(self.url) as conn:
+            return postgres_row_counts(conn)
+
+    def leftover_copies(self, conn) -> list[tuple[str, int]]:
+        """`DB__restoring_STAMP`, `DB__pre_restore_STAMP` and `DB__scratch_STAMP`, each with how
+        many sessions use it (a copy in use belongs to a run in progress), over `conn`, a
+        connection to this database: pg_database is a shared catalog."""
+        from sqlalchemy import text
+
+        from app.ops.databases.postgres.server import CLIENTS, derived_name
+
+        rows = conn.execute(text(
+            "SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a "
+            f"WHERE a.datname = d.datname AND {CLIENTS}) FROM pg_database d "
+            "WHERE strpos(d.datname, '__') > 0 "
+            "ORDER BY 1")).all()
+        found = []
+        for name, sessions in rows:
+            match = STAMPED_DATABASE.search(name)
+            # The name restore or a rehearsal would give this database's copy with that stamp
+            # (derived_name cuts a long base to fit 63 bytes), so another database's copies
+            # and look-alikes are never reported.
+            if match and name == derived_name(self.name, match.group(1), match.group(2)):
+                found.append((name, int(sessions)))
+        return found
+
+    def server(self):
+        from app.ops.databases.postgres.server import PostgresServer
+        return PostgresServer(self.url, self.maintenance)
+
+    def is_closed(self) -> bool:
+        """Closed to connections, by a restore killed during its swap."""
+        from app.ops.errors import OpsError
+        try:
+            return self.server().is_closed()
+        except OpsError:
+            return False
+
+    @contextlib.contextmanager
+    def scratch_copy(self, target, backup, now: datetime) -> Iterator[object]:
+        """A new database `DB__scratch_STAMP` restored in parallel from the verified archive,
+        a file without a name (app/ops/leftovers.py); always dropped, and one a killed run
+        left is dropped by the next. Yields the target of the copy."""
+        from app.ops.catalog.backups import verify_backup
+        from app.ops.databases.postgres.server import database_stamp, derived_name
+        from app.ops.leftovers import child_path, private_folder, unnamed_file
+
+        with private_folder("scratch") as folder, unnamed_file(folder) as archive:
+            verify_backup(target, backup, now=now, extract_to=archive)
+            server = self.server()
+            server.drop_stale(SCRATCH)
+            props = server.properties()
+            name = derived_name(self.name, SCRATCH, database_stamp(now))
+            self.check_tools()
+            server.create_like(name, props)
+            try:
+                self.dumper().restore(child_path(archive), name, jobs=restore_jobs(),
+                                      pass_fds=(archive.fileno(),))
+                yield target.at(self.at(name))
+            finally:
+                server.drop(name)
+
+    def restore(self, target, plan, *, now: datetime, reporter, disconnect: bool,
+                started: float, check_lock):
+        from app.ops.databases.postgres.restore import restore_by_swap
+        return restore_by_swap(target, plan, now=now, reporter=reporter, disconnect=disconnect,
+                               started=started, check_lock=check_lock)
+
+
+    def finish_interrupted_restore(self, target, *, now: datetime, reporter) -> bool:
+        """Under the lock: finish a restore a kill or a server restart cut short at its swap."""
+        from app.ops.databases.postgres.restore import finish_interrupted
+        return finish_interrupted(target, now=now, reporter=reporter)
+
+
+def restore_jobs() -> int:
+    import os
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+# Tables counted per transaction. A count locks its table and the indexes the planner opens
+# until its transaction ends: counting every table in one transaction beside pg_dump (which
+# locks every table too) needed twice pg_dump's locks, and ran the server's lock table out of
+# shared memory where pg_dump alone fits (issue 17, case 6).
+COUNT_BATCH = 25
+
+
+def user_tables(conn) -> list[str]:
+    """Every user table, `schema.table` quoted as SQL needs it, in conn's snapshot."""
+    from sqlalchemy import text
+
+    return conn.execute(text(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg!_%' ESCAPE '!' ORDER BY 1")).scalars().all()
+
+
+def count_in_batches(conn, tables: list[str], start=None, stopped=lambda: False) -> dict:
+    """Exact row counts of `tables`, COUNT_BATCH to a transaction; `start(conn)` opens each
+    one (a snapshot imported, a lock timeout). `conn` must not be in a transaction."""
+    from sqlalchemy import text
+
+    counts: dict[str, int] = {}
+    for i in range(0, len(tables), COUNT_BATCH):
+        if stopped():
+            break
+        with conn.begin():
+            if start is not None:
+                start(conn)
+            for table in tables[i:i + COUNT_BATCH]:
+                counts[table] = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+    return counts
+
+
+def postgres_row_counts(conn) -> dict[str, int]:
+    """Exact row counts of every user table, keyed `schema.table` (a database nobody writes
+    to: a scratch copy; a dump counts in its own snapshot instead)."""
+    with conn.begin():
+        tables = user_tables(conn)
+    return count_in_batches(conn, tables)

@@ -1,0 +1,267 @@
+"""Restoring PostgreSQL by swap: build the restored copy beside the live database, then swap
+names in one transaction; the safety backup comes after, off the path to service.
+
+Until the swap the live database is never touched, so a restore that fails or is killed leaves
+it exactly as it was (a killed run leaves a `__restoring_` database, which the next restore
+drops). The old database stays under a dated name (`DB__pre_restore_STAMP`) until the engineer
+drops it: it holds every write made until the swap, and its safety backup is taken from it.
+
+Right before the swap an intent record goes to the backup store (app/ops/catalog/restore_intent.py):
+a run cut short from there on (kill -9 during the safety backup, a server restart around the
+rename) is finished by the next migrate, rollback, backup or restore (`finish_interrupted`),
+from that record and what the server shows: the safety backup taken and verified, audited, and
+only then the old database dropped; or, not swapped, the live database reopened and the copy
+dropped.
+
+Why not `pg_restore --clean` into the live database: a table added by a later migration survives
+it, a foreign key from such a table makes the restore fail halfway, and it cannot run in parallel.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import datetime, timedelta
+
+from app.ops.catalog import audit
+from app.ops.catalog.backups import (BackupManifest, check_scratch_room, list_backups, take_backup,
+                             verify_backup)
+from app.ops.databases.postgres.database import restore_jobs
+from app.ops.databases.postgres.server import KEPT, RESTORING, database_stamp, derived_name
+from app.ops.guards.encryption_policy import safety_backup_refusal
+from app.ops.errors import BackupFailed, OpsError
+from app.ops.leftovers import child_path, private_folder, unheld, unnamed_file
+from app.ops.catalog.manifest import new_backup_id
+from app.ops.commands.restore import SAFETY_REASON, RestorePlan, RestoreResult
+from app.ops.catalog.restore_intent import (NOT_SWAPPED, OLD_GONE, UNKNOWN, RestoreIntent, clear_intent,
+                                    mark_intent, pending_intents, swap_state, undo_unswapped,
+                                    unknown_state_warning, write_intent)
+
+
+def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disconnect: bool,
+                    started: float, check_lock) -> RestoreResult:
+    database = target.database
+    server = database.server()
+    if server.reopen():
+        # Under the lock, so no other restore is in its swap: a swap killed halfway closed it.
+        reporter.warn(f"{database.name} was closed to new connections (a restore killed during "
+                      "its swap); it accepts them again")
+        plan.current = database.revision()
+    props = server.properties()
+    server.check_can_swap(_current_user(database), props, disconnect)
+    database.check_lock_room()
+    database.check_tools()
+    for stale in server.drop_stale():
+        reporter.info(f"dropped {stale}, left behind by an interrupted restore")
+    # An extract that cannot fit is refused before any work.
+    check_scratch_room(target, plan.backup, extract=True, archive_check=False)
+    stamp = database_stamp(now)  # to the millisecond: two restores in one second get two names
+    new, kept = (derived_name(database.name, RESTORING, stamp),
+                 derived_name(database.name, KEPT, stamp))
+    notes = _build_copy(target, plan, new, props, now, reporter)
+    try:
+        check_lock()  # LockLost: nothing swapped, the copy is dropped below
+        # Before the live database is touched: a run cut short from here on is finished by
+        # the next one, from this record and what the server shows (app/ops/catalog/restore_intent.py).
+        plan.intent = _intent_written(target, plan, new, kept, props, now, disconnect)
+        downtime = server.swap(new, kept, end_sessions=disconnect)
+        in_service = time.monotonic() - started
+    except BaseException:
+        # The rename may have committed before the failure reached us: the copy is dropped
+        # only if it still is one.
+        with contextlib.suppress(Exception):
+            server.drop(new)
+        raise
+    result = RestoreResult(plan.backup, None, None, 0.0, kept_database=kept,
+                           downtime_seconds=round(downtime, 3),
+                           time_to_service_seconds=round(in_service, 3), notes=notes)
+    result.safety_skipped = safety_backup_refusal(target.settings, kept)
+    if result.safety_skipped:
+        return result
+    reporter.info(f"backup {plan.backup.id} is in service; the previous database is {kept}: "
+                  "taking its safety backup")
+    at = now + timedelta(seconds=in_service)
+    safety_id = new_backup_id(at)
+    # Its id is recorded first: a run killed while taking it leaves a half-written file that
+    # the next run knows to be this one's.
+    with contextlib.suppress(OpsError, OSError):  # the next run reads the server anyway
+        mark_intent(target, plan.intent, phase="swapped", safety_backup_id=safety_id)
+    result.safety, result.safety_error = _safety_backup_of(
+        target.at(database.at(kept)), plan, at, safety_id)
+    return result
+
+
+def _intent_written(target, plan: RestorePlan, new: str, kept: str, props, now: datetime,
+                    disconnect: bool) -> RestoreIntent:
+    try:
+        return write_intent(target, backup_id=plan.backup.id, copy=new, kept=kept,
+                            live_oid=props.oid, from_revision=plan.current,
+                            to_revision=plan.backup.revision, now=now, disconnect=disconnect)
+    except (OpsError, OSError) as exc:
+        raise BackupFailed(f"the restore's intent record could not be written to the backup "
+                           f"store ({exc}); nothing was swapped, the restored copy is "
+                           "dropped") from None
+
+
+def _current_user(database) -> str:
+    from sqlalchemy import text
+
+    from app.ops.databases.connection import connect
+    with connect(database.url) as conn:
+        return conn.execute(text("SELECT current_user")).scalar()
+
+
+def _build_copy(target, plan: RestorePlan, new: str, props, now: datetime,
+                reporter) -> list[str]:
+    """Verify and restore the backup into the new database `new`, check it, and give it the
+    live database's properties; pg_restore's notes. The seekable copy a parallel pg_restore
+    needs has no name: a killed run leaves no decrypted, decompressed data on disk."""
+    database = target.database
+    server = database.server()
+    with private_folder("pg-restore") as folder, unnamed_file(folder) as archive:
+        try:
+            # One pass: checksum and zstd frame while writing the seekable copy. pg_restore
+            # then reads every block into the new database before anything is swapped: a
+            # second reader would only add time.
+            verify_backup(target, plan.backup, now=now, extract_to=archive, archive_check=False)
+            reporter.info(f"backup {plan.backup.id} verified; restoring into {new}")
+            server.create_like(new, props)
+            notes = database.dumper().restore(child_path(archive), new, jobs=restore_jobs(),
+                                              pass_fds=(archive.fileno(),))
+            _check_copy(database.at(new), plan.backup)
+            server.copy_properties(new, props)
+            return notes
+        except BaseException:
+            # Before the swap nothing has changed: the copy being built is dropped (else the
+            # next restore drops it).
+            with contextlib.suppress(Exception):
+                server.drop(new)
+            raise
+
+
+def _check_copy(copy, backup: BackupManifest) -> None:
+    revision = copy.revision()
+    if revision != backup.revision:
+        raise BackupFailed(f"the restored copy is at revision {revision}, but backup "
+                           f"{backup.id} recorded {backup.revision}; nothing was swapped")
+
+
+def _safety_backup_of(kept, plan: RestorePlan, at: datetime,
+                      backup_id: str) -> tuple[BackupManifest | None, str | None]:
+    """After the swap: the previous database, renamed, holds every write made until the swap,
+    and nobody writes to it any more. Its backup is taken, read back and listed like any other;
+    a failure here does not undo the restore (which has succeeded): it is reported, and the
+    previous database is kept."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.ops.databases.connection import first_line
+    try:
+        return take_backup(kept, reason=f"{SAFETY_REASON}{plan.backup.id}",
+                           revision=kept.database.revision(), now=at, backup_id=backup_id), None
+    except OpsError as exc:
+        why = str(exc)
+    except DBAPIError as exc:  # the server went away under the dump's snapshot session
+        why = first_line(exc.orig)
+    except KeyboardInterrupt:
+        why = "it was stopped"
+    name = kept.database.name
+    return None, (f"backup {plan.backup.id} was restored and is in service, but the safety "
+                  f"backup of the previous database failed ({why}): that database is kept as "
+                  f"{name} and nothing was dropped; the next migrate, rollback, backup or "
+                  f"restore of env '{kept.env}' takes that safety backup first (`invoke "
+                  f"status` shows the unfinished restore until then)")
+
+
+# -- a restore cut short at its swap, finished by the next run ---------------------------------
+
+
+def finish_interrupted(target, *, now: datetime, reporter) -> bool:
+    """Under the env's lock, so the run that wrote each record is gone (or has lost the lock):
+    finish every restore of this database that a kill or a server restart cut short, as the
+    server shows it. True if there was one."""
+    intents = pending_intents(target)
+    for intent in intents:
+        _finish(target, intent, now, reporter)
+    return bool(intents)
+
+
+def _finish(target, intent: RestoreIntent, now: datetime, reporter) -> None:
+    server = target.database.server()
+    state, found = swap_state(server, intent)
+    if state == UNKNOWN:
+        reporter.warn(unknown_state_warning(intent, found))
+        return
+    details = {"from_revision": intent.from_revision, "to_revision": intent.to_revision,
+               "backup_id": intent.backup_id, "interrupted_run": intent.run,
+               "intent": intent.name}
+    if state == NOT_SWAPPED:
+        for done in undo_unswapped(server, intent, found):
+            reporter.warn(done)
+        audit.record(target, action="restore", now=now, reporter=reporter,
+                     outcome=f"not swapped, cleaned up by run {audit.RUN_ID}", **details)
+        clear_intent(target, intent)
+        reporter.warn(f"the {intent.describe()}: it did not swap, {intent.database} holds what "
+                      "it held before; nothing was restored")
+        return
+    completed = f"completed by run {audit.RUN_ID}"
+    if state == OLD_GONE:
+        gone = f"the previous database {intent.kept} no longer exists"
+        audit.record(target, action="restore", now=now, reporter=reporter, outcome=completed,
+                     safety_backup_id=None, safety_backup_error=gone, **details)
+        clear_intent(target, intent)
+        reporter.warn(f"the {intent.describe()}: backup {intent.backup_id} is in service, but "
+                      f"{gone}, so no safety backup of it could be taken")
+        return
+    safety = _finish_safety_backup(target, intent, now, reporter)
+    if safety is None:
+        return
+    audit.record(target, action="restore", now=now, reporter=reporter, outcome=completed,
+                 safety_backup_id=safety.id, dropped_database=intent.kept, **details)
+    clear_intent(target, intent)
+    reporter.warn(f"finished the {intent.describe()}: backup {intent.backup_id} is in service; "
+                  f"safety backup {safety.id} of the previous database is verified (undo with: "
+                  f"invoke restore --env={target.env} --backup={safety.id} --yes); dropping "
+                  f"{intent.kept}")
+    try:
+        server.drop(intent.kept)
+    except OpsError as exc:
+        reporter.warn(f"{intent.kept} could not be dropped ({exc}): its safety backup is "
+                      f"verified, drop it with `dropdb {intent.kept}`")
+
+
+def _finish_safety_backup(target, intent: RestoreIntent, now: datetime,
+                          reporter) -> BackupManifest | None:
+    """The verified safety backup of the previous database: the one the cut-short run
+    finished, read back again, or a new one. None (and a warning) if it fails: then nothing
+    is dropped and the record stays for the next run."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.ops.databases.connection import first_line
+    _remove_partials(target.storage, intent.safety_backup_id)
+    kept = target.at(target.database.at(intent.kept))
+    try:
+        done = [m for m in list_backups(target) if m.id == intent.safety_backup_id]
+        if done:
+            manifest = verify_backup(target, done[0], now=now)
+            if manifest.verified:
+                return manifest
+        return take_backup(kept, reason=f"{SAFETY_REASON}{intent.backup_id}",
+                           revision=kept.database.revision(), now=now)
+    except (OpsError, DBAPIError) as exc:
+        why = first_line(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+        reporter.warn(f"the {intent.describe()} is not finished: the safety backup of "
+                      f"{intent.kept} failed ({why}); nothing was dropped, the next run tries "
+                      "again")
+        return None
+
+
+def _remove_partials(storage, backup_id: str | None) -> None:
+    """The half-written artifact of the cut-short run's safety backup (local store): its
+    writer is gone, whatever the file's age."""
+    from pathlib import Path
+
+    folder = getattr(storage, "folder", None)
+    if not backup_id or not isinstance(folder, Path) or not folder.is_dir():
+        return
+    for path in folder.glob(f".{backup_id}*.partial"):
+        if unheld(path):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,91 @@
+"""The encryption policy (BACKUP_ENCRYPTION): may a backup of this env rest unencrypted?
+
+`required` (the default in production) refuses, before anything runs, a run whose backup would
+be stored in the clear; `optional` (the default elsewhere) lets it through, and in production
+each such backup is audited and `invoke check` warns. Encrypted at rest means one of: age
+recipients (BACKUP_ENCRYPTION_RECIPIENTS, either store), S3 server-side encryption
+(BACKUP_S3_SSE), or, with BACKUP_METHOD=pgbackrest, a repository whose cipher is not `none`
+(read from `pgbackrest info --output=json`, since pgBackRest holds the data).
+
+restore is never refused by it: its safety backup is skipped instead, and the database it
+replaces is kept (`safety_backup_refusal`).
+"""
+from __future__ import annotations
+
+from app.ops.encryption import parse_recipients
+from app.ops.errors import GuardRefused
+
+REQUIRED, OPTIONAL = "required", "optional"
+
+
+def policy(settings) -> str:
+    return settings.backup_encryption
+
+
+def dump_at_rest(settings) -> str | None:
+    """How a dump of this env would be encrypted at rest: "age", "sse" or None."""
+    if parse_recipients(settings.get("BACKUP_ENCRYPTION_RECIPIENTS")):
+        return "age"
+    if settings.backup_storage == "s3" and settings.get("BACKUP_S3_SSE"):
+        return "sse"
+    return None
+
+
+def at_rest(settings) -> str | None:
+    """How a new backup of this env, by its configured method, would be encrypted at rest."""
+    if settings.backup_method == "pgbackrest":
+        return "pgbackrest" if repository_encrypted(settings) else None
+    return dump_at_rest(settings)
+
+
+def repository_encrypted(settings) -> bool:
+    """Every repository of the stanza has a cipher (a plaintext one holds a clear copy too)."""
+    from app.ops.methods.pgbackrest.command import PgBackRest
+
+    stanza = PgBackRest.from_settings(settings).info()
+    ciphers = [repo.get("cipher") for repo in stanza.get("repo") or [] if isinstance(repo, dict)]
+    ciphers = ciphers or [stanza.get("cipher")]
+    return all(c not in (None, "", "none") for c in ciphers)
+
+
+def check_policy(settings, read_at_rest, *, action: str) -> None:
+    """Refuse `action` under `required` when its backup would rest unencrypted.
+    `read_at_rest()` gives what `at_rest` gives; it is called only under `required`."""
+    if policy(settings) != REQUIRED or read_at_rest() is not None:
+        return
+    raise GuardRefused(f"{action} on env '{settings.env}' is refused: BACKUP_ENCRYPTION is "
+                       f"required{' (the default in production)' if settings.production else ''}"
+                       f" and its backup would be stored unencrypted; {_what_to_set(settings)}")
+
+
+def _what_to_set(settings) -> str:
+    optional = ("or set BACKUP_ENCRYPTION=optional to accept unencrypted backups (audited, "
+                "and `invoke check` warns)")
+    if settings.backup_method == "pgbackrest":
+        return (f"give the pgBackRest repository of stanza '{settings.get('PGBACKREST_STANZA')}' "
+                "a cipher (repo1-cipher-type=aes-256-cbc, on a new repository), " + optional)
+    s3 = ", or set BACKUP_S3_SSE (AES256 or aws:kms)" if settings.backup_storage == "s3" else ""
+    return ("set BACKUP_ENCRYPTION_RECIPIENTS to an age public key (make a pair with "
+            "`age-keygen -o key.txt`) and BACKUP_ENCRYPTION_IDENTITY_FILE to its private key"
+            f"{s3}, " + optional)
+
+
+def safety_backup_refusal(settings, kept: str) -> str | None:
+    """Why restore writes no safety backup of the database it replaces (None: it writes one).
+    The safety backup is a dump in our store, whatever the env's method."""
+    if policy(settings) != REQUIRED or dump_at_rest(settings) is not None:
+        return None
+    return (f"no safety backup was written: BACKUP_ENCRYPTION is required and it could not be "
+            f"encrypted (no BACKUP_ENCRYPTION_RECIPIENTS"
+            f"{' or BACKUP_S3_SSE' if settings.backup_storage == 's3' else ''}); the previous "
+            f"database is kept as {kept} instead, and nothing was dropped")
+
+
+def audit_unencrypted(target, manifest, *, now, reporter) -> None:
+    """In production under `optional`: each backup stored unencrypted is audited."""
+    from app.ops.catalog import audit
+
+    audit.record(target, action="backup", now=now, outcome="stored unencrypted",
+                 reporter=reporter, backup_id=manifest.id, reason=manifest.reason,
+                 encryption="none", encryption_policy=OPTIONAL,
+                 from_revision=manifest.revision, to_revision=manifest.revision)

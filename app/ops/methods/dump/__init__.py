@@ -1,0 +1,1 @@
+"""app/ops/methods/dump."""
