@@ -349,7 +349,8 @@ def _encryption_cell(m) -> str:
             "restore_test": "restore into a scratch database, compare row counts, drop it"})
 def verify(c, env=None, backup=None, restore_test=False):
     """Check a backup's checksum and that it reads back whole (or --restore-test it)."""
-    from app.ops.catalog.backups import find_backup, verify_backup
+    from app.ops.catalog.backups import find_backup
+    from app.ops.methods.registry import verify_backup
 
     console = _console()
     target = _target(env)

@@ -15,7 +15,9 @@ import pytest
 import zstandard
 from pyrage import x25519
 
-from app.ops.catalog.backups import find_backup, list_backups, take_backup, verify_backup
+from app.ops.catalog.backups import find_backup, list_backups
+from app.ops.methods.dump.take import take_backup
+from app.ops.methods.registry import verify_backup
 from app.ops.databases import open_database
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.catalog.manifest import MANIFEST_SUFFIX, BackupManifest

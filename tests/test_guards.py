@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 import pytest
 
 from app.ops.errors import ConfigError, ExitCode, GuardRefused
-from app.ops.guards.preflight import RunFacts, check_window
+from app.ops.commands.run_facts import RunFacts
+from app.ops.guards.preflight import check_window
 from app.ops.report import Reporter
 from app.ops.target import open_target
 from app.settings import load_settings

@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 
 from app.ops.commands.backup_run import backup_before_change
-from app.ops.catalog.backups import list_backups, take_backup, verify_backup
+from app.ops.catalog.backups import list_backups
+from app.ops.methods.dump.take import take_backup
+from app.ops.methods.registry import verify_backup
 from app.ops.errors import BackupFailed, ConfigError
-from app.ops.guards.preflight import RunFacts
+from app.ops.commands.run_facts import RunFacts
 from app.ops.methods.registry import METHODS, DumpMethod, PgBackRestMethod, method_of
 from app.ops.report import Reporter
-from app.ops.commands.restore import RestorePlan, RestoreResult, run_restore
+from app.ops.commands.restore import run_restore
+from app.ops.methods.contract import RestorePlan, RestoreResult
 from app.ops.commands.status import collect_status
 from app.ops.target import open_target
 from app.settings import load_settings
@@ -46,6 +49,9 @@ class RecordingMethod:
 
     def __init__(self, answer=None):
         self.answer, self.calls = answer, []
+
+    def room_needed(self, facts):
+        return None  # writes nothing to the store: the free-disk guard has nothing to weigh
 
     def take(self, target, facts, **kwargs):
         self.calls.append(("take", target, facts, kwargs))

@@ -194,7 +194,7 @@ def test_the_estimate_uses_the_worst_compression_of_the_last_backups():
     the highest ratio of the last five backups, plus half; no history: no compression."""
     from types import SimpleNamespace
 
-    from app.ops.guards.preflight import estimate_backup_size
+    from app.ops.methods.dump.estimate import estimate_backup_size
 
     def facts(size, *ratios):
         backups = [SimpleNamespace(size=int(r * 1000), database_size=1000) for r in ratios]
@@ -475,7 +475,9 @@ def sqlite_target(aws, tmp_path, **extra):
 
 def test_sqlite_backup_list_and_verify_through_s3(aws, s3, tmp_path):
     from app.ops.catalog import audit
-    from app.ops.catalog.backups import list_backups, take_backup, verify_backup
+    from app.ops.catalog.backups import list_backups
+    from app.ops.methods.dump.take import take_backup
+    from app.ops.methods.registry import verify_backup
 
     settings = sqlite_target(aws, tmp_path)
     manifest = take_backup(settings, reason="test", revision=None, now=NOW)
@@ -493,7 +495,9 @@ def test_sqlite_backup_list_and_verify_through_s3(aws, s3, tmp_path):
 
 
 def test_verify_finds_a_corrupted_s3_backup(aws, s3, tmp_path):
-    from app.ops.catalog.backups import list_backups, take_backup, verify_backup
+    from app.ops.catalog.backups import list_backups
+    from app.ops.methods.dump.take import take_backup
+    from app.ops.methods.registry import verify_backup
 
     settings = sqlite_target(aws, tmp_path)
     manifest = take_backup(settings, reason="test", revision=None, now=NOW)
@@ -507,7 +511,7 @@ def test_verify_finds_a_corrupted_s3_backup(aws, s3, tmp_path):
 
 
 def test_backup_to_a_missing_bucket_stores_nothing(aws, tmp_path):
-    from app.ops.catalog.backups import take_backup
+    from app.ops.methods.dump.take import take_backup
 
     settings = sqlite_target({**aws, "BACKUP_S3_BUCKET": "no-such-bucket-here"}, tmp_path)
     with pytest.raises(ConfigError, match="'no-such-bucket-here' does not exist"):
@@ -516,7 +520,9 @@ def test_backup_to_a_missing_bucket_stores_nothing(aws, tmp_path):
 
 @pytest.mark.postgres
 def test_postgres_backup_through_s3(aws, s3, pg_database, tmp_path):
-    from app.ops.catalog.backups import list_backups, take_backup, verify_backup
+    from app.ops.catalog.backups import list_backups
+    from app.ops.methods.dump.take import take_backup
+    from app.ops.methods.registry import verify_backup
 
     pg_database.sql("CREATE TABLE scans (id serial PRIMARY KEY, note text)")
     pg_database.sql("INSERT INTO scans (note) SELECT md5(g::text) FROM generate_series(1, 2000) g")

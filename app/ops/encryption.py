@@ -156,3 +156,12 @@ def _raise_cause(error: BaseException | None, backup_id: str) -> None:
                           "of its recipients") from None
     raise BackupFailed(f"backup {backup_id} does not decrypt: it is damaged or truncated "
                        f"({error})") from None
+
+
+def dump_at_rest(settings) -> str | None:
+    """How a dump of this env would be encrypted at rest: "age", "sse" or None."""
+    if parse_recipients(settings.get("BACKUP_ENCRYPTION_RECIPIENTS")):
+        return "age"
+    if settings.backup_storage == "s3" and settings.get("BACKUP_S3_SSE"):
+        return "sse"
+    return None

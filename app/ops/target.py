@@ -38,6 +38,12 @@ class Target:
         """The same env and store, another database (of the same kind)."""
         return Target(self.settings, database, self.storage)
 
+    def for_env(self, env: str) -> "Target":
+        """Another env of the same project (REQUIRE_STAGING_FIRST reads staging's revision),
+        from its own files only: this process's environment is this env's."""
+        from app.settings import load_settings
+        return open_target(load_settings(env, environ=None, root=self.settings.root))
+
 
 def open_target(settings) -> Target:
     from app.ops.databases import open_database

@@ -7,27 +7,12 @@ local disk and in object stores, and two runs can never overwrite each other's r
 """
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import secrets
-import socket
 from datetime import datetime, timezone
 
 from app.ops.catalog.audit_chain import AUDIT_SUFFIX, PREVIOUS, canonical_bytes, link
-
-# This process's run, named in each of its events: a run that finishes another's interrupted
-# restore says which run it was ("completed by run RUN_ID").
-RUN_ID = secrets.token_hex(4)
-
-
-def who() -> dict:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return {"user": user, "host": socket.gethostname(), "pid": os.getpid(), "run": RUN_ID}
-
+from app.ops.run_identity import RUN_ID, who  # noqa: F401  (audit.RUN_ID names this run)
 
 def record(target, *, action: str, now: datetime, outcome: str, reporter=None,
            **details) -> dict:

@@ -1,17 +1,21 @@
 """The backup a run takes: before migrate or rollback changes anything, or on demand.
 
-Taken by the env's backup method (app/ops/methods/registry.py): a dump (app/ops/catalog/backups.py) after its
-free-disk guard, or, with BACKUP_METHOD=pgbackrest, a restore point (app/ops/methods/pgbackrest/command.py);
-nothing at all while the database does not exist yet.
+Taken by the env's backup method (app/ops/methods/) after the free-disk guard: a dump into our
+store, or, with BACKUP_METHOD=pgbackrest, a restore point; nothing at all while the database
+does not exist yet.
 """
 from __future__ import annotations
 
 from datetime import datetime
 
-from app.ops.guards.encryption_policy import audit_unencrypted, check_policy
-from app.ops.errors import ConfigError
-from app.ops.guards.preflight import RunFacts
+from app.ops.catalog import audit
 from app.ops.catalog.manifest import BackupManifest, check_label
+from app.ops.commands.run_facts import RunFacts
+from app.ops.errors import ConfigError
+from app.ops.guards.encryption_policy import OPTIONAL, check_policy
+from app.ops.guards.preflight import check_free_disk
+from app.ops.methods.registry import finish_interrupted_restores as finish_under_lock
+from app.ops.methods.registry import restores_in_progress
 from app.ops.report import Reporter
 
 
@@ -43,6 +47,7 @@ def backup_before_change(target, facts=None, *, now: datetime, revision: str | N
         reporter.info(f"database {target.database.masked_url} does not exist yet: "
                       "there is nothing to back up")
         return None
+    check_free_disk(facts, reporter)
     return target.method.take(target, facts, now=now, revision=revision, reason=reason,
                               reporter=reporter, label=label)
 
@@ -50,8 +55,16 @@ def backup_before_change(target, facts=None, *, now: datetime, revision: str | N
 def finish_interrupted_restores(target, *, now: datetime, reporter: Reporter) -> None:
     """A backup on demand takes no lock, but a restore an earlier run left unfinished is
     finished first, under the lock, like migrate, rollback and restore do."""
-    from app.ops.catalog.restore_intent import pending_intents
-    if target.database.kind != "postgresql" or not pending_intents(target):
+    if not restores_in_progress(target):
         return
     with target.database.lock("backup", now):
-        target.database.finish_interrupted_restore(target, now=now, reporter=reporter)
+        finish_under_lock(target, now=now, reporter=reporter)
+
+
+def audit_unencrypted(target, manifest, *, now, reporter) -> None:
+    """In production under BACKUP_ENCRYPTION=optional: each backup stored unencrypted is
+    audited."""
+    audit.record(target, action="backup", now=now, outcome="stored unencrypted",
+                 reporter=reporter, backup_id=manifest.id, reason=manifest.reason,
+                 encryption="none", encryption_policy=OPTIONAL,
+                 from_revision=manifest.revision, to_revision=manifest.revision)

@@ -1,6 +1,6 @@
 """Drills on scratch copies: `invoke verify --restore-test` and `invoke rehearse`.
 
-A scratch copy is the database's own (`scratch_copy` of app/ops/databases/): built from a
+A scratch copy is the backup method's (`scratch_copy` of app/ops/methods/): built from a
 verified backup, used, and always dropped; one left behind by a killed run is dropped by the next.
 
 A backup is only as good as the last restore test: restore it into a scratch database and compare
@@ -20,8 +20,9 @@ from pathlib import Path
 
 from app.ops.catalog import drill_records
 from app.ops.diskspace import STORE_ADVICE, in_blocks, is_full, no_room
-from app.ops.errors import BackupFailed, ConfigError, MigrationFailed, OpsError
+from app.ops.errors import BackupFailed, MigrationFailed, OpsError
 from app.ops.catalog.manifest import BackupManifest, iso
+from app.ops.methods.registry import method_of
 from app.ops.schema.migrations import Migrations
 from app.ops.report import Reporter
 from app.ops.databases.postgres.sequences import sequences_behind
@@ -37,24 +38,16 @@ class RestoreTest:
     checks: list[dict] = field(default_factory=list)
 
 
-def refuse_restore_point(backup: BackupManifest) -> None:
-    """A restore point is a whole cluster's state: a scratch database cannot hold it."""
-    if backup.is_restore_point:
-        raise ConfigError(f"backup {backup.id} is a pgBackRest restore point, which only a whole "
-                          "cluster can hold: drill it by restoring it aside with pgbackrest on "
-                          "another host or port (README, 'pgBackRest restore points')")
-
-
 def scratch_copy(target, backup: BackupManifest, now: datetime):
-    """A context manager yielding the target of a fresh, verified restore of `backup`."""
-    refuse_restore_point(backup)
-    return target.database.scratch_copy(target, backup, now)
+    """A context manager yielding the target of a fresh, verified restore of `backup`, by the
+    method that made it (a restore point refuses: only a whole cluster can hold it)."""
+    return method_of(backup).scratch_copy(target, backup, now)
 
 
 def restore_test(target, backup: BackupManifest, *, now: datetime) -> RestoreTest:
     """Restore into a scratch copy, compare the row counts with the dump's and check that every
     sequence is ahead of its column; the outcome goes on record either way (drill_records)."""
-    refuse_restore_point(backup)
+    method_of(backup).refuse_scratch_copy(backup)
     if not backup.row_counts:
         raise BackupFailed(f"backup {backup.id} recorded no row counts (taken by an older "
                            "version): take a new backup to restore-test")

@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import IntEnum
-from pathlib import Path
 
 from app.ops.catalog.audit import AUDIT_SUFFIX
 from app.ops.catalog.backups import BackupManifest, list_backups
@@ -262,11 +261,9 @@ def _lock_held(conn, database) -> bool:
 
 def _read_store(facts: Facts, target, now: datetime | None) -> None:
     settings, storage = target.settings, target.storage
-    folder = getattr(storage, "folder", None)
     try:
-        if isinstance(folder, Path) and folder.is_dir():
-            facts.partial_files = sorted((p.name, abandoned(p))
-                                         for p in folder.glob(".*.partial") if p.is_file())
+        facts.partial_files = sorted((p.name, abandoned(p)) for p in storage.leftovers()
+                                     if p.is_file())
     except OSError:
         pass  # an unreadable folder is reported once, by the backup check below
     try:

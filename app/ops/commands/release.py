@@ -18,8 +18,10 @@ from app.ops.catalog import audit
 from app.ops.commands.backup_run import backup_before_change
 from app.ops.guards.encryption_policy import check_policy
 from app.ops.errors import BackupFailed, LockLost, MigrationFailed, OpsError
-from app.ops.guards.preflight import (RunFacts, check_fit, check_staging_first, check_window,
-                            confirm_data_loss, review_pending)
+from app.ops.commands.run_facts import RunFacts
+from app.ops.guards.preflight import (check_fit, check_staging_first, check_window,
+                                      confirm_data_loss, review_pending)
+from app.ops.methods.registry import finish_interrupted_restores
 from app.ops.catalog.manifest import BackupManifest
 from app.ops.schema.migrations import Migrations, Revision
 from app.ops.report import Reporter
@@ -106,7 +108,7 @@ def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
     started = time.monotonic()
     with target.database.lock(action, now) as lock:
         # A restore an earlier run left unfinished is finished first (app/ops/catalog/restore_intent.py).
-        target.database.finish_interrupted_restore(target, now=now, reporter=reporter)
+        finish_interrupted_restores(target, now=now, reporter=reporter)
         run = AuditedRun(lock)
         outcome = "failed"
         try:
@@ -188,9 +190,9 @@ def _check_plan(target, facts: RunFacts, migrations: Migrations, result: RunResu
     if confirm is not None:
         confirm(result.steps)
     if result.action == "migrate":
-        check_staging_first(settings, result.target, migrations)
+        check_staging_first(settings, result.target, migrations, facts)
     if settings.production and facts.database.exists:
-        check_fit(target, facts, result.steps, now=now, break_glass=break_glass,
+        check_fit(settings, facts, result.steps, now=now, break_glass=break_glass,
                   reporter=reporter)
 
 

@@ -20,52 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
 from app.ops.catalog import audit
 from app.ops.catalog import drill_records
-from app.ops.catalog.backups import BackupManifest, find_backup, list_backups, take_backup
+from app.ops.catalog.backups import find_backup, list_backups
 from app.ops.catalog.dates import default_restore
 from app.ops.errors import (BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused,
                             LockLost, OpsError)
-from app.ops.methods.registry import method_of
+from app.ops.guards.encryption_policy import safety_backup_refusal
+from app.ops.methods.contract import RestorePlan, RestoreResult, is_safety_backup
+from app.ops.methods.registry import finish_interrupted_restores, method_of
 from app.ops.report import Reporter
 from app.ops.catalog.restore_intent import NOT_SWAPPED, SWAPPED, clear_intent, swap_state, undo_unswapped
-
-SAFETY_REASON = "before restore of "
-
-
-@dataclass
-class RestorePlan:
-    backup: BackupManifest
-    database_name: str      # what the engineer types to confirm
-    current: str | None     # the live database's revision now
-    closed: bool = False    # PostgreSQL: closed to connections (a swap killed halfway)
-    passed_over: list = field(default_factory=list)  # newer backups the default skipped, why
-    intent: object = None   # PostgreSQL: the swap's intent record, once written
-    intent_done: bool = False  # settled on the way out: the record can go
-
-
-@dataclass
-class RestoreResult:
-    backup: BackupManifest
-    safety: BackupManifest | None
-    revision: str | None
-    seconds: float
-    kept_database: str | None = None
-    safety_error: str | None = None  # the restore succeeded, its safety backup did not
-    # BACKUP_ENCRYPTION=required and no way to encrypt: no safety backup, the old database kept
-    safety_skipped: str | None = None
-    downtime_seconds: float | None = None         # PostgreSQL: the swap, as clients see it
-    time_to_service_seconds: float | None = None  # from the start to the restored data served
-    notes: list = field(default_factory=list)  # what the engineer must know afterwards
-
-
-def is_safety_backup(manifest: BackupManifest) -> bool:
-    return manifest.reason.startswith(SAFETY_REASON)
-
 
 def plan_restore(target, backup_id: str | None, now: datetime | None = None) -> RestorePlan:
     """`now` dates the default's choice: a backup dated later than it is passed over (without
@@ -118,13 +86,14 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
     outcome, result = "failed", None
     with target.database.lock("restore", now) as lock:
         # A restore an earlier run left unfinished is finished first (its own record).
-        if target.database.finish_interrupted_restore(target, now=now, reporter=reporter):
+        if finish_interrupted_restores(target, now=now, reporter=reporter):
             with contextlib.suppress(DatabaseUnreachable):  # still closed: reopened below
                 plan.current = target.database.revision()
         try:
             # The method that made the backup restores it (app/ops/methods/registry.py). The lock is
             # asked again right before a swap: one lost meanwhile (its session ended) means
             # another run may be changing the database too.
+            plan.safety_refused = safety_backup_refusal(target.settings)
             result = method_of(plan.backup).restore(
                 target, plan, now=now, reporter=reporter, disconnect=disconnect,
                 whole_cluster=whole_cluster, started=started, check_lock=lock.check)
@@ -229,8 +198,3 @@ def _clear(target, intent, reporter) -> None:
         reporter.warn(f"the restore's intent record {intent.name} could not be removed ({exc}): "
                       "the next run of the env takes it for an unfinished restore: it verifies "
                       f"the safety backup again and drops {intent.kept}")
-
-
-def safety_backup(target, plan: RestorePlan, now: datetime) -> BackupManifest:
-    return take_backup(target, reason=f"{SAFETY_REASON}{plan.backup.id}",
-                       revision=plan.current, now=now)

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from app.ops.catalog.audit import who
+from app.ops.run_identity import who
 # The default; app/ops/databases/postgres/maintenance.py decides which one a run uses.
 from app.ops.databases.postgres.maintenance import DEFAULT as MAINTENANCE_DATABASE
 from app.ops.errors import GuardRefused, LockLost

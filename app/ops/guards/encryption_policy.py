@@ -5,14 +5,15 @@ be stored in the clear; `optional` (the default elsewhere) lets it through, and 
 each such backup is audited and `invoke check` warns. Encrypted at rest means one of: age
 recipients (BACKUP_ENCRYPTION_RECIPIENTS, either store), S3 server-side encryption
 (BACKUP_S3_SSE), or, with BACKUP_METHOD=pgbackrest, a repository whose cipher is not `none`
-(read from `pgbackrest info --output=json`, since pgBackRest holds the data).
+(read from `pgbackrest info --output=json`, since pgBackRest holds the data). How a method's
+backup rests is the method's to say (`at_rest` in app/ops/methods/); this module only judges it.
 
 restore is never refused by it: its safety backup is skipped instead, and the database it
 replaces is kept (`safety_backup_refusal`).
 """
 from __future__ import annotations
 
-from app.ops.encryption import parse_recipients
+from app.ops.encryption import dump_at_rest
 from app.ops.errors import GuardRefused
 
 REQUIRED, OPTIONAL = "required", "optional"
@@ -22,35 +23,10 @@ def policy(settings) -> str:
     return settings.backup_encryption
 
 
-def dump_at_rest(settings) -> str | None:
-    """How a dump of this env would be encrypted at rest: "age", "sse" or None."""
-    if parse_recipients(settings.get("BACKUP_ENCRYPTION_RECIPIENTS")):
-        return "age"
-    if settings.backup_storage == "s3" and settings.get("BACKUP_S3_SSE"):
-        return "sse"
-    return None
-
-
-def at_rest(settings) -> str | None:
-    """How a new backup of this env, by its configured method, would be encrypted at rest."""
-    if settings.backup_method == "pgbackrest":
-        return "pgbackrest" if repository_encrypted(settings) else None
-    return dump_at_rest(settings)
-
-
-def repository_encrypted(settings) -> bool:
-    """Every repository of the stanza has a cipher (a plaintext one holds a clear copy too)."""
-    from app.ops.methods.pgbackrest.command import PgBackRest
-
-    stanza = PgBackRest.from_settings(settings).info()
-    ciphers = [repo.get("cipher") for repo in stanza.get("repo") or [] if isinstance(repo, dict)]
-    ciphers = ciphers or [stanza.get("cipher")]
-    return all(c not in (None, "", "none") for c in ciphers)
-
-
 def check_policy(settings, read_at_rest, *, action: str) -> None:
     """Refuse `action` under `required` when its backup would rest unencrypted.
-    `read_at_rest()` gives what `at_rest` gives; it is called only under `required`."""
+    `read_at_rest()` gives what the method's `at_rest` gives; it is called only under
+    `required`."""
     if policy(settings) != REQUIRED or read_at_rest() is not None:
         return
     raise GuardRefused(f"{action} on env '{settings.env}' is refused: BACKUP_ENCRYPTION is "
@@ -70,22 +46,11 @@ def _what_to_set(settings) -> str:
             f"{s3}, " + optional)
 
 
-def safety_backup_refusal(settings, kept: str) -> str | None:
+def safety_backup_refusal(settings) -> str | None:
     """Why restore writes no safety backup of the database it replaces (None: it writes one).
     The safety backup is a dump in our store, whatever the env's method."""
     if policy(settings) != REQUIRED or dump_at_rest(settings) is not None:
         return None
-    return (f"no safety backup was written: BACKUP_ENCRYPTION is required and it could not be "
-            f"encrypted (no BACKUP_ENCRYPTION_RECIPIENTS"
-            f"{' or BACKUP_S3_SSE' if settings.backup_storage == 's3' else ''}); the previous "
-            f"database is kept as {kept} instead, and nothing was dropped")
-
-
-def audit_unencrypted(target, manifest, *, now, reporter) -> None:
-    """In production under `optional`: each backup stored unencrypted is audited."""
-    from app.ops.catalog import audit
-
-    audit.record(target, action="backup", now=now, outcome="stored unencrypted",
-                 reporter=reporter, backup_id=manifest.id, reason=manifest.reason,
-                 encryption="none", encryption_policy=OPTIONAL,
-                 from_revision=manifest.revision, to_revision=manifest.revision)
+    return (f"BACKUP_ENCRYPTION is required and it could not be encrypted (no "
+            f"BACKUP_ENCRYPTION_RECIPIENTS"
+            f"{' or BACKUP_S3_SSE' if settings.backup_storage == 's3' else ''})")

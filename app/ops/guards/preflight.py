@@ -6,47 +6,18 @@
 - `review_pending`: risky operations are warnings; an empty downgrade() refuses in production.
 - `confirm_data_loss`: a production rollback that drops tables or columns needs --yes.
 - `check_staging_first`: REQUIRE_STAGING_FIRST, in production.
-- `check_free_disk`: room for a local backup, estimated from earlier backups.
+- `check_free_disk`: room in a store on disk for the method's estimate of the backup.
 - `check_fit` (with `estimate_run`): in production, will the run end before the window closes?
 
-`RunFacts` reads what they need once per run: the database's facts, the env's backups (on S3 a
-LIST and a GET per manifest) and the parsed window.
+They are pure policy: each is handed the run's facts (`RunFacts`, app/ops/commands/run_facts.py,
+which reads each once) and fetches nothing itself.
 """
 from __future__ import annotations
 
 from datetime import datetime
-from functools import cached_property
 
 from app.ops.errors import ConfigError, GuardRefused
 from app.ops.report import Reporter
-
-
-class RunFacts:
-    """What one run's guards and its backup read, each read once, when first needed."""
-
-    def __init__(self, target):
-        self.target = target
-
-    @cached_property
-    def database(self):
-        """The database's DatabaseFacts (app/ops/databases/)."""
-        return self.target.database.facts()
-
-    @cached_property
-    def backups(self) -> list:
-        from app.ops.catalog.backups import list_backups
-        return list_backups(self.target)
-
-    @cached_property
-    def window(self):
-        """The parsed MAINTENANCE_WINDOW (read only where one is configured)."""
-        return load_window(self.target.settings)
-
-    @cached_property
-    def at_rest(self) -> str | None:
-        """How this run's backup would be encrypted at rest (app/ops/guards/encryption_policy.py)."""
-        from app.ops.guards.encryption_policy import at_rest
-        return at_rest(self.target.settings)
 
 
 def load_window(settings):
@@ -59,7 +30,7 @@ def load_window(settings):
         raise ConfigError(str(exc)) from None
 
 
-def check_window(settings, facts: RunFacts, *, action: str, now: datetime,
+def check_window(settings, facts, *, action: str, now: datetime,
                  break_glass: str | None, reporter: Reporter) -> None:
     if break_glass is not None and not break_glass.strip():
         raise ConfigError("--break-glass needs a reason, e.g. --break-glass 'INC-1234 hotfix'")
@@ -131,21 +102,16 @@ def confirm_data_loss(settings, steps, *, yes: bool, ask, reporter: Reporter) ->
                            f"'{settings.env}'; nothing was changed")
 
 
-def check_staging_first(settings, goal: str | None, migrations) -> None:
+def check_staging_first(settings, goal: str | None, migrations, facts) -> None:
     """REQUIRE_STAGING_FIRST=ENV, in production: the goal must be where ENV already is (or
     below it). Fails closed: if ENV cannot be read, production does not go first."""
     staging_env = settings.get("REQUIRE_STAGING_FIRST")
     if not (settings.production and staging_env) or goal is None:
         return
     from app.ops.errors import OpsError
-    from app.ops.schema.migrations import Migrations
-    from app.ops.target import open_target
-    from app.settings import load_settings
 
     try:
-        staging = Migrations(open_target(load_settings(staging_env, environ=None,
-                                                       root=settings.root)))
-        reached = staging.current()
+        reached = facts.revision_of_env(staging_env)
     except OpsError as exc:
         raise GuardRefused(f"REQUIRE_STAGING_FIRST={staging_env}: cannot read {staging_env}'s "
                            f"revision ({exc}); refusing to go first") from None
@@ -157,29 +123,13 @@ def check_staging_first(settings, goal: str | None, migrations) -> None:
                            "production")
 
 
-def estimate_backup_size(facts: RunFacts) -> int | None:
-    """The bytes a new backup will take in the store, erring high: the database's size times
-    the highest ratio of stored to database size of the last five backups, plus half (None:
-    the database's size is unknown). Read by the free-disk guard and to choose S3's parts."""
-    database_size = facts.database.size
-    if not database_size:
-        return None
-    ratios = [m.size / m.database_size for m in facts.backups[:5] if m.database_size]
-    # Without history assume no compression at all: better a false alarm than a full disk.
-    return int(database_size * (max(ratios) * 1.5 if ratios else 1.0))
-
-
-def check_free_disk(settings, facts: RunFacts, reporter: Reporter) -> None:
-    """A local backup needs room: estimate it from the database's size and earlier backups."""
-    import shutil
-
-    if settings.backup_storage != "local" or not facts.database.size:
+def check_free_disk(facts, reporter: Reporter) -> None:
+    """A backup into a store on disk needs room: the method's estimate (`facts.room_needed`,
+    from the database's size and earlier backups) against the store's free bytes."""
+    needed, room = facts.room_needed, facts.store_room
+    if not needed or room is None:
         return
-    needed = estimate_backup_size(facts)
-    folder = settings.backup_dir
-    while not folder.exists():
-        folder = folder.parent
-    free = shutil.disk_usage(folder).free
+    folder, free = room
     if free < needed:
         from app.ops.units import human_size
         raise GuardRefused(f"not enough free disk for the backup: about {human_size(needed)} "
@@ -187,13 +137,11 @@ def check_free_disk(settings, facts: RunFacts, reporter: Reporter) -> None:
                            "prune old backups")
 
 
-def estimate_run(target, facts: RunFacts, steps) -> tuple[float | None, str]:
+def estimate_run(facts, steps) -> tuple[float | None, str]:
     """Seconds a run will likely take, and how that was worked out: the backup from this env's
     earlier backups' throughput (bytes of database per second), the migrations from the newest
     rehearsal's timings where it has them."""
     from statistics import median
-
-    from app.ops.commands.drills import past_rehearsals
 
     database_size = facts.database.size
     rates = [m.database_size / m.duration_seconds for m in facts.backups[:10]
@@ -205,7 +153,7 @@ def estimate_run(target, facts: RunFacts, steps) -> tuple[float | None, str]:
         parts.append(f"backup ~{backup_seconds:.0f} s ({database_size / 1e6:.0f} MB at the "
                      f"median {median(rates) / 1e6:.0f} MB/s of {len(rates)} earlier backups)")
     known = {}
-    for rehearsal in reversed(past_rehearsals(target)):  # newest wins
+    for rehearsal in reversed(facts.rehearsals):  # newest wins
         known.update(rehearsal.upgrade_seconds())
     timed = [s.id for s in steps if s.id in known]
     if timed:
@@ -217,10 +165,9 @@ def estimate_run(target, facts: RunFacts, steps) -> tuple[float | None, str]:
     return total, "; ".join(parts)
 
 
-def check_fit(target, facts: RunFacts, steps, *, now: datetime, break_glass: str | None,
+def check_fit(settings, facts, steps, *, now: datetime, break_glass: str | None,
               reporter: Reporter) -> None:
     """In production, refuse a run that would likely not finish before the window closes."""
-    settings = target.settings
     if not settings.production or break_glass or not settings.get("MAINTENANCE_WINDOW"):
         return
     from datetime import timedelta
@@ -228,7 +175,7 @@ def check_fit(target, facts: RunFacts, steps, *, now: datetime, break_glass: str
     from app.ops.guards.window import describe
 
     close = facts.window.current_close(now)
-    seconds, how = estimate_run(target, facts, steps)
+    seconds, how = estimate_run(facts, steps)
     if seconds is None or close is None:
         reporter.info(f"run time estimate: unknown ({how})")
         return

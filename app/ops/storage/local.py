@@ -40,6 +40,31 @@ class LocalStorage:
     def location(self, name: str) -> str:
         return str(self.folder / name)
 
+    def free_room(self) -> tuple[Path, int]:
+        """The store's folder (or its nearest existing parent) and the bytes free there."""
+        import shutil
+
+        folder = self.folder
+        while not folder.exists():
+            folder = folder.parent
+        return folder, shutil.disk_usage(folder).free
+
+    def leftovers(self) -> list[Path]:
+        """Hidden `.partial` files in the store: a writer killed mid-write left them (or one
+        is writing now)."""
+        return sorted(self.folder.glob(".*.partial")) if self.folder.is_dir() else []
+
+    def remove_unheld_partials(self, stem: str) -> None:
+        """The half-written objects named for `stem` whose writer is gone, whatever their
+        age (a restore cut short knows its safety backup's id)."""
+        from app.ops.leftovers import unheld
+
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.glob(f".{stem}*.partial"):
+            if unheld(path):
+                path.unlink(missing_ok=True)
+
     def _ensure_folder(self) -> None:
         self.folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         # mkdir's mode is filtered by the umask and ignored for existing folders.

@@ -194,6 +194,15 @@ class S3Storage:
     def key(self, name: str) -> str:
         return f"{self.folder}/{name}" if self.folder else name
 
+    def free_room(self):
+        return None  # a bucket does not run out of room
+
+    def leftovers(self) -> list:
+        return []  # an upload is invisible until complete; unaborted ones are recorded apart
+
+    def remove_unheld_partials(self, stem: str) -> None:
+        pass  # nothing half-written is ever named in a bucket
+
     def location(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.key(name)}"
 

@@ -2,18 +2,17 @@
 restore, for a role that owns its database (no superuser).
 
 Server-level work (a database's properties, creating one like it, the swap) is
-`PostgresServer`'s (postgres_server.py); the restore by swap is postgres_restore.py's. This class
-is what the rest of the app holds, and what it asks.
+`PostgresServer`'s (server.py). A restore's sequence, and a scratch copy's, are the dump
+method's (app/ops/methods/dump/postgres_swap.py): this class is what it asks.
 """
 from __future__ import annotations
 
-import contextlib
 import re
 from datetime import datetime
-from typing import Iterator
 
 from app.ops.databases.connection import connect, revision_of
 from app.ops.databases import DatabaseFacts
+from app.ops.databases.postgres.row_counts import postgres_row_counts
 from app.settings import mask_url
 
 SCRATCH = "__scratch_"
@@ -151,86 +150,7 @@ class PostgresDatabase:
         except OpsError:
             return False
 
-    @contextlib.contextmanager
-    def scratch_copy(self, target, backup, now: datetime) -> Iterator[object]:
-        """A new database `DB__scratch_STAMP` restored in parallel from the verified archive,
-        a file without a name (app/ops/leftovers.py); always dropped, and one a killed run
-        left is dropped by the next. Yields the target of the copy."""
-        from app.ops.catalog.backups import verify_backup
-        from app.ops.databases.postgres.server import database_stamp, derived_name
-        from app.ops.leftovers import child_path, private_folder, unnamed_file
-
-        with private_folder("scratch") as folder, unnamed_file(folder) as archive:
-            verify_backup(target, backup, now=now, extract_to=archive)
-            server = self.server()
-            server.drop_stale(SCRATCH)
-            props = server.properties()
-            name = derived_name(self.name, SCRATCH, database_stamp(now))
-            self.check_tools()
-            server.create_like(name, props)
-            try:
-                self.dumper().restore(child_path(archive), name, jobs=restore_jobs(),
-                                      pass_fds=(archive.fileno(),))
-                yield target.at(self.at(name))
-            finally:
-                server.drop(name)
-
-    def restore(self, target, plan, *, now: datetime, reporter, disconnect: bool,
-                started: float, check_lock):
-        from app.ops.databases.postgres.restore import restore_by_swap
-        return restore_by_swap(target, plan, now=now, reporter=reporter, disconnect=disconnect,
-                               started=started, check_lock=check_lock)
-
-
-    def finish_interrupted_restore(self, target, *, now: datetime, reporter) -> bool:
-        """Under the lock: finish a restore a kill or a server restart cut short at its swap."""
-        from app.ops.databases.postgres.restore import finish_interrupted
-        return finish_interrupted(target, now=now, reporter=reporter)
-
 
 def restore_jobs() -> int:
     import os
     return max(1, min(os.cpu_count() or 1, 8))
-
-
-# Tables counted per transaction. A count locks its table and the indexes the planner opens
-# until its transaction ends: counting every table in one transaction beside pg_dump (which
-# locks every table too) needed twice pg_dump's locks, and ran the server's lock table out of
-# shared memory where pg_dump alone fits (issue 17, case 6).
-COUNT_BATCH = 25
-
-
-def user_tables(conn) -> list[str]:
-    """Every user table, `schema.table` quoted as SQL needs it, in conn's snapshot."""
-    from sqlalchemy import text
-
-    return conn.execute(text(
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
-        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-        "AND n.nspname NOT LIKE 'pg!_%' ESCAPE '!' ORDER BY 1")).scalars().all()
-
-
-def count_in_batches(conn, tables: list[str], start=None, stopped=lambda: False) -> dict:
-    """Exact row counts of `tables`, COUNT_BATCH to a transaction; `start(conn)` opens each
-    one (a snapshot imported, a lock timeout). `conn` must not be in a transaction."""
-    from sqlalchemy import text
-
-    counts: dict[str, int] = {}
-    for i in range(0, len(tables), COUNT_BATCH):
-        if stopped():
-            break
-        with conn.begin():
-            if start is not None:
-                start(conn)
-            for table in tables[i:i + COUNT_BATCH]:
-                counts[table] = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
-    return counts
-
-
-def postgres_row_counts(conn) -> dict[str, int]:
-    """Exact row counts of every user table, keyed `schema.table` (a database nobody writes
-    to: a scratch copy; a dump counts in its own snapshot instead)."""
-    with conn.begin():
-        tables = user_tables(conn)
-    return count_in_batches(conn, tables)

@@ -96,15 +96,14 @@ class PostgresDumper:
         return env
 
     # -- dump and read back ----------------------------------------------------------------
-    def dump(self, sink, cancel=None) -> None:
+    def dump(self, sink) -> None:
         """Stream a custom-format archive into `sink`; raise BackupFailed unless pg_dump exits 0.
 
         pg_dump reads a snapshot exported by a transaction of ours; in that snapshot the alembic
         revision is read (`revision`: what the archive holds, even if a migrate commits while
         the backup starts) and every table's rows are counted: `row_counts` then describes
         exactly what the archive holds, which `invoke verify --restore-test` compares a restored
-        copy against. `cancel` (a Cancellation) kills pg_dump, which ends the dump as a
-        failure."""
+        copy against."""
         with exported_snapshot(self.url, self.lock_timeout) as (snapshot, conn):
             self.revision = revision_of(conn)
             self.revision_read = True
@@ -117,14 +116,9 @@ class PostgresDumper:
             if self.lock_timeout:
                 argv.append(f"--lock-wait-timeout={self.lock_timeout}")
             counter = RowCounter(self.url, snapshot, self.lock_timeout)
-            if cancel is not None:
-                # A cancel also stops the row counts, which could otherwise wait on a lock.
-                cancel.on_cancel(counter.stop)
             with tempfile.TemporaryFile() as errors:
                 proc = spawn(argv, stdout=subprocess.PIPE, stderr=errors,
                                         env=self.environment())
-                if cancel is not None:
-                    cancel.on_cancel(proc.kill)
                 counter.start()
                 try:
                     while chunk := proc.stdout.read(CHUNK):
@@ -137,9 +131,6 @@ class PostgresDumper:
                 finally:
                     proc.stdout.close()
                     counter.join()
-                    if cancel is not None:
-                        cancel.forget(proc.kill)
-                        cancel.forget(counter.stop)
                 status = proc.wait()
                 if status != 0 and connection_lost(conn):
                     raise BackupFailed(f"the server ended the backup's connection while pg_dump "
@@ -333,7 +324,7 @@ class RowCounter(threading.Thread):
 
     def run(self) -> None:
         from app.ops.databases.connection import connect
-        from app.ops.databases.postgres.database import count_in_batches, user_tables
+        from app.ops.databases.postgres.row_counts import count_in_batches, user_tables
 
         try:
             with connect(self.url) as conn:

@@ -33,9 +33,7 @@ class SqliteDumper:
     def check_tools(self, server_version_num: int | None = None) -> None:
         pass  # the sqlite3 module is the tool, and it is always there
 
-    def dump(self, sink, cancel=None) -> None:
-        # `cancel` is accepted for the dumpers' common signature; an SQLite copy is quick and
-        # nothing runs it on a thread.
+    def dump(self, sink) -> None:
         # This copy and the read-back's copy of it are in the temporary folder at once.
         size = self.path.stat().st_size if self.path.exists() else 0
         what = f"copy and read back {self.path}"

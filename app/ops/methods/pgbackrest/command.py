@@ -354,3 +354,11 @@ def _stanza_facts(settings) -> dict:
                         "max": max((a.get("max") or "" for a in archive), default=None)}
     facts["repo_status"] = (stanza.get("status") or {}).get("message")
     return facts
+
+
+def repository_encrypted(settings) -> bool:
+    """Every repository of the stanza has a cipher (a plaintext one holds a clear copy too)."""
+    stanza = PgBackRest.from_settings(settings).info()
+    ciphers = [repo.get("cipher") for repo in stanza.get("repo") or [] if isinstance(repo, dict)]
+    ciphers = ciphers or [stanza.get("cipher")]
+    return all(c not in (None, "", "none") for c in ciphers)

@@ -1,5 +1,10 @@
-"""Restoring PostgreSQL by swap: build the restored copy beside the live database, then swap
-names in one transaction; the safety backup comes after, off the path to service.
+"""The dump method on PostgreSQL: a restore by swap, a scratch copy, and the finishing of a
+restore cut short at its swap. The sequence is here; the server's own steps (create a database
+like another, load an archive, swap names, drop) are the database adapter's
+(app/ops/databases/postgres/).
+
+A restore builds the restored copy beside the live database, then swaps names in one
+transaction; the safety backup comes after, off the path to service.
 
 Until the swap the live database is never touched, so a restore that fails or is killed leaves
 it exactly as it was (a killed run leaves a `__restoring_` database, which the next restore
@@ -21,21 +26,24 @@ from __future__ import annotations
 import contextlib
 import time
 from datetime import datetime, timedelta
+from typing import Iterator
 
 from app.ops.catalog import audit
-from app.ops.catalog.backups import (BackupManifest, check_scratch_room, list_backups, take_backup,
-                             verify_backup)
-from app.ops.databases.postgres.database import restore_jobs
+from app.ops.catalog.backups import list_backups
+from app.ops.catalog.manifest import BackupManifest, new_backup_id
+from app.ops.catalog.restore_intent import (NOT_SWAPPED, OLD_GONE, UNKNOWN, RestoreIntent,
+                                            clear_intent, mark_intent, pending_intents,
+                                            swap_state, undo_unswapped, unknown_state_warning,
+                                            write_intent)
+from app.ops.databases.connection import connect, first_line
+from app.ops.databases.postgres.database import SCRATCH, restore_jobs
 from app.ops.databases.postgres.server import KEPT, RESTORING, database_stamp, derived_name
-from app.ops.guards.encryption_policy import safety_backup_refusal
 from app.ops.errors import BackupFailed, OpsError
-from app.ops.leftovers import child_path, private_folder, unheld, unnamed_file
-from app.ops.catalog.manifest import new_backup_id
-from app.ops.commands.restore import SAFETY_REASON, RestorePlan, RestoreResult
-from app.ops.catalog.restore_intent import (NOT_SWAPPED, OLD_GONE, UNKNOWN, RestoreIntent, clear_intent,
-                                    mark_intent, pending_intents, swap_state, undo_unswapped,
-                                    unknown_state_warning, write_intent)
-
+from app.ops.leftovers import child_path, private_folder, unnamed_file
+from app.ops.methods.contract import (SAFETY_REASON, RestorePlan, RestoreResult,
+                                      safety_skipped)
+from app.ops.methods.dump.take import take_backup
+from app.ops.methods.dump.verify import check_scratch_room, verify_dump
 
 def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disconnect: bool,
                     started: float, check_lock) -> RestoreResult:
@@ -74,7 +82,7 @@ def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disco
     result = RestoreResult(plan.backup, None, None, 0.0, kept_database=kept,
                            downtime_seconds=round(downtime, 3),
                            time_to_service_seconds=round(in_service, 3), notes=notes)
-    result.safety_skipped = safety_backup_refusal(target.settings, kept)
+    result.safety_skipped = safety_skipped(plan, kept)
     if result.safety_skipped:
         return result
     reporter.info(f"backup {plan.backup.id} is in service; the previous database is {kept}: "
@@ -105,7 +113,6 @@ def _intent_written(target, plan: RestorePlan, new: str, kept: str, props, now: 
 def _current_user(database) -> str:
     from sqlalchemy import text
 
-    from app.ops.databases.connection import connect
     with connect(database.url) as conn:
         return conn.execute(text("SELECT current_user")).scalar()
 
@@ -122,7 +129,7 @@ def _build_copy(target, plan: RestorePlan, new: str, props, now: datetime,
             # One pass: checksum and zstd frame while writing the seekable copy. pg_restore
             # then reads every block into the new database before anything is swapped: a
             # second reader would only add time.
-            verify_backup(target, plan.backup, now=now, extract_to=archive, archive_check=False)
+            verify_dump(target, plan.backup, now=now, extract_to=archive, archive_check=False)
             reporter.info(f"backup {plan.backup.id} verified; restoring into {new}")
             server.create_like(new, props)
             notes = database.dumper().restore(child_path(archive), new, jobs=restore_jobs(),
@@ -153,7 +160,6 @@ def _safety_backup_of(kept, plan: RestorePlan, at: datetime,
     previous database is kept."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.databases.connection import first_line
     try:
         return take_backup(kept, reason=f"{SAFETY_REASON}{plan.backup.id}",
                            revision=kept.database.revision(), now=at, backup_id=backup_id), None
@@ -235,13 +241,14 @@ def _finish_safety_backup(target, intent: RestoreIntent, now: datetime,
     is dropped and the record stays for the next run."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.databases.connection import first_line
-    _remove_partials(target.storage, intent.safety_backup_id)
+    # The half-written artifact of the cut-short run's safety backup: its writer is gone.
+    if intent.safety_backup_id:
+        target.storage.remove_unheld_partials(intent.safety_backup_id)
     kept = target.at(target.database.at(intent.kept))
     try:
         done = [m for m in list_backups(target) if m.id == intent.safety_backup_id]
         if done:
-            manifest = verify_backup(target, done[0], now=now)
+            manifest = verify_dump(target, done[0], now=now)
             if manifest.verified:
                 return manifest
         return take_backup(kept, reason=f"{SAFETY_REASON}{intent.backup_id}",
@@ -254,14 +261,26 @@ def _finish_safety_backup(target, intent: RestoreIntent, now: datetime,
         return None
 
 
-def _remove_partials(storage, backup_id: str | None) -> None:
-    """The half-written artifact of the cut-short run's safety backup (local store): its
-    writer is gone, whatever the file's age."""
-    from pathlib import Path
+# -- a scratch copy: restore-test and rehearsals ---------------------------------------------
 
-    folder = getattr(storage, "folder", None)
-    if not backup_id or not isinstance(folder, Path) or not folder.is_dir():
-        return
-    for path in folder.glob(f".{backup_id}*.partial"):
-        if unheld(path):
-            path.unlink(missing_ok=True)
+
+@contextlib.contextmanager
+def scratch_copy(target, backup: BackupManifest, now: datetime) -> Iterator[object]:
+    """A new database `DB__scratch_STAMP` restored in parallel from the verified archive,
+    a file without a name (app/ops/leftovers.py); always dropped, and one a killed run
+    left is dropped by the next. Yields the target of the copy."""
+    database = target.database
+    with private_folder("scratch") as folder, unnamed_file(folder) as archive:
+        verify_dump(target, backup, now=now, extract_to=archive)
+        server = database.server()
+        server.drop_stale(SCRATCH)
+        props = server.properties()
+        name = derived_name(database.name, SCRATCH, database_stamp(now))
+        database.check_tools()
+        server.create_like(name, props)
+        try:
+            database.dumper().restore(child_path(archive), name, jobs=restore_jobs(),
+                                      pass_fds=(archive.fileno(),))
+            yield target.at(database.at(name))
+        finally:
+            server.drop(name)

@@ -1,0 +1,55 @@
+"""What one run reads once, for its guards and its backup: the database's facts, the env's
+backups (on S3 a LIST and a GET per manifest), the parsed window, how a backup would rest,
+the store's free room, past rehearsals, and another env's revision. Each is read when first
+needed; the guards (app/ops/guards/) are handed this object and fetch nothing themselves.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+from app.ops.catalog.backups import list_backups
+from app.ops.guards.preflight import load_window
+
+
+class RunFacts:
+    def __init__(self, target):
+        self.target = target
+
+    @cached_property
+    def database(self):
+        """The database's DatabaseFacts (app/ops/databases/)."""
+        return self.target.database.facts()
+
+    @cached_property
+    def backups(self) -> list:
+        return list_backups(self.target)
+
+    @cached_property
+    def window(self):
+        """The parsed MAINTENANCE_WINDOW (read only where one is configured)."""
+        return load_window(self.target.settings)
+
+    @cached_property
+    def at_rest(self) -> str | None:
+        """How this run's backup would be encrypted at rest, as its method says."""
+        return self.target.method.at_rest(self.target.settings)
+
+    @cached_property
+    def room_needed(self) -> int | None:
+        """Bytes the store needs for this run's backup (None: the method writes none)."""
+        return self.target.method.room_needed(self)
+
+    @cached_property
+    def store_room(self):
+        """(folder, free bytes) of a store on disk; None for one that cannot fill (S3)."""
+        return self.target.storage.free_room()
+
+    @cached_property
+    def rehearsals(self) -> list:
+        from app.ops.commands.drills import past_rehearsals
+        return past_rehearsals(self.target)
+
+    def revision_of_env(self, env: str) -> str | None:
+        """Where another env's database is (REQUIRE_STAGING_FIRST); OpsError if unreadable."""
+        from app.ops.schema.migrations import Migrations
+        return Migrations(self.target.for_env(env)).current()
