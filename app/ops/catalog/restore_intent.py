@@ -6,7 +6,7 @@ copy holding the backup, the name the old database gets, the backup, and which r
 pid, run id) does it. The record stays until the restore is finished: audited, and either its
 safety backup taken or, when the swap did not happen, what it closed reopened and its copy
 dropped. `invoke status` and `invoke check` show a record still there; the next migrate,
-rollback, backup or restore of the env finishes it (app/ops/databases/postgres/restore.py).
+rollback, backup or restore of the env finishes it (app/ops/methods/dump/postgres_swap.py).
 
 What happened is read from the server, never guessed from the error the run saw: the database
 with the old oid tells whether the rename committed. Like audit events, records live beside

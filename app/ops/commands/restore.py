@@ -5,9 +5,9 @@ Order: choose the backup (default: the newest verified one whose artifact is pre
 restore did not take itself as a safety backup, so two restores in a row never flip back and
 forth; a newer one that is missing, damaged or dated in the future is named and passed over:
 app/ops/catalog/dates.py), confirm, lock, verify it,
-restore (the database's own way: `restore` of app/ops/databases/), check the alembic revision,
+restore (by the method that made the backup: `restore` of app/ops/methods/), check the revision,
 audit. On PostgreSQL the restore builds a new database and swaps names at the end
-(app/ops/databases/postgres/restore.py); a restore that fails before the swap drops the copy
+(app/ops/methods/dump/postgres_swap.py); a restore that fails before the swap drops the copy
 and has changed nothing. The safety backup is taken after the swap, of the previous
 database under its new name: it holds every write made until the swap, and is off the path to
 service. On SQLite it is taken just before the copy, under SQLite's locking.
