@@ -13,12 +13,14 @@ import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
+from app.ops.databases.postgres.dumper import PostgresDumper
+from app.ops.databases.sqlite.dumper import SqliteDumper
 from app.ops.errors import ConfigError
 
 MANIFEST_SUFFIX = ".manifest.json"
 TOOL_NAME = "mida-db-tasks 1.0"
 BACKUP_ID_RE = re.compile(r"\d{8}T\d{6}(\.\d{3})?Z-[0-9a-f]{6}")
-ARTIFACT_SUFFIXES = (".pgdump.zst", ".sqlite3.zst")
+ARTIFACT_SUFFIXES = (PostgresDumper.suffix, SqliteDumper.suffix)  # each dumper names its own
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 @dataclass
