@@ -27,8 +27,8 @@ from app.ops.catalog import audit
 from app.ops.catalog import drill_records
 from app.ops.catalog.backups import find_backup, list_backups
 from app.ops.catalog.dates import default_restore
-from app.ops.errors import (BackupFailed, ConfigError, DatabaseUnreachable, GuardRefused,
-                            LockLost, OpsError)
+from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, LockLost, OpsError
+from app.ops.guards.confirmation import typed_confirmation
 from app.ops.guards.encryption_policy import safety_backup_refusal
 from app.ops.methods.contract import RestorePlan, RestoreResult, is_safety_backup
 from app.ops.methods.registry import finish_interrupted_restores, method_of
@@ -68,12 +68,10 @@ def confirm(plan: RestorePlan, *, yes: bool, ask: Callable[[str], str] | None) -
     """--yes, or the database's name typed on a terminal; with neither, refuse."""
     if yes:
         return
-    if ask is None:
-        raise GuardRefused("restore needs confirmation: run it on a terminal, or pass --yes")
-    typed = ask(f"Type the database name ({plan.database_name}) to restore over it: ")
-    if typed.strip() != plan.database_name:
-        raise GuardRefused(f"restore not confirmed: '{typed.strip()}' is not "
-                           f"'{plan.database_name}'; nothing was changed")
+    typed_confirmation(
+        ask, f"Type the database name ({plan.database_name}) to restore over it: ",
+        plan.database_name, action="restore",
+        no_terminal="restore needs confirmation: run it on a terminal, or pass --yes")
 
 
 def run_restore(target, plan: RestorePlan, *, now: datetime,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.ops.errors import ConfigError, GuardRefused
+from app.ops.guards.confirmation import typed_confirmation
 from app.ops.report import Reporter
 
 
@@ -92,14 +93,11 @@ def confirm_data_loss(settings, steps, *, yes: bool, ask, reporter: Reporter) ->
     if not settings.production or yes:
         reporter.warn(f"this rollback deletes data: {what}")
         return
-    if ask is None:
-        raise GuardRefused(f"rollback on production env '{settings.env}' deletes data ({what}): "
-                           "confirm it on a terminal, or pass --yes; nothing was changed")
-    typed = ask(f"This rollback deletes data ({what}). Type the env name ({settings.env}) "
-                "to go on: ")
-    if typed.strip() != settings.env:
-        raise GuardRefused(f"rollback not confirmed: '{typed.strip()}' is not "
-                           f"'{settings.env}'; nothing was changed")
+    typed_confirmation(
+        ask, f"This rollback deletes data ({what}). Type the env name ({settings.env}) to go on: ",
+        settings.env, action="rollback",
+        no_terminal=f"rollback on production env '{settings.env}' deletes data ({what}): "
+                    "confirm it on a terminal, or pass --yes; nothing was changed")
 
 
 def check_staging_first(settings, goal: str | None, migrations, facts) -> None:
