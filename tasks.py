@@ -390,14 +390,20 @@ def create(c, message, env=None, empty=False):
 def history(c, env=None):
     """Show the revisions, oldest at the bottom, marking the database's current one."""
     from app.ops.schema.migrations import Migrations
-    Migrations(_target(env)).history()
+    _say_text(Migrations(_target(env)).history())
+
+
+def _say_text(text: str) -> None:
+    """Alembic's own lines, as it would have printed them."""
+    if text:
+        _console().say(text.removesuffix("\n"))
 
 
 @task
 def heads(c, env=None):
     """Show the head revisions (more than one needs `invoke merge`)."""
     from app.ops.schema.migrations import Migrations
-    Migrations(_target(env)).show_heads()
+    _say_text(Migrations(_target(env)).show_heads())
 
 
 @task(help={"message": "the merge revision's message"})

@@ -361,16 +361,38 @@ class Migrations:
         return (f"the {verb} ran longer than {applied}, {running}; MIGRATION_STATEMENT_TIMEOUT "
                 "(not set) would give the migrations a timeout of their own")
 
-    def history(self) -> None:
+    def history(self) -> str:
+        """Alembic's history, oldest at the bottom, as text for the caller to print."""
         from alembic import command
         current = self.current() if self.database.exists() else None
         # Alembic marks the current revision by resolving it: an unknown one would fail there.
-        command.history(self.config, verbose=False,
-                        indicate_current=self.database.exists() and self.is_known(current))
+        with self._printed() as out:
+            command.history(self.config, verbose=False,
+                            indicate_current=self.database.exists() and self.is_known(current))
+        return out.getvalue()
 
-    def show_heads(self) -> None:
+    def show_heads(self) -> str:
+        """Alembic's heads, verbose, as text for the caller to print."""
         from alembic import command
-        command.heads(self.config, verbose=True)
+        with self._printed() as out:
+            command.heads(self.config, verbose=True)
+        return out.getvalue()
+
+    @contextlib.contextmanager
+    def _printed(self):
+        """What an Alembic command prints (Config.print_stdout), caught as text instead. Alembic
+        encodes it for its stream's encoding first: the buffer has the same one, so exactly the
+        characters it would have printed get through."""
+        import io
+
+        class Buffer(io.StringIO):
+            encoding = getattr(self.config.stdout, "encoding", None)
+
+        stdout, self.config.stdout = self.config.stdout, Buffer()
+        try:
+            yield self.config.stdout
+        finally:
+            self.config.stdout = stdout
 
     def merge(self, message: str):
         from alembic import command
