@@ -7,10 +7,9 @@ local disk and in object stores, and two runs can never overwrite each other's r
 """
 from __future__ import annotations
 
-import json
-import secrets
 from datetime import datetime, timezone
 
+from app.ops.catalog import records
 from app.ops.catalog.audit_chain import AUDIT_SUFFIX, PREVIOUS, canonical_bytes, link
 from app.ops.run_identity import RUN_ID, who  # noqa: F401  (audit.RUN_ID names this run)
 
@@ -23,11 +22,10 @@ def record(target, *, action: str, now: datetime, outcome: str, reporter=None,
     event = {"action": action, "env": target.env, "database": target.database.masked_url,
              "at": now.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
              "outcome": outcome, **who(), **details}
-    name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{AUDIT_SUFFIX}"
     try:
         # Chained to the env's previous event (app/ops/catalog/audit_chain.py): a removal shows.
         event[PREVIOUS] = link(target.storage)
-        target.storage.put_bytes(name, canonical_bytes(event))
+        records.write(target.storage, now, AUDIT_SUFFIX, canonical_bytes(event))
     except (OpsError, OSError) as exc:
         if reporter is not None:
             reporter.warn(f"the audit record of this {action} ({outcome}) could not be written: "
@@ -38,12 +36,9 @@ def record(target, *, action: str, now: datetime, outcome: str, reporter=None,
 def read_events(target, warn=None) -> list[dict]:
     """The environment's audit trail, newest first. An object that holds JSON but not an event
     (an array, a number) is skipped, with a warning through `warn` naming it."""
-    storage = target.storage
     events = []
-    for name in sorted(storage.list(AUDIT_SUFFIX), reverse=True):
-        try:
-            event = json.loads(storage.get_bytes(name))
-        except (ValueError, OSError):
+    for name, event in records.each(target.storage, AUDIT_SUFFIX):
+        if event is records.UNREADABLE:
             event = {"action": "unreadable", "object": name}
         if isinstance(event, dict):
             events.append(event)

@@ -9,11 +9,10 @@ record, like the audit events, so two runs never overwrite each other's.
 """
 from __future__ import annotations
 
-import json
-import secrets
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
+from app.ops.catalog import records
 from app.ops.catalog.manifest import iso
 
 DRILL_SUFFIX = ".drill.json"
@@ -67,10 +66,8 @@ def check(name: str, ok: bool, detail: str) -> dict:
 def save(storage, record: DrillRecord, now: datetime) -> None:
     """Store one record. OSError and OpsError reach the caller, who decides whether a record
     that cannot be written fails the run."""
-    name = (f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
-            f"-{record.kind}{DRILL_SUFFIX}")
-    storage.put_bytes(name, (json.dumps(record.as_json(), indent=2, sort_keys=True) + "\n"
-                             ).encode())
+    records.write(storage, now, DRILL_SUFFIX, records.as_bytes(record.as_json(), indent=2),
+                  kind=record.kind)
 
 
 def keep(target, record: DrillRecord, now: datetime, reporter=None) -> None:
@@ -94,12 +91,8 @@ def new_record(target, kind: str, now: datetime, backup: str | None, seconds: fl
 
 def read_drills(storage) -> list[DrillRecord]:
     """Every readable drill record, newest first; one that cannot be read is passed over."""
-    out = []
-    for name in storage.list(DRILL_SUFFIX):
-        try:
-            out.append(DrillRecord.from_json(json.loads(storage.get_bytes(name))))
-        except (ValueError, OSError, KeyError, TypeError, AttributeError):
-            continue
+    out = records.read_all(storage, DRILL_SUFFIX, DrillRecord.from_json, newest_first=False,
+                           invalid=(ValueError, OSError, KeyError, TypeError, AttributeError))
     return sorted(out, key=lambda r: r.started, reverse=True)
 
 

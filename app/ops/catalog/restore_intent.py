@@ -14,10 +14,10 @@ the backups, where restoring the database cannot erase them.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from app.ops.catalog import records
 from app.ops.catalog.audit import RUN_ID, who
 
 INTENT_SUFFIX = ".restore-intent.json"
@@ -69,7 +69,7 @@ def write_intent(target, *, backup_id: str, copy: str, kept: str, live_oid: int,
         kept=kept, live_oid=int(live_oid), from_revision=from_revision,
         to_revision=to_revision, disconnect=disconnect,
         at=utc.isoformat(timespec="milliseconds").replace("+00:00", "Z"), run=who(),
-        name=f"{utc:%Y%m%dT%H%M%S%fZ}-{RUN_ID}{INTENT_SUFFIX}")
+        name=records.new_name(utc, INTENT_SUFFIX, tail=RUN_ID))
     _store(target, intent)
     return intent
 
@@ -87,7 +87,7 @@ def clear_intent(target, intent: RestoreIntent) -> None:
 
 def _store(target, intent: RestoreIntent) -> None:
     data = {k: v for k, v in intent.as_json().items() if k != "name"}
-    target.storage.put_bytes(intent.name, (json.dumps(data, sort_keys=True) + "\n").encode())
+    target.storage.put_bytes(intent.name, records.as_bytes(data))
 
 
 def pending_intents(target) -> list[RestoreIntent]:
@@ -98,19 +98,22 @@ def pending_intents(target) -> list[RestoreIntent]:
 
 def read_intents(target) -> list[RestoreIntent | str]:
     """Each record of this env's database, or the object name of one that cannot be read."""
-    storage = target.storage
     found: list[RestoreIntent | str] = []
-    for name in sorted(storage.list(INTENT_SUFFIX)):
-        try:
-            data = json.loads(storage.get_bytes(name))
-            intent = RestoreIntent(**{k: v for k, v in data.items()
-                                      if k in RestoreIntent.__dataclass_fields__}, name=name)
-        except (ValueError, TypeError, FileNotFoundError):
+    for name, intent in records.each(target.storage, INTENT_SUFFIX, _intent, newest_first=False,
+                                     invalid=(ValueError, TypeError, FileNotFoundError)):
+        if intent is records.UNREADABLE:
             found.append(name)
             continue
+        intent.name = name
         if intent.database == target.database.name:
             found.append(intent)
     return found
+
+
+def _intent(data: dict) -> RestoreIntent:
+    """Named by the caller: a record that holds a "name" of its own is refused (TypeError)."""
+    return RestoreIntent(**{k: v for k, v in data.items()
+                            if k in RestoreIntent.__dataclass_fields__}, name="")
 
 
 def swap_state(server, intent: RestoreIntent) -> tuple[str, dict]:

@@ -11,14 +11,12 @@ times each step and revision; its timings feed the production "will it fit?" est
 from __future__ import annotations
 
 import contextlib
-import json
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
-from app.ops.catalog import drill_records
+from app.ops.catalog import drill_records, records
 from app.ops.diskspace import STORE_ADVICE, in_blocks, is_full, no_room
 from app.ops.errors import BackupFailed, MigrationFailed, OpsError
 from app.ops.catalog.manifest import BackupManifest, iso
@@ -174,9 +172,9 @@ def _since(clock: float) -> float:
 
 
 def _save(target, rehearsal: Rehearsal, now: datetime) -> None:
-    name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}{REHEARSAL_SUFFIX}"
+    name = records.new_name(now, REHEARSAL_SUFFIX)
     storage = target.storage
-    data = (json.dumps(asdict(rehearsal), indent=2) + "\n").encode()
+    data = records.as_bytes(asdict(rehearsal), indent=2, sort_keys=False)
     try:
         storage.put_bytes(name, data)
     except OSError as exc:
@@ -192,11 +190,5 @@ def _save(target, rehearsal: Rehearsal, now: datetime) -> None:
 def past_rehearsals(target) -> list[Rehearsal]:
     """Saved rehearsals, newest first (the "will it fit?" estimate reads them); an unreadable
     record is passed over."""
-    storage = target.storage
-    out = []
-    for name in sorted(storage.list(REHEARSAL_SUFFIX), reverse=True):
-        try:
-            out.append(Rehearsal.from_json(json.loads(storage.get_bytes(name))))
-        except (ValueError, OSError, KeyError, TypeError, AttributeError):
-            continue
-    return out
+    return records.read_all(target.storage, REHEARSAL_SUFFIX, Rehearsal.from_json,
+                            invalid=(ValueError, OSError, KeyError, TypeError, AttributeError))

@@ -10,11 +10,11 @@ unknown env, a malformed CHECK_* duration) raise ConfigError, which the caller r
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import IntEnum
 
+from app.ops.catalog import records
 from app.ops.catalog.audit import AUDIT_SUFFIX
 from app.ops.catalog.backups import BackupManifest, list_backups
 from app.ops.catalog.dates import CLOCK_SKEW, is_future
@@ -301,12 +301,8 @@ def _read_store(facts: Facts, target, now: datetime | None) -> None:
 
 def _first_event_at(storage) -> datetime | None:
     """An audit event is named by its time (app/ops/catalog/audit.py): the oldest name says it."""
-    names = sorted(storage.list(AUDIT_SUFFIX))
-    try:
-        return datetime.strptime(names[0][:22], "%Y%m%dT%H%M%S%fZ").replace(
-            tzinfo=timezone.utc) if names else None
-    except ValueError:
-        return None
+    names = records.names(storage, AUDIT_SUFFIX, newest_first=False)
+    return records.written_at(names[0]) if names else None
 
 
 def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
@@ -314,12 +310,8 @@ def _last_runs(storage) -> tuple[dict[str, dict], dict | None]:
     each is found (on S3 every event is a GET)."""
     found: dict[str, dict] = {}
     newest = None
-    for name in sorted(storage.list(AUDIT_SUFFIX), reverse=True):
-        try:
-            event = json.loads(storage.get_bytes(name))
-        except (ValueError, FileNotFoundError):
-            continue
-        action = event.get("action") if isinstance(event, dict) else None
+    for _, event in records.each(storage, AUDIT_SUFFIX, invalid=(ValueError, FileNotFoundError)):
+        action = event.get("action") if isinstance(event, dict) else None  # None: UNREADABLE
         if action == WATCH_ACTION and newest is None:
             # Only a watch after every migrate, rollback and restore speaks for the database.
             found.setdefault(action, event)

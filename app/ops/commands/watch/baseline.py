@@ -5,11 +5,10 @@ one whatever process took it.
 """
 from __future__ import annotations
 
-import json
-import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from app.ops.catalog import records
 from app.ops.commands.watch.facts import Sample
 
 BASELINE_SUFFIX = ".watch-baseline.json"
@@ -111,20 +110,17 @@ def iso(at: datetime) -> str:
 
 
 def store(storage, baseline: Baseline, now: datetime) -> str:
-    name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}" \
-           f"{BASELINE_SUFFIX}"
+    name = records.new_name(now, BASELINE_SUFFIX)
     baseline.name = name
-    storage.put_bytes(name, (json.dumps(baseline.record(), sort_keys=True) + "\n").encode())
+    storage.put_bytes(name, records.as_bytes(baseline.record()))
     return name
 
 
 def latest(storage) -> Baseline | None:
     """The env's newest readable baseline, or None when none was ever recorded."""
-    for name in sorted(storage.list(BASELINE_SUFFIX), reverse=True):
-        try:
-            baseline = Baseline.from_record(json.loads(storage.get_bytes(name)))
-        except (ValueError, TypeError, OSError):
-            continue
-        baseline.name = name
-        return baseline
+    for name, baseline in records.each(storage, BASELINE_SUFFIX, Baseline.from_record,
+                                       invalid=(ValueError, TypeError, OSError)):
+        if baseline is not records.UNREADABLE:
+            baseline.name = name
+            return baseline
     return None

@@ -4,29 +4,24 @@ audit trail. Kept light: status imports it.
 """
 from __future__ import annotations
 
-import json
-import secrets
-from datetime import datetime, timezone
+from datetime import datetime
 
+from app.ops.catalog import records
 from app.ops.errors import OpsError
 
 VERDICT_SUFFIX = ".watch-verdict.json"
 
 
 def store_verdict(storage, event: dict, now: datetime) -> None:
-    name = f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}" \
-           f"{VERDICT_SUFFIX}"
     try:
-        storage.put_bytes(name, (json.dumps(event, sort_keys=True) + "\n").encode())
+        records.write(storage, now, VERDICT_SUFFIX, event)
     except (OpsError, OSError):
         pass  # the audit event holds it too; only `invoke status` would miss it
 
 
 def last_verdict(storage) -> dict | None:
     """The env's newest watch verdict: one listing, one read."""
-    for name in sorted(storage.list(VERDICT_SUFFIX), reverse=True):
-        try:
-            return json.loads(storage.get_bytes(name))
-        except (ValueError, OSError):
-            continue
+    for _, verdict in records.each(storage, VERDICT_SUFFIX):
+        if verdict is not records.UNREADABLE:
+            return verdict
     return None

@@ -9,12 +9,12 @@ the clock (`now`, `clock`) and `sleep`, so that tests control time.
 """
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from app.ops.catalog import audit
+from app.ops.catalog import records as stored
 from app.ops.errors import ConfigError
 from app.ops.commands.watch import baseline as baselines
 from app.ops.commands.watch import records
@@ -164,12 +164,8 @@ def change_of(target, base: baselines.Baseline) -> dict | None:
     names the baseline), or None: a baseline on demand, for a deploy with no migrate."""
     if not base.change or not base.name:
         return None
-    storage = target.storage
-    for name in sorted(storage.list(audit.AUDIT_SUFFIX), reverse=True):  # newest first, and
-        try:                                                             # only as far as needed
-            event = json.loads(storage.get_bytes(name))
-        except (ValueError, OSError):
-            continue
+    # Newest first, and only as far as needed (one that cannot be read is no dict: passed over).
+    for _, event in stored.each(target.storage, audit.AUDIT_SUFFIX):
         if isinstance(event, dict) and event.get("action") in ("migrate", "rollback"):
             return event if event.get("watch_baseline") == base.name else None
     return None
