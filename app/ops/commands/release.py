@@ -3,25 +3,24 @@ the result.
 
 Nothing changes a schema unless a backup taken in this run was stored and read back whole. A
 database with nothing pending is left alone, without a backup. Every run that changes something
-holds the database's lock and is audited, whatever its outcome (`_locked_and_audited`).
+holds the database's lock and is audited, whatever its outcome (`_locked_and_audited`, over
+app/ops/commands/run_scaffold.py).
 """
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from app.ops.catalog import audit
 from app.ops.commands.backup_run import backup_before_change
 from app.ops.guards.encryption_policy import check_policy
-from app.ops.errors import BackupFailed, LockLost, MigrationFailed, OpsError
+from app.ops.errors import BackupFailed, MigrationFailed, OpsError
 from app.ops.commands.run_facts import RunFacts
+from app.ops.commands.run_scaffold import FAILED, Run, locked_run
 from app.ops.guards.preflight import (check_fit, check_staging_first, check_window,
                                       confirm_data_loss, review_pending)
-from app.ops.methods.registry import finish_interrupted_restores
 from app.ops.catalog.manifest import BackupManifest
 from app.ops.schema.migrations import Migrations, Revision
 from app.ops.report import Reporter
@@ -81,23 +80,11 @@ def stamp(target, *, revision: str, now: datetime, reporter: Reporter = Reporter
     return before, migrations.current()
 
 
-@dataclass
-class AuditedRun:
-    """What `_locked_and_audited` records: the block fills in the details as it learns them,
-    and sets `audited` once it gets to the part that is audited (a guard that refuses before
-    anything is done is not: it said why, and nothing happened)."""
-    lock: object
-    details: dict = field(default_factory=dict)
-    outcome: str | None = None   # None: succeeded, unless the block raised
-    audited: bool = False
-
-
 @contextlib.contextmanager
 def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
-                        reporter: Reporter, break_glass: str | None) -> Iterator[AuditedRun]:
-    """The maintenance window, then the database's lock, then the block; from the moment the
-    block sets `run.audited`, its outcome is audited whatever happens. A lock found gone at
-    release is a warning after it."""
+                        reporter: Reporter, break_glass: str | None) -> Iterator[Run]:
+    """The maintenance window, then the run's lock and audit (app/ops/commands/run_scaffold.py).
+    A lock found gone at release is a warning after it."""
     # A bucket that cannot hold what BACKUP_S3_OBJECT_LOCK asks for is refused before anything,
     # even by a run that has nothing to back up and writes only its audit event.
     check_object_lock = getattr(target.storage, "check_object_lock", None)
@@ -105,41 +92,23 @@ def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
         check_object_lock()
     check_window(target.settings, facts, action=action, now=now, break_glass=break_glass,
                  reporter=reporter)
-    started = time.monotonic()
-    with target.database.lock(action, now) as lock:
-        # A restore an earlier run left unfinished is finished first (app/ops/catalog/restore_intent.py).
-        finish_interrupted_restores(target, now=now, reporter=reporter)
-        run = AuditedRun(lock)
-        outcome = "failed"
-        try:
-            yield run
-            outcome = run.outcome or "succeeded"
-        except BackupFailed as exc:
-            outcome = "backup failed"
-            run.details["error"] = str(exc)  # the cause, for whoever reads the trail later
-            raise
-        except KeyboardInterrupt:
-            outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
-            raise
-        except LockLost as exc:
-            outcome = "lock lost"
-            before = run.details.get("from_revision")
-            raise LockLost(f"{action} stopped: {exc}; nothing was changed, the database is "
-                           f"still at {before or 'base'}; run it again once no other run holds "
-                           "the lock") from None
-        except OpsError as exc:
-            run.details["error"] = str(exc)
-            raise
-        finally:
-            if run.audited:
-                details = {"duration_seconds": round(time.monotonic() - started, 3),
-                           **run.details}
-                audit.record(target, action=action, now=now, outcome=outcome,
-                             reporter=reporter, break_glass=break_glass, **details)
-    if lock.lost:
+    with locked_run(target, action, now, reporter, break_glass=break_glass,
+                    lock_lost=lambda run, exc: (
+                        f"{action} stopped: {exc}; nothing was changed, the database is still at "
+                        f"{run.details.get('from_revision') or 'base'}; run it again once no "
+                        "other run holds the lock"),
+                    failed=_with_its_error) as run:
+        yield run
+    if run.lock.lost:
         reporter.warn(f"the lock on env '{target.env}' was lost while the {action} ran (its "
                       "session was ended); the outcome above is the run's own, but check that "
                       "no other run changed the database meanwhile (`invoke audit`)")
+
+
+def _with_its_error(run: Run, exc: OpsError) -> tuple[str, None]:
+    """The cause goes on record, for whoever reads the trail later."""
+    run.details["error"] = str(exc)
+    return ("backup failed" if isinstance(exc, BackupFailed) else FAILED), None
 
 
 def _guarded_run(target, migrations: Migrations, action: str, now: datetime,

@@ -23,7 +23,6 @@ import time
 from datetime import datetime
 from typing import Callable
 
-from app.ops.catalog import audit
 from app.ops.catalog import drill_records
 from app.ops.catalog.backups import find_backup, list_backups
 from app.ops.catalog.dates import default_restore
@@ -31,7 +30,8 @@ from app.ops.errors import BackupFailed, ConfigError, DatabaseUnreachable, LockL
 from app.ops.guards.confirmation import typed_confirmation
 from app.ops.guards.encryption_policy import safety_backup_refusal
 from app.ops.methods.contract import RestorePlan, RestoreResult, is_safety_backup
-from app.ops.methods.registry import finish_interrupted_restores, method_of
+from app.ops.commands.run_scaffold import FAILED, Run, locked_run
+from app.ops.methods.registry import method_of
 from app.ops.report import Reporter
 from app.ops.catalog.restore_intent import NOT_SWAPPED, SWAPPED, clear_intent, swap_state, undo_unswapped
 
@@ -79,64 +79,75 @@ def run_restore(target, plan: RestorePlan, *, now: datetime,
                 whole_cluster: bool = False) -> RestoreResult:
     """`disconnect` (PostgreSQL): the application's sessions may stay connected while the copy
     is built, and are ended at the swap; without it, one connected refuses the restore.
-    `whole_cluster` (a pgBackRest restore point): rewind a cluster that holds other databases."""
-    started = time.monotonic()
-    outcome, result = "failed", None
-    with target.database.lock("restore", now) as lock:
-        # A restore an earlier run left unfinished is finished first (its own record).
-        if finish_interrupted_restores(target, now=now, reporter=reporter):
+    `whole_cluster` (a pgBackRest restore point): rewind a cluster that holds other databases.
+    Locked and audited by app/ops/commands/run_scaffold.py; the hooks below are the restore's."""
+    with locked_run(target, "restore", now, reporter, lock_lost=_lock_lost,
+                    failed=lambda run, exc: _failed(target, plan, run, reporter, exc),
+                    stopped=lambda run: _stopped(target, plan, run, reporter),
+                    details=lambda run: _audit_details(plan, run.result, disconnect),
+                    afterwards=lambda run: _afterwards(target, plan, now, run, reporter)) as run:
+        # A restore an earlier run left unfinished was finished first (its own record).
+        if run.finished_earlier:
             with contextlib.suppress(DatabaseUnreachable):  # still closed: reopened below
                 plan.current = target.database.revision()
-        try:
-            # The method that made the backup restores it (app/ops/methods/registry.py). The lock is
-            # asked again right before a swap: one lost meanwhile (its session ended) means
-            # another run may be changing the database too.
-            plan.safety_refused = safety_backup_refusal(target.settings)
-            result = method_of(plan.backup).restore(
-                target, plan, now=now, reporter=reporter, disconnect=disconnect,
-                whole_cluster=whole_cluster, started=started, check_lock=lock.check)
-            result.revision = target.database.revision()
-            if result.revision != plan.backup.revision:
-                raise BackupFailed(f"after the restore the database is at {result.revision}, "
-                                   f"but backup {plan.backup.id} holds {plan.backup.revision}")
-            result.seconds = round(time.monotonic() - started, 3)
-            outcome = ("succeeded" if result.safety_error is None
+        run.audited = True
+        # The method that made the backup restores it (app/ops/methods/registry.py). The lock is
+        # asked again right before a swap: one lost meanwhile (its session ended) means
+        # another run may be changing the database too.
+        plan.safety_refused = safety_backup_refusal(target.settings)
+        result = run.result = method_of(plan.backup).restore(
+            target, plan, now=now, reporter=reporter, disconnect=disconnect,
+            whole_cluster=whole_cluster, started=run.started, check_lock=run.lock.check)
+        result.revision = target.database.revision()
+        if result.revision != plan.backup.revision:
+            raise BackupFailed(f"after the restore the database is at {result.revision}, "
+                               f"but backup {plan.backup.id} holds {plan.backup.revision}")
+        result.seconds = round(time.monotonic() - run.started, 3)
+        run.outcome = ("succeeded" if result.safety_error is None
                        else "restored, safety backup failed")
-            return result
-        except KeyboardInterrupt:
-            outcome = "stopped"  # Ctrl-C, SIGTERM or SIGHUP (app/ops/signals.py)
-            with contextlib.suppress(Exception):
-                _settle_on_the_way_out(target, plan, result, reporter)
-            raise
-        except LockLost as exc:
-            outcome = "lock lost"
-            raise LockLost(f"restore stopped before the swap: {exc}; nothing was changed, the "
-                           "restored copy is dropped; run it again once no other run holds "
-                           "the lock") from None
-        except OpsError as exc:
-            unsettled = _settle_on_the_way_out(target, plan, result, reporter, exc)
-            if unsettled is None:
-                raise
-            outcome, message = unsettled
-            raise BackupFailed(message) from None
-        finally:
-            audit.record(target, action="restore", now=now, outcome=outcome, reporter=reporter,
-                         from_revision=plan.current, to_revision=plan.backup.revision,
-                         backup_id=plan.backup.id,
-                         safety_backup_id=result.safety.id if result and result.safety else None,
-                         duration_seconds=round(time.monotonic() - started, 3),
-                         disconnect=disconnect,
-                         downtime_seconds=result.downtime_seconds if result else None,
-                         time_to_service_seconds=(result.time_to_service_seconds if result
-                                                  else None),
-                         kept_database=result.kept_database if result else None,
-                         safety_backup_error=result.safety_error if result else None,
-                         intent=plan.intent.name if plan.intent else None,
-                         safety_backup_skipped=result.safety_skipped if result else None)
-            if plan.intent is not None and (plan.intent_done or (result and result.safety)):
-                _clear(target, plan.intent, reporter)  # finished: audited, and settled
-            drill_records.keep(target, _drill(target, plan, now, started, outcome, result), now,
-                               reporter)
+    return result
+
+
+def _lock_lost(run: Run, exc: LockLost) -> str:
+    return (f"restore stopped before the swap: {exc}; nothing was changed, the restored copy is "
+            "dropped; run it again once no other run holds the lock")
+
+
+def _stopped(target, plan: RestorePlan, run: Run, reporter) -> None:
+    with contextlib.suppress(Exception):
+        _settle_on_the_way_out(target, plan, run.result, reporter)
+
+
+def _failed(target, plan: RestorePlan, run: Run, reporter,
+            exc: OpsError) -> tuple[str, Exception | None]:
+    unsettled = _settle_on_the_way_out(target, plan, run.result, reporter, exc)
+    if unsettled is None:
+        return FAILED, None
+    outcome, message = unsettled
+    return outcome, BackupFailed(message)
+
+
+def _audit_details(plan: RestorePlan, result: RestoreResult | None, disconnect: bool) -> dict:
+    return dict(from_revision=plan.current, to_revision=plan.backup.revision,
+                backup_id=plan.backup.id,
+                safety_backup_id=result.safety.id if result and result.safety else None,
+                disconnect=disconnect,
+                downtime_seconds=result.downtime_seconds if result else None,
+                time_to_service_seconds=result.time_to_service_seconds if result else None,
+                kept_database=result.kept_database if result else None,
+                safety_backup_error=result.safety_error if result else None,
+                intent=plan.intent.name if plan.intent else None,
+                safety_backup_skipped=result.safety_skipped if result else None)
+
+
+def _afterwards(target, plan: RestorePlan, now: datetime, run: Run, reporter) -> None:
+    """Once audited: the intent record goes if the restore is finished (and settled), and the
+    run goes on record as a drill."""
+    result = run.result
+    if plan.intent is not None and (plan.intent_done or (result and result.safety)):
+        _clear(target, plan.intent, reporter)
+    drill_records.keep(target, _drill(target, plan, now, run.started, run.outcome, result), now,
+                       reporter)
 
 
 def _drill(target, plan: RestorePlan, now: datetime, started: float, outcome: str,
