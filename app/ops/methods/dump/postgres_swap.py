@@ -180,6 +180,11 @@ def _safety_backup_of(kept, plan: RestorePlan, at: datetime,
 # -- a restore cut short at its swap, finished by the next run ---------------------------------
 
 
+def pending(target) -> list[RestoreIntent]:
+    """The intent records of this env's restores that a kill or a restart cut short."""
+    return pending_intents(target)
+
+
 def finish_interrupted(target, *, now: datetime, reporter) -> bool:
     """Under the env's lock, so the run that wrote each record is gone (or has lost the lock):
     finish every restore of this database that a kill or a server restart cut short, as the
