@@ -253,10 +253,6 @@ def test_verify_with_the_s3_endpoint_unreachable_fails_in_one_sentence(project, 
     assert project.backups("pgtest", env=env)[0]["verified"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="an unreachable repository is recorded as a failed "
-                   "verification: the `pgbackrest info` timeout in check_reachable is "
-                   "BackupFailed, not TransferFailed (README: a verify that does not finish in "
-                   "time records nothing against the backup)")
 def test_an_s3_outage_during_verify_holds_nothing_against_the_restore_point(project, s3_db,
                                                                             s3_endpoint):
     db, endpoint = s3_db, s3_endpoint

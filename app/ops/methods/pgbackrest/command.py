@@ -36,6 +36,9 @@ VERSION_RE = re.compile(r"pgBackRest (\d+)\.(\d+)")
 # another OS user than the one that owns them. strerror(EACCES), capitalised: PostgreSQL's own
 # "permission denied for function ..." (a missing grant, relayed by pgbackrest) is another matter.
 DENIED = "Permission denied"
+# pgBackRest's words for a repository host it could not reach (error 049, HostConnectError):
+# that says nothing about the backups in it.
+HOST_UNREACHABLE = re.compile(r"HostConnectError|unable to connect to")
 
 
 def timeout_of(settings) -> float:
@@ -81,16 +84,19 @@ class PgBackRest:
         config = [f"--config={self.config}"] if self.config else []
         return [*self.command, *config, f"--stanza={self.stanza}", *args]
 
-    def run(self, *args: str, timeout: float | None = None) -> str:
+    def run(self, *args: str, timeout: float | None = None, unreachable=BackupFailed) -> str:
         """Run one pgbackrest command; its stdout. Any failure is one sentence (BackupFailed;
-        ConfigError when pgbackrest was denied its own files)."""
+        ConfigError when pgbackrest was denied its own files; `unreachable` when it did not
+        finish in time or could not reach the repository's host)."""
         what = f"pgbackrest {args[-1] if args else ''}".strip()
         result = self.call(self.argv(*args), what, "check that the repository is reachable",
-                            timeout)
+                           timeout, timed_out=unreachable)
         if result.returncode != 0:
             detail = last_line(result.stderr or result.stdout)
             self.refuse_wrong_user(f"{result.stderr}\n{result.stdout}", detail)
-            raise BackupFailed(f"{what} failed (exit {result.returncode}): {detail}")
+            error = (unreachable if HOST_UNREACHABLE.search(result.stderr + result.stdout)
+                     else BackupFailed)
+            raise error(f"{what} failed (exit {result.returncode}): {detail}")
         return result.stdout
 
     def call(self, argv: list[str], what: str, advice: str, timeout: float | None = None, *,
@@ -137,10 +143,11 @@ class PgBackRest:
                               "run pgbackrest as the cluster's owner, e.g. `sudo -u postgres "
                               "pgbackrest`")
 
-    def info(self) -> dict:
-        """The stanza's entry of `pgbackrest info --output=json`."""
+    def info(self, unreachable=BackupFailed) -> dict:
+        """The stanza's entry of `pgbackrest info --output=json`. `unreachable` is raised when
+        the repository cannot be reached in time (a verify then records nothing)."""
         try:
-            stanzas = json.loads(self.run("--output=json", "info"))
+            stanzas = json.loads(self.run("--output=json", "info", unreachable=unreachable))
             stanza = next(s for s in stanzas if s.get("name") == self.stanza)
         except (ValueError, StopIteration, TypeError, AttributeError):
             raise BackupFailed(f"pgbackrest info gave no readable entry for stanza "
@@ -149,7 +156,7 @@ class PgBackRest:
         if status.get("code") not in (0, None):
             message = _status_message(stanza)
             self.refuse_wrong_user(message, message)
-            raise BackupFailed(f"pgBackRest stanza '{self.stanza}' is not usable: {message}; "
+            raise (unreachable if HOST_UNREACHABLE.search(message) else BackupFailed)(f"pgBackRest stanza '{self.stanza}' is not usable: {message}; "
                                "check PGBACKREST_CONFIG and the repository (`pgbackrest "
                                f"--stanza={self.stanza} check`)")
         return stanza

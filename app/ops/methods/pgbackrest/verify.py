@@ -113,7 +113,8 @@ def check_reachable(pgbackrest: PgBackRest, manifest) -> dict:
     start to the restore point's. Returns that backup's record."""
     record = manifest.pgbackrest or {}
     pgbackrest.check_version()  # `verify` needs 2.39: an older one is configuration, not damage
-    stanza = pgbackrest.info()
+    # A repository that cannot be reached says nothing about the restore point: not recorded.
+    stanza = pgbackrest.info(unreachable=TransferFailed)
     label = record.get("backup_label")
     backups = {b.get("label"): b for b in stanza.get("backup") or []}
     backup = backups.get(label)
