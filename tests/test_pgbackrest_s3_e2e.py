@@ -238,9 +238,10 @@ def test_verify_with_the_s3_endpoint_unreachable_fails_in_one_sentence(project, 
     # its default io-timeout=60): our PGBACKREST_TIMEOUT ends it, in one sentence.
     result, seconds = verify_with_the_endpoint_down(project, db, endpoint, item["id"])
     no_secret(result)
-    failed(result, 4, f"backup {item['id']} failed verification",
-           "pgbackrest info did not finish within 5 s (PGBACKREST_TIMEOUT)",
+    # Not "failed verification": an unreachable repository says nothing about the backup.
+    failed(result, 4, "pgbackrest info did not finish within 5 s (PGBACKREST_TIMEOUT)",
            "check that the repository is reachable")
+    assert "failed verification" not in result.stderr
     assert seconds < 60, f"verify took {seconds:.1f} s"
     print(f"verify with the S3 endpoint down: exit {result.returncode} in {seconds:.1f} s: "
           f"{result.stderr.strip()}")
