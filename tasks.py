@@ -229,7 +229,7 @@ def _watched(console, target, option, action):
     """A `_Watched` when this run watches (`--watch`, else WATCH_AFTER_MIGRATE), else None;
     without either the watch is not even imported. Bad WATCH_* settings stop the run here,
     before anything is done."""
-    if option is None and not target.settings.get("WATCH_AFTER_MIGRATE"):
+    if option is None and target.settings.WATCH_AFTER_MIGRATE is None:
         return None
     from app.ops.watch.config import WatchConfig
     from app.ops.watch.session import check_watchable

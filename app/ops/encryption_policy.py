@@ -12,7 +12,6 @@ replaces is kept (`safety_backup_refusal`).
 """
 from __future__ import annotations
 
-from app.ops.encryption import parse_recipients
 from app.ops.errors import GuardRefused
 
 REQUIRED, OPTIONAL = "required", "optional"
@@ -24,9 +23,9 @@ def policy(settings) -> str:
 
 def dump_at_rest(settings) -> str | None:
     """How a dump of this env would be encrypted at rest: "age", "sse" or None."""
-    if parse_recipients(settings.get("BACKUP_ENCRYPTION_RECIPIENTS")):
+    if settings.BACKUP_ENCRYPTION_RECIPIENTS:
         return "age"
-    if settings.backup_storage == "s3" and settings.get("BACKUP_S3_SSE"):
+    if settings.backup_storage == "s3" and settings.BACKUP_S3_SSE:
         return "sse"
     return None
 
@@ -62,7 +61,7 @@ def _what_to_set(settings) -> str:
     optional = ("or set BACKUP_ENCRYPTION=optional to accept unencrypted backups (audited, "
                 "and `invoke check` warns)")
     if settings.backup_method == "pgbackrest":
-        return (f"give the pgBackRest repository of stanza '{settings.get('PGBACKREST_STANZA')}' "
+        return (f"give the pgBackRest repository of stanza '{settings.PGBACKREST_STANZA}' "
                 "a cipher (repo1-cipher-type=aes-256-cbc, on a new repository), " + optional)
     s3 = ", or set BACKUP_S3_SSE (AES256 or aws:kms)" if settings.backup_storage == "s3" else ""
     return ("set BACKUP_ENCRYPTION_RECIPIENTS to an age public key (make a pair with "

@@ -25,10 +25,9 @@ from app.ops.leftovers import abandoned
 from app.ops.restore_intent import RestoreIntent, read_intents
 from app.ops.status import backup_item
 from app.ops.storage import unaborted_uploads
-from app.settings import parse_duration
+from app.settings import AGE_UNITS
 
-DEFAULT_BACKUP_MAX_AGE = "26h"
-UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+UNIT_SECONDS = AGE_UNITS  # what CHECK_BACKUP_MAX_AGE and CHECK_VERIFY_MAX_AGE accept
 AUDITED_RUNS = ("migrate", "rollback", "restore")
 FINE_OUTCOMES = {"succeeded", "nothing to do", "ok"}   # "ok": a watch's verdict
 WATCH_ACTION = "watch"
@@ -72,19 +71,12 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings) -> "Limits":
-        backup = settings.get("CHECK_BACKUP_MAX_AGE", DEFAULT_BACKUP_MAX_AGE)
-        verify = settings.get("CHECK_VERIFY_MAX_AGE")
-        return cls(max_age(backup, "CHECK_BACKUP_MAX_AGE"), backup.strip(),
-                   max_age(verify, "CHECK_VERIFY_MAX_AGE") if verify else None,
-                   verify.strip() if verify else None,
-                   timedelta(seconds=settings.target_seconds("DRILL_MAX_AGE")))
-
-
-def max_age(value: str, name: str) -> timedelta:
-    seconds = parse_duration(value, UNIT_SECONDS)
-    if not seconds:  # not a duration, or zero: a limit nothing could meet
-        raise ConfigError(f"{name} '{value}' is not a duration: use e.g. 26h, 90min, 2d or 3600s")
-    return timedelta(seconds=seconds)
+        # Not a duration, or zero (a limit nothing could meet): ConfigError, the check's UNKNOWN.
+        backup, verify = settings.CHECK_BACKUP_MAX_AGE, settings.CHECK_VERIFY_MAX_AGE
+        return cls(timedelta(seconds=backup), backup.text.strip(),
+                   timedelta(seconds=verify) if verify else None,
+                   verify.text.strip() if verify else None,
+                   timedelta(seconds=settings.DRILL_MAX_AGE))
 
 
 @dataclass
