@@ -61,15 +61,20 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _settings(env):
+def _settings(env, warn=True):
+    """The env's settings; a key of its .env files that is no setting is a warning, once per
+    task (`invoke check` reports it as a check instead)."""
     from app.settings import load_settings
-    return load_settings(env)
+    settings = load_settings(env)
+    for problem in settings.unknown_keys if warn else ():
+        _console().warn(problem)
+    return settings
 
 
-def _target(env):
+def _target(env, warn=True):
     """The env's settings, database and backup store: opened once per task, passed down."""
     from app.ops.target import open_target
-    return open_target(_settings(env))
+    return open_target(_settings(env, warn))
 
 
 def _console():
@@ -634,7 +639,7 @@ def check(c, env=None, json=False, prometheus=None):
     now = _now()
     name = resolve_env_name(env)
     try:
-        report = health.run_check(_target(env), now)
+        report = health.run_check(_target(env, warn=False), now)
     except KeyboardInterrupt:
         report = health.unknown(name, "interrupted")
     except Exception as exc:

@@ -115,6 +115,7 @@ class Facts:
     interrupted_restores: list[RestoreIntent | str] = field(default_factory=list)
     lock_held: bool = False  # PostgreSQL: a migrate, rollback or restore holds the env's lock
     key_warnings: list[str] = field(default_factory=list)  # app/ops/key_health.py
+    unknown_keys: list[str] = field(default_factory=list)  # .env keys that are no setting
 
 
 @dataclass
@@ -175,7 +176,7 @@ def gather(target, now: datetime | None = None) -> Facts:
     migrations = Migrations(target)
     facts = Facts(env=settings.env, production=settings.production,
                   database=target.database.masked_url, engine=target.database.kind,
-                  heads=migrations.heads())
+                  heads=migrations.heads(), unknown_keys=settings.unknown_keys)
     _read_database(facts, target.database)
     if not facts.reachable:
         facts.pending_error = "the database cannot be read"
@@ -337,6 +338,8 @@ def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
               _interrupted_restore(facts), _keys(facts)]
     if facts.maintenance or facts.maintenance_error:
         checks.insert(1, _maintenance(facts))
+    if facts.unknown_keys:  # only then: the checks of a sound env are as they always were
+        checks.append(Check("settings", State.WARNING, "; ".join(facts.unknown_keys)))
     state = worst(c.state for c in checks)
     if state == State.OK:
         newest = facts.newest_verified

@@ -63,7 +63,7 @@ def duration(units: Mapping[str, float], example: str, *, zero_ok: bool = False,
         if seconds is None or (seconds == 0 and not zero_ok):
             raise ConfigError(f"{name} '{value}' is not a duration: use e.g. {example}")
         return Duration(seconds, value.replace(" ", "") if compact else value)
-    parse.kind = "duration"
+    parse.example = example
     return parse
 
 
