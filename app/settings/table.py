@@ -9,7 +9,6 @@ table (tests/test_settings_table.py); docs/settings.md is generated from it:
 """
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any, Callable
 
@@ -207,5 +206,6 @@ def undeclared(key: str) -> str | None:
     when it is declared or a library's variable."""
     if key in NAMES or LIBRARY_KEYS.match(key):
         return None
+    import difflib  # only once a key is unknown
     close = difflib.get_close_matches(key, sorted(NAMES), n=1)
     return f"{key}: not a setting" + (f"; did you mean {close[0]}?" if close else "")
