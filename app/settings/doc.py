@@ -25,6 +25,12 @@ A key in a `.env` or `.env.NAME` file that is no setting below is named by every
 stderr, as `WARNING: KEY: not a setting; did you mean NAME?` (the closest declared name, when
 one is close), and by `invoke check` as a WARNING (exit 1). Not checked: the process
 environment (it holds everything), and the variables of the libraries: {LIBRARY_PREFIXES_DOC}.
+
+Types: `bool` is true for `1`, `true`, `yes` or `on` (any case), else false; `duration` is a
+whole number and a unit, the units each setting's examples show; `seconds` is a number of
+seconds (a trailing `s` allowed); `list` is comma-separated; `command` is split into words like
+a shell would, never run through one; `path` is relative to the project root where its meaning
+says so. A `secret` is never shown: not by status, check, messages, manifests or the audit trail.
 """
 
 
