@@ -27,7 +27,6 @@ from app.ops.signals import spawn
 
 METHOD = "pgbackrest"
 FORMAT = "pgbackrest-restore-point"
-DEFAULT_TIMEOUT = 60.0
 # 2.39 made `verify` (which `invoke verify` runs) a user command, with its text output; it is
 # also the first release that supports PostgreSQL 15. Everything else we call is older.
 MINIMUM_VERSION = (2, 39)
@@ -43,19 +42,7 @@ HOST_UNREACHABLE = re.compile(r"HostConnectError|unable to connect to")
 
 def timeout_of(settings) -> float:
     """PGBACKREST_TIMEOUT (seconds): the longest any pgbackrest call or wait may take."""
-    return seconds_setting(settings, "PGBACKREST_TIMEOUT", DEFAULT_TIMEOUT)
-
-
-def seconds_setting(settings, name: str, default: float) -> float:
-    """A positive number of seconds (a trailing `s` allowed), else ConfigError naming it."""
-    value = settings.get(name, str(default))
-    try:
-        seconds = float(value.rstrip("s"))
-    except ValueError:
-        seconds = -1
-    if seconds <= 0:
-        raise ConfigError(f"{name} '{value}' is not a number of seconds: use e.g. {default:g}")
-    return seconds
+    return settings.PGBACKREST_TIMEOUT
 
 
 @dataclass
@@ -68,17 +55,14 @@ class PgBackRest:
 
     @classmethod
     def from_settings(cls, settings) -> "PgBackRest":
-        stanza = settings.get("PGBACKREST_STANZA")
+        stanza = settings.PGBACKREST_STANZA
         if not stanza:
             raise ConfigError(f"BACKUP_METHOD=pgbackrest needs PGBACKREST_STANZA for env "
                               f"'{settings.env}': set it to the stanza that archives this cluster")
-        try:
-            command = shlex.split(settings.get("PGBACKREST_COMMAND", "pgbackrest"))
-        except ValueError as exc:
-            raise ConfigError(f"PGBACKREST_COMMAND cannot be split into words: {exc}") from None
+        command = settings.PGBACKREST_COMMAND
         if not command:
             raise ConfigError("PGBACKREST_COMMAND is empty: set it to e.g. `pgbackrest`")
-        return cls(command, stanza, settings.get("PGBACKREST_CONFIG"), timeout_of(settings))
+        return cls(command, stanza, settings.PGBACKREST_CONFIG, timeout_of(settings))
 
     def argv(self, *args: str) -> list[str]:
         config = [f"--config={self.config}"] if self.config else []
@@ -333,7 +317,7 @@ def status_facts(target) -> dict:
     the dict, not raised: status must show everything else."""
     from app.ops.errors import OpsError
 
-    facts: dict = {"stanza": target.settings.get("PGBACKREST_STANZA")}
+    facts: dict = {"stanza": target.settings.PGBACKREST_STANZA}
     try:
         facts.update(_stanza_facts(target.settings))
     except OpsError as exc:
