@@ -61,15 +61,20 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _settings(env):
+def _settings(env, warn=True):
+    """The env's settings; a key of its .env files that is no setting is a warning, once per
+    task (`invoke check` reports it as a check instead)."""
     from app.settings import load_settings
-    return load_settings(env)
+    settings = load_settings(env)
+    for problem in settings.unknown_keys if warn else ():
+        _console().warn(problem)
+    return settings
 
 
-def _target(env):
+def _target(env, warn=True):
     """The env's settings, database and backup store: opened once per task, passed down."""
     from app.ops.target import open_target
-    return open_target(_settings(env))
+    return open_target(_settings(env, warn))
 
 
 def _console():
@@ -229,7 +234,7 @@ def _watched(console, target, option, action):
     """A `_Watched` when this run watches (`--watch`, else WATCH_AFTER_MIGRATE), else None;
     without either the watch is not even imported. Bad WATCH_* settings stop the run here,
     before anything is done."""
-    if option is None and not target.settings.get("WATCH_AFTER_MIGRATE"):
+    if option is None and target.settings.WATCH_AFTER_MIGRATE is None:
         return None
     from app.ops.commands.watch.config import WatchConfig
     from app.ops.commands.watch.session import check_watchable
@@ -641,7 +646,7 @@ def check(c, env=None, json=False, prometheus=None):
     now = _now()
     name = resolve_env_name(env)
     try:
-        report = health.run_check(_target(env), now)
+        report = health.run_check(_target(env, warn=False), now)
     except KeyboardInterrupt:
         report = health.unknown(name, "interrupted")
     except Exception as exc:

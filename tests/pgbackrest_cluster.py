@@ -134,14 +134,19 @@ def cluster_folder(prefix: str):
     return root, owner
 
 
-def _set_up(cluster: ArchivingCluster, owner) -> None:
+def _set_up(cluster: ArchivingCluster, owner, repo: str | None = None) -> None:
+    """`repo`: the config's repo1 lines (default: a posix repository in the cluster's folder).
+    A config given its repo1 lines is made 0600 before they are written: they may hold the
+    repository's credentials."""
     root = cluster.root
     for name in ("repo", "log", "lock", "spool", "sock"):
         (root / name).mkdir(mode=0o750)
         os.chown(root / name, owner.pw_uid, owner.pw_gid)
+    if repo is not None:
+        os.close(os.open(cluster.config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     cluster.config.write_text(
         "[global]\n"
-        f"repo1-path={cluster.repo}\nrepo1-retention-full=2\n"
+        f"{repo or f'repo1-path={cluster.repo}'}\nrepo1-retention-full=2\n"
         f"log-path={root / 'log'}\nlock-path={root / 'lock'}\nspool-path={root / 'spool'}\n"
         "log-level-file=off\nstart-fast=y\narchive-timeout=30\ncompress-type=lz4\n\n"
         f"[{STANZA}]\npg1-path={cluster.data}\npg1-port={cluster.port}\n"

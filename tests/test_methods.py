@@ -147,3 +147,15 @@ def test_status_adds_what_the_configured_method_reports(tmp_path):
     info = collect_status(target, T0)
     assert info["recording"] == {"asked": True}
     assert [call[0] for call in target.method.calls] == ["status"]
+
+
+def test_the_dump_method_restores_every_kind_of_database_the_same_way():
+    """Each kind's module (app/ops/methods/dump/) answers the same four calls the method makes."""
+    from app.ops.databases.postgres.database import PostgresDatabase
+    from app.ops.databases.sqlite.database import SqliteDatabase
+    from app.ops.methods.dump.method import ENGINES
+
+    assert set(ENGINES) == {PostgresDatabase.kind, SqliteDatabase.kind}
+    for module in ENGINES.values():
+        for name in ("restore", "scratch_copy", "pending", "finish_interrupted"):
+            assert callable(getattr(module, name, None)), (module.__name__, name)

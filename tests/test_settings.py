@@ -35,18 +35,18 @@ def test_layering_process_env_over_env_name_over_env(tmp_path):
               USE_SQLITE="True")
     settings = load_settings("staging", environ={"ALL_THREE": "process"}, root=tmp_path)
     assert settings.env == "staging"
-    assert settings.get("ONLY_BASE") == "base"
-    assert settings.get("BASE_AND_NAMED") == "named"
-    assert settings.get("ONLY_NAMED") == "named"
-    assert settings.get("ALL_THREE") == "process"
+    assert settings.values["ONLY_BASE"] == "base"
+    assert settings.values["BASE_AND_NAMED"] == "named"
+    assert settings.values["ONLY_NAMED"] == "named"
+    assert settings.values["ALL_THREE"] == "process"
 
 
 def test_other_envs_files_do_not_leak(tmp_path):
     write_env(tmp_path, "staging", USE_SQLITE="True", MARKER="staging")
     write_env(tmp_path, "prod", MARKER="prod", DATABASE_URL="postgresql://u@prod/db")
     settings = load_settings("staging", environ={}, root=tmp_path)
-    assert settings.get("MARKER") == "staging"
-    assert settings.get("DATABASE_URL") is None
+    assert settings.values["MARKER"] == "staging"
+    assert settings.DATABASE_URL is None
     assert settings.database_url.get_backend_name() == "sqlite"
 
 
@@ -55,14 +55,13 @@ def test_load_settings_does_not_write_into_os_environ(tmp_path):
     assert name not in os.environ
     write_env(tmp_path, None, **{name: "x"})
     settings = load_settings("dev", environ={}, root=tmp_path)
-    assert settings.get(name) == "x"
+    assert settings.values[name] == "x"
     assert name not in os.environ
 
 
 def test_empty_value_means_unset(tmp_path):
     write_env(tmp_path, None, BACKUP_DIR="")
     settings = load_settings("dev", environ={"SQLITE_PATH": ""}, root=tmp_path)
-    assert settings.get("BACKUP_DIR", "fallback") == "fallback"
     assert settings.backup_dir == tmp_path / "backups"
     assert Path(settings.database_url.database) == tmp_path / "dev.db"
 
@@ -211,7 +210,7 @@ def test_awkward_password_from_process_env_round_trips(tmp_path):
 def test_awkward_password_from_env_file_round_trips(tmp_path):
     write_env(tmp_path, "staging", **{**PG, "POSTGRES_PASSWORD": AWKWARD})
     settings = load_settings("staging", environ={}, root=tmp_path)
-    assert settings.get("POSTGRES_PASSWORD") == AWKWARD
+    assert settings.POSTGRES_PASSWORD == AWKWARD
     assert_password_round_trips(settings, AWKWARD)
 
 
@@ -320,16 +319,16 @@ def test_parse_duration_refuses_units_the_setting_does_not_accept(value, units):
 
 def test_duration_setting_keeps_the_postgresql_text_and_gives_seconds(tmp_path):
     settings = load_settings("dev", environ={"MIGRATION_LOCK_TIMEOUT": " 2 min "}, root=tmp_path)
-    assert settings.duration("MIGRATION_LOCK_TIMEOUT", "5s") == "2min"
-    assert settings.seconds("MIGRATION_LOCK_TIMEOUT", "5s") == 120.0
-    assert settings.seconds("MIGRATION_LOCK_RETRY_DELAY", "5s") == 5.0  # the default
-    assert settings.duration("MIGRATION_STATEMENT_TIMEOUT") is None
+    assert settings.MIGRATION_LOCK_TIMEOUT.text == "2min"
+    assert settings.MIGRATION_LOCK_TIMEOUT == 120.0
+    assert settings.MIGRATION_LOCK_RETRY_DELAY == 5.0  # the default
+    assert settings.MIGRATION_STATEMENT_TIMEOUT is None
 
 
 def test_a_malformed_duration_setting_is_config_error_naming_it(tmp_path):
     settings = load_settings("dev", environ={"MIGRATION_LOCK_TIMEOUT": "2d"}, root=tmp_path)
     with pytest.raises(ConfigError, match="MIGRATION_LOCK_TIMEOUT '2d' is not a duration"):
-        settings.seconds("MIGRATION_LOCK_TIMEOUT", "5s")
+        settings.MIGRATION_LOCK_TIMEOUT
 
 
 # -- issue 18: no database name, a line python-dotenv cannot parse, secrets in the query -----

@@ -27,8 +27,8 @@ class Encryption:
 
     @classmethod
     def from_settings(cls, settings) -> "Encryption | None":
-        keys = parse_recipients(settings.get("BACKUP_ENCRYPTION_RECIPIENTS"))
-        identity = settings.get("BACKUP_ENCRYPTION_IDENTITY_FILE")
+        keys = settings.BACKUP_ENCRYPTION_RECIPIENTS
+        identity = settings.BACKUP_ENCRYPTION_IDENTITY_FILE
         if not keys:
             return cls((), identity) if identity else None
         return cls(tuple(keys), identity)
@@ -76,11 +76,6 @@ def parse_identities(lines) -> list:
                 if line.strip() and not line.startswith("#")]
     except Exception:
         return []
-
-
-def parse_recipients(value: str | None) -> tuple[str, ...]:
-    """BACKUP_ENCRYPTION_RECIPIENTS as a tuple of keys."""
-    return tuple(k.strip() for k in (value or "").split(",") if k.strip())
 
 
 class _Pump(threading.Thread):
@@ -160,8 +155,8 @@ def _raise_cause(error: BaseException | None, backup_id: str) -> None:
 
 def dump_at_rest(settings) -> str | None:
     """How a dump of this env would be encrypted at rest: "age", "sse" or None."""
-    if parse_recipients(settings.get("BACKUP_ENCRYPTION_RECIPIENTS")):
+    if settings.BACKUP_ENCRYPTION_RECIPIENTS:
         return "age"
-    if settings.backup_storage == "s3" and settings.get("BACKUP_S3_SSE"):
+    if settings.backup_storage == "s3" and settings.BACKUP_S3_SSE:
         return "sse"
     return None

@@ -68,7 +68,7 @@ def encryption_of(manifest: BackupManifest, settings) -> str:
         return "age"
     if manifest.is_restore_point:
         return "pgbackrest"
-    if manifest.location.startswith("s3://") and settings.get("BACKUP_S3_SSE"):
+    if manifest.location.startswith("s3://") and settings.BACKUP_S3_SSE:
         return "sse"
     return "none"
 
@@ -101,13 +101,13 @@ def _rpo(settings, stretches: list[Stretch]) -> dict:
                 f"({'backup ' + longest.after if longest.after else 'start of the period'}) to "
                 f"{iso(longest.end)} "
                 f"({'backup ' + longest.before if longest.before else 'now'})")
-    return _target("rpo", settings.target_seconds("RPO_TARGET"), round(longest.seconds, 3),
+    return _target("rpo", float(settings.RPO_TARGET), round(longest.seconds, 3),
                    evidence)
 
 
 def _rto(settings, drills: list[DrillRecord]) -> dict:
     done = [d for d in drills if d.succeeded]
-    target = settings.target_seconds("RTO_TARGET")
+    target = float(settings.RTO_TARGET)
     if not done:
         return _target("rto", target, None, "no successful restore drill in the period: run "
                        "`invoke verify --restore-test`")
@@ -118,7 +118,7 @@ def _rto(settings, drills: list[DrillRecord]) -> dict:
 
 
 def _drill_age(settings, newest: DrillRecord | None, now: datetime) -> dict:
-    target = settings.target_seconds("DRILL_MAX_AGE")
+    target = float(settings.DRILL_MAX_AGE)
     if newest is None:
         return _target("drill_age", target, None, "no successful restore drill on record")
     age = max(0.0, (now - newest.started).total_seconds())

@@ -24,10 +24,9 @@ from app.ops.leftovers import abandoned
 from app.ops.catalog.restore_intent import RestoreIntent, read_intents
 from app.ops.commands.status import backup_item
 from app.ops.storage import unaborted_uploads
-from app.settings import parse_duration
+from app.settings import AGE_UNITS
 
-DEFAULT_BACKUP_MAX_AGE = "26h"
-UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+UNIT_SECONDS = AGE_UNITS  # what CHECK_BACKUP_MAX_AGE and CHECK_VERIFY_MAX_AGE accept
 AUDITED_RUNS = ("migrate", "rollback", "restore")
 FINE_OUTCOMES = {"succeeded", "nothing to do", "ok"}   # "ok": a watch's verdict
 WATCH_ACTION = "watch"
@@ -71,19 +70,12 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings) -> "Limits":
-        backup = settings.get("CHECK_BACKUP_MAX_AGE", DEFAULT_BACKUP_MAX_AGE)
-        verify = settings.get("CHECK_VERIFY_MAX_AGE")
-        return cls(max_age(backup, "CHECK_BACKUP_MAX_AGE"), backup.strip(),
-                   max_age(verify, "CHECK_VERIFY_MAX_AGE") if verify else None,
-                   verify.strip() if verify else None,
-                   timedelta(seconds=settings.target_seconds("DRILL_MAX_AGE")))
-
-
-def max_age(value: str, name: str) -> timedelta:
-    seconds = parse_duration(value, UNIT_SECONDS)
-    if not seconds:  # not a duration, or zero: a limit nothing could meet
-        raise ConfigError(f"{name} '{value}' is not a duration: use e.g. 26h, 90min, 2d or 3600s")
-    return timedelta(seconds=seconds)
+        # Not a duration, or zero (a limit nothing could meet): ConfigError, the check's UNKNOWN.
+        backup, verify = settings.CHECK_BACKUP_MAX_AGE, settings.CHECK_VERIFY_MAX_AGE
+        return cls(timedelta(seconds=backup), backup.text.strip(),
+                   timedelta(seconds=verify) if verify else None,
+                   verify.text.strip() if verify else None,
+                   timedelta(seconds=settings.DRILL_MAX_AGE))
 
 
 @dataclass
@@ -122,6 +114,7 @@ class Facts:
     interrupted_restores: list[RestoreIntent | str] = field(default_factory=list)
     lock_held: bool = False  # PostgreSQL: a migrate, rollback or restore holds the env's lock
     key_warnings: list[str] = field(default_factory=list)  # app/ops/commands/key_health.py
+    unknown_keys: list[str] = field(default_factory=list)  # .env keys that are no setting
 
 
 @dataclass
@@ -182,7 +175,7 @@ def gather(target, now: datetime | None = None) -> Facts:
     migrations = Migrations(target)
     facts = Facts(env=settings.env, production=settings.production,
                   database=target.database.masked_url, engine=target.database.kind,
-                  heads=migrations.heads())
+                  heads=migrations.heads(), unknown_keys=settings.unknown_keys)
     _read_database(facts, target.database)
     if not facts.reachable:
         facts.pending_error = "the database cannot be read"
@@ -334,6 +327,8 @@ def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
               _interrupted_restore(facts), _keys(facts)]
     if facts.maintenance or facts.maintenance_error:
         checks.insert(1, _maintenance(facts))
+    if facts.unknown_keys:  # only then: the checks of a sound env are as they always were
+        checks.append(Check("settings", State.WARNING, "; ".join(facts.unknown_keys)))
     state = worst(c.state for c in checks)
     if state == State.OK:
         newest = facts.newest_verified

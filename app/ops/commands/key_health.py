@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.ops.encryption import parse_identities, parse_recipients
+from app.ops.encryption import parse_identities
 from app.ops.guards.encryption_policy import OPTIONAL, policy
 
 HEADER_END = b"\n--- "
@@ -32,11 +32,11 @@ def key_findings(settings, storage, newest) -> list[str]:
         found.append("backups are allowed unencrypted in production (BACKUP_ENCRYPTION="
                      "optional): set age recipients or BACKUP_S3_SSE, then "
                      "BACKUP_ENCRYPTION=required")
-    identity = settings.get("BACKUP_ENCRYPTION_IDENTITY_FILE")
+    identity = settings.BACKUP_ENCRYPTION_IDENTITY_FILE
     identities = _identity_findings(Path(identity).expanduser(), found) if identity else None
     if newest is None or newest.is_restore_point:
         return found
-    recipients = parse_recipients(settings.get("BACKUP_ENCRYPTION_RECIPIENTS"))
+    recipients = settings.BACKUP_ENCRYPTION_RECIPIENTS
     if recipients and not set(recipients) & set(newest.recipients or []):
         found.append(f"the newest backup {newest.id} is encrypted to none of the current "
                      f"BACKUP_ENCRYPTION_RECIPIENTS: run `invoke rekey --env={settings.env}`")

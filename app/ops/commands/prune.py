@@ -14,16 +14,13 @@ Prune never runs as a side effect of another task.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from app.ops.catalog.backups import BackupManifest, delete_backup, list_backups, verify_backup
+from app.ops.catalog.backups import BackupManifest, delete_backup, list_backups
 from app.ops.catalog.dates import dated_in_future, in_the_present
-from app.ops.errors import BackupFailed, ConfigError
-
-# Backups kept longer than this are kept "forever": a bigger number is a typo, not a policy.
-MAX_KEEP_DAYS = 36500
+from app.ops.errors import BackupFailed
+from app.ops.methods.registry import verify_backup
 
 
 @dataclass
@@ -38,24 +35,9 @@ class PrunePlan:
     retained: list | None = None
 
 
-def _number(settings, name: str, kind=int):
-    value = settings.get(name)
-    if value is None:
-        return None
-    try:
-        number = kind(value)
-    except ValueError:
-        number = -1
-    if not math.isfinite(number) or number < (1 if kind is int else 0) or (
-            kind is float and number > MAX_KEEP_DAYS):
-        raise ConfigError(f"{name} '{value}' is not a valid count: use a positive number"
-                          + (f" of days up to {MAX_KEEP_DAYS}" if kind is float else ""))
-    return number
-
-
 def plan_prune(target, now: datetime, warn=None) -> PrunePlan:
-    keep_last = _number(target.settings, "BACKUP_KEEP_LAST")
-    keep_days = _number(target.settings, "BACKUP_KEEP_DAYS", float)
+    keep_last = target.settings.BACKUP_KEEP_LAST
+    keep_days = target.settings.BACKUP_KEEP_DAYS
     listed = list_backups(target, warn)
     future, backups = dated_in_future(listed, now), in_the_present(listed, now)
     intact = [m for m in backups if m.intact]

@@ -40,7 +40,7 @@ def _retention(storage) -> dict | None:
 
 
 def window_status(settings, now: datetime) -> dict | None:
-    spec = settings.get("MAINTENANCE_WINDOW")
+    spec = settings.MAINTENANCE_WINDOW
     if not spec:
         return None
     from app.ops.guards.preflight import load_window

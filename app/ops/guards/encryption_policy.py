@@ -38,7 +38,7 @@ def _what_to_set(settings) -> str:
     optional = ("or set BACKUP_ENCRYPTION=optional to accept unencrypted backups (audited, "
                 "and `invoke check` warns)")
     if settings.backup_method == "pgbackrest":
-        return (f"give the pgBackRest repository of stanza '{settings.get('PGBACKREST_STANZA')}' "
+        return (f"give the pgBackRest repository of stanza '{settings.PGBACKREST_STANZA}' "
                 "a cipher (repo1-cipher-type=aes-256-cbc, on a new repository), " + optional)
     s3 = ", or set BACKUP_S3_SSE (AES256 or aws:kms)" if settings.backup_storage == "s3" else ""
     return ("set BACKUP_ENCRYPTION_RECIPIENTS to an age public key (make a pair with "

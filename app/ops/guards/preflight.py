@@ -25,8 +25,8 @@ def load_window(settings):
     from app.ops.guards.window import MaintenanceWindow, WindowError
 
     try:
-        return MaintenanceWindow.parse(settings.get("MAINTENANCE_WINDOW", ""),
-                                       settings.get("MAINTENANCE_TIMEZONE", "UTC"))
+        return MaintenanceWindow.parse(settings.MAINTENANCE_WINDOW or "",
+                                       settings.MAINTENANCE_TIMEZONE)
     except WindowError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -41,7 +41,7 @@ def check_window(settings, facts, *, action: str, now: datetime,
         reporter.warn(f"BREAK GLASS: {action} on production env '{settings.env}' without the "
                       f"maintenance window check. Reason: {break_glass}. This is audited.")
         return
-    if not settings.get("MAINTENANCE_WINDOW"):
+    if not settings.MAINTENANCE_WINDOW:
         raise GuardRefused(f"{action} on production env '{settings.env}' is refused: no "
                            "MAINTENANCE_WINDOW is configured; set one, or use "
                            "--break-glass REASON in an emergency")
@@ -103,7 +103,7 @@ def confirm_data_loss(settings, steps, *, yes: bool, ask, reporter: Reporter) ->
 def check_staging_first(settings, goal: str | None, migrations, facts) -> None:
     """REQUIRE_STAGING_FIRST=ENV, in production: the goal must be where ENV already is (or
     below it). Fails closed: if ENV cannot be read, production does not go first."""
-    staging_env = settings.get("REQUIRE_STAGING_FIRST")
+    staging_env = settings.REQUIRE_STAGING_FIRST
     if not (settings.production and staging_env) or goal is None:
         return
     from app.ops.errors import OpsError
@@ -166,7 +166,7 @@ def estimate_run(facts, steps) -> tuple[float | None, str]:
 def check_fit(settings, facts, steps, *, now: datetime, break_glass: str | None,
               reporter: Reporter) -> None:
     """In production, refuse a run that would likely not finish before the window closes."""
-    if not settings.production or break_glass or not settings.get("MAINTENANCE_WINDOW"):
+    if not settings.production or break_glass or not settings.MAINTENANCE_WINDOW:
         return
     from datetime import timedelta
 

@@ -26,9 +26,9 @@ def postgres_timeouts(settings) -> dict[str, str]:
     """The migrations' sessions' timeouts. lock_timeout in every env: an ALTER waiting for a
     busy table holds up every write queued behind it, so it gives up after this long (and is
     tried again, see LockRetries). statement_timeout only when set; else the role's own."""
-    timeouts = {"lock_timeout": settings.duration("MIGRATION_LOCK_TIMEOUT", "5s"),
-                "statement_timeout": settings.duration("MIGRATION_STATEMENT_TIMEOUT")}
-    return {k: v for k, v in timeouts.items() if v}
+    timeouts = {"lock_timeout": settings.MIGRATION_LOCK_TIMEOUT,
+                "statement_timeout": settings.MIGRATION_STATEMENT_TIMEOUT}
+    return {k: v.text for k, v in timeouts.items() if v is not None and v.text}
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,7 @@ class LockRetries:
 
     @classmethod
     def of(cls, settings) -> "LockRetries":
-        raw = settings.get("MIGRATION_LOCK_RETRIES", "3").strip()
-        if not raw.isdigit() or int(raw) > 100:
-            raise ConfigError(f"MIGRATION_LOCK_RETRIES '{raw}' is not a number of retries: use "
-                              "0 (no retry) up to 100, e.g. 3")
-        return cls(int(raw), settings.seconds("MIGRATION_LOCK_RETRY_DELAY", "5s"))
+        return cls(settings.MIGRATION_LOCK_RETRIES, float(settings.MIGRATION_LOCK_RETRY_DELAY))
 
     @property
     def attempts(self) -> int:

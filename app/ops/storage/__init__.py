@@ -15,11 +15,11 @@ def open_storage(settings):
         return LocalStorage(settings.backup_dir / settings.env)
     from app.ops.errors import ConfigError
     from app.ops.storage.s3 import S3Storage
-    bucket = settings.get("BACKUP_S3_BUCKET")
+    bucket = settings.BACKUP_S3_BUCKET
     if not bucket:
         raise ConfigError(f"BACKUP_STORAGE=s3 needs BACKUP_S3_BUCKET for env '{settings.env}': "
                           "set it to the bucket that holds the backups")
-    prefix = (settings.get("BACKUP_S3_PREFIX") or "").strip("/")
+    prefix = (settings.BACKUP_S3_PREFIX or "").strip("/")
     return S3Storage(bucket.strip(), f"{prefix}/{settings.env}" if prefix else settings.env,
                      settings, unaborted_folder=unaborted_folder(settings))
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.ops.errors import ConfigError, OpsError
-from app.settings import parse_duration
+from app.settings import AGE_UNITS
 
-UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+UNITS = AGE_UNITS
 DEFAULT_MODE = "GOVERNANCE"
 
 
@@ -35,15 +35,11 @@ class ObjectLock:
     mode: str | None = None   # read from the bucket on first use
 
     @classmethod
-    def from_settings(cls, get) -> "ObjectLock | None":
-        value = get("BACKUP_S3_OBJECT_LOCK")
-        if not value:
+    def from_settings(cls, settings) -> "ObjectLock | None":
+        value = settings.BACKUP_S3_OBJECT_LOCK  # a Duration: not one is a ConfigError
+        if value is None:
             return None
-        seconds = parse_duration(value, UNITS)
-        if not seconds:
-            raise ConfigError(f"BACKUP_S3_OBJECT_LOCK '{value}' is not a duration: use e.g. "
-                              "35d, 12h or 90s")
-        return cls(value.strip(), seconds)
+        return cls(value.text.strip(), float(value))
 
     def read_mode(self, client, bucket: str) -> str:
         """The bucket's default mode; ConfigError when the bucket has no Object Lock."""

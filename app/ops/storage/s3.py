@@ -49,7 +49,6 @@ MAX_PARTS = 10_000
 # are chosen to hold twice it, which costs only memory (two parts are buffered at a time).
 PART_HEADROOM = 2
 MiB = 1 << 20
-SSE_VALUES = {"AES256": "AES256", "AWS:KMS": "aws:kms"}
 MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
 # The abort of a failed upload is retried briefly, then recorded: a vanished endpoint must not
 # keep a failing run waiting for minutes (4 attempts: at most ~7 s of backoff when refused).
@@ -95,10 +94,13 @@ class S3Storage:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         self.bucket, self.folder, self.part_size = bucket, prefix_folder.strip("/"), part_size
-        self._get = settings.get if settings is not None else (lambda name, default=None: default)
+        if settings is None:
+            from app.settings import Settings
+            settings = Settings(env="", values={})
+        self.settings = settings
         self._sse = self._sse_arguments()  # checked now, so a bad value fails before any work
         from app.ops.storage.object_lock import ObjectLock
-        self.object_lock = ObjectLock.from_settings(self._get)  # BACKUP_S3_OBJECT_LOCK
+        self.object_lock = ObjectLock.from_settings(settings)  # BACKUP_S3_OBJECT_LOCK
         self._config = dict(retries={"mode": "standard", "max_attempts": max_attempts},
                             connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._abort_config = dict(
@@ -117,10 +119,8 @@ class S3Storage:
         self.unaborted_folder = unaborted_folder
 
     def _sse_arguments(self) -> dict:
-        value, key_id = self._get("BACKUP_S3_SSE"), self._get("BACKUP_S3_KMS_KEY_ID")
-        sse = SSE_VALUES.get(value.strip().upper(), "?") if value else None
-        if sse == "?":
-            raise ConfigError(f"BACKUP_S3_SSE '{value}' is not supported: use AES256 or aws:kms")
+        sse = self.settings.BACKUP_S3_SSE  # AES256, aws:kms, or None; else a ConfigError
+        key_id = self.settings.BACKUP_S3_KMS_KEY_ID
         if key_id and sse != "aws:kms":  # the user believes the data is KMS-encrypted: it isn't
             raise ConfigError(f"BACKUP_S3_KMS_KEY_ID is set but BACKUP_S3_SSE is {sse or 'unset'}"
                               ": set BACKUP_S3_SSE=aws:kms to use the key, or unset the key id")
@@ -150,7 +150,7 @@ class S3Storage:
         import botocore.session
         from botocore.config import Config
 
-        get = self._get
+        get = self.settings.library  # boto3's own variables, as the .env files give them
         with self._errors("connecting to"):
             core = botocore.session.Session()
             for var, key in (("AWS_CONFIG_FILE", "config_file"),

@@ -43,7 +43,7 @@ class PostgresDatabase:
         # table lock.
         from app.ops.databases.postgres.maintenance import MaintenanceDatabase
         return cls(settings.database_url, settings.env, bin_dir=settings.pg_bin_dir,
-                   lock_timeout=settings.duration("MIGRATION_LOCK_TIMEOUT", "5s"),
+                   lock_timeout=settings.MIGRATION_LOCK_TIMEOUT.text,
                    maintenance=MaintenanceDatabase(settings.maintenance_database))
 
     def at(self, name: str) -> "PostgresDatabase":

@@ -45,7 +45,7 @@ from app.ops.methods.contract import (SAFETY_REASON, RestorePlan, RestoreResult,
 from app.ops.methods.dump.take import take_backup
 from app.ops.methods.dump.verify import check_scratch_room, verify_dump
 
-def restore_by_swap(target, plan: RestorePlan, *, now: datetime, reporter, disconnect: bool,
+def restore(target, plan: RestorePlan, *, now: datetime, reporter, disconnect: bool,
                     started: float, check_lock) -> RestoreResult:
     database = target.database
     server = database.server()

@@ -11,22 +11,19 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
+from app.settings import Settings
 
 SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
 POLL_SECONDS = 0.05
 # Segments (16 MiB each by default) the archiver may still owe before a restore point is
 # refused: its own segment queues behind them, and at one segment a second 32 drain well
 # within the default PGBACKREST_TIMEOUT of 60 s.
-DEFAULT_MAX_READY = 32
+DEFAULT_MAX_READY = int(Settings.PGBACKREST_MAX_READY.default)
 
 
 def max_ready_of(settings) -> int:
     """PGBACKREST_MAX_READY: the most .ready WAL segments a restore point is taken behind."""
-    value = settings.get("PGBACKREST_MAX_READY", str(DEFAULT_MAX_READY))
-    if not value.strip().isdigit():
-        raise ConfigError(f"PGBACKREST_MAX_READY '{value}' is not a number of WAL segments: "
-                          f"use e.g. {DEFAULT_MAX_READY}")
-    return int(value)
+    return settings.PGBACKREST_MAX_READY
 
 
 def timeline_of(segment: str) -> int:

@@ -27,7 +27,6 @@ from app.ops.signals import spawn
 
 METHOD = "pgbackrest"
 FORMAT = "pgbackrest-restore-point"
-DEFAULT_TIMEOUT = 60.0
 # 2.39 made `verify` (which `invoke verify` runs) a user command, with its text output; it is
 # also the first release that supports PostgreSQL 15. Everything else we call is older.
 MINIMUM_VERSION = (2, 39)
@@ -36,23 +35,14 @@ VERSION_RE = re.compile(r"pgBackRest (\d+)\.(\d+)")
 # another OS user than the one that owns them. strerror(EACCES), capitalised: PostgreSQL's own
 # "permission denied for function ..." (a missing grant, relayed by pgbackrest) is another matter.
 DENIED = "Permission denied"
+# pgBackRest's words for a repository host it could not reach (error 049, HostConnectError):
+# that says nothing about the backups in it.
+HOST_UNREACHABLE = re.compile(r"HostConnectError|unable to connect to")
 
 
 def timeout_of(settings) -> float:
     """PGBACKREST_TIMEOUT (seconds): the longest any pgbackrest call or wait may take."""
-    return seconds_setting(settings, "PGBACKREST_TIMEOUT", DEFAULT_TIMEOUT)
-
-
-def seconds_setting(settings, name: str, default: float) -> float:
-    """A positive number of seconds (a trailing `s` allowed), else ConfigError naming it."""
-    value = settings.get(name, str(default))
-    try:
-        seconds = float(value.rstrip("s"))
-    except ValueError:
-        seconds = -1
-    if seconds <= 0:
-        raise ConfigError(f"{name} '{value}' is not a number of seconds: use e.g. {default:g}")
-    return seconds
+    return settings.PGBACKREST_TIMEOUT
 
 
 @dataclass
@@ -65,32 +55,32 @@ class PgBackRest:
 
     @classmethod
     def from_settings(cls, settings) -> "PgBackRest":
-        stanza = settings.get("PGBACKREST_STANZA")
+        stanza = settings.PGBACKREST_STANZA
         if not stanza:
             raise ConfigError(f"BACKUP_METHOD=pgbackrest needs PGBACKREST_STANZA for env "
                               f"'{settings.env}': set it to the stanza that archives this cluster")
-        try:
-            command = shlex.split(settings.get("PGBACKREST_COMMAND", "pgbackrest"))
-        except ValueError as exc:
-            raise ConfigError(f"PGBACKREST_COMMAND cannot be split into words: {exc}") from None
+        command = settings.PGBACKREST_COMMAND
         if not command:
             raise ConfigError("PGBACKREST_COMMAND is empty: set it to e.g. `pgbackrest`")
-        return cls(command, stanza, settings.get("PGBACKREST_CONFIG"), timeout_of(settings))
+        return cls(command, stanza, settings.PGBACKREST_CONFIG, timeout_of(settings))
 
     def argv(self, *args: str) -> list[str]:
         config = [f"--config={self.config}"] if self.config else []
         return [*self.command, *config, f"--stanza={self.stanza}", *args]
 
-    def run(self, *args: str, timeout: float | None = None) -> str:
+    def run(self, *args: str, timeout: float | None = None, unreachable=BackupFailed) -> str:
         """Run one pgbackrest command; its stdout. Any failure is one sentence (BackupFailed;
-        ConfigError when pgbackrest was denied its own files)."""
+        ConfigError when pgbackrest was denied its own files; `unreachable` when it did not
+        finish in time or could not reach the repository's host)."""
         what = f"pgbackrest {args[-1] if args else ''}".strip()
         result = self.call(self.argv(*args), what, "check that the repository is reachable",
-                            timeout)
+                           timeout, timed_out=unreachable)
         if result.returncode != 0:
             detail = last_line(result.stderr or result.stdout)
             self.refuse_wrong_user(f"{result.stderr}\n{result.stdout}", detail)
-            raise BackupFailed(f"{what} failed (exit {result.returncode}): {detail}")
+            error = (unreachable if HOST_UNREACHABLE.search(result.stderr + result.stdout)
+                     else BackupFailed)
+            raise error(f"{what} failed (exit {result.returncode}): {detail}")
         return result.stdout
 
     def call(self, argv: list[str], what: str, advice: str, timeout: float | None = None, *,
@@ -137,10 +127,11 @@ class PgBackRest:
                               "run pgbackrest as the cluster's owner, e.g. `sudo -u postgres "
                               "pgbackrest`")
 
-    def info(self) -> dict:
-        """The stanza's entry of `pgbackrest info --output=json`."""
+    def info(self, unreachable=BackupFailed) -> dict:
+        """The stanza's entry of `pgbackrest info --output=json`. `unreachable` is raised when
+        the repository cannot be reached in time (a verify then records nothing)."""
         try:
-            stanzas = json.loads(self.run("--output=json", "info"))
+            stanzas = json.loads(self.run("--output=json", "info", unreachable=unreachable))
             stanza = next(s for s in stanzas if s.get("name") == self.stanza)
         except (ValueError, StopIteration, TypeError, AttributeError):
             raise BackupFailed(f"pgbackrest info gave no readable entry for stanza "
@@ -149,7 +140,7 @@ class PgBackRest:
         if status.get("code") not in (0, None):
             message = _status_message(stanza)
             self.refuse_wrong_user(message, message)
-            raise BackupFailed(f"pgBackRest stanza '{self.stanza}' is not usable: {message}; "
+            raise (unreachable if HOST_UNREACHABLE.search(message) else BackupFailed)(f"pgBackRest stanza '{self.stanza}' is not usable: {message}; "
                                "check PGBACKREST_CONFIG and the repository (`pgbackrest "
                                f"--stanza={self.stanza} check`)")
         return stanza
@@ -326,7 +317,7 @@ def status_facts(target) -> dict:
     the dict, not raised: status must show everything else."""
     from app.ops.errors import OpsError
 
-    facts: dict = {"stanza": target.settings.get("PGBACKREST_STANZA")}
+    facts: dict = {"stanza": target.settings.PGBACKREST_STANZA}
     try:
         facts.update(_stanza_facts(target.settings))
     except OpsError as exc:

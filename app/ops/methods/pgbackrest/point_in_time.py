@@ -20,10 +20,9 @@ import time
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.ops.methods.pgbackrest.archiver import (POLL_SECONDS, check_primary, read_archiver, timeline_of,
                               wait_archived)
-from app.ops.methods.pgbackrest.command import PgBackRest, run_bounded, seconds_setting
+from app.ops.methods.pgbackrest.command import PgBackRest, run_bounded
 from app.ops.methods.pgbackrest.verify import check_reachable
 
-DEFAULT_RESTORE_TIMEOUT = 3600.0
 # What this restore asks pgBackRest to write (--type=lsn, --target-action, --target-timeline).
 RECOVERY_SETTINGS = ("recovery_target_lsn", "recovery_target_action", "recovery_target_timeline")
 
@@ -35,17 +34,15 @@ def other_databases(conn) -> list[str]:
         "AND datname <> current_database() ORDER BY datname")).scalars())
 
 
-def _command(settings, name: str) -> list[str]:
-    value = settings.get(name)
-    if not value:
+def _command(settings, setting) -> list[str]:
+    """PG_STOP_COMMAND or PG_START_COMMAND (`setting`: its declaration), split into words."""
+    name, value = setting.name, settings.typed(setting)
+    if value is None:
         raise ConfigError(f"restoring a pgBackRest restore point needs {name} (how to "
                           f"{'stop' if 'STOP' in name else 'start'} the cluster on this host, "
                           "e.g. `pg_ctlcluster 15 main stop -m fast`): set it for env "
                           f"'{settings.env}'")
-    try:
-        return shlex.split(value)
-    except ValueError as exc:
-        raise ConfigError(f"{name} cannot be split into words: {exc}") from None
+    return value
 
 
 def _run(argv: list[str], what: str, timeout: float, after: str) -> None:
@@ -62,7 +59,7 @@ def _run(argv: list[str], what: str, timeout: float, after: str) -> None:
 
 def restore_timeout(settings) -> float:
     """PGBACKREST_RESTORE_TIMEOUT (seconds): the longest the stop, restore and start may take."""
-    return seconds_setting(settings, "PGBACKREST_RESTORE_TIMEOUT", DEFAULT_RESTORE_TIMEOUT)
+    return settings.PGBACKREST_RESTORE_TIMEOUT
 
 
 def restore_restore_point(target, manifest, *, whole_cluster: bool, reporter) -> list[str]:
@@ -70,7 +67,8 @@ def restore_restore_point(target, manifest, *, whole_cluster: bool, reporter) ->
     record = manifest.pgbackrest
     settings = target.settings
     pgbackrest = PgBackRest.from_settings(settings)
-    stop, start = _command(settings, "PG_STOP_COMMAND"), _command(settings, "PG_START_COMMAND")
+    stop = _command(settings, type(settings).PG_STOP_COMMAND)
+    start = _command(settings, type(settings).PG_START_COMMAND)
     long_timeout = restore_timeout(settings)
     end_lsn, old_timeline = _archive_old_timeline(target, manifest, pgbackrest, whole_cluster,
                                                   reporter)

@@ -15,9 +15,8 @@ import re
 from dataclasses import dataclass, field
 
 from app.ops.errors import BackupFailed, ConfigError, TransferFailed
-from app.ops.methods.pgbackrest.command import PgBackRest, last_line, seconds_setting
+from app.ops.methods.pgbackrest.command import PgBackRest, last_line
 
-DEFAULT_VERIFY_TIMEOUT = 3600.0
 # What verify reports per file: "invalid checksum '15-1/0000000100000000/0000000100...-sha1.lz4'",
 # "invalid size ...", "file missing ...", "invalid result ...: [29] ..." (a file it could not
 # read), for WAL (ARCHIVE_ID/TIMELINE+LOG/SEGMENT-SHA1) and backup files (LABEL/pg_data/...).
@@ -32,7 +31,7 @@ PROBLEM_RE = re.compile(r"\b(?:ERROR|WARN): (.*)")
 
 def verify_timeout(settings) -> float:
     """PGBACKREST_VERIFY_TIMEOUT (seconds): verify reads the whole repository back."""
-    return seconds_setting(settings, "PGBACKREST_VERIFY_TIMEOUT", DEFAULT_VERIFY_TIMEOUT)
+    return settings.PGBACKREST_VERIFY_TIMEOUT
 
 
 @dataclass
@@ -113,7 +112,8 @@ def check_reachable(pgbackrest: PgBackRest, manifest) -> dict:
     start to the restore point's. Returns that backup's record."""
     record = manifest.pgbackrest or {}
     pgbackrest.check_version()  # `verify` needs 2.39: an older one is configuration, not damage
-    stanza = pgbackrest.info()
+    # A repository that cannot be reached says nothing about the restore point: not recorded.
+    stanza = pgbackrest.info(unreachable=TransferFailed)
     label = record.get("backup_label")
     backups = {b.get("label"): b for b in stanza.get("backup") or []}
     backup = backups.get(label)

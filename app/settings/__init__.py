@@ -3,64 +3,71 @@
 `load_settings(env)` layers, highest first: the process environment, `.env.NAME`, `.env`
 (python-dotenv reads the files; nothing is written back into `os.environ`). It returns a frozen
 `Settings`. Nothing here is read at import time, and nothing here connects to anything.
+
+Every setting is declared once, in app/settings/table.py, and read typed: `settings.RPO_TARGET`
+(a Duration), `settings.BACKUP_KEEP_LAST` (an int or None). A key of a `.env` file that is no
+declared setting is named, with the closest declared name, by `Settings.unknown_keys`.
 """
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from app.ops.errors import ConfigError
+from app.settings.parsers import (AGE_UNITS, POSTGRES_UNITS, TARGET_UNITS, TRUE_WORDS,  # noqa: F401
+                                  WATCH_UNITS, Duration, parse_duration)
+from app.settings.table import LIBRARY_KEYS, TABLE, Declared, Setting, undeclared  # noqa: F401
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_ENV = "dev"
 PRODUCTION_NAMES = {"prod", "production"}
-TRUE_WORDS = {"1", "true", "yes", "on"}
-DURATION_RE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$")
-# Seconds per unit of a duration PostgreSQL reads (lock_timeout): a bare number is milliseconds.
-POSTGRES_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "": 0.001}
-# The watch after a change (app/ops/commands/watch/config.py checks each value); WATCH_AFTER_MIGRATE and
-# WATCH_HEALTH_URL have no default: unset, migrate does not watch and no URL is probed.
-WATCH_DEFAULTS = {"WATCH_BASELINE": "60s", "WATCH_INTERVAL": "5s", "WATCH_LATENCY_FACTOR": "2",
-                  "WATCH_LATENCY_MIN": "10ms", "WATCH_HEALTH_FAILURES": "3",
-                  "WATCH_LOCK_WAIT": "5s", "WATCH_REPLICA_LAG": "30s"}
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in TRUE_WORDS
-
-
-def parse_duration(value: str, units: Mapping[str, float]) -> float | None:
-    """`value` ("5s", "90 min") in seconds; None unless it is a whole number followed by one of
-    `units` (seconds per unit; the unit "" admits a bare number). Each setting passes its own
-    units, so each accepts what it always did, and the caller words the error."""
-    match = DURATION_RE.match(value)
-    if not match or match.group(2) not in units:
-        return None
-    return int(match.group(1)) * units[match.group(2)]
-
-
-# The evidence targets `invoke report` and `invoke check` judge against, with their defaults.
-EVIDENCE_TARGETS = {"RPO_TARGET": "24h", "RTO_TARGET": "4h", "DRILL_MAX_AGE": "30d"}
-TARGET_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(Declared):
+    """One env's settings. Read a declared setting as an attribute (`settings.BACKUP_DIR`): its
+    typed value, or None when it is unset and has no default."""
     env: str
     values: Mapping[str, str] = field(repr=False)
     root: Path = PROJECT_ROOT
+    # Each key read from a .env file, with the files it is in (the process environment's keys
+    # are not ours to judge: it holds everything).
+    file_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _parsed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def get(self, name: str, default: str | None = None) -> str | None:
-        value = self.values.get(name)
-        return default if value is None or value == "" else value
+    def typed(self, setting: Setting):
+        """`setting`'s value, parsed on first read (an empty value means unset)."""
+        if setting.name in self._parsed:
+            return self._parsed[setting.name]
+        value = self.values.get(setting.name)
+        if value is None or value == "":
+            value = setting.default_text(self)
+        parsed = None if value is None else setting.parse(setting.name, value, self)
+        self._parsed[setting.name] = parsed
+        return parsed
+
+    def library(self, name: str) -> str | None:
+        """A library's variable (AWS_*) as the settings hold it, for code that passes it on."""
+        if not LIBRARY_KEYS.match(name):
+            raise ValueError(f"{name} is a setting of ours: read it as settings.{name}")
+        return self.values.get(name) or None
+
+    @property
+    def unknown_keys(self) -> list[str]:
+        """One warning per key of a .env file that is no setting, with the closest name."""
+        found = []
+        for key, files in self.file_keys.items():
+            problem = undeclared(key)
+            if problem:
+                found.append(f"{problem} (in {', '.join(files)})")
+        return found
 
     @property
     def production(self) -> bool:
         # Fail closed: either signal is enough.
-        return _truthy(self.get("PRODUCTION")) or self.env.lower() in PRODUCTION_NAMES
+        return self.PRODUCTION or self.env.lower() in PRODUCTION_NAMES
 
     @property
     def database_url(self):
@@ -75,28 +82,23 @@ class Settings:
     def maintenance_database(self) -> str | None:
         """POSTGRES_MAINTENANCE_DB: where locks and restores connect (app/ops/databases/
         maintenance.py); unset, postgres, else template1, as libpq's tools do."""
-        return self.get("POSTGRES_MAINTENANCE_DB")
+        return self.POSTGRES_MAINTENANCE_DB
 
     @property
     def pg_bin_dir(self) -> str | None:
-        return self.get("PG_BIN_DIR")
+        return self.PG_BIN_DIR
 
     @property
     def backup_dir(self) -> Path:
-        return self.path(self.get("BACKUP_DIR", "backups"))
+        return self.BACKUP_DIR
 
     @property
     def backup_storage(self) -> str:
-        kind = self.get("BACKUP_STORAGE", "local").lower()
-        if kind not in {"local", "s3"}:
-            raise ConfigError(f"BACKUP_STORAGE '{kind}' is not supported: use local or s3")
-        return kind
+        return self.BACKUP_STORAGE
 
     @property
     def backup_method(self) -> str:
-        method = self.get("BACKUP_METHOD", "dump").lower()
-        if method not in {"dump", "pgbackrest"}:
-            raise ConfigError(f"BACKUP_METHOD '{method}' is not supported: use dump or pgbackrest")
+        method = self.BACKUP_METHOD
         if method == "pgbackrest" and engine_kind(self.database_url) != "postgresql":
             raise ConfigError(f"BACKUP_METHOD=pgbackrest needs a PostgreSQL database, but env "
                               f"'{self.env}' is {engine_kind(self.database_url)}")
@@ -105,35 +107,7 @@ class Settings:
     @property
     def backup_encryption(self) -> str:
         """BACKUP_ENCRYPTION: `required` (the default in production) or `optional`."""
-        value = self.get("BACKUP_ENCRYPTION", "required" if self.production else "optional")
-        if value.strip().lower() not in {"required", "optional"}:
-            raise ConfigError(f"BACKUP_ENCRYPTION '{value}' is not supported: use required or "
-                              "optional")
-        return value.strip().lower()
-
-    def duration(self, name: str, default: str | None = None) -> str | None:
-        """A PostgreSQL duration setting (5s, 500ms, 2min), validated so that a typo is a clear
-        error before anything runs, not a failed SET halfway into a release."""
-        value = self.get(name, default)
-        if value is None:
-            return None
-        if parse_duration(value, POSTGRES_UNITS) is None:
-            raise ConfigError(f"{name} '{value}' is not a duration: use e.g. 5s, 500ms or 2min")
-        return value.replace(" ", "")
-
-    def seconds(self, name: str, default: str) -> float:
-        """A duration setting in PostgreSQL's form (as `duration` checks it), in seconds: for
-        waits of our own, such as the pause between lock retries."""
-        return parse_duration(self.duration(name, default), POSTGRES_UNITS)
-
-    def target_seconds(self, name: str) -> float:
-        """RPO_TARGET, RTO_TARGET or DRILL_MAX_AGE in seconds (a duration such as 24h or 30d)."""
-        value = self.get(name, EVIDENCE_TARGETS[name])
-        seconds = parse_duration(value, TARGET_UNITS)
-        if not seconds:
-            raise ConfigError(f"{name} '{value}' is not a duration: use e.g. 24h, 90min, 30d "
-                              "or 3600s")
-        return seconds
+        return self.BACKUP_ENCRYPTION
 
     def path(self, value: str) -> Path:
         """A path setting, relative to the project root so every working directory agrees."""
@@ -171,12 +145,15 @@ def load_settings(env: str | None = None, environ: Mapping[str, str] | None = No
             f"environment '{name}' is not configured (no {env_file.name} file and APP_ENV is not "
             f"'{name}'): known environments are {', '.join(known)}")
     values: dict[str, str] = {}
+    file_keys: dict[str, tuple[str, ...]] = {}
     for layer in (root / ".env", env_file):
         if layer.is_file():
-            values.update({k: v for k, v in read_dotenv(layer, dotenv_values).items()
-                           if v is not None})
+            read = read_dotenv(layer, dotenv_values)
+            values.update({k: v for k, v in read.items() if v is not None})
+            for key in read:
+                file_keys[key] = file_keys.get(key, ()) + (layer.name,)
     values.update(environ)
-    return Settings(env=name, values=values, root=root)
+    return Settings(env=name, values=values, root=root, file_keys=file_keys)
 
 
 def read_dotenv(path: Path, dotenv_values) -> dict:
@@ -212,16 +189,10 @@ def read_dotenv(path: Path, dotenv_values) -> dict:
 
 
 def build_database_url(settings: Settings):
-    from sqlalchemy.engine import URL, make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.engine import URL
 
-    if settings.get("DATABASE_URL"):
-        try:
-            url = make_url(settings.get("DATABASE_URL"))
-        except ArgumentError:
-            raise ConfigError(
-                f"DATABASE_URL for env '{settings.env}' is not a valid SQLAlchemy URL: "
-                "use e.g. postgresql://user@host:5432/dbname or sqlite:///path.db") from None
+    url = settings.DATABASE_URL
+    if url is not None:
         # A plain postgresql:// (or postgres://) means the driver we ship, psycopg2; SQLAlchemy
         # 2.1 would otherwise pick psycopg 3, which is not installed.
         if url.drivername in ("postgresql", "postgres"):
@@ -230,24 +201,19 @@ def build_database_url(settings: Settings):
             raise ConfigError(_no_database_name(settings, "DATABASE_URL has no database name (its "
                                                 "path, e.g. postgresql://user@host:5432/dbname)"))
         return url
-    if _truthy(settings.get("USE_SQLITE")) or (
-            not settings.get("POSTGRES_SERVER") and settings.env == DEFAULT_ENV):
-        return URL.create("sqlite", database=str(settings.path(
-            settings.get("SQLITE_PATH", f"{settings.env}.db"))))
-    if not settings.get("POSTGRES_SERVER"):
+    if settings.USE_SQLITE or (not settings.POSTGRES_SERVER and settings.env == DEFAULT_ENV):
+        return URL.create("sqlite", database=str(settings.SQLITE_PATH))
+    if not settings.POSTGRES_SERVER:
         raise ConfigError(
             f"no database is configured for env '{settings.env}': set DATABASE_URL, "
             "USE_SQLITE=True, or POSTGRES_SERVER/POSTGRES_USER/POSTGRES_DB")
-    if not settings.get("POSTGRES_DB"):
+    if not settings.POSTGRES_DB:
         raise ConfigError(_no_database_name(settings, "POSTGRES_DB is not set"))
-    port = settings.get("POSTGRES_PORT", "5432")
-    if not port.isdigit():
-        raise ConfigError(f"POSTGRES_PORT '{port}' is not a port number")
     # URL.create keeps the password as data: no quoting, so any character survives.
-    return URL.create("postgresql+psycopg2", username=settings.get("POSTGRES_USER"),
-                      password=settings.get("POSTGRES_PASSWORD"),
-                      host=settings.get("POSTGRES_SERVER"), port=int(port),
-                      database=settings.get("POSTGRES_DB"))
+    return URL.create("postgresql+psycopg2", username=settings.POSTGRES_USER,
+                      password=settings.POSTGRES_PASSWORD,
+                      host=settings.POSTGRES_SERVER, port=settings.POSTGRES_PORT,
+                      database=settings.POSTGRES_DB)
 
 
 def _no_database_name(settings: Settings, what: str) -> str:
