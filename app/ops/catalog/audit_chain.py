@@ -16,6 +16,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from app.ops.catalog import records
+
 AUDIT_SUFFIX = ".audit.json"
 PREVIOUS = "previous"  # the field of an event: {"name", "sha256"} or None for the first
 # How many of the newest events `link` reads to find the chain's end: an event is named by the
@@ -52,7 +54,7 @@ class StoredEvent:
 
 def read_stored(storage, names=None) -> list[StoredEvent]:
     """The events with their hashes, oldest name first."""
-    names = sorted(storage.list(AUDIT_SUFFIX)) if names is None else names
+    names = records.names(storage, AUDIT_SUFFIX, newest_first=False) if names is None else names
     out = []
     for name in names:
         try:
@@ -76,7 +78,7 @@ def _ends(events: list[StoredEvent]) -> list[StoredEvent]:
 def link(storage) -> dict | None:
     """The predecessor a new event records: the newest end of the chain among the newest
     events, or None when the trail is empty."""
-    names = sorted(storage.list(AUDIT_SUFFIX))[-LINK_WINDOW:]
+    names = records.names(storage, AUDIT_SUFFIX, newest_first=False)[-LINK_WINDOW:]
     ends = _ends(read_stored(storage, names))
     if not ends:
         return None
