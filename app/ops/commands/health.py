@@ -23,6 +23,7 @@ from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
 from app.ops.leftovers import abandoned
 from app.ops.catalog.restore_intent import RestoreIntent, read_intents
 from app.ops.commands.status import backup_item
+from app.ops.methods.registry import method_of
 from app.ops.storage import unaborted_uploads
 from app.settings import AGE_UNITS
 
@@ -271,7 +272,7 @@ def _read_store(facts: Facts, target, now: datetime | None) -> None:
                 continue
             # The listing saw the artifact (no stat or HEAD per backup); a restore point's data
             # is in pgBackRest's repository.
-            if manifest.is_restore_point or manifest.stored_size is not None:
+            if not method_of(manifest).has_artifact or manifest.stored_size is not None:
                 facts.newest_verified = manifest
                 break
             facts.lost.append(manifest)
