@@ -210,13 +210,13 @@ def _read_database(facts: Facts, database) -> None:
     connection. An SQLite file that is not there is not created to find that out."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.databases.connection import connect, first_line, revision_of
+    from app.ops.databases.connection import first_line, revision_of
 
     if not database.exists():
         facts.database_error = f"SQLite database {database.url.database} does not exist"
         return
     try:
-        with connect(database.url) as conn:
+        with database.connect() as conn:
             facts.current = revision_of(conn)
             facts.reachable = True
             facts.leftover_databases = database.leftover_copies(conn)
