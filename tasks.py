@@ -90,7 +90,8 @@ def status(c, env=None, json=False):
 
     console = _console()
     now = _now()
-    info = collect_status(_target(env), now, console.warn)
+    target = _target(env)
+    info = collect_status(target, now, console.warn)
     if json:
         return console.json(info)
     last = info["last_backup"]
@@ -114,8 +115,7 @@ def status(c, env=None, json=False):
          f"{last['id']}, {human_age(last['created_at'], now)}, {human_size(last['size'])}, "
          f"{'verified' if last['verified'] else 'NOT VERIFIED'}, {last['location']}"
          + ("" if last["artifact"] == "present" else f", ARTIFACT {last['artifact'].upper()}")),
-        *([("pgbackrest", _pgbackrest_status(info["pgbackrest"]))] if "pgbackrest" in info
-          else []),
+        *target.method.status_lines(info),
         *([("retention", f"S3 Object Lock, {info['retention']['object_lock']} per object "
             f"({info['retention']['mode']} mode)")] if info.get("retention") else []),
         ("production", "yes" if info["production"] else "no"),
@@ -136,22 +136,6 @@ def _watch_status(last: dict) -> str:
     regressed = [s["name"] for s in last.get("signals") or () if s.get("state") == "regression"]
     return (f"{last.get('verdict')} at {last.get('at')}, {last.get('watched_seconds')} s watched"
             + (f" ({', '.join(regressed)})" if regressed else ""))
-
-
-def _pgbackrest_status(facts: dict) -> str:
-    if "error" in facts:
-        return f"stanza {facts['stanza']}: ERROR {facts['error']}"
-    full, incr, archive, archiver = (facts.get("newest_full"), facts.get("newest_incr"),
-                                     facts.get("archive") or {}, facts.get("archiver") or {})
-    return (f"stanza {facts['stanza']} ({facts.get('repo_status')}), pgBackRest "
-            f"{facts.get('version')}, newest full "
-            f"{full['label'] if full else 'none'}, newest incr {incr['label'] if incr else 'none'}, "
-            f"archive {archive.get('min')}..{archive.get('max')}, archiver "
-            + ("FAILING" if archiver.get("failing") else
-               f"{archiver.get('segments_behind')} segment(s) behind")
-            + (f", .ready backlog unknown ({archiver['ready_unknown']})"
-               if archiver.get("ready_unknown") else
-               f", {archiver.get('ready')} segment(s) ready to archive"))
 
 
 @task(help={"revision": "target revision (default: head)",
@@ -222,10 +206,12 @@ class _Watched:
         return {"watch_baseline": self.baseline.name}
 
     def watch_after(self, result) -> None:
+        from app.ops.methods.registry import method_of
+
         backup = result.backup
         change = {"action": result.action, "from_revision": result.before,
                   "to_revision": result.after, "backup_id": backup.id if backup else None,
-                  "restore_point": bool(backup and backup.is_restore_point)}
+                  "restore_point": bool(backup) and method_of(backup).restores_whole_cluster}
         _run_watch(self.console, self.target, self.config, self.baseline, self.seconds,
                    change=change)
 
@@ -279,42 +265,27 @@ def _terminal_prompt():
 
 
 def _report_run(console, result):
-    from app.ops.units import human_size
+    from app.ops.methods.registry import method_of
 
     if result.nothing_to_do:
         where = result.before or "base"
         verb = "migrate" if result.action == "migrate" else "roll back"
         return console.say(f"Nothing to {verb}: the database is at {where}. No backup taken.")
-    if result.backup and result.backup.is_restore_point:
-        console.say(_restore_point_line(result.backup))
-    elif result.backup:
-        console.say(f"Backup {result.backup.id} ({human_size(result.backup.size)}, verified) "
-                    f"at {result.backup.location}")
+    if result.backup:
+        console.say(method_of(result.backup).summary(result.backup, brief=True))
     console.say(f"{result.action.capitalize()} done: {result.before or 'base'} -> "
                 f"{result.after or 'base'}")
-
-
-def _restore_point_line(manifest):
-    rp = manifest.pgbackrest
-    return (f"Backup {manifest.id}: restore point {rp['restore_point']} at LSN {rp['lsn']} "
-            f"(timeline {rp['timeline']}), WAL segment {rp['segment']} archived, resting on "
-            f"pgBackRest backup {rp['backup_label']} of stanza {rp['stanza']}; revision "
-            f"{manifest.revision or 'base'}, taken in {manifest.duration_seconds:.2f} s")
 
 
 @task(help={"label": "a note stored in the backup's manifest"})
 def backup(c, env=None, label=None):
     """Take a verified backup now."""
     from app.ops.commands.backup_run import backup_on_demand
-    from app.ops.units import human_size
+    from app.ops.methods.registry import method_of
 
     console = _console()
     manifest = backup_on_demand(_target(env), now=_now(), label=label, reporter=console)
-    if manifest.is_restore_point:
-        return console.say(_restore_point_line(manifest))
-    console.say(f"Backup {manifest.id}: {human_size(manifest.size)} "
-                f"(from {human_size(manifest.raw_size)}), revision {manifest.revision or 'base'}, "
-                f"sha256 {manifest.sha256}, verified, at {manifest.location}")
+    console.say(method_of(manifest).summary(manifest))
 
 
 @task(help={"json": "print a JSON array, newest first"})
@@ -323,6 +294,7 @@ def backups(c, env=None, json=False):
     from app.ops.catalog.backups import list_backups
     from app.ops.catalog.dates import is_future
     from app.ops.commands.status import backup_item
+    from app.ops.methods.registry import method_of
     from app.ops.units import human_age, human_size
 
     console = _console()
@@ -338,16 +310,8 @@ def backups(c, env=None, json=False):
                   [[m.id, f"IN THE FUTURE ({m.created_at})" if is_future(m, now) else
                     human_age(m.created_at, now), m.revision or "base", human_size(m.size),
                     ("yes" if m.verified else "NO") if m.intact else m.artifact_state.upper(),
-                    m.label or m.reason, _encryption_cell(m), m.location]
+                    m.label or m.reason, method_of(m).encryption_text(m), m.location]
                    for m in items])
-
-
-def _encryption_cell(m) -> str:
-    """age and its recipients (public keys, shortened), and when it was last re-keyed."""
-    if m.encryption != "age":
-        return "pgbackrest" if m.is_restore_point else "none"
-    keys = ", ".join(f"{k[:12]}...{k[-4:]}" for k in m.recipients or [])
-    return f"age to {keys}" + (f", re-keyed {m.rekeyed_at}" if m.rekeyed_at else "")
 
 
 @task(help={"backup": "the backup's id (default: the newest)",
@@ -443,7 +407,8 @@ def stamp(c, rev, env=None, break_glass=None):
 def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster=False):
     """Restore a backup over the database (verified first; a safety backup of what it replaces)."""
     from app.ops.commands import restore as restoring
-    from app.ops.units import human_age, human_size
+    from app.ops.methods.registry import method_of
+    from app.ops.units import human_age
 
     console = _console()
     target = _target(env)
@@ -455,9 +420,7 @@ def restore(c, env=None, backup=None, yes=False, disconnect=False, whole_cluster
     console.fields("Restore", [
         ("backup", f"{b.id}, taken {human_age(b.created_at, now)} ({b.created_at})"),
         ("revision", b.revision or "base"),
-        ("restore point", f"{b.pgbackrest['restore_point']} at LSN {b.pgbackrest['lsn']}, a "
-                          "point-in-time recovery of the whole cluster") if b.is_restore_point
-        else ("size", human_size(b.size)), ("reason", b.reason),
+        *method_of(b).describe(b), ("reason", b.reason),
         ("replaces", f"{target.database.masked_url}, " + (
             "closed to connections by an interrupted restore (opened again first)"
             if plan.closed else f"now at {plan.current or 'base'}"))])

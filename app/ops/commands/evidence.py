@@ -23,6 +23,7 @@ from app.ops.catalog.drill_records import DrillRecord, newest_successful, read_d
 from app.ops.errors import ConfigError
 from app.ops.catalog.manifest import iso
 from app.ops.commands.status import backup_item
+from app.ops.methods.registry import method_of
 from app.settings import TARGET_UNITS, parse_duration
 
 DEFAULT_SINCE = "90d"
@@ -64,13 +65,10 @@ def encryption_of(manifest: BackupManifest, settings) -> str:
     """age (client side, recorded in the manifest), pgbackrest (a restore point: the
     repository's own cipher), sse (an S3 object while BACKUP_S3_SSE is set: the manifest does
     not record it, so this is the store's setting now), or none."""
-    if manifest.encryption == "age":
-        return "age"
-    if manifest.is_restore_point:
-        return "pgbackrest"
-    if manifest.location.startswith("s3://") and settings.BACKUP_S3_SSE:
+    at_rest = method_of(manifest).encryption_of(manifest)
+    if at_rest == "none" and manifest.location.startswith("s3://") and settings.BACKUP_S3_SSE:
         return "sse"
-    return "none"
+    return at_rest
 
 
 def rpo_stretches(backups: list[BackupManifest], start: datetime,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from app.ops.errors import ConfigError
 
-TEMPLATE = Path(__file__).parent / "templates" / "evidence_report.html.mako"
+TEMPLATE = Path(__file__).parent.parent / "templates" / "evidence_report.html.mako"
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 640, 220, 56, 16, 14, 34
 
 

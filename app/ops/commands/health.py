@@ -23,6 +23,7 @@ from app.ops.errors import ConfigError, DatabaseUnreachable, OpsError
 from app.ops.leftovers import abandoned
 from app.ops.catalog.restore_intent import RestoreIntent, read_intents
 from app.ops.commands.status import backup_item
+from app.ops.methods.registry import method_of
 from app.ops.storage import unaborted_uploads
 from app.settings import AGE_UNITS
 
@@ -209,13 +210,13 @@ def _read_database(facts: Facts, database) -> None:
     connection. An SQLite file that is not there is not created to find that out."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.databases.connection import connect, first_line, revision_of
+    from app.ops.databases.connection import first_line, revision_of
 
     if not database.exists():
         facts.database_error = f"SQLite database {database.url.database} does not exist"
         return
     try:
-        with connect(database.url) as conn:
+        with database.connect() as conn:
             facts.current = revision_of(conn)
             facts.reachable = True
             facts.leftover_databases = database.leftover_copies(conn)
@@ -271,7 +272,7 @@ def _read_store(facts: Facts, target, now: datetime | None) -> None:
                 continue
             # The listing saw the artifact (no stat or HEAD per backup); a restore point's data
             # is in pgBackRest's repository.
-            if manifest.is_restore_point or manifest.stored_size is not None:
+            if not method_of(manifest).has_artifact or manifest.stored_size is not None:
                 facts.newest_verified = manifest
                 break
             facts.lost.append(manifest)

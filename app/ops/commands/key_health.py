@@ -17,6 +17,7 @@ from pathlib import Path
 
 from app.ops.encryption import parse_identities
 from app.ops.guards.encryption_policy import OPTIONAL, policy
+from app.ops.methods.registry import method_of
 
 HEADER_END = b"\n--- "
 HEADER_MAX = 64 << 10   # an age header with a few recipients is a few hundred bytes
@@ -34,7 +35,7 @@ def key_findings(settings, storage, newest) -> list[str]:
                      "BACKUP_ENCRYPTION=required")
     identity = settings.BACKUP_ENCRYPTION_IDENTITY_FILE
     identities = _identity_findings(Path(identity).expanduser(), found) if identity else None
-    if newest is None or newest.is_restore_point:
+    if newest is None or not method_of(newest).has_artifact:
         return found
     recipients = settings.BACKUP_ENCRYPTION_RECIPIENTS
     if recipients and not set(recipients) & set(newest.recipients or []):

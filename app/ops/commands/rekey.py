@@ -29,6 +29,7 @@ from app.ops.encryption import Encryption, decrypting, encrypting
 from app.ops.errors import BackupFailed, ConfigError, OpsError
 from app.ops.catalog.manifest import MANIFEST_SUFFIX, BackupManifest, artifact_re, iso
 from app.ops.methods.dump.readback import read_back_stored
+from app.ops.methods.registry import method_of
 from app.ops.report import Reporter
 from app.ops.storage.object_lock import Retained
 from app.ops.streams import HashingReader, HashingWriter
@@ -65,7 +66,7 @@ def plan_rekey(target, backup_id: str | None = None, warn=None) -> RekeyPlan:
     chosen = [find_backup(target, backup_id)] if backup_id else list_backups(target, warn)
     stored = target.storage.sizes()
     for manifest in chosen:
-        if manifest.is_restore_point:
+        if not method_of(manifest).has_artifact:
             plan.restore_points.append(manifest)
             continue
         pattern = artifact_re(manifest.id)

@@ -87,9 +87,7 @@ def _locked_and_audited(target, facts: RunFacts, action: str, now: datetime,
     A lock found gone at release is a warning after it."""
     # A bucket that cannot hold what BACKUP_S3_OBJECT_LOCK asks for is refused before anything,
     # even by a run that has nothing to back up and writes only its audit event.
-    check_object_lock = getattr(target.storage, "check_object_lock", None)
-    if check_object_lock is not None:
-        check_object_lock()
+    target.storage.check_object_lock()
     check_window(target.settings, facts, action=action, now=now, break_glass=break_glass,
                  reporter=reporter)
     with locked_run(target, action, now, reporter, break_glass=break_glass,

@@ -27,20 +27,18 @@ def maintenance_options(url) -> str:
     return f"{own} {MAINTENANCE_OPTIONS}".strip()
 
 
-@contextlib.contextmanager
 def connect(url):
-    """A short-lived connection; never creates an SQLite file that is not there (connecting
-    would)."""
-    from pathlib import Path
+    """A short-lived PostgreSQL maintenance session (MAINTENANCE_OPTIONS); an SQLite file is
+    opened by its database's `connect` (app/ops/databases/sqlite/database.py)."""
+    return open_session(url, {"options": maintenance_options(url)})
 
+
+@contextlib.contextmanager
+def open_session(url, connect_args: dict):
+    """A short-lived connection, with the driver's `connect_args`."""
     from sqlalchemy import create_engine, pool
     from sqlalchemy.exc import DBAPIError
 
-    postgres = url.get_backend_name() == "postgresql"
-    if not postgres and not (url.database and Path(url.database).is_file()):
-        raise DatabaseUnreachable(f"SQLite database {url.database} does not exist yet: run "
-                                  "`invoke migrate` to create it")
-    connect_args = {"options": maintenance_options(url)} if postgres else {}
     engine = create_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     try:
         try:

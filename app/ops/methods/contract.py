@@ -2,8 +2,11 @@
 (which backup, over which database, and what a workflow found before it), its result, and the
 few facts about safety backups that the methods and the restore workflow share.
 
-A method (registry.py) has `take`, `verify`, `restore`, `scratch_copy`, `status`, `describe`
-and `room_needed`; the workflows in app/ops/commands/ call them and never ask which method it is.
+A method (registry.py) has `take`, `verify`, `restore`, `scratch_copy`, `status` and
+`room_needed`; to say what its backups are, `summary`, `describe`, `status_lines`,
+`encryption_of` and `encryption_text` (its describe.py), `has_artifact` (an artifact of ours
+to read back, re-key or check the keys of) and `restores_whole_cluster`. The workflows in
+app/ops/commands/ and tasks.py call them and never ask which method it is.
 """
 from __future__ import annotations
 

@@ -64,6 +64,10 @@ class PostgresDatabase:
     def exists(self) -> bool:
         return True  # a server's database: one that cannot be reached is an error, not absent
 
+    def connect(self):
+        """A short-lived maintenance session (app/ops/databases/connection.py)."""
+        return connect(self.url)
+
     def facts(self) -> DatabaseFacts:
         if self._facts is None:
             from sqlalchemy import text

@@ -48,11 +48,22 @@ class SqliteDatabase:
             self._facts = DatabaseFacts(exists, None, self.path.stat().st_size if exists else None)
         return self._facts
 
+    def connect(self):
+        """A short-lived connection; never creates the file when it is not there (connecting
+        would)."""
+        from app.ops.databases.connection import open_session
+        from app.ops.errors import DatabaseUnreachable
+
+        if not (self.url.database and self.path.is_file()):
+            raise DatabaseUnreachable(f"SQLite database {self.url.database} does not exist yet: "
+                                      "run `invoke migrate` to create it")
+        return open_session(self.url, {})
+
     def revision(self) -> str | None:
         if not self.exists():
             return None
-        from app.ops.databases.connection import connect, revision_of
-        with connect(self.url) as conn:
+        from app.ops.databases.connection import revision_of
+        with self.connect() as conn:
             return revision_of(conn)
 
     def check_tools(self) -> None:

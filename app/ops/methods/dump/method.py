@@ -6,7 +6,7 @@ backup API on SQLite (sqlite_copy.py), chosen here once by the database's kind.
 from __future__ import annotations
 
 from app.ops.encryption import dump_at_rest
-from app.ops.methods.dump import postgres_swap, sqlite_copy
+from app.ops.methods.dump import describe, postgres_swap, sqlite_copy
 from app.ops.methods.dump.estimate import estimate_backup_size
 from app.ops.methods.dump.take import take_backup
 from app.ops.methods.dump.verify import verify_dump
@@ -17,6 +17,10 @@ ENGINES = {"postgresql": postgres_swap, "sqlite": sqlite_copy}
 
 class DumpMethod:
     name = "dump"
+    # An artifact of ours in the store: listed, read back, re-keyed, its age header checked.
+    has_artifact = True
+    # A restore replaces the one database (the watch's undo says what it costs).
+    restores_whole_cluster = False
 
     def room_needed(self, facts) -> int | None:
         """Bytes the store needs for a new backup (the free-disk guard's estimate)."""
@@ -67,3 +71,23 @@ class DumpMethod:
     def status(self, target) -> dict:
         """What `invoke status` adds for this method: nothing, the store says it all."""
         return {}
+
+    def status_lines(self, status: dict) -> list[tuple[str, str]]:
+        """The lines `invoke status` adds for this method (none)."""
+        return []
+
+    def summary(self, manifest, *, brief: bool = False) -> str:
+        """The line said of a backup just taken; `brief`: a migrate's or rollback's."""
+        return describe.summary(manifest, brief=brief)
+
+    def describe(self, manifest) -> list[tuple[str, str]]:
+        """(label, text) lines `invoke restore` shows of the backup, besides id and revision."""
+        return describe.describe(manifest)
+
+    def encryption_of(self, manifest) -> str:
+        """age (client side, recorded in the manifest) or none (what a store adds aside)."""
+        return "age" if manifest.encryption == "age" else "none"
+
+    def encryption_text(self, manifest) -> str:
+        """The encryption as `invoke backups` lists it: age to which keys, or none."""
+        return describe.encryption_text(manifest)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from app.ops.catalog.backups import record_outcome
 from app.ops.errors import ConfigError
 from app.ops.methods.contract import RestoreResult
+from app.ops.methods.pgbackrest import describe
 from app.ops.methods.pgbackrest.command import (repository_encrypted, status_facts,
                                                 take_restore_point)
 from app.ops.methods.pgbackrest.point_in_time import restore_restore_point
@@ -15,6 +16,10 @@ from app.ops.methods.pgbackrest.verify import verify_restore_point
 
 class PgBackRestMethod:
     name = "pgbackrest"
+    # The data is in pgBackRest's repository: nothing of ours to read back, re-key or check.
+    has_artifact = False
+    # A restore is a point-in-time recovery: it rewinds every database of the cluster.
+    restores_whole_cluster = True
 
     def room_needed(self, facts) -> int | None:
         return None  # nothing is written to our store but a manifest
@@ -52,3 +57,21 @@ class PgBackRestMethod:
 
     def status(self, target) -> dict:
         return {"pgbackrest": status_facts(target)}
+
+    def status_lines(self, status: dict) -> list[tuple[str, str]]:
+        """The line `invoke status` adds: the stanza and the archiver (`status` above)."""
+        return [("pgbackrest", describe.status_line(status["pgbackrest"]))]
+
+    def summary(self, manifest, *, brief: bool = False) -> str:
+        """The line said of a restore point just taken, the same after a migrate or rollback."""
+        return describe.summary(manifest)
+
+    def describe(self, manifest) -> list[tuple[str, str]]:
+        return describe.describe(manifest)
+
+    def encryption_of(self, manifest) -> str:
+        """pgbackrest: the repository's own cipher, if any; nothing of ours is encrypted."""
+        return "pgbackrest"
+
+    def encryption_text(self, manifest) -> str:
+        return "pgbackrest"
