@@ -24,7 +24,7 @@ def backup_on_demand(target, *, now: datetime, label: str | None,
     """`invoke backup`: the same backup migrate takes, with an optional label."""
     check_label(label)
     facts = RunFacts(target)
-    check_policy(target.settings, lambda: facts.at_rest, action="backup")
+    check_policy(target.settings, facts, action="backup")
     finish_interrupted_restores(target, now=now, reporter=reporter)
     manifest = backup_before_change(target, facts, now=now, revision=target.database.revision(),
                                     reporter=reporter, reason="on demand", label=label)

@@ -231,7 +231,7 @@ def _read_database(facts: Facts, database) -> None:
 
 
 def _read_maintenance(facts: Facts, database) -> None:
-    maintenance = getattr(database, "maintenance", None)  # PostgreSQL's only
+    maintenance = database.maintenance  # PostgreSQL's; None for SQLite
     if maintenance is not None:
         try:
             facts.maintenance = maintenance.reachable(database.url)

@@ -65,14 +65,13 @@ def plan_prune(target, now: datetime, warn=None) -> PrunePlan:
 def _retained(storage, due: list[BackupManifest], now: datetime) -> list:
     """The backups due for deletion whose manifest or artifact is under S3 Object Lock
     retention, with the date it ends: never tried (the next prune after it deletes them)."""
-    retained_until = getattr(storage, "retained_until", None)
-    if retained_until is None or getattr(storage, "object_lock", None) is None:
+    if storage.object_lock is None:
         return []
     from app.ops.catalog.manifest import MANIFEST_SUFFIX
 
     found = []
     for manifest in due:
-        dates = [retained_until(name) for name in (manifest.id + MANIFEST_SUFFIX,
+        dates = [storage.retained_until(name) for name in (manifest.id + MANIFEST_SUFFIX,
                                                    manifest.artifact) if name]
         until = max((d for d in dates if d is not None), default=None)
         if until is not None and until > now:

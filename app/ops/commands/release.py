@@ -116,7 +116,7 @@ def _guarded_run(target, migrations: Migrations, action: str, now: datetime,
     then the guards, the backup and the Alembic step."""
     facts = RunFacts(target)
     # Before the lock, the backup and any audit: a refused run has done nothing.
-    check_policy(target.settings, lambda: facts.at_rest, action=action)
+    check_policy(target.settings, facts, action=action)
     with _locked_and_audited(target, facts, action, now, reporter, break_glass) as run:
         current = migrations.current()
         goal, steps = plan(current)

@@ -34,6 +34,11 @@ class RunFacts:
         """How this run's backup would be encrypted at rest, as its method says."""
         return self.target.method.at_rest(self.target.settings)
 
+    @property
+    def encryption_advice(self) -> str:
+        """What to set so that this run's backup is encrypted at rest, as its method says."""
+        return self.target.method.encryption_advice(self.target.settings)
+
     @cached_property
     def room_needed(self) -> int | None:
         """Bytes the store needs for this run's backup (None: the method writes none)."""

@@ -33,7 +33,7 @@ def backup_item(manifest: BackupManifest, now: datetime | None = None) -> dict:
 
 def _retention(storage) -> dict | None:
     """S3 Object Lock (BACKUP_S3_OBJECT_LOCK): how long each object is kept, in which mode."""
-    lock = getattr(storage, "object_lock", None)
+    lock = storage.object_lock
     if lock is None:
         return None
     return {"object_lock": lock.text, "seconds": lock.seconds, "mode": lock.mode}

@@ -23,27 +23,18 @@ def policy(settings) -> str:
     return settings.backup_encryption
 
 
-def check_policy(settings, read_at_rest, *, action: str) -> None:
-    """Refuse `action` under `required` when its backup would rest unencrypted.
-    `read_at_rest()` gives what the method's `at_rest` gives; it is called only under
-    `required`."""
-    if policy(settings) != REQUIRED or read_at_rest() is not None:
+def check_policy(settings, facts, *, action: str) -> None:
+    """Refuse `action` under `required` when its backup would rest unencrypted. `facts`: the
+    run's facts; `facts.at_rest` (how the method's backup would rest) is read only under
+    `required`, and `facts.encryption_advice` (what the method needs set) only on a refusal."""
+    if policy(settings) != REQUIRED or facts.at_rest is not None:
         return
-    raise GuardRefused(f"{action} on env '{settings.env}' is refused: BACKUP_ENCRYPTION is "
-                       f"required{' (the default in production)' if settings.production else ''}"
-                       f" and its backup would be stored unencrypted; {_what_to_set(settings)}")
-
-
-def _what_to_set(settings) -> str:
     optional = ("or set BACKUP_ENCRYPTION=optional to accept unencrypted backups (audited, "
                 "and `invoke check` warns)")
-    if settings.backup_method == "pgbackrest":
-        return (f"give the pgBackRest repository of stanza '{settings.PGBACKREST_STANZA}' "
-                "a cipher (repo1-cipher-type=aes-256-cbc, on a new repository), " + optional)
-    s3 = ", or set BACKUP_S3_SSE (AES256 or aws:kms)" if settings.backup_storage == "s3" else ""
-    return ("set BACKUP_ENCRYPTION_RECIPIENTS to an age public key (make a pair with "
-            "`age-keygen -o key.txt`) and BACKUP_ENCRYPTION_IDENTITY_FILE to its private key"
-            f"{s3}, " + optional)
+    raise GuardRefused(f"{action} on env '{settings.env}' is refused: BACKUP_ENCRYPTION is "
+                       f"required{' (the default in production)' if settings.production else ''}"
+                       f" and its backup would be stored unencrypted; "
+                       f"{facts.encryption_advice}, {optional}")
 
 
 def safety_backup_refusal(settings) -> str | None:

@@ -70,8 +70,14 @@ class LocalStorage:
         # mkdir's mode is filtered by the umask and ignored for existing folders.
         os.chmod(self.folder, DIR_MODE)
 
+    # BACKUP_S3_OBJECT_LOCK is S3's (see s3.py): a folder keeps nothing under retention.
+    object_lock = None
+
     def check_object_lock(self) -> None:
-        pass  # BACKUP_S3_OBJECT_LOCK is S3's: a folder has nothing to check (see s3.py)
+        pass  # a folder has no Object Lock to check
+
+    def retained_until(self, name: str):
+        return None
 
     def wants_estimate(self, upper_bound: int | None) -> bool:
         """A file's size needs no planning (S3's parts do: see s3.py)."""

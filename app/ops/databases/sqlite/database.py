@@ -18,6 +18,7 @@ from app.settings import mask_url
 
 class SqliteDatabase:
     kind = "sqlite"
+    maintenance = None  # no maintenance database: a file is its own
 
     def __init__(self, url, env: str):
         self.url, self.env = url, env

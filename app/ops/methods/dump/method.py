@@ -29,6 +29,13 @@ class DumpMethod:
     def at_rest(self, settings) -> str | None:
         return dump_at_rest(settings)
 
+    def encryption_advice(self, settings) -> str:
+        """What to set so that a dump of this env rests encrypted."""
+        s3 = ", or set BACKUP_S3_SSE (AES256 or aws:kms)" if settings.backup_storage == "s3" else ""
+        return ("set BACKUP_ENCRYPTION_RECIPIENTS to an age public key (make a pair with "
+                "`age-keygen -o key.txt`) and BACKUP_ENCRYPTION_IDENTITY_FILE to its private key"
+                f"{s3}")
+
     def take(self, target, facts, *, now, revision, reason, reporter, label=None):
         # S3 takes 10,000 parts of an object: a big database needs bigger parts, chosen from
         # its size and (only then, as it reads every manifest) earlier backups' compression.

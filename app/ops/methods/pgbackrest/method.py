@@ -28,6 +28,10 @@ class PgBackRestMethod:
         """pgBackRest holds the data: encrypted at rest if every repository has a cipher."""
         return "pgbackrest" if repository_encrypted(settings) else None
 
+    def encryption_advice(self, settings) -> str:
+        return (f"give the pgBackRest repository of stanza '{settings.PGBACKREST_STANZA}' "
+                "a cipher (repo1-cipher-type=aes-256-cbc, on a new repository)")
+
     def take(self, target, facts, *, now, revision, reason, reporter, label=None):
         # No progress: nothing is written but a manifest.
         return take_restore_point(target, reason=reason, revision=revision, now=now,
