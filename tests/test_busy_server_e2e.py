@@ -4,13 +4,12 @@ server with a small lock table (max_locks_per_transaction 64, max_connections 50
 """
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from helpers import (HEAD, admin_sql, derived_databases, failed, ids, insert_users, ok,
-                     pg_env, shown, take_backup, without_audit)
+                     pg_env, read_manifest, shown, take_backup, without_audit)
 from pgbackrest_cluster import PG_BIN, ClusterUnavailable
 from throwaway_cluster import start_cluster
 
@@ -51,10 +50,6 @@ DO $$ BEGIN
     IF i % 500 = 0 THEN COMMIT; END IF;
   END LOOP;
 END $$""")
-
-
-def manifest(project, backup_id: str) -> dict:
-    return json.loads((project.store("pgtest") / f"{backup_id}.manifest.json").read_text())
 
 
 def wait_for_autovacuum(db, bound: float = 180) -> int:
@@ -152,7 +147,7 @@ def test_a_backup_of_3000_tables_needs_no_more_locks_than_pg_dump(project, db, c
     db.sql("INSERT INTO t1234 VALUES (1, 'one'), (2, 'two')")
 
     backup = take_backup(project, "pgtest", env)
-    counts = manifest(project, backup["id"])["row_counts"]
+    counts = read_manifest(project, backup["id"], "pgtest")["row_counts"]
     assert len(counts) == 3002 and counts["public.t1234"] == 2 and counts["public.users"] == 1
     ok(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env))
 
@@ -163,7 +158,7 @@ def test_a_backup_of_3000_tables_needs_no_more_locks_than_pg_dump(project, db, c
     safety = [b for b in project.backups("pgtest", env=env)
               if b["reason"] == SAFETY + backup["id"]]
     assert len(safety) == 1 and safety[0]["verified"] is True, shown(result)
-    assert manifest(project, safety[0]["id"])["row_counts"]["public.t1234"] == 3
+    assert read_manifest(project, safety[0]["id"], "pgtest")["row_counts"]["public.t1234"] == 3
 
 
 @pytest.mark.postgres

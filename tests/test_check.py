@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Bucket
-from helpers import FIRST, HEAD, add_revision, assert_no_password, audit_events, pg_env, shown
+from helpers import (FIRST, HEAD, add_revision, assert_no_password, audit_events, free_port,
+                     pg_env, shown)
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
@@ -81,12 +81,6 @@ def snapshot(root: Path) -> dict[str, tuple]:
     """Every file under `root`: bytes, mode and modification time."""
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode, p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the backup checks ------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FIRST, HEAD, Untouched, failed, last_audit, ok, pg_env, sqlite_state
+from helpers import (FIRST, HEAD, Untouched, failed, last_audit, ok, pg_env, sqlite_state,
+                     store_files)
 
 BLOCK = 4096  # tmpfs's page: the unit it hands out room in
 MIB = 1 << 20
@@ -26,14 +27,6 @@ def store_on(disk) -> dict:
     return {"BACKUP_DIR": str(disk.path / "backups")}
 
 
-def store_files(folder: Path) -> dict[str, bytes]:
-    """Every file of the store but the records a failed run adds (audit, rehearsal, drill), with its
-    bytes: a manifest rewritten, an artifact left, a `.partial` left all show."""
-    return {p.name: p.read_bytes() for p in folder.iterdir()
-            if not p.name.endswith((".audit.json", ".rehearsal.json", ".drill.json"))
-            } if folder.is_dir() else {}
-
-
 class SqliteUntouched:
     """What a run that failed for want of room must leave as it was: the database, the listed
     backups, and the store's files byte for byte."""
@@ -44,7 +37,7 @@ class SqliteUntouched:
 
     def _read(self):
         return (sqlite_state(self.project.root / "dev.db"),
-                self.project.backups("dev", env=self.env), store_files(self.store))
+                self.project.backups("dev", env=self.env), store_files(self.store, records=False))
 
     def check(self) -> None:
         state, listed, files = self._read()
@@ -272,7 +265,7 @@ def test_a_postgres_restore_whose_tmpdir_is_too_small_changes_nothing(project, p
     ok(project.run("migrate", env=env))
     if room == "runs out during the extract":
         understate_raw_size(store, backup["id"])
-    before, files = Untouched(project, db, pg_admin, env), store_files(store)
+    before, files = Untouched(project, db, pg_admin, env), store_files(store, records=False)
     tmp.fill(leave=2 * BLOCK)
 
     line = failed(project.run("restore", f"--backup={backup['id']}", "--yes",
@@ -281,6 +274,6 @@ def test_a_postgres_restore_whose_tmpdir_is_too_small_changes_nothing(project, p
 
     assert "extract" in line
     before.check()  # same data, same database (oid), same backups listed, no copy left
-    assert store_files(store) == files  # the safety backup begun beside it is gone again
+    assert store_files(store, records=False) == files  # the safety backup begun beside it is gone again
     assert tmp.files() == set()
     assert last_audit(store)["outcome"] == "failed"

@@ -28,7 +28,7 @@ ROWS = [("ada@example.org", "Ada Lovelace", "+44 20 7946 0000"),
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def sqlite_rows(path: Path) -> list[tuple]:
+def user_rows(path: Path) -> list[tuple]:
     return sqlite_query(path, "SELECT email, full_name, phone_number FROM users ORDER BY email")
 
 
@@ -45,7 +45,7 @@ def dev_with_rows(project) -> Path:
         conn.executemany("INSERT INTO users (email, full_name, hashed_password, phone_number) "
                          "VALUES (?, ?, 'x', ?)", ROWS)
     conn.close()
-    assert sqlite_rows(dev_db(project)) == sorted(ROWS)
+    assert user_rows(dev_db(project)) == sorted(ROWS)
     return dev_db(project)
 
 
@@ -85,7 +85,7 @@ def rows_of_sqlite_bytes(plain: bytes) -> tuple[str | None, list[tuple]]:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         finally:
             conn.close()
-        return sqlite_revision(copy), sqlite_rows(copy)
+        return sqlite_revision(copy), user_rows(copy)
 
 
 def payload_offset(data: bytes) -> int:
@@ -161,7 +161,7 @@ def test_an_encrypted_backup_restores_over_the_database(project, keys):
     conn.close()
 
     ok(project.run("restore", "--backup", item["id"], "--yes", env=env))
-    assert sqlite_rows(path) == sorted(ROWS)
+    assert user_rows(path) == sorted(ROWS)
     assert sqlite_revision(path) == HEAD
     # The safety backup taken before the restore is encrypted too.
     for listed in project.backups(env=env):

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
 from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, failed, ok, pg_env,
-                     shown, sqlite_state)
+                     open_window, shown, sqlite_state, store_files, window_covering)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -26,26 +26,6 @@ from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, fai
 
 def warnings(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
-
-
-def window_covering(start: datetime, end: datetime) -> str:
-    """One-off MAINTENANCE_WINDOW entries (UTC) open from `start` to `end`; two entries when
-    the span crosses midnight."""
-    if start.date() == end.date():
-        return f"{start:%Y-%m-%d %H:%M}-{end:%H:%M}"
-    if (end.hour, end.minute) == (0, 0):
-        return f"{start:%Y-%m-%d %H:%M}-24:00"
-    return f"{start:%Y-%m-%d %H:%M}-24:00, {end:%Y-%m-%d} 00:00-{end:%H:%M}"
-
-
-def open_window() -> str:
-    now = datetime.now(UTC)
-    return window_covering(now - timedelta(hours=1), now + timedelta(hours=1))
-
-
-def store_files(project, env_name: str) -> dict[str, bytes]:
-    folder = project.root / "backups" / env_name
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
 
 
 def prod_at(project, revision: str, **settings: str) -> Path:
@@ -116,8 +96,8 @@ def test_an_empty_downgrade_is_refused_in_production_unless_break_glass(project)
     failed(project.run("migrate", "--env=prod"), 3, EMPTY_DOWN, "downgrade")
     assert sqlite_state(prod) == before
     assert project.backups("prod") == []
-    assert store_files(project, "prod") == {} or not any(
-        n.endswith(".zst") for n in store_files(project, "prod"))
+    assert store_files(project.store("prod")) == {} or not any(
+        n.endswith(".zst") for n in store_files(project.store("prod")))
 
     reason = "CHG-7 notes column, rollback is a restore"
     result = ok(project.run("migrate", "--env=prod", "--break-glass", reason))
@@ -240,14 +220,14 @@ def test_migrate_sql_prints_only_the_pending_sql_and_changes_nothing(project, re
         env, env_name = None, "dev"
         ok(project.run("migrate", f"--revision={FIRST}"))
         state = lambda: sqlite_state(project.root / "dev.db")  # noqa: E731
-    before, files = state(), store_files(project, env_name)
+    before, files = state(), store_files(project.store(env_name))
 
     result = ok(project.run("migrate", "--sql", env=env))
     assert re.search(r"ALTER TABLE users ADD( COLUMN)? phone_number VARCHAR\(20\)",
                      result.stdout), shown(result)
     assert "CREATE TABLE users" not in result.stdout
     assert state() == before
-    assert store_files(project, env_name) == files
+    assert store_files(project.store(env_name)) == files
 
 
 # == PostgreSQL =================================================================================
@@ -503,10 +483,10 @@ def test_stamp_is_refused_while_another_run_holds_the_lock(project):
 
 def test_a_rollback_that_drops_tables_in_production_needs_yes(project):
     db = prod_at(project, HEAD, MAINTENANCE_WINDOW=open_window())
-    before = store_files(project, "prod")
+    before = store_files(project.store("prod"))
     failed(project.run("rollback", "--env=prod", "--to=base"), 3, "drops table users", "--yes")
     assert sqlite_state(db)["revision"] == HEAD and "users" in sqlite_state(db)["tables"]
-    assert store_files(project, "prod") == before  # refused before any backup
+    assert store_files(project.store("prod")) == before  # refused before any backup
     result = ok(project.run("rollback", "--env=prod", "--to=base", "--yes"))
     assert "drops table users" in result.stderr, shown(result)
     assert sqlite_state(db)["revision"] is None and "users" not in sqlite_state(db)["tables"]

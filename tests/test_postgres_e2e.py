@@ -26,12 +26,8 @@ pytestmark = pytest.mark.postgres
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def store(project) -> Path:
-    return project.root / "backups" / "pgtest"
-
-
 def assert_no_password_in_store(project) -> None:
-    for path in store(project).glob("*.json"):
+    for path in project.store("pgtest").glob("*.json"):
         assert_no_password(path.read_text())
 
 
@@ -129,7 +125,7 @@ def test_round_trip_with_an_awkward_password(project, pg_database, settings):
         assert item["env"] == "pgtest"
 
     assert_no_password_in_store(project)
-    assert list(store(project).glob("*.audit.json"))
+    assert list(project.store("pgtest").glob("*.audit.json"))
 
 
 def test_nothing_pending_takes_no_backup(project, pg_database):

@@ -28,7 +28,7 @@ from conftest import PgDatabase
 from fake_tools import ended_afterwards, fake_pg_bin, started_and_parked
 from helpers import (AWKWARD_PASSWORD, HEAD, admin_sql, audit_events, db_properties,
                      derived_databases, failed, insert_users, migrated_with_backup, ok, pg_env,
-                     pg_state, shown, wait_until_no_sessions)
+                     pg_state, restore_events, shown, wait_until_no_sessions)
 from pgbackrest_cluster import PG_BIN, as_owner
 
 pytestmark = pytest.mark.postgres
@@ -69,10 +69,6 @@ def rows_in(db: PgDatabase, database: str, statement: str):
             return [tuple(r) for r in conn.execute(text(statement)).fetchall()]
     finally:
         engine.dispose()
-
-
-def restore_events(project) -> list[dict]:
-    return [e for e in audit_events(project.store("pgtest")) if e["action"] == "restore"]
 
 
 def leftovers_in_store(project) -> list[str]:

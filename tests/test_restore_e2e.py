@@ -26,17 +26,14 @@ from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_par
 from helpers import (FIRST, HEAD, SAFETY_PREFIX, Untouched, add_revision, admin_sql,
                      assert_no_password, audit_events, db_properties, derived_databases,
                      drop_derived, failed, ids, insert_users, migrated_with_backup, ok, pg_env,
-                     pg_state, safety_id_from, shown, sql_in, take_backup, wait_until_no_sessions,
+                     pg_state, restore_events, safety_id_from, shown, sql_in, sqlite_rows, take_backup,
+                     wait_until_no_sessions,
                      without_audit)
 
 REPORTS_REV = "5e1ea5e0c0de"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def restore_events(project, env_name: str) -> list[dict]:
-    return [e for e in audit_events(project.store(env_name)) if e["action"] == "restore"]
-
-
 def add_reports_revision(project) -> None:
     """A release's revision after HEAD: a `reports` table with a FOREIGN KEY to users.id."""
     add_revision(project, REPORTS_REV, HEAD, '''
@@ -433,16 +430,6 @@ def test_two_restores_in_a_row_choose_the_same_backup_not_the_safety_backup(proj
 
 
 # == 6. SQLite, with a reader at work ==========================================================
-def sqlite_rows(path: Path) -> dict:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        tables = sorted(r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
-        return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
-    finally:
-        conn.close()
-
-
 class Reader(threading.Thread):
     """Reads the users count and the revision in one read transaction, over and over, on a
     connection opened before the restore, until told to stop; records every answer and error."""
