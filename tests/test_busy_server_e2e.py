@@ -10,23 +10,19 @@ import pytest
 
 from helpers import (HEAD, admin_sql, derived_databases, failed, ids, insert_users, ok,
                      pg_env, read_manifest, shown, take_backup, without_audit)
-from pgbackrest_cluster import PG_BIN, ClusterUnavailable
-from throwaway_cluster import start_cluster
+from clusters import PG_BIN, throwaway
 
 SAFETY = "before restore of "
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    try:
-        made = start_cluster({"max_connections": "50", "max_locks_per_transaction": "64",
-                              "autovacuum_naptime": "1s"})
-    except ClusterUnavailable as exc:
-        pytest.skip(str(exc))
-    admin = made.admin_engine()
-    yield made, admin
-    admin.dispose()
-    made.remove()
+    for made in throwaway("a throwaway cluster with a small lock table",
+                          settings={"max_connections": "50", "max_locks_per_transaction": "64",
+                                    "autovacuum_naptime": "1s"}):
+        admin = made.admin_engine()
+        yield made, admin
+        admin.dispose()
 
 
 @pytest.fixture
@@ -42,7 +38,7 @@ def create_tables(cluster, db, count: int, start: int = 0) -> None:
     500 to a transaction (one transaction creating them all would need a lock per table)."""
     made, _ = cluster
     made.run(str(PG_BIN / "psql"), "-X", "-q",
-             "-v", "ON_ERROR_STOP=1", "-h", str(made.root / "sock"), "-p", str(made.port),
+             "-v", "ON_ERROR_STOP=1", "-h", str(made.socket_dir), "-p", str(made.port),
              "-d", db.name, "-c", f'SET ROLE "{db.role}"', "-c", f"""
 DO $$ BEGIN
   FOR i IN {start + 1}..{start + count} LOOP

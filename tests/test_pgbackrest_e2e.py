@@ -1,6 +1,6 @@
 """End to end with BACKUP_METHOD=pgbackrest: `invoke` runs as a subprocess against a throwaway
 PostgreSQL cluster that archives its WAL to a real local pgBackRest repository (the
-`archiving_cluster` fixture, tests/pgbackrest_cluster.py). The tests assert on exit codes,
+`archiving_cluster` fixture, tests/clusters.py). The tests assert on exit codes,
 output, the manifests in the store and the database's schema and rows afterwards.
 """
 from __future__ import annotations
@@ -280,7 +280,8 @@ def test_status_shows_the_stanza_and_the_archiver(project, cluster_db):
 
 
 def test_a_standby_is_refused_before_anything(project, cluster_db):
-    from pgbackrest_cluster import PG_BIN, free_port
+    from clusters import PG_BIN
+    from helpers import free_port
     cluster = cluster_db.cluster
     standby, port = cluster.root / "standby", free_port()
     cluster.run(str(PG_BIN / "pg_basebackup"), "-h", str(cluster.socket_dir), "-p",

@@ -1,5 +1,5 @@
 """A server restart in the middle of a run, on a throwaway cluster of the test's own
-(tests/plain_cluster.py): the shared server is never restarted.
+(conftest's plain_cluster, tests/clusters.py): the shared server is never restarted.
 
 The restart lands while pg_dump starts (a PG_BIN_DIR wrapper says so on a FIFO and waits for
 the test's word), so the backup's own sessions die under it: one sentence, exit 4, nothing
@@ -28,7 +28,7 @@ def test_a_server_restart_while_pg_dump_starts_is_one_sentence_and_exit_4(projec
                                                                           tmp_path, action):
     cluster = plain_cluster
     database = f"mida_restart_{secrets.token_hex(4)}"
-    env = cluster.database(database)
+    env = cluster.create_database(database)
     ok(project.run("migrate", f"--revision={FIRST}", env=env))
     backups_before = project.backups("pgtest", env=env)
     files_before = without_audit(project.backup_files("pgtest"))
