@@ -424,7 +424,8 @@ def test_rehearse_runs_the_pending_migrations_down_and_up_on_a_scratch_copy(proj
 
 
 @pytest.mark.postgres
-def test_a_rehearsal_whose_migration_fails_exits_5_and_drops_the_scratch(project, pgdb):
+def test_a_rehearsal_whose_migration_fails_exits_5_and_drops_the_scratch(project, pgdb,
+                                                                        tmp_path):
     db = pgdb
     env = pg_env(db)
     ok(project.run("migrate", f"--revision={FIRST}", env=env))
@@ -433,8 +434,15 @@ def test_a_rehearsal_whose_migration_fails_exits_5_and_drops_the_scratch(project
         op.add_column("users", sa.Column("notes", sa.Text(), nullable=True))
         raise RuntimeError("this migration fails on purpose")
         ''', 'op.drop_column("users", "notes")', "Add notes, then fail")
+    log = tmp_path / "pg_restore.log"
+    bin_dir = fake_pg_bin(tmp_path / "bin", pg_restore=f"""printf '%s\\n' "$*" >> '{log}'
+exec "$REAL" "$@"
+""")
 
-    failed(project.run("rehearse", env=env), 5, "fa11fa11fa11")
+    failed(project.run("rehearse", env={**env, "PG_BIN_DIR": str(bin_dir)}), 5, "fa11fa11fa11")
+    # The rehearsal did build its scratch copy (pg_restore loaded it), and dropped it.
+    loaded = [a for a in log.read_text().split() if a.startswith("--dbname=")]
+    assert len(loaded) == 1 and loaded[0].startswith(f"--dbname={db.name}__scratch_"), loaded
     assert scratch_databases(db) == []
     assert derived_databases(db.admin, db.name) == []
     assert db.revision() == FIRST

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import create_engine, pool, text
 
 from conftest import PgDatabase
-from fake_tools import ended_afterwards, fake_pg_bin, started_and_parked
+from fake_tools import ended_afterwards, fake_pg_bin, started_and_parked, unnamed_files
 from clusters import PG_BIN, as_owner
 from helpers import (HEAD, admin_sql, audit_events, db_properties, derived_databases, failed,
                      insert_users, migrated_with_backup, ok, pg_env, pg_state, restore_events,
@@ -140,6 +140,8 @@ exec "$REAL" "$@"
         check = project.run("check", "--json", env=env)
         state = {c["name"]: c for c in json.loads(check.stdout)["checks"]}["interrupted_restore"]
         assert state["state"] == "OK" and "in progress" in state["detail"], state
+        # The safety backup being written: open in the store's folder, under no name.
+        assert len(unnamed_files(run.pid, project.store("pgtest"))) == 1
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
     wait_until_no_sessions(pg_admin, db.name)

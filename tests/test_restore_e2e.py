@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import create_engine, pool, text
 
 from conftest import make_project, owned_database
-from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
+from fake_tools import (ended_afterwards, fake_pg_bin, fifo_pair, size_of_handed_file,
+                        started_and_parked)
 from helpers import (FIRST, HEAD, SAFETY_PREFIX, Untouched, add_revision, admin_sql,
                      assert_no_password, audit_events, db_properties, derived_databases,
                      drop_derived, failed, ids, insert_users, migrated_with_backup, ok, pg_env,
@@ -118,9 +119,9 @@ def release(project, db, env: dict) -> None:
     assert "reports" in db.tables()
 
 
-def undo_a_release(project, db, reader: str) -> SimpleNamespace:
-    """Backup, release, restore of that backup; everything the tests look at afterwards is read
-    here, before any of them runs."""
+def undo_a_release(project, db, reader: str, folder: Path) -> SimpleNamespace:
+    """Backup, release, restore of that backup (its pg_restore logging what it was asked to
+    `folder`); everything the tests look at afterwards is read here, before any of them runs."""
     env = pg_env(db)
     ok(project.run("migrate", env=env))
     insert_users(db, ("ada@example.org", "+44 20 7946 0000"), ("grace@example.org", None),
@@ -137,9 +138,15 @@ def undo_a_release(project, db, reader: str) -> SimpleNamespace:
     release(project, db, env)
     backups_before = ids(project.backups("pgtest", env=env))
 
-    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+    log = folder / "pg_restore.log"
+    bin_dir = restore_bin(folder, f"""printf '%s\\n' "$*" >> '{log}'
+exec "$REAL" "$@"
+""")
+    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}",
+                            env={**env, "PG_BIN_DIR": str(bin_dir)}))
     run = SimpleNamespace(
         db=db, backup=backup, at_backup=at_backup, props=props, result=result,
+        loaded_into=[a for a in log.read_text().split() if a.startswith("--dbname=")],
         backups_before=backups_before, after=pg_state(db),
         props_after=db_properties(db.admin, db.name),
         kept=derived_databases(db.admin, db.name, "__pre_restore_"),
@@ -159,9 +166,10 @@ def undo_a_release(project, db, reader: str) -> SimpleNamespace:
 @pytest.fixture(scope="class")
 def undone(pg_admin, tmp_path_factory):
     """One release undone by restore (undo_a_release), shared by the tests of its class."""
-    project = make_project(tmp_path_factory.mktemp("undone") / "project")
+    folder = tmp_path_factory.mktemp("undone")
+    project = make_project(folder / "project")
     with owned_database(pg_admin) as db, quoted_role(pg_admin, db) as reader:
-        yield undo_a_release(project, db, reader)
+        yield undo_a_release(project, db, reader, folder)
 
 
 @pytest.mark.postgres
@@ -198,6 +206,10 @@ class TestRestoreUndoesARelease:
         assert undone.kept_revisions == [[(REPORTS_REV,)]]
 
     def test_nothing_half_built_is_left(self, undone):
+        # The restore did build a copy beside the live database: pg_restore loaded it...
+        [loaded] = undone.loaded_into
+        assert loaded.startswith(f"--dbname={undone.db.name}__restoring_"), loaded
+        # ...and no such copy is left: the one it built became the live database.
         assert undone.restoring == []
 
     def test_the_safety_backup_is_named_listed_and_holds_the_release(self, undone):
@@ -1071,7 +1083,7 @@ for arg in "$@"; do
   case "$arg" in
     --dbname=*)
       printf '%s\\n' "$*" > '{args}'
-      echo started > '{started}'
+      echo $$ > '{started}'
       read -r _ < '{go}' ;;
   esac
 done
@@ -1080,19 +1092,21 @@ exec "$REAL" "$@"
     env = {**pg_env(db, PG_BIN_DIR=str(bin_dir)), "TMPDIR": str(tmp)}
     argv = (*command, f"--backup={backup['id']}")
 
-    # Killed while pg_restore holds the archive open.
-    first, _ = started_and_parked(project, started, *argv, env=env)
+    # Killed while pg_restore holds the archive open: the extract, in TMPDIR under no name.
+    first, said = started_and_parked(project, started, *argv, env=env)
     with ended_afterwards(first):
         run.while_read, run.handed = files_on_disk(tmp, store), args.read_text()
+        run.held = size_of_handed_file(int(said.split()[0]), run.handed, tmp)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
     run.after_kill = files_on_disk(tmp, store)
     wait_until_no_sessions(db.admin, db.name)
 
     # The next run reads the archive through that path, in parallel, and succeeds.
-    second, _ = started_and_parked(project, started, *argv, env=env)
+    second, said = started_and_parked(project, started, *argv, env=env)
     try:
         run.while_read_again = files_on_disk(tmp, store)
+        run.held_again = size_of_handed_file(int(said.split()[0]), args.read_text(), tmp)
         fd = os.open(go, os.O_WRONLY)
         os.write(fd, b"go\n")
         os.close(fd)
@@ -1122,6 +1136,9 @@ class TestTheExtractedArchiveNeverHasAName:
 
     def test_no_file_is_on_disk_while_pg_restore_reads_it(self, killed_reading):
         _, run = killed_reading
+        # The extract exists, not empty, in TMPDIR: pg_restore holds it open...
+        assert (run.held or 0) > 0 and (run.held_again or 0) > 0, (run.held, run.held_again)
+        # ...under no name.
         assert run.while_read == []
         assert run.while_read_again == []
 
@@ -1132,11 +1149,13 @@ class TestTheExtractedArchiveNeverHasAName:
 
     def test_a_kill_leaves_nothing_behind(self, killed_reading):
         _, run = killed_reading
+        assert (run.held or 0) > 0, run.held  # the extract, in TMPDIR, at the kill
         assert run.after_kill == []
 
     def test_the_next_run_succeeds_and_leaves_nothing(self, killed_reading):
         command, run = killed_reading
         assert run.returncode == 0, (run.out, run.err)
+        assert (run.held_again or 0) > 0, run.held_again
         assert run.after_run == []
         if command[0] == "restore":
             assert run.state == run.at_backup

@@ -130,7 +130,12 @@ class TestSqliteReleaseCycleKeepsEveryBackupInS3:
             assert head["ServerSideEncryption"] == "AES256", name
 
     def test_nothing_goes_to_local_disk(self, cycle):
-        _, run = cycle
+        bucket, run = cycle
+        # The rollback did write a backup, whole, and to the bucket...
+        [taken] = run.after_back.listed
+        artifact = taken["location"][len(f"s3://{bucket.name}/"):]
+        assert taken["size"] > 0 and bucket.head(artifact)["ContentLength"] == taken["size"]
+        # ...and none of it to the local store.
         assert run.after_back.local == set()
 
     def test_the_next_migrate_lists_both_backups_newest_first(self, cycle):

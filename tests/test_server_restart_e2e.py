@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from fake_tools import ended_afterwards, fifo_pair, started_and_parked, wrapped_pg_dump
+from fake_tools import (ended_afterwards, fifo_pair, started_and_parked, unnamed_files,
+                        wrapped_pg_dump)
 from helpers import FIRST, failed, last_audit, ok, without_audit
 
 pytestmark = pytest.mark.postgres
@@ -37,6 +38,9 @@ def test_a_server_restart_while_pg_dump_starts_is_one_sentence_and_exit_4(projec
                                         'exec "$REAL" "$@"\n')
     run, _ = started_and_parked(project, started, action, env=dict(env, PG_BIN_DIR=str(bin_dir)))
     with ended_afterwards(run):
+        # The backup's artifact is open in the store, under no name: what the failure must
+        # leave no trace of.
+        assert len(unnamed_files(run.pid, project.store("pgtest"))) == 1
         cluster.restart()  # every session of the run's is ended, the snapshot's among them
         with open(go, "w") as word:
             word.write("go\n")
