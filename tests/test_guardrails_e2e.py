@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
-from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, failed, ok, pg_env,
-                     open_window, shown, sqlite_state, store_files, window_covering)
+from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, edit_manifest, failed,
+                     ok, open_window, pg_env, shown, sqlite_state, store_files, window_covering)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -179,10 +179,8 @@ def test_a_run_that_would_not_fit_the_window_is_refused_unless_break_glass(proje
     prod = prod_at(project, FIRST, MAINTENANCE_WINDOW=open_window())
     ok(project.run("backup", "--env=prod"))
     [history] = project.backups("prod")
-    manifest = project.root / "backups" / "prod" / f"{history['id']}.manifest.json"
-    data = json.loads(manifest.read_text())
-    data.update(database_size=1000, duration_seconds=100000)  # 0.01 bytes per second
-    manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    edit_manifest(project, history["id"], "prod", database_size=1000,
+                  duration_seconds=100000)  # 0.01 bytes per second
 
     now = datetime.now(UTC)
     project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from conftest import Project
-from helpers import AWKWARD_PASSWORD, HEAD, add_revision, failed, ok, shown
+from helpers import AWKWARD_PASSWORD, HEAD, add_revision, failed, ok, read_manifest, shown
 
 
 def test_the_throwaway_cluster_archives_and_has_a_full_backup(archiving_cluster):
@@ -453,8 +453,7 @@ def test_verify_fails_on_a_corrupt_wal_segment_the_restore_point_needs(project, 
         failed(project.run("verify", f"--backup={item['id']}", env=env), 4,
                "failed verification", "pgbackrest verify", f"WAL segment {segment}",
                "invalid checksum")
-        manifest = json.loads((project.root / "backups" / "pgtest" /
-                               f"{item['id']}.manifest.json").read_text())
+        manifest = read_manifest(project, item["id"], "pgtest")
         assert manifest["verified"] is False and segment in manifest["verify_error"], manifest
         # restore refuses a restore point its last verify found damaged, before anything stops.
         started = cluster.psql("SELECT pg_postmaster_start_time()")

@@ -26,10 +26,9 @@ from fake_tools import (ended_afterwards, fake_pg_bin, fifo_pair, size_of_handed
                         started_and_parked)
 from helpers import (FIRST, HEAD, SAFETY_PREFIX, Untouched, add_revision, admin_sql,
                      assert_no_password, audit_events, db_properties, derived_databases,
-                     drop_derived, failed, ids, insert_users, migrated_with_backup, ok, pg_env,
-                     pg_state, restore_events, safety_id_from, shown, sql_in, sqlite_rows, take_backup,
-                     wait_until_no_sessions,
-                     without_audit)
+                     drop_derived, edit_manifest, failed, ids, insert_users, migrated_with_backup,
+                     ok, pg_env, pg_state, restore_events, safety_id_from, shown, sql_in,
+                     sqlite_rows, take_backup, wait_until_no_sessions, without_audit)
 
 REPORTS_REV = "5e1ea5e0c0de"
 
@@ -730,15 +729,6 @@ def test_every_database_setting_survives_a_restore(project, pgdb, pg_admin, sett
 
 
 # == 10. a backup whose manifest names another revision than its data holds ===================
-def claim_revision(project, env_name: str, backup_id: str, revision: str) -> None:
-    """Edit only the manifest's `revision`: checksum, sizes and artifact stay true, so the
-    backup verifies, and only the revision checks can tell."""
-    path = project.root / "backups" / env_name / f"{backup_id}.manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["revision"] = revision
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
 def test_sqlite_restore_ending_at_another_revision_than_the_backups_fails_and_is_audited(
         project):
     path = project.root / "dev.db"
@@ -750,7 +740,7 @@ def test_sqlite_restore_ending_at_another_revision_than_the_backups_fails_and_is
     conn.close()
     backup = take_backup(project, "dev")
     assert backup["revision"] == HEAD
-    claim_revision(project, "dev", backup["id"], FIRST)
+    edit_manifest(project, backup["id"], "dev", revision=FIRST)
     ok(project.run("rollback"))
     listed = ids(project.backups("dev"))
 
@@ -777,7 +767,7 @@ def test_a_copy_at_another_revision_than_the_backups_is_never_swapped_in(
         project, changed_since_backup):
     db, backup = changed_since_backup.db, changed_since_backup.backup
     assert backup["revision"] == HEAD
-    claim_revision(project, "pgtest", backup["id"], FIRST)
+    edit_manifest(project, backup["id"], "pgtest", revision=FIRST)
 
     result = project.run("restore", "--yes", f"--backup={backup['id']}",
                          env=changed_since_backup.env)
