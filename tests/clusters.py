@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import AWKWARD_PASSWORD, free_port
+from helpers import AWKWARD_PASSWORD, free_port, unavailable
 
 PG_BIN = Path(os.environ.get("TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 OWNER = "postgres"
@@ -71,7 +71,8 @@ class Cluster:
         return self.root / "pgbackrest.conf"
 
     # -- commands, as the cluster's owner ----------------------------------------------------
-    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess:
         result = subprocess.run(as_owner(*args), capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): "
@@ -270,14 +271,10 @@ def throwaway(what: str, **options):
     """For a fixture: `yield from throwaway(...)` yields the cluster `build_cluster(**options)`
     makes and removes it afterwards. A cluster that cannot be built skips the tests, or fails
     them under CI=true."""
-    import pytest
     try:
         cluster = build_cluster(**options)
     except (ClusterUnavailable, RuntimeError, OSError, KeyError) as exc:
-        message = f"cannot build {what}: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"cannot build {what}: {exc}")
     try:
         yield cluster
     finally:

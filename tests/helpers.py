@@ -42,6 +42,15 @@ def dev_target(root: Path, **environ: str):
     return open_target(load_settings("dev", environ=environ, root=root))
 
 
+def unavailable(message: str):
+    """Skip the test for want of something it needs (a server, a mount, a tool), or fail it
+    under CI=true, where everything it needs must be there."""
+    import pytest
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def admin_url():
     from sqlalchemy.engine import make_url
     return make_url(os.environ.get("TEST_DATABASE_URL", DEFAULT_ADMIN_URL))
