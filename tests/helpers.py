@@ -24,6 +24,8 @@ FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 AWKWARD_PASSWORD = "p@ss:w/o%rd#1 'q' \"dq\" \\ end"
 DEFAULT_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 SAFETY_PREFIX = "before restore of "   # the reason of the safety backup a restore takes
+AGE_MAGIC = b"age-encryption.org/v1\n"   # how every age-encrypted file begins
+PG_URL = "postgresql+psycopg2://mida:secret@127.0.0.1:5432/mida"   # a URL no test connects to
 T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)   # "now" for code called in-process
 
 
@@ -139,6 +141,13 @@ def migrated_with_backup(project, db, *rows: tuple[str, str | None], env: dict |
 def dev_db(project) -> Path:
     """The dev environment's SQLite file (the default database)."""
     return project.root / "dev.db"
+
+
+def flip_middle_bit(artifact: Path) -> None:
+    """Damage a file by one bit, in its middle: what only a checksum catches."""
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
 
 
 def listed(project, bucket, env_name: str = "dev", **extra) -> list[dict]:
@@ -439,6 +448,17 @@ class HeldLock:
 
 
 # -- SQLite ------------------------------------------------------------------------------------
+def prod_at(project, revision: str, **settings: str) -> Path:
+    """`.env.prod` on SQLite file prod.db, brought to `revision` outside any guard (env dev).
+    Plaintext backups allowed: the tests that use it are about other guards (encryption has
+    its own tests)."""
+    project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional", **settings)
+    ok(project.run("migrate", f"--revision={revision}", env={"SQLITE_PATH": "prod.db"}))
+    path = project.root / "prod.db"
+    assert sqlite_state(path)["revision"] == revision
+    return path
+
+
 def make_sqlite(path: Path, rows: int = 50) -> None:
     """A small SQLite database at FIRST: a `users` table (id, email) holding `rows` users."""
     conn = sqlite3.connect(path)

@@ -23,7 +23,8 @@ from app.ops.storage.local import LocalStorage
 from app.ops.target import Target, open_target
 from app.settings import load_settings
 from fake_tools import dump_calls, wrapped_pg_dump
-from helpers import FIRST, HEAD, T0, dev_target, make_sqlite, pg_settings, sqlite_rows
+from helpers import (FIRST, HEAD, T0, dev_target, flip_middle_bit, make_sqlite, pg_settings,
+                     sqlite_rows)
 
 
 
@@ -132,15 +133,9 @@ def test_verify_backup_extracts_the_database(sqlite_target, tmp_path):
     assert sqlite_rows(target) == sqlite_rows(Path(sqlite_target.database.url.database))
 
 
-def corrupt(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_corrupt_artifact_fails_and_is_recorded(sqlite_target):
     manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
-    corrupt(backup_folder(sqlite_target) / manifest.artifact)
+    flip_middle_bit(backup_folder(sqlite_target) / manifest.artifact)
     with pytest.raises(BackupFailed, match=manifest.id):
         verify_backup(sqlite_target, manifest, now=T0 + timedelta(minutes=5))
     on_disk = stored_manifest(sqlite_target, manifest.id)
@@ -377,7 +372,7 @@ def test_postgres_archive_truncated_inside_is_refused_by_read_back(pg_database,
 def test_postgres_corrupt_artifact_fails(pg_settings_with_rows):
     settings = pg_settings_with_rows
     manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0)
-    corrupt(backup_folder(settings) / manifest.artifact)
+    flip_middle_bit(backup_folder(settings) / manifest.artifact)
     with pytest.raises(BackupFailed):
         verify_backup(settings, manifest, now=T0)
     assert stored_manifest(settings, manifest.id).verified is False

@@ -8,12 +8,9 @@ import time
 
 import pytest
 
-from helpers import (HEAD, admin_sql, derived_databases, failed, ids, insert_users, ok,
+from helpers import (HEAD, SAFETY_PREFIX, admin_sql, derived_databases, failed, ids, insert_users, ok,
                      pg_env, read_manifest, shown, take_backup, without_audit)
 from clusters import PG_BIN, throwaway
-
-SAFETY = "before restore of "
-
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -81,7 +78,7 @@ def assert_restored_over(project, db, backup: dict, result) -> None:
     kept = derived_databases(db.admin, db.name, "__pre_restore_")
     assert len(kept) == 1 and kept[0] in result.stdout, shown(result)
     safety = [b for b in project.backups("pgtest", env=pg_env(db))
-              if b["reason"] == SAFETY + backup["id"]]
+              if b["reason"] == SAFETY_PREFIX + backup["id"]]
     assert len(safety) == 1 and safety[0]["verified"] is True, shown(result)
 
 
@@ -152,7 +149,7 @@ def test_a_backup_of_3000_tables_needs_no_more_locks_than_pg_dump(project, db, c
     assert db.sql("SELECT count(*) FROM t1234") == [(2,)]
     assert len(db.tables()) == 3002
     safety = [b for b in project.backups("pgtest", env=env)
-              if b["reason"] == SAFETY + backup["id"]]
+              if b["reason"] == SAFETY_PREFIX + backup["id"]]
     assert len(safety) == 1 and safety[0]["verified"] is True, shown(result)
     assert read_manifest(project, safety[0]["id"], "pgtest")["row_counts"]["public.t1234"] == 3
 

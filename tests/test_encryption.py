@@ -16,10 +16,9 @@ import pyrage
 import pytest
 import zstandard
 
-from helpers import (FIRST, HEAD, dev_db, failed, ok, pg_env, read_manifest, sealed,
+from helpers import (AGE_MAGIC, FIRST, HEAD, dev_db, failed, ok, pg_env, read_manifest, sealed,
                      sqlite_query, without_audit)
 
-AGE_MAGIC = b"age-encryption.org/v1\n"
 SQLITE_MAGIC = b"SQLite format 3"
 ROWS = [("ada@example.org", "Ada Lovelace", "+44 20 7946 0000"),
         ("grace@example.org", "Grace Hopper", None)]

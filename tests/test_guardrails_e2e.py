@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
 from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, edit_manifest, failed,
-                     ok, open_window, pg_env, shown, sqlite_state, store_files, window_covering)
+                     ok, open_window, pg_env, prod_at, shown, sqlite_state, store_files, window_covering)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -26,16 +26,6 @@ from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, edi
 
 def warnings(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
-
-
-def prod_at(project, revision: str, **settings: str) -> Path:
-    """`.env.prod` on SQLite file prod.db, brought to `revision` outside any guard (env dev)."""
-    # Plaintext backups allowed: the guards tested here are others (test_encryption_policy_e2e).
-    project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional", **settings)
-    ok(project.run("migrate", f"--revision={revision}", env={"SQLITE_PATH": "prod.db"}))
-    path = project.root / "prod.db"
-    assert sqlite_state(path)["revision"] == revision
-    return path
 
 
 # -- several heads ---------------------------------------------------------------------------

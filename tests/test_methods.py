@@ -17,9 +17,8 @@ from app.ops.methods import METHODS, DumpMethod, PgBackRestMethod, method_of
 from app.ops.report import Reporter
 from app.ops.restore import RestorePlan, RestoreResult, run_restore
 from app.ops.status import collect_status
-from helpers import FIRST, T0, dev_target, make_sqlite
+from helpers import FIRST, PG_URL, T0, dev_target, make_sqlite
 
-PG_URL = "postgresql+psycopg2://mida:secret@127.0.0.1:5432/mida"
 
 
 class RecordingMethod:

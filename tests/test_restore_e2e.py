@@ -26,9 +26,10 @@ from fake_tools import (ended_afterwards, fake_pg_bin, fifo_pair, size_of_handed
                         started_and_parked)
 from helpers import (FIRST, HEAD, SAFETY_PREFIX, Untouched, add_revision, admin_sql,
                      assert_no_password, audit_events, db_properties, derived_databases,
-                     drop_derived, edit_manifest, failed, ids, insert_users, migrated_with_backup,
-                     ok, pg_env, pg_state, restore_events, safety_id_from, shown, sql_in,
-                     sqlite_rows, take_backup, wait_until_no_sessions, without_audit)
+                     drop_derived, edit_manifest, failed, flip_middle_bit, ids, insert_users,
+                     migrated_with_backup, ok, pg_env, pg_state, restore_events, safety_id_from,
+                     shown, sql_in, sqlite_rows, take_backup, wait_until_no_sessions,
+                     without_audit)
 
 REPORTS_REV = "5e1ea5e0c0de"
 
@@ -246,12 +247,6 @@ def test_restore_without_yes_and_without_a_terminal_is_refused(project, pgdb, pg
 
 
 # == 3. a corrupt backup is refused before anything is touched =================================
-def flip_middle_bit(artifact: Path) -> None:
-    data = bytearray(artifact.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    artifact.write_bytes(bytes(data))
-
-
 def backup_files(artifact: Path) -> set[str]:
     """The names beside a backup's artifact, audit records aside."""
     return without_audit(p.name for p in artifact.parent.iterdir())

@@ -21,12 +21,11 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import S3_PREFIX, Bucket, bucket_and_project, s3_client
-from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, sealed,
-                     shown, sqlite_state, without_audit)
+from helpers import (AGE_MAGIC, FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env,
+                     sealed, shown, sqlite_state, without_audit)
 from tcp_proxy import Connection, ForwardingProxy, reset
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
-AGE_MAGIC = b"age-encryption.org/v1"
 MiB = 1 << 20
 
 
