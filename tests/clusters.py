@@ -52,23 +52,11 @@ class Cluster:
     port: int
     timings: dict = field(default_factory=dict)
 
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def socket_dir(self) -> Path:
-        return self.root / "sock"
-
-    @property
-    def repo(self) -> Path:
-        """The pgBackRest repository (an archiving cluster's)."""
-        return self.root / "repo"
-
-    @property
-    def config(self) -> Path:
-        """pgbackrest.conf (an archiving cluster's)."""
-        return self.root / "pgbackrest.conf"
+    def __post_init__(self) -> None:
+        self.data = self.root / "data"
+        self.socket_dir = self.root / "sock"
+        self.repo = self.root / "repo"                 # an archiving cluster's pgBackRest
+        self.config = self.root / "pgbackrest.conf"    # repository, and its configuration
 
     # -- commands, as the cluster's owner ----------------------------------------------------
     def run(self, *args: str, check: bool = True,
