@@ -1,7 +1,8 @@
 """What the tests share that is not a fixture: the revisions the project ships, how a finished
 `invoke` run must look, backups and the audit trail, age keys, hand-written revisions, and what
 a PostgreSQL or SQLite database holds afterwards. Fixtures are in conftest.py, which builds on
-this module (never the other way round); fake client tools are in fake_tools.py."""
+this module (never the other way round); fake client tools are in fake_tools.py, throwaway
+PostgreSQL clusters in clusters.py."""
 from __future__ import annotations
 
 import json
