@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import AWKWARD_PASSWORD, Key, admin_url, drop_derived, write_dotenv
+from helpers import AWKWARD_PASSWORD, Key, admin_url, drop_derived, unavailable, write_dotenv
 
 REPO = Path(__file__).resolve().parent.parent
 S3_PREFIX = "mida/backups"   # where the e2e tests keep backups in their bucket
@@ -56,10 +56,7 @@ def pg_admin():
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as exc:
-        message = f"PostgreSQL is not reachable at {admin_url().render_as_string()}: {exc.orig}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"PostgreSQL is not reachable at {admin_url().render_as_string()}: {exc.orig}")
     yield engine
     engine.dispose()
 
@@ -332,33 +329,19 @@ def bucket(e2e_moto, tmp_path) -> Bucket:
 @pytest.fixture(scope="session")
 def archiving_cluster():
     """A throwaway PostgreSQL 15 cluster archiving to a local pgBackRest repository, with one
-    full backup (tests/pgbackrest_cluster.py); stopped and removed at the end of the session.
+    full backup (tests/clusters.py); stopped and removed at the end of the session.
     Under CI=true a cluster that cannot be built fails the tests instead of skipping them."""
-    from pgbackrest_cluster import build_cluster
-    yield from _throwaway(build_cluster, "a throwaway pgBackRest cluster")
+    from clusters import throwaway
+    yield from throwaway("a throwaway pgBackRest cluster", prefix="pgbackrest-cluster-",
+                         archiving=True)
 
 
 @pytest.fixture(scope="module")
 def plain_cluster():
-    """A throwaway PostgreSQL cluster without archiving (tests/plain_cluster.py), for tests
-    that restart the server; stopped and removed after the module."""
-    from plain_cluster import build_plain_cluster
-    yield from _throwaway(build_plain_cluster, "a throwaway PostgreSQL cluster")
-
-
-def _throwaway(build, what: str):
-    """The cluster `build()` makes, removed afterwards. Under CI=true a cluster that cannot be
-    built fails the tests instead of skipping them."""
-    from pgbackrest_cluster import ClusterUnavailable, remove_cluster
-    try:
-        cluster = build()
-    except (ClusterUnavailable, RuntimeError, OSError, KeyError) as exc:
-        message = f"cannot build {what}: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    yield cluster
-    remove_cluster(cluster)
+    """A throwaway PostgreSQL cluster without archiving (tests/clusters.py), for tests that
+    restart the server; stopped and removed after the module."""
+    from clusters import throwaway
+    yield from throwaway("a throwaway PostgreSQL cluster", prefix="plain-cluster-")
 
 
 @dataclass
@@ -402,10 +385,7 @@ def small_disk(tmp_path):
         result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
                                  "tmpfs", str(path)], capture_output=True, text=True)
         if result.returncode != 0:
-            message = f"cannot mount a tmpfs at {path}: {result.stderr.strip()}"
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(message)
-            pytest.skip(message)
+            unavailable(f"cannot mount a tmpfs at {path}: {result.stderr.strip()}")
         mounted.append(path)
         return SmallDisk(path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import shutil
 import signal
@@ -95,6 +96,24 @@ def unnamed_files(pid: int, folder: Path) -> list[str]:
         if target.startswith(f"{folder}/") and target.endswith(" (deleted)"):
             found.append(str(fd))
     return found
+
+
+def size_of_handed_file(pid: int, handed: str, folder: Path) -> int | None:
+    """The size of the file process `pid` was handed as `/proc/self/fd/N` in its arguments
+    `handed` (pg_restore's archive), when it holds it open, without a name, in `folder`;
+    None when it does not."""
+    match = re.search(r"/proc/self/fd/(\d+)", handed)
+    if match is None:
+        return None
+    fd = Path(f"/proc/{pid}/fd/{match[1]}")
+    try:
+        target = os.readlink(fd)
+        size = os.stat(fd).st_size
+    except OSError:
+        return None
+    if target.startswith(f"{folder}/") and target.endswith(" (deleted)"):
+        return size
+    return None
 
 
 def fifo_pair(folder: Path) -> tuple[Path, Path]:

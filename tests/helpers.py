@@ -1,16 +1,19 @@
 """What the tests share that is not a fixture: the revisions the project ships, how a finished
 `invoke` run must look, backups and the audit trail, age keys, hand-written revisions, and what
 a PostgreSQL or SQLite database holds afterwards. Fixtures are in conftest.py, which builds on
-this module (never the other way round); fake client tools are in fake_tools.py."""
+this module (never the other way round); fake client tools are in fake_tools.py, throwaway
+PostgreSQL clusters in clusters.py."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import socket
 import sqlite3
 import textwrap
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -22,6 +25,33 @@ FIRST, HEAD = "a9ef987fd631", "f8ff2ab1fdfa"
 AWKWARD_PASSWORD = "p@ss:w/o%rd#1 'q' \"dq\" \\ end"
 DEFAULT_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 SAFETY_PREFIX = "before restore of "   # the reason of the safety backup a restore takes
+AGE_MAGIC = b"age-encryption.org/v1\n"   # how every age-encrypted file begins
+PG_URL = "postgresql+psycopg2://mida:secret@127.0.0.1:5432/mida"   # a URL no test connects to
+T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)   # "now" for code called in-process
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dev_target(root: Path, **environ: str):
+    """The Target of env dev under `root` (settings from `environ` only), for code called
+    in-process."""
+    from app.ops.target import open_target
+    from app.settings import load_settings
+    return open_target(load_settings("dev", environ=environ, root=root))
+
+
+def unavailable(message: str):
+    """Skip the test for want of something it needs (a server, a mount, a tool), or fail it
+    under CI=true, where everything it needs must be there."""
+    import pytest
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def admin_url():
@@ -114,6 +144,13 @@ def dev_db(project) -> Path:
     return project.root / "dev.db"
 
 
+def flip_middle_bit(artifact: Path) -> None:
+    """Damage a file by one bit, in its middle: what only a checksum catches."""
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+
+
 def listed(project, bucket, env_name: str = "dev", **extra) -> list[dict]:
     """What `invoke backups --json` lists with the backups kept in `bucket`."""
     result = ok(project.run("backups", f"--env={env_name}", "--json",
@@ -142,12 +179,60 @@ def last_audit(folder: Path) -> dict:
     return audit_events(folder)[-1]
 
 
+def store_files(folder: Path, records: bool = True) -> dict[str, bytes]:
+    """Every file of a local store folder with its bytes ({} when there is no folder); with
+    `records=False` without the records a failed run adds (audit, rehearsal, drill), so that
+    what it must not leave (a manifest rewritten, an artifact, a `.partial`) shows alone."""
+    if not folder.is_dir():
+        return {}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+            if records or not p.name.endswith((".audit.json", ".rehearsal.json", ".drill.json"))}
+
+
+def manifest_path(project, backup_id: str, env_name: str = "dev") -> Path:
+    return project.store(env_name) / f"{backup_id}.manifest.json"
+
+
+def read_manifest(project, backup_id: str, env_name: str = "dev") -> dict:
+    """A backup's manifest in the env's local store."""
+    return json.loads(manifest_path(project, backup_id, env_name).read_text())
+
+
+def edit_manifest(project, backup_id: str, env_name: str = "dev", **changes) -> dict:
+    """Rewrite a backup's manifest with `changes`, as a hand (or a lying store) would."""
+    path = manifest_path(project, backup_id, env_name)
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return data
+
+
+def restore_events(project, env_name: str = "pgtest") -> list[dict]:
+    return [e for e in audit_events(project.store(env_name)) if e["action"] == "restore"]
+
+
 def without_audit(names: Iterable[str]) -> set[str]:
     """Artifacts and manifests: every name but the audit trail's and the drill records'."""
     return {n for n in names if not n.endswith((".audit.json", ".drill.json"))}
 
 
-# -- settings files, revisions, keys ---------------------------------------------------------
+# -- settings files, windows, revisions, keys ------------------------------------------------
+def window_covering(start: datetime, end: datetime) -> str:
+    """One-off MAINTENANCE_WINDOW entries (UTC) open from `start` to `end`; two entries when
+    the span crosses midnight."""
+    if start.date() == end.date():
+        return f"{start:%Y-%m-%d %H:%M}-{end:%H:%M}"
+    if (end.hour, end.minute) == (0, 0):
+        return f"{start:%Y-%m-%d %H:%M}-24:00"
+    return f"{start:%Y-%m-%d %H:%M}-24:00, {end:%Y-%m-%d} 00:00-{end:%H:%M}"
+
+
+def open_window() -> str:
+    """A MAINTENANCE_WINDOW open from an hour ago to an hour from now."""
+    now = datetime.now(UTC)
+    return window_covering(now - timedelta(hours=1), now + timedelta(hours=1))
+
+
 def dotenv_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -364,6 +449,29 @@ class HeldLock:
 
 
 # -- SQLite ------------------------------------------------------------------------------------
+def prod_at(project, revision: str, **settings: str) -> Path:
+    """`.env.prod` on SQLite file prod.db, brought to `revision` outside any guard (env dev).
+    Plaintext backups allowed: the tests that use it are about other guards (encryption has
+    its own tests)."""
+    project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional", **settings)
+    ok(project.run("migrate", f"--revision={revision}", env={"SQLITE_PATH": "prod.db"}))
+    path = project.root / "prod.db"
+    assert sqlite_state(path)["revision"] == revision
+    return path
+
+
+def make_sqlite(path: Path, rows: int = 50) -> None:
+    """A small SQLite database at FIRST: a `users` table (id, email) holding `rows` users."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)")
+        conn.executemany("INSERT INTO users (id, email) VALUES (?, ?)",
+                         [(i, f"user{i}@example.org") for i in range(rows)])
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES (?)", (FIRST,))
+    conn.close()
+
+
 def sqlite_state(path: Path) -> dict | None:
     """Revision and {table: [columns]} of an SQLite file, read-only; None if it is absent."""
     if not path.exists():
@@ -378,6 +486,17 @@ def sqlite_state(path: Path) -> dict | None:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             revision = row[0] if row else None
         return {"revision": revision, "tables": tables}
+    finally:
+        conn.close()
+
+
+def sqlite_rows(path: Path) -> dict[str, list[tuple]]:
+    """Every table of an SQLite file with all its rows (ordered by the first column), read-only."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = sorted(r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
+        return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
     finally:
         conn.close()
 

@@ -1,7 +1,7 @@
 """A throwaway archiving cluster whose pgBackRest repository is S3, for the S3-repository end-to-end
 tests: moto's server (plain HTTP, a process of its own) behind stunnel (Debian's stunnel4, in
 server mode) that terminates TLS with a self-signed certificate made for the run, and a cluster
-as tests/pgbackrest_cluster.py builds it with `repo1-type=s3` on that endpoint.
+as tests/clusters.py builds it with `repo1-type=s3` on that endpoint.
 
 pgBackRest 2.45 speaks only https to S3, and moto's own TLS mode (`-s`) ends its connections in
 a way pgBackRest refuses; stunnel in front is what production teams do with a plain-HTTP S3
@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from pgbackrest_cluster import (ArchivingCluster, ClusterUnavailable, _set_up, cluster_folder,
-                                remove_cluster)
+from clusters import ClusterUnavailable
+from helpers import free_port
 
 STUNNEL = os.environ.get("TEST_STUNNEL", "/usr/bin/stunnel4")
 REPO_PATH = "/mida-repo"          # the repository's prefix in the bucket
@@ -40,27 +40,6 @@ def s3_repository(bucket: str, port: int) -> str:
             "repo1-s3-region=us-east-1\nrepo1-s3-uri-style=path\n"
             "repo1-storage-verify-tls=n\n"
             f"repo1-s3-key={S3_KEY}\nrepo1-s3-key-secret={S3_SECRET}")
-
-
-def build_s3_cluster(bucket: str, port: int) -> ArchivingCluster:
-    """initdb, archive_command, stanza-create and a full backup, all into the S3 repository
-    (ArchivingCluster.repo, the posix folder, stays empty). Raises as build_cluster does."""
-    if shutil.which("pgbackrest") is None:
-        raise ClusterUnavailable("pgbackrest is not installed (apt-get install -y pgbackrest)")
-    root, owner = cluster_folder("pgbackrest-s3-cluster-")
-    cluster = ArchivingCluster(root, free_port())
-    try:
-        _set_up(cluster, owner, repo=s3_repository(bucket, port))
-    except BaseException:
-        remove_cluster(cluster)
-        raise
-    return cluster
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port: int, process: subprocess.Popen, what: str, timeout: float = 30,

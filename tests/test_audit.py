@@ -4,20 +4,15 @@ from __future__ import annotations
 import json
 import os
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from app.ops.catalog.audit import AUDIT_SUFFIX, read_events, record
 from app.ops.catalog.backups import list_backups
 from app.ops.target import open_target
 from app.settings import load_settings
+from helpers import T0, dev_target
 
-T0 = datetime(2026, 3, 2, 22, 5, 7, tzinfo=UTC)
 PASSWORD = "p@ss:w/o%rd#1 'q' \"dq\" end"
-
-
-def target_for(tmp_path, **values):
-    """The target of a dev env (audit events are written through its store)."""
-    return open_target(load_settings("dev", environ=values, root=tmp_path))
 
 
 def audit_files(target) -> list[str]:
@@ -26,17 +21,17 @@ def audit_files(target) -> list[str]:
 
 
 def test_record_returns_and_stores_the_event(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     event = record(target, action="migrate", now=T0, outcome="ok",
                    from_revision="a9ef987fd631", to_revision="f8ff2ab1fdfa",
-                   backup_id="20260302T220507Z-abcdef")
+                   backup_id="20260302T101530Z-abcdef")
     assert event["action"] == "migrate"
     assert event["env"] == "dev"
-    assert event["at"] == "2026-03-02T22:05:07Z"
+    assert event["at"] == "2026-03-02T10:15:30Z"
     assert event["outcome"] == "ok"
     assert event["from_revision"] == "a9ef987fd631"
     assert event["to_revision"] == "f8ff2ab1fdfa"
-    assert event["backup_id"] == "20260302T220507Z-abcdef"
+    assert event["backup_id"] == "20260302T101530Z-abcdef"
     assert event["pid"] == os.getpid()
     assert event["host"] == socket.gethostname()
     assert event["user"]
@@ -47,7 +42,7 @@ def test_record_returns_and_stores_the_event(tmp_path):
 
 
 def test_read_events_newest_first(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     for offset, action in ((1, "rollback"), (0, "migrate"), (2, "restore"), (-1, "break-glass")):
         record(target, action=action, now=T0 + timedelta(days=offset), outcome="ok")
     events = read_events(target)
@@ -56,7 +51,7 @@ def test_read_events_newest_first(tmp_path):
 
 
 def test_events_are_separate_objects_even_in_the_same_instant(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     first = record(target, action="migrate", now=T0, outcome="failed", error="boom")
     second = record(target, action="migrate", now=T0, outcome="ok")
     assert len(audit_files(target)) == 2
@@ -70,7 +65,7 @@ def test_events_are_separate_objects_even_in_the_same_instant(tmp_path):
 
 
 def test_audit_objects_are_private(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     previous = os.umask(0o022)
     try:
         record(target, action="restore", now=T0, outcome="ok")
@@ -98,7 +93,7 @@ def test_audit_never_holds_the_password(tmp_path):
 
 
 def test_unreadable_event_is_reported_not_fatal(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     record(target, action="migrate", now=T0, outcome="ok")
     broken = f"20990101T000000000000Z-000000{AUDIT_SUFFIX}"
     (target.settings.backup_dir / "dev" / broken).write_text("{not json")
@@ -108,18 +103,18 @@ def test_unreadable_event_is_reported_not_fatal(tmp_path):
 
 
 def test_audit_and_backups_do_not_mix(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     record(target, action="migrate", now=T0, outcome="ok")
     assert list_backups(target) == []
     assert len(read_events(target)) == 1
 
 
 def test_no_events_yet(tmp_path):
-    assert read_events(target_for(tmp_path)) == []
+    assert read_events(dev_target(tmp_path)) == []
 
 
 def test_an_object_that_is_not_an_event_is_skipped_with_a_warning_naming_it(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     record(target, action="migrate", now=T0, outcome="succeeded")
     folder = target.settings.backup_dir / target.env
     (folder / f"29990101T000000000000Z-aaaaaa{AUDIT_SUFFIX}").write_text("[1, 2]")

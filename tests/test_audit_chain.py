@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from app.ops.catalog.audit import record
 from app.ops.catalog.audit_chain import AUDIT_SUFFIX, events_with_hashes, sha256_of, walk
-from app.ops.target import open_target
-from app.settings import load_settings
+from helpers import T0, dev_target
 
-T0 = datetime(2026, 3, 2, 22, 5, 7, tzinfo=UTC)
-
-
-def target_for(tmp_path):
-    return open_target(load_settings("dev", environ={}, root=tmp_path))
 
 
 def names(target) -> list[str]:
@@ -29,7 +23,7 @@ def chain_of(target, n: int) -> list[str]:
 
 
 def test_each_event_names_the_previous_by_name_and_hash(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     first, second, third = chain_of(target, 3)
     folder = target.settings.backup_dir / "dev"
     events = {n: json.loads((folder / n).read_bytes()) for n in (first, second, third)}
@@ -47,7 +41,7 @@ def test_each_event_names_the_previous_by_name_and_hash(tmp_path):
 
 
 def test_a_removed_event_is_removed_and_the_next_event_links_past_it(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     first, second, third = chain_of(target, 3)
     (target.settings.backup_dir / "dev" / second).unlink()
     report = walk(target.storage)
@@ -62,7 +56,7 @@ def test_a_removed_event_is_removed_and_the_next_event_links_past_it(tmp_path):
 
 
 def test_an_edited_event_is_changed(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     first, second, third = chain_of(target, 3)
     path = target.settings.backup_dir / "dev" / second
     path.write_bytes(path.read_bytes().replace(b'"succeeded"', b'"failed"'))
@@ -73,13 +67,13 @@ def test_an_edited_event_is_changed(tmp_path):
 
 
 def test_two_events_naming_one_predecessor_are_concurrent_not_a_break(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     (first,) = chain_of(target, 1)
     # Two stores in the same state, one event written to each: what two runs writing at
     # once produce. Then both events in one store.
     other = tmp_path / "other"
     shutil.copytree(tmp_path / "backups", other / "backups")
-    other_target = target_for(other)
+    other_target = dev_target(other)
     record(target, action="migrate", now=T0 + timedelta(minutes=5), outcome="succeeded")
     record(other_target, action="rekey", now=T0 + timedelta(minutes=5), outcome="succeeded")
     (theirs,) = set(names(other_target)) - {first}
@@ -91,7 +85,7 @@ def test_two_events_naming_one_predecessor_are_concurrent_not_a_break(tmp_path):
 
 
 def test_events_before_the_chain_are_unchained_not_problems(tmp_path):
-    target = target_for(tmp_path)
+    target = dev_target(tmp_path)
     folder = target.settings.backup_dir / "dev"
     folder.mkdir(parents=True)
     old = "20250101T000000000000Z-abcdef" + AUDIT_SUFFIX

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -25,41 +25,18 @@ from app.ops.storage.local import LocalStorage
 from app.ops.target import Target, open_target
 from app.settings import load_settings
 from fake_tools import dump_calls, wrapped_pg_dump
-from helpers import FIRST, HEAD, pg_settings
+from helpers import (FIRST, HEAD, T0, dev_target, flip_middle_bit, make_sqlite, pg_settings,
+                     sqlite_rows)
 
-T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def make_sqlite(path: Path, rows: int = 50) -> None:
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)")
-        conn.executemany("INSERT INTO users (id, email) VALUES (?, ?)",
-                         [(i, f"user{i}@example.org") for i in range(rows)])
-        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
-        conn.execute("INSERT INTO alembic_version VALUES (?)", (FIRST,))
-    conn.close()
-
-
-def sqlite_rows(path: Path) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT id, email FROM users ORDER BY id").fetchall()
-    finally:
-        conn.close()
-
-
 def decompress(data: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompressobj().decompress(data)
 
 
 def recompress(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(write_checksum=True).compress(data)
-
-
-def dev_target(root: Path):
-    return open_target(load_settings("dev", environ={}, root=root))
 
 
 @pytest.fixture
@@ -106,7 +83,7 @@ def test_take_backup_sqlite_manifest_fields(sqlite_target, tmp_path):
     copy = tmp_path / "copy.db"
     copy.write_bytes(raw)
     assert sqlite_rows(copy) == sqlite_rows(Path(sqlite_target.database.url.database))
-    assert len(sqlite_rows(copy)) == 50
+    assert len(sqlite_rows(copy)["users"]) == 50
 
 
 def test_take_backup_writes_the_manifest_last_and_matching(sqlite_target):
@@ -158,15 +135,9 @@ def test_verify_backup_extracts_the_database(sqlite_target, tmp_path):
     assert sqlite_rows(target) == sqlite_rows(Path(sqlite_target.database.url.database))
 
 
-def corrupt(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_corrupt_artifact_fails_and_is_recorded(sqlite_target):
     manifest = take_backup(sqlite_target, reason="manual", revision=FIRST, now=T0)
-    corrupt(backup_folder(sqlite_target) / manifest.artifact)
+    flip_middle_bit(backup_folder(sqlite_target) / manifest.artifact)
     with pytest.raises(BackupFailed, match=manifest.id):
         verify_backup(sqlite_target, manifest, now=T0 + timedelta(minutes=5))
     on_disk = stored_manifest(sqlite_target, manifest.id)
@@ -403,7 +374,7 @@ def test_postgres_archive_truncated_inside_is_refused_by_read_back(pg_database,
 def test_postgres_corrupt_artifact_fails(pg_settings_with_rows):
     settings = pg_settings_with_rows
     manifest = take_backup(settings, reason="manual", revision=FIRST, now=T0)
-    corrupt(backup_folder(settings) / manifest.artifact)
+    flip_middle_bit(backup_folder(settings) / manifest.artifact)
     with pytest.raises(BackupFailed):
         verify_backup(settings, manifest, now=T0)
     assert stored_manifest(settings, manifest.id).verified is False

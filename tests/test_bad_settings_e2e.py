@@ -128,41 +128,20 @@ def locked_down_cluster():
     """A throwaway cluster (initdb, trust auth, a free port) whose `postgres` database the
     PUBLIC may not connect to, as some hardened servers are; removed afterwards. Holds a role
     `mida_owner` (LOGIN CREATEDB) owning database `mida`."""
-    import os
-    import pwd
-    import shutil
-    import tempfile
-    from pathlib import Path
+    from clusters import build_cluster
 
-    from pgbackrest_cluster import OWNER, PG_BIN, ArchivingCluster, free_port, remove_cluster
-
-    if not (PG_BIN / "initdb").exists():
-        pytest.fail(f"no initdb in {PG_BIN} (set TEST_PG_BIN)")
-    owner = pwd.getpwnam(OWNER)
-    root = Path(tempfile.mkdtemp(prefix="maintenance-cluster-"))
-    os.chmod(root, 0o755)
-    os.chown(root, owner.pw_uid, owner.pw_gid)
-    cluster = ArchivingCluster(root, free_port())
+    cluster = build_cluster("maintenance-cluster-")
     try:
-        cluster.socket_dir.mkdir(mode=0o750)
-        os.chown(cluster.socket_dir, owner.pw_uid, owner.pw_gid)
-        cluster.run(str(PG_BIN / "initdb"), "-D", str(cluster.data), "--auth=trust", "-U",
-                    OWNER, "--no-sync", "-E", "UTF8")
-        with open(cluster.data / "postgresql.conf", "a") as conf:
-            conf.write(f"port = {cluster.port}\nlisten_addresses = '127.0.0.1'\n"
-                       f"unix_socket_directories = '{cluster.socket_dir}'\nfsync = off\n")
-        cluster.start()
         cluster.psql("CREATE ROLE mida_owner LOGIN CREATEDB")
         cluster.psql("CREATE DATABASE mida OWNER mida_owner")
         cluster.psql("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
         yield cluster
     finally:
-        remove_cluster(cluster)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.remove()
 
 
 def cluster_env(cluster, **extra: str) -> dict:
-    from pgbackrest_cluster import PG_BIN
+    from clusters import PG_BIN
     return {"APP_ENV": "pgtest", "POSTGRES_SERVER": "127.0.0.1",
             "POSTGRES_PORT": str(cluster.port), "POSTGRES_USER": "mida_owner",
             "POSTGRES_DB": "mida", "PG_BIN_DIR": str(PG_BIN), **extra}

@@ -4,30 +4,22 @@ server with a small lock table (max_locks_per_transaction 64, max_connections 50
 """
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
-from helpers import (HEAD, admin_sql, derived_databases, failed, ids, insert_users, ok,
-                     pg_env, shown, take_backup, without_audit)
-from pgbackrest_cluster import PG_BIN, ClusterUnavailable
-from throwaway_cluster import start_cluster
-
-SAFETY = "before restore of "
-
+from helpers import (HEAD, SAFETY_PREFIX, admin_sql, derived_databases, failed, ids, insert_users, ok,
+                     pg_env, read_manifest, shown, take_backup, without_audit)
+from clusters import PG_BIN, throwaway
 
 @pytest.fixture(scope="module")
 def cluster():
-    try:
-        made = start_cluster({"max_connections": "50", "max_locks_per_transaction": "64",
-                              "autovacuum_naptime": "1s"})
-    except ClusterUnavailable as exc:
-        pytest.skip(str(exc))
-    admin = made.admin_engine()
-    yield made, admin
-    admin.dispose()
-    made.remove()
+    for made in throwaway("a throwaway cluster with a small lock table",
+                          settings={"max_connections": "50", "max_locks_per_transaction": "64",
+                                    "autovacuum_naptime": "1s"}):
+        admin = made.admin_engine()
+        yield made, admin
+        admin.dispose()
 
 
 @pytest.fixture
@@ -43,7 +35,7 @@ def create_tables(cluster, db, count: int, start: int = 0) -> None:
     500 to a transaction (one transaction creating them all would need a lock per table)."""
     made, _ = cluster
     made.run(str(PG_BIN / "psql"), "-X", "-q",
-             "-v", "ON_ERROR_STOP=1", "-h", str(made.root / "sock"), "-p", str(made.port),
+             "-v", "ON_ERROR_STOP=1", "-h", str(made.socket_dir), "-p", str(made.port),
              "-d", db.name, "-c", f'SET ROLE "{db.role}"', "-c", f"""
 DO $$ BEGIN
   FOR i IN {start + 1}..{start + count} LOOP
@@ -51,10 +43,6 @@ DO $$ BEGIN
     IF i % 500 = 0 THEN COMMIT; END IF;
   END LOOP;
 END $$""")
-
-
-def manifest(project, backup_id: str) -> dict:
-    return json.loads((project.store("pgtest") / f"{backup_id}.manifest.json").read_text())
 
 
 def wait_for_autovacuum(db, bound: float = 180) -> int:
@@ -90,7 +78,7 @@ def assert_restored_over(project, db, backup: dict, result) -> None:
     kept = derived_databases(db.admin, db.name, "__pre_restore_")
     assert len(kept) == 1 and kept[0] in result.stdout, shown(result)
     safety = [b for b in project.backups("pgtest", env=pg_env(db))
-              if b["reason"] == SAFETY + backup["id"]]
+              if b["reason"] == SAFETY_PREFIX + backup["id"]]
     assert len(safety) == 1 and safety[0]["verified"] is True, shown(result)
 
 
@@ -152,7 +140,7 @@ def test_a_backup_of_3000_tables_needs_no_more_locks_than_pg_dump(project, db, c
     db.sql("INSERT INTO t1234 VALUES (1, 'one'), (2, 'two')")
 
     backup = take_backup(project, "pgtest", env)
-    counts = manifest(project, backup["id"])["row_counts"]
+    counts = read_manifest(project, backup["id"], "pgtest")["row_counts"]
     assert len(counts) == 3002 and counts["public.t1234"] == 2 and counts["public.users"] == 1
     ok(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env))
 
@@ -161,9 +149,9 @@ def test_a_backup_of_3000_tables_needs_no_more_locks_than_pg_dump(project, db, c
     assert db.sql("SELECT count(*) FROM t1234") == [(2,)]
     assert len(db.tables()) == 3002
     safety = [b for b in project.backups("pgtest", env=env)
-              if b["reason"] == SAFETY + backup["id"]]
+              if b["reason"] == SAFETY_PREFIX + backup["id"]]
     assert len(safety) == 1 and safety[0]["verified"] is True, shown(result)
-    assert manifest(project, safety[0]["id"])["row_counts"]["public.t1234"] == 3
+    assert read_manifest(project, safety[0]["id"], "pgtest")["row_counts"]["public.t1234"] == 3
 
 
 @pytest.mark.postgres

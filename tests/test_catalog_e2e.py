@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (HEAD, audit_events, dev_db, failed, insert_users, last_audit, ok, pg_env,
-                     shown, sqlite_query, take_backup)
+from helpers import (HEAD, audit_events, dev_db, edit_manifest, failed, insert_users, last_audit,
+                     manifest_path, ok, pg_env, read_manifest, shown, sqlite_query, take_backup)
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
@@ -37,22 +37,6 @@ def add_user(project, email: str) -> None:
 
 def emails(project) -> list[str]:
     return [r[0] for r in sqlite_query(dev_db(project), "SELECT email FROM users ORDER BY id")]
-
-
-def manifest_path(project, backup_id: str, env_name: str = "dev") -> Path:
-    return project.store(env_name) / f"{backup_id}.manifest.json"
-
-
-def edit_manifest(project, backup_id: str, env_name: str = "dev", **changes) -> dict:
-    path = manifest_path(project, backup_id, env_name)
-    data = json.loads(path.read_text())
-    data.update(changes)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return data
-
-
-def manifest(project, backup_id: str, env_name: str = "dev") -> dict:
-    return json.loads(manifest_path(project, backup_id, env_name).read_text())
 
 
 def ago(**delta) -> str:
@@ -140,7 +124,7 @@ def test_prune_never_counts_a_backup_dated_in_the_future(project, one_in_2099):
     # look at, not counted; only the oldest goes.
     assert stored_ids(project) == {real["id"], future["id"]}
     assert f"Deleting {oldest['id']}" in result.stdout
-    assert manifest(project, real["id"])["verified"] is True  # read back before deleting
+    assert read_manifest(project, real["id"])["verified"] is True  # read back before deleting
     # Again: nothing more goes.
     ok(project.run("prune", env={"BACKUP_KEEP_LAST": "1"}))
     assert stored_ids(project) == {real["id"], future["id"]}
@@ -230,7 +214,7 @@ def test_verify_fails_on_a_manifest_whose_size_is_not_the_artifacts(project):
     edit_manifest(project, item["id"], size=10**15)
     failed(project.run("verify", f"--backup={item['id']}"), 4, item["id"],
            f"is {real_size} bytes but its manifest records {10**15}")
-    recorded = manifest(project, item["id"])
+    recorded = read_manifest(project, item["id"])
     assert recorded["verified"] is False and str(10**15) in recorded["verify_error"]
     # Restore refuses it too (asked for by id), and the database is left as it was.
     add_user(project, "after@x.org")
@@ -253,7 +237,7 @@ def test_an_artifact_that_is_a_symbolic_link_out_of_the_store_is_refused(project
 
     failed(project.run("verify", f"--backup={item['id']}"), 4, item["id"], "symbolic link",
            str(outside))
-    assert manifest(project, item["id"])["verified"] is False
+    assert read_manifest(project, item["id"])["verified"] is False
     failed(project.run("restore", "--yes", f"--backup={item['id']}"), 4, item["id"],
            "symbolic link")
     assert emails(project) == ["a@x.org", "b@x.org"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Bucket
-from helpers import FIRST, HEAD, add_revision, assert_no_password, audit_events, pg_env, shown
+from helpers import (FIRST, HEAD, add_revision, assert_no_password, audit_events, edit_manifest,
+                     free_port, pg_env, read_manifest, shown)
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
@@ -70,23 +70,14 @@ def backed_up(project, env: dict | None = None, env_name: str = "dev") -> dict:
 
 def age_manifest(project, item: dict, age: timedelta, env_name: str = "dev") -> str:
     """Move a local backup's created_at `age` into the past; returns the new value."""
-    path = project.root / "backups" / env_name / f"{item['id']}.manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["created_at"] = (datetime.now(UTC) - age).isoformat(timespec="milliseconds")
-    path.write_text(json.dumps(manifest))
-    return manifest["created_at"]
+    created_at = (datetime.now(UTC) - age).isoformat(timespec="milliseconds")
+    return edit_manifest(project, item["id"], env_name, created_at=created_at)["created_at"]
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
     """Every file under `root`: bytes, mode and modification time."""
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode, p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the backup checks ------------------------------------------------------------------------
@@ -171,10 +162,7 @@ def test_a_backup_that_failed_verification_warns(project):
 def test_verification_older_than_check_verify_max_age_warns(project):
     item = backed_up(project)
     age_manifest(project, item, timedelta(hours=2))  # created (and verified) two hours ago
-    path = project.root / "backups" / "dev" / f"{item['id']}.manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["verified_at"] = manifest["created_at"]
-    path.write_text(json.dumps(manifest))
+    edit_manifest(project, item["id"], verified_at=read_manifest(project, item["id"])["created_at"])
     checked(project.run("check"), OK)  # not set: not checked
     lines = checked(project.run("check", env={"CHECK_VERIFY_MAX_AGE": "1h"}), WARNING)
     assert "limit 1h" in line_of(lines, "verification")

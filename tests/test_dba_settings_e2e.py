@@ -4,7 +4,6 @@ refuse before doing any work, naming each setting and the SQL a DBA must run.
 """
 from __future__ import annotations
 
-import json
 import secrets
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 
 from fake_tools import fake_pg_bin
 from helpers import (FIRST, HEAD, Untouched, admin_sql, audit_events, derived_databases,
-                     drop_derived, failed, ids, insert_users, ok, pg_env, shown, take_backup)
+                     drop_derived, failed, ids, insert_users, ok, pg_env, read_manifest, shown,
+                     take_backup)
 
 
 def set_on_owner(db, setting: str, value: str) -> None:
@@ -22,8 +22,7 @@ def set_on_owner(db, setting: str, value: str) -> None:
 
 def row_counts(project, backup: dict) -> dict:
     """What the dump's own snapshot counted, as its manifest records it."""
-    path = project.root / "backups" / "pgtest" / f"{backup['id']}.manifest.json"
-    return json.loads(path.read_text())["row_counts"]
+    return read_manifest(project, backup["id"], "pgtest")["row_counts"]
 
 
 def slow_pg_dump(tmp_path: Path, seconds: float) -> Path:

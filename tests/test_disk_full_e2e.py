@@ -6,14 +6,14 @@ with nothing left behind (no artifact, no `.partial`, no scratch copy).
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from helpers import FIRST, HEAD, Untouched, failed, last_audit, ok, pg_env, sqlite_state
+from helpers import (FIRST, HEAD, Untouched, edit_manifest, failed, last_audit, ok, pg_env,
+                     read_manifest, sqlite_state, store_files)
 
 BLOCK = 4096  # tmpfs's page: the unit it hands out room in
 MIB = 1 << 20
@@ -26,14 +26,6 @@ def store_on(disk) -> dict:
     return {"BACKUP_DIR": str(disk.path / "backups")}
 
 
-def store_files(folder: Path) -> dict[str, bytes]:
-    """Every file of the store but the records a failed run adds (audit, rehearsal, drill), with its
-    bytes: a manifest rewritten, an artifact left, a `.partial` left all show."""
-    return {p.name: p.read_bytes() for p in folder.iterdir()
-            if not p.name.endswith((".audit.json", ".rehearsal.json", ".drill.json"))
-            } if folder.is_dir() else {}
-
-
 class SqliteUntouched:
     """What a run that failed for want of room must leave as it was: the database, the listed
     backups, and the store's files byte for byte."""
@@ -44,7 +36,7 @@ class SqliteUntouched:
 
     def _read(self):
         return (sqlite_state(self.project.root / "dev.db"),
-                self.project.backups("dev", env=self.env), store_files(self.store))
+                self.project.backups("dev", env=self.env), store_files(self.store, records=False))
 
     def check(self) -> None:
         state, listed, files = self._read()
@@ -85,14 +77,11 @@ def backed_up_with_a_full_tmpdir(project, small_disk) -> tuple:
     return tmp, before
 
 
-def understate_raw_size(store: Path, backup_id: str) -> None:
+def understate_raw_size(project, backup_id: str, env_name: str) -> None:
     """Make the manifest claim a 1-byte database, so the room checked before the extract is
     too little and the extract itself runs into the full disk (as a disk that fills up meanwhile
     would)."""
-    path = store / f"{backup_id}.manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["raw_size"] = 1
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    edit_manifest(project, backup_id, env_name, raw_size=1)
 
 
 # -- the backup store fills ------------------------------------------------------------------
@@ -200,7 +189,7 @@ def test_a_restore_whose_tmpdir_is_too_small_leaves_the_database_alone(project, 
     store = project.root / "backups" / "dev"
     backup = with_backup_at(project, {}, FIRST)
     if room == "runs out during the extract":
-        understate_raw_size(store, backup["id"])
+        understate_raw_size(project, backup["id"], "dev")
     before = SqliteUntouched(project, {}, store)
     assert before.state["revision"] == HEAD
     tmp.fill(leave=2 * BLOCK)
@@ -267,12 +256,12 @@ def test_a_postgres_restore_whose_tmpdir_is_too_small_changes_nothing(project, p
                e=f"user{i}@example.org")
     ok(project.run("backup", env=env))
     backup = project.backups("pgtest", env=env)[0]
-    raw_size = json.loads((store / f"{backup['id']}.manifest.json").read_text())["raw_size"]
+    raw_size = read_manifest(project, backup["id"], "pgtest")["raw_size"]
     assert raw_size > 2 * BLOCK  # the extract cannot fit in the room left below
     ok(project.run("migrate", env=env))
     if room == "runs out during the extract":
-        understate_raw_size(store, backup["id"])
-    before, files = Untouched(project, db, pg_admin, env), store_files(store)
+        understate_raw_size(project, backup["id"], "pgtest")
+    before, files = Untouched(project, db, pg_admin, env), store_files(store, records=False)
     tmp.fill(leave=2 * BLOCK)
 
     line = failed(project.run("restore", f"--backup={backup['id']}", "--yes",
@@ -281,6 +270,6 @@ def test_a_postgres_restore_whose_tmpdir_is_too_small_changes_nothing(project, p
 
     assert "extract" in line
     before.check()  # same data, same database (oid), same backups listed, no copy left
-    assert store_files(store) == files  # the safety backup begun beside it is gone again
+    assert store_files(store, records=False) == files  # the safety backup begun beside it is gone again
     assert tmp.files() == set()
     assert last_audit(store)["outcome"] == "failed"

@@ -16,10 +16,9 @@ import pyrage
 import pytest
 import zstandard
 
-from helpers import (FIRST, HEAD, dev_db, failed, ok, pg_env, sealed, sqlite_query,
-                     without_audit)
+from helpers import (AGE_MAGIC, FIRST, HEAD, dev_db, failed, ok, pg_env, read_manifest, sealed,
+                     sqlite_query, without_audit)
 
-AGE_MAGIC = b"age-encryption.org/v1\n"
 SQLITE_MAGIC = b"SQLite format 3"
 ROWS = [("ada@example.org", "Ada Lovelace", "+44 20 7946 0000"),
         ("grace@example.org", "Grace Hopper", None)]
@@ -28,7 +27,7 @@ ROWS = [("ada@example.org", "Ada Lovelace", "+44 20 7946 0000"),
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def sqlite_rows(path: Path) -> list[tuple]:
+def user_rows(path: Path) -> list[tuple]:
     return sqlite_query(path, "SELECT email, full_name, phone_number FROM users ORDER BY email")
 
 
@@ -45,14 +44,8 @@ def dev_with_rows(project) -> Path:
         conn.executemany("INSERT INTO users (email, full_name, hashed_password, phone_number) "
                          "VALUES (?, ?, 'x', ?)", ROWS)
     conn.close()
-    assert sqlite_rows(dev_db(project)) == sorted(ROWS)
+    assert user_rows(dev_db(project)) == sorted(ROWS)
     return dev_db(project)
-
-
-def manifest_of(project, item_or_id, env_name: str = "dev") -> dict:
-    backup_id = item_or_id if isinstance(item_or_id, str) else item_or_id["id"]
-    return json.loads((project.root / "backups" / env_name /
-                       f"{backup_id}.manifest.json").read_text())
 
 
 def stored(project, env_name: str = "dev") -> set[str]:
@@ -85,7 +78,7 @@ def rows_of_sqlite_bytes(plain: bytes) -> tuple[str | None, list[tuple]]:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         finally:
             conn.close()
-        return sqlite_revision(copy), sqlite_rows(copy)
+        return sqlite_revision(copy), user_rows(copy)
 
 
 def payload_offset(data: bytes) -> int:
@@ -112,7 +105,7 @@ def test_an_encrypted_backup_is_age_and_holds_nothing_in_the_clear(project, keys
     assert b"ada@example.org" not in data
     assert len(data) == item["size"]
 
-    manifest = manifest_of(project, item)
+    manifest = read_manifest(project, item["id"])
     assert manifest["encryption"] == "age"
     assert manifest["recipients"] == [key.recipient]
     assert manifest["artifact"] == artifact.name
@@ -130,7 +123,7 @@ def test_an_encrypted_backup_verifies_with_its_key(project, keys):
     assert item["id"] in result.stdout
     [after] = project.backups(env=env)
     assert after["verified"] is True
-    assert manifest_of(project, item)["verify_error"] is None
+    assert read_manifest(project, item["id"])["verify_error"] is None
 
 
 def test_an_encrypted_backup_decrypts_by_hand(project, keys):
@@ -140,7 +133,7 @@ def test_an_encrypted_backup_decrypts_by_hand(project, keys):
     # pyrage (rage) + zstandard: the by-hand path.
     plain = unzstd(pyrage.decrypt(data, [key.identity]))
     assert plain.startswith(SQLITE_MAGIC)
-    assert len(plain) == manifest_of(project, item)["raw_size"]
+    assert len(plain) == read_manifest(project, item["id"])["raw_size"]
     assert rows_of_sqlite_bytes(plain) == (HEAD, sorted(ROWS))
 
     # The reference age CLI, when installed: `age -d -i KEY FILE | zstd -d`.
@@ -161,12 +154,12 @@ def test_an_encrypted_backup_restores_over_the_database(project, keys):
     conn.close()
 
     ok(project.run("restore", "--backup", item["id"], "--yes", env=env))
-    assert sqlite_rows(path) == sorted(ROWS)
+    assert user_rows(path) == sorted(ROWS)
     assert sqlite_revision(path) == HEAD
     # The safety backup taken before the restore is encrypted too.
     for listed in project.backups(env=env):
         assert listed["location"].endswith(".age")
-        assert manifest_of(project, listed)["encryption"] == "age"
+        assert read_manifest(project, listed["id"])["encryption"] == "age"
 
 
 # -- the wrong key, or no key ----------------------------------------------------------------
@@ -180,7 +173,7 @@ def test_verify_with_the_wrong_identity_is_bad_input_and_keeps_the_backup_verifi
 
     failed(project.run("verify", "--backup", item["id"], env=sealed(key, identity=stranger)),
            2, item["id"], "cannot be decrypted")
-    manifest = manifest_of(project, item)
+    manifest = read_manifest(project, item["id"])
     assert manifest["verified"] is True
     assert manifest["verify_error"] is None
     [after] = project.backups()
@@ -228,8 +221,8 @@ def test_verify_without_a_usable_identity_is_bad_input(project, keys, tmp_path, 
     message = failed(project.run("verify", "--backup", item["id"], env=env), 2)
     assert "BACKUP_ENCRYPTION_IDENTITY_FILE" in message
     assert ("chmod 600" in message) == (how == "key readable by others"), message
-    assert manifest_of(project, item)["verified"] is True
-    assert manifest_of(project, item)["verify_error"] is None
+    assert read_manifest(project, item["id"])["verified"] is True
+    assert read_manifest(project, item["id"])["verify_error"] is None
 
 
 # -- damage ----------------------------------------------------------------------------------
@@ -248,7 +241,7 @@ def test_a_damaged_encrypted_backup_fails_verify_and_is_marked_unverified(projec
     artifact.write_bytes(bytes(data))
 
     failed(project.run("verify", "--backup", item["id"], env=env), 4, item["id"])
-    manifest = manifest_of(project, item)
+    manifest = read_manifest(project, item["id"])
     assert manifest["verified"] is False
     assert manifest["verify_error"]
     [after] = project.backups(env=env)
@@ -294,7 +287,7 @@ def test_each_of_several_recipients_can_verify_alone(project, keys):
            "BACKUP_ENCRYPTION_IDENTITY_FILE": str(alice.path)}
     ok(project.run("backup", env=env))
     [item] = project.backups()
-    assert manifest_of(project, item)["recipients"] == [alice.recipient, bob.recipient]
+    assert read_manifest(project, item["id"])["recipients"] == [alice.recipient, bob.recipient]
 
     data = Path(item["location"]).read_bytes()
     for key in (alice, bob):
@@ -327,7 +320,7 @@ def test_postgres_encrypted_backup_verify_and_restore(project, pgdb, keys):
     assert item["location"].endswith(".pgdump.zst.age")
     assert data.startswith(AGE_MAGIC)
     assert b"PGDMP" not in data and b"ada@example.org" not in data
-    assert manifest_of(project, item, "pgtest")["encryption"] == "age"
+    assert read_manifest(project, item["id"], "pgtest")["encryption"] == "age"
     # The plaintext inside is a pg_dump custom archive.
     assert unzstd(pyrage.decrypt(data, [key.identity])).startswith(b"PGDMP")
 

@@ -6,20 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from helpers import (FIRST, HEAD, audit_events, derived_databases, failed, insert_users, ok,
-                     pg_env, pg_state, sealed, shown, sql_in, sqlite_state)
-
-
-def open_window() -> str:
-    now = datetime.now(UTC)
-    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
-    if start.date() != end.date():
-        return f"{start:%Y-%m-%d %H:%M}-24:00, {end:%Y-%m-%d} 00:00-{end:%H:%M}"
-    return f"{start:%Y-%m-%d %H:%M}-{end:%H:%M}"
+                     open_window, pg_env, pg_state, sealed, shown, sql_in, sqlite_state)
 
 
 def prod_at_first(project, **settings: str):

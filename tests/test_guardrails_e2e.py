@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
-from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, failed, ok, pg_env,
-                     shown, sqlite_state)
+from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, edit_manifest, failed,
+                     ok, open_window, pg_env, prod_at, shown, sqlite_state, store_files, window_covering)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -26,36 +26,6 @@ from helpers import (FIRST, HEAD, HeldLock, add_revision, derived_databases, fai
 
 def warnings(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
-
-
-def window_covering(start: datetime, end: datetime) -> str:
-    """One-off MAINTENANCE_WINDOW entries (UTC) open from `start` to `end`; two entries when
-    the span crosses midnight."""
-    if start.date() == end.date():
-        return f"{start:%Y-%m-%d %H:%M}-{end:%H:%M}"
-    if (end.hour, end.minute) == (0, 0):
-        return f"{start:%Y-%m-%d %H:%M}-24:00"
-    return f"{start:%Y-%m-%d %H:%M}-24:00, {end:%Y-%m-%d} 00:00-{end:%H:%M}"
-
-
-def open_window() -> str:
-    now = datetime.now(UTC)
-    return window_covering(now - timedelta(hours=1), now + timedelta(hours=1))
-
-
-def store_files(project, env_name: str) -> dict[str, bytes]:
-    folder = project.root / "backups" / env_name
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
-
-
-def prod_at(project, revision: str, **settings: str) -> Path:
-    """`.env.prod` on SQLite file prod.db, brought to `revision` outside any guard (env dev)."""
-    # Plaintext backups allowed: the guards tested here are others (test_encryption_policy_e2e).
-    project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional", **settings)
-    ok(project.run("migrate", f"--revision={revision}", env={"SQLITE_PATH": "prod.db"}))
-    path = project.root / "prod.db"
-    assert sqlite_state(path)["revision"] == revision
-    return path
 
 
 # -- several heads ---------------------------------------------------------------------------
@@ -116,8 +86,8 @@ def test_an_empty_downgrade_is_refused_in_production_unless_break_glass(project)
     failed(project.run("migrate", "--env=prod"), 3, EMPTY_DOWN, "downgrade")
     assert sqlite_state(prod) == before
     assert project.backups("prod") == []
-    assert store_files(project, "prod") == {} or not any(
-        n.endswith(".zst") for n in store_files(project, "prod"))
+    assert store_files(project.store("prod")) == {} or not any(
+        n.endswith(".zst") for n in store_files(project.store("prod")))
 
     reason = "CHG-7 notes column, rollback is a restore"
     result = ok(project.run("migrate", "--env=prod", "--break-glass", reason))
@@ -199,10 +169,8 @@ def test_a_run_that_would_not_fit_the_window_is_refused_unless_break_glass(proje
     prod = prod_at(project, FIRST, MAINTENANCE_WINDOW=open_window())
     ok(project.run("backup", "--env=prod"))
     [history] = project.backups("prod")
-    manifest = project.root / "backups" / "prod" / f"{history['id']}.manifest.json"
-    data = json.loads(manifest.read_text())
-    data.update(database_size=1000, duration_seconds=100000)  # 0.01 bytes per second
-    manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    edit_manifest(project, history["id"], "prod", database_size=1000,
+                  duration_seconds=100000)  # 0.01 bytes per second
 
     now = datetime.now(UTC)
     project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional",
@@ -240,14 +208,14 @@ def test_migrate_sql_prints_only_the_pending_sql_and_changes_nothing(project, re
         env, env_name = None, "dev"
         ok(project.run("migrate", f"--revision={FIRST}"))
         state = lambda: sqlite_state(project.root / "dev.db")  # noqa: E731
-    before, files = state(), store_files(project, env_name)
+    before, files = state(), store_files(project.store(env_name))
 
     result = ok(project.run("migrate", "--sql", env=env))
     assert re.search(r"ALTER TABLE users ADD( COLUMN)? phone_number VARCHAR\(20\)",
                      result.stdout), shown(result)
     assert "CREATE TABLE users" not in result.stdout
     assert state() == before
-    assert store_files(project, env_name) == files
+    assert store_files(project.store(env_name)) == files
 
 
 # == PostgreSQL =================================================================================
@@ -444,7 +412,8 @@ def test_rehearse_runs_the_pending_migrations_down_and_up_on_a_scratch_copy(proj
 
 
 @pytest.mark.postgres
-def test_a_rehearsal_whose_migration_fails_exits_5_and_drops_the_scratch(project, pgdb):
+def test_a_rehearsal_whose_migration_fails_exits_5_and_drops_the_scratch(project, pgdb,
+                                                                        tmp_path):
     db = pgdb
     env = pg_env(db)
     ok(project.run("migrate", f"--revision={FIRST}", env=env))
@@ -453,8 +422,15 @@ def test_a_rehearsal_whose_migration_fails_exits_5_and_drops_the_scratch(project
         op.add_column("users", sa.Column("notes", sa.Text(), nullable=True))
         raise RuntimeError("this migration fails on purpose")
         ''', 'op.drop_column("users", "notes")', "Add notes, then fail")
+    log = tmp_path / "pg_restore.log"
+    bin_dir = fake_pg_bin(tmp_path / "bin", pg_restore=f"""printf '%s\\n' "$*" >> '{log}'
+exec "$REAL" "$@"
+""")
 
-    failed(project.run("rehearse", env=env), 5, "fa11fa11fa11")
+    failed(project.run("rehearse", env={**env, "PG_BIN_DIR": str(bin_dir)}), 5, "fa11fa11fa11")
+    # The rehearsal did build its scratch copy (pg_restore loaded it), and dropped it.
+    loaded = [a for a in log.read_text().split() if a.startswith("--dbname=")]
+    assert len(loaded) == 1 and loaded[0].startswith(f"--dbname={db.name}__scratch_"), loaded
     assert scratch_databases(db) == []
     assert derived_databases(db.admin, db.name) == []
     assert db.revision() == FIRST
@@ -503,10 +479,10 @@ def test_stamp_is_refused_while_another_run_holds_the_lock(project):
 
 def test_a_rollback_that_drops_tables_in_production_needs_yes(project):
     db = prod_at(project, HEAD, MAINTENANCE_WINDOW=open_window())
-    before = store_files(project, "prod")
+    before = store_files(project.store("prod"))
     failed(project.run("rollback", "--env=prod", "--to=base"), 3, "drops table users", "--yes")
     assert sqlite_state(db)["revision"] == HEAD and "users" in sqlite_state(db)["tables"]
-    assert store_files(project, "prod") == before  # refused before any backup
+    assert store_files(project.store("prod")) == before  # refused before any backup
     result = ok(project.run("rollback", "--env=prod", "--to=base", "--yes"))
     assert "drops table users" in result.stderr, shown(result)
     assert sqlite_state(db)["revision"] is None and "users" not in sqlite_state(db)["tables"]

@@ -10,7 +10,6 @@ import fcntl
 import json
 import os
 import socket
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,8 @@ from app.ops.errors import ExitCode, GuardRefused
 from app.ops.databases import open_database
 from app.ops.databases.lock import advisory_key
 from app.settings import load_settings
-from helpers import advisory_locks_held, pg_settings
+from helpers import T0, advisory_locks_held, pg_settings
 
-T0 = datetime(2026, 3, 2, 22, 5, tzinfo=UTC)
 
 
 def database_lock(settings, *, action: str, now):
@@ -50,7 +48,7 @@ def test_sqlite_second_lock_is_refused_naming_the_holder(sqlite_settings):
     assert message.startswith("restore refused")
     assert f"pid {os.getpid()}" in message
     assert socket.gethostname() in message
-    assert "2026-03-02 22:05:00Z" in message
+    assert "2026-03-02 10:15:30Z" in message
     assert str(lock_path(sqlite_settings)) in message
 
 

@@ -8,12 +8,11 @@ outcome into a traceback.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import pytest
 
 from fake_tools import fake_pg_bin, wrapped_pg_dump
-from helpers import (FIRST, HEAD, add_revision, admin_url, advisory_locks_held, at_first_revision,
+from helpers import (FIRST, HEAD, T0, add_revision, admin_url, advisory_locks_held, at_first_revision,
                      derived_databases, failed, last_audit, ok, pg_env, pg_settings, take_backup)
 
 from app.ops.errors import ExitCode, LockLost
@@ -22,7 +21,6 @@ from app.ops.databases.lock import advisory_key
 
 pytestmark = pytest.mark.postgres
 
-T0 = datetime(2026, 3, 2, 22, 5, tzinfo=UTC)
 ADMIN_DSN = admin_url().set(drivername="postgresql").render_as_string(hide_password=False)
 
 

@@ -4,9 +4,7 @@ branching on "pgbackrest" themselves. Real SQLite files; a recording method stan
 test must see what was asked of it."""
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,27 +18,10 @@ from app.ops.commands.run_facts import RunFacts
 from app.ops.methods.registry import METHODS, DumpMethod, PgBackRestMethod, method_of
 from app.ops.report import Reporter
 from app.ops.commands.restore import run_restore
-from app.ops.methods.contract import RestorePlan, RestoreResult
 from app.ops.commands.status import collect_status
-from app.ops.target import open_target
-from app.settings import load_settings
+from app.ops.methods.contract import RestorePlan, RestoreResult
+from helpers import FIRST, PG_URL, T0, dev_target, make_sqlite
 
-T0 = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)
-FIRST = "a9ef987fd631"
-PG_URL = "postgresql+psycopg2://mida:secret@127.0.0.1:5432/mida"
-
-
-def make_sqlite(path: Path) -> None:
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL)")
-        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
-        conn.execute("INSERT INTO alembic_version VALUES (?)", (FIRST,))
-    conn.close()
-
-
-def dev_target(root: Path, **environ: str):
-    return open_target(load_settings("dev", environ=environ, root=root))
 
 
 class RecordingMethod:
@@ -83,7 +64,7 @@ def test_the_configured_method_is_chosen_once_from_backup_method(tmp_path):
 
 def test_an_existing_backup_is_handled_by_the_method_that_made_it(tmp_path):
     target = dev_target(tmp_path)
-    make_sqlite(target.database.path)
+    make_sqlite(target.database.path, rows=0)
     manifest = take_backup(target, reason="manual", revision=FIRST, now=T0)
     assert isinstance(method_of(manifest), DumpMethod)
     restore_point = replace(manifest, method="pgbackrest", artifact="", pgbackrest={})
@@ -96,7 +77,7 @@ def test_an_existing_backup_is_handled_by_the_method_that_made_it(tmp_path):
 
 def test_backup_before_change_asks_the_configured_method_with_the_runs_facts(tmp_path):
     target = dev_target(tmp_path)
-    make_sqlite(target.database.path)
+    make_sqlite(target.database.path, rows=0)
     sentinel = object()
     target.method = RecordingMethod(answer=sentinel)
     facts = RunFacts(target)
@@ -113,7 +94,7 @@ def test_backup_before_change_asks_the_configured_method_with_the_runs_facts(tmp
 
 def test_a_dump_backup_is_still_verified_and_a_damaged_one_recorded(tmp_path):
     target = dev_target(tmp_path)
-    make_sqlite(target.database.path)
+    make_sqlite(target.database.path, rows=0)
     manifest = take_backup(target, reason="manual", revision=FIRST, now=T0)
     assert verify_backup(target, manifest, now=T0).verified
     artifact = Path(manifest.location)
@@ -126,7 +107,7 @@ def test_a_dump_backup_is_still_verified_and_a_damaged_one_recorded(tmp_path):
 
 def test_restore_asks_the_method_of_the_backup_not_of_the_env(tmp_path, monkeypatch):
     target = dev_target(tmp_path)
-    make_sqlite(target.database.path)
+    make_sqlite(target.database.path, rows=0)
     manifest = take_backup(target, reason="manual", revision=FIRST, now=T0)
     restore_point = replace(manifest, method="pgbackrest", artifact="", pgbackrest={})
     recording = RecordingMethod()
@@ -141,7 +122,7 @@ def test_restore_asks_the_method_of_the_backup_not_of_the_env(tmp_path, monkeypa
 
 def test_status_adds_what_the_configured_method_reports(tmp_path):
     target = dev_target(tmp_path)
-    make_sqlite(target.database.path)
+    make_sqlite(target.database.path, rows=0)
     assert "pgbackrest" not in collect_status(target, T0)
     target.method = RecordingMethod()
     info = collect_status(target, T0)

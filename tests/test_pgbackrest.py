@@ -16,8 +16,7 @@ from app.ops.methods.pgbackrest.verify import (problems_for, read_verify_output,
                                        verify_restore_point)
 from app.ops.methods.pgbackrest.point_in_time import restore_timeout
 from app.settings import load_settings
-
-PG_URL = "postgresql+psycopg2://mida:secret@127.0.0.1:5432/mida"
+from helpers import PG_URL
 
 
 def fake(script: str, timeout: float = 5) -> PgBackRest:

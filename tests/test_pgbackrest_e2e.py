@@ -1,6 +1,6 @@
 """End to end with BACKUP_METHOD=pgbackrest: `invoke` runs as a subprocess against a throwaway
 PostgreSQL cluster that archives its WAL to a real local pgBackRest repository (the
-`archiving_cluster` fixture, tests/pgbackrest_cluster.py). The tests assert on exit codes,
+`archiving_cluster` fixture, tests/clusters.py). The tests assert on exit codes,
 output, the manifests in the store and the database's schema and rows afterwards.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from conftest import Project
-from helpers import AWKWARD_PASSWORD, HEAD, add_revision, failed, ok, shown
+from helpers import AWKWARD_PASSWORD, HEAD, add_revision, failed, ok, read_manifest, shown
 
 
 def test_the_throwaway_cluster_archives_and_has_a_full_backup(archiving_cluster):
@@ -280,7 +280,8 @@ def test_status_shows_the_stanza_and_the_archiver(project, cluster_db):
 
 
 def test_a_standby_is_refused_before_anything(project, cluster_db):
-    from pgbackrest_cluster import PG_BIN, free_port
+    from clusters import PG_BIN
+    from helpers import free_port
     cluster = cluster_db.cluster
     standby, port = cluster.root / "standby", free_port()
     cluster.run(str(PG_BIN / "pg_basebackup"), "-h", str(cluster.socket_dir), "-p",
@@ -452,8 +453,7 @@ def test_verify_fails_on_a_corrupt_wal_segment_the_restore_point_needs(project, 
         failed(project.run("verify", f"--backup={item['id']}", env=env), 4,
                "failed verification", "pgbackrest verify", f"WAL segment {segment}",
                "invalid checksum")
-        manifest = json.loads((project.root / "backups" / "pgtest" /
-                               f"{item['id']}.manifest.json").read_text())
+        manifest = read_manifest(project, item["id"], "pgtest")
         assert manifest["verified"] is False and segment in manifest["verify_error"], manifest
         # restore refuses a restore point its last verify found damaged, before anything stops.
         started = cluster.psql("SELECT pg_postmaster_start_time()")

@@ -8,7 +8,6 @@ put there must be there, and the cluster's local repository folder must stay emp
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import stat
 import subprocess
@@ -17,9 +16,10 @@ import time
 import pytest
 from test_pgbackrest_e2e import ClusterDatabase
 
-from conftest import _throwaway, s3_client
-from helpers import AWKWARD_PASSWORD, failed, ok, shown
-from pgbackrest_s3 import REPO_PATH, S3_SECRET, Moto, Stunnel, build_s3_cluster
+from clusters import throwaway
+from conftest import s3_client
+from helpers import AWKWARD_PASSWORD, failed, ok, shown, unavailable
+from pgbackrest_s3 import REPO_PATH, S3_SECRET, Moto, Stunnel, s3_repository
 
 STANZA_PREFIX = f"{REPO_PATH.strip('/')}/"   # the repository's keys in the bucket
 
@@ -61,9 +61,7 @@ def s3_endpoint(tmp_path_factory):
     try:
         endpoint = Endpoint(tmp_path_factory.mktemp("pgbr-s3-endpoint"))
     except EndpointUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"cannot run the S3 endpoint: {exc}")
-        pytest.skip(f"cannot run the S3 endpoint: {exc}")
+        unavailable(f"cannot run the S3 endpoint: {exc}")
     yield endpoint
     endpoint.stop()
 
@@ -71,8 +69,9 @@ def s3_endpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_cluster(s3_endpoint):
     """A throwaway cluster archiving to the bucket, with one full backup there."""
-    yield from _throwaway(lambda: build_s3_cluster(s3_endpoint.bucket, s3_endpoint.stunnel.port),
-                          "a throwaway pgBackRest cluster on S3")
+    yield from throwaway("a throwaway pgBackRest cluster on S3", prefix="pgbackrest-s3-cluster-",
+                         archiving=True,
+                         repo=s3_repository(s3_endpoint.bucket, s3_endpoint.stunnel.port))
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import create_engine, pool, text
 
 from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
-from helpers import FIRST, HEAD, admin_url, assert_no_password, failed, ok, pg_env
+from helpers import (FIRST, HEAD, admin_url, advisory_locks_held, assert_no_password, failed, ok,
+                     pg_env)
 
 pytestmark = pytest.mark.postgres
 
@@ -26,12 +27,8 @@ pytestmark = pytest.mark.postgres
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def store(project) -> Path:
-    return project.root / "backups" / "pgtest"
-
-
 def assert_no_password_in_store(project) -> None:
-    for path in store(project).glob("*.json"):
+    for path in project.store("pgtest").glob("*.json"):
         assert_no_password(path.read_text())
 
 
@@ -129,7 +126,7 @@ def test_round_trip_with_an_awkward_password(project, pg_database, settings):
         assert item["env"] == "pgtest"
 
     assert_no_password_in_store(project)
-    assert list(store(project).glob("*.audit.json"))
+    assert list(project.store("pgtest").glob("*.audit.json"))
 
 
 def test_nothing_pending_takes_no_backup(project, pg_database):
@@ -221,6 +218,10 @@ def test_a_killed_migrate_leaves_no_lock_behind(project, pg_database, tmp_path):
     bin_dir, started, _go = parked_pg_dump(tmp_path)
     first, _ = started_and_parked(project, started, "migrate",
                                   env=pg_env(db, PG_BIN_DIR=str(bin_dir)))
+    # The lock is held, by a session that names the run: the one the kill must end.
+    assert advisory_locks_held(db) == 1
+    assert db.admin_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                        f"LIKE '%pid {first.pid} %'")[0][0] >= 1
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     # The server notices the closed connection on its own; wait for that condition, bounded.

@@ -11,22 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FIRST, HEAD, failed, ok, shown
+from helpers import FIRST, HEAD, edit_manifest, failed, ok, shown, store_files
 
 BACKUP_LINE = re.compile(r"^Backup (\S+):", re.M)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def store(project, env_name: str = "dev") -> Path:
-    return project.root / "backups" / env_name
-
-
-def snapshot(project, env_name: str = "dev") -> dict[str, bytes]:
-    """Every file in the env's store, with its bytes."""
-    folder = store(project, env_name)
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
 
 
 def take_backups(project, count: int, env: dict | None = None) -> list[str]:
@@ -41,16 +31,9 @@ def take_backups(project, count: int, env: dict | None = None) -> list[str]:
 
 def files_of(project, backup_id: str, env_name: str = "dev") -> tuple[Path, Path]:
     """(manifest, artifact) paths of a backup."""
-    manifest = store(project, env_name) / f"{backup_id}.manifest.json"
-    artifact = store(project, env_name) / json.loads(manifest.read_text())["artifact"]
+    manifest = project.store(env_name) / f"{backup_id}.manifest.json"
+    artifact = project.store(env_name) / json.loads(manifest.read_text())["artifact"]
     return manifest, artifact
-
-
-def edit_manifest(project, backup_id: str, **changes) -> None:
-    path = store(project) / f"{backup_id}.manifest.json"
-    data = json.loads(path.read_text())
-    data.update(changes)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def days_ago(days: float) -> str:
@@ -86,36 +69,36 @@ def test_keep_last_dry_run_lists_and_deletes_nothing_then_prune_deletes(migrated
     assert listed_ids(project) == ids[::-1]
     env = {"BACKUP_KEEP_LAST": "2"}
 
-    before = snapshot(project)
+    before = store_files(project.store())
     result = ok(project.run("prune", "--dry-run", env=env))
     for old in ids[:3]:
         assert old in result.stdout, shown(result)
     for kept in ids[3:]:
         assert kept not in result.stdout, shown(result)
-    assert snapshot(project) == before
+    assert store_files(project.store()) == before
     assert listed_ids(project) == ids[::-1]
 
     audit_files = {n: b for n, b in before.items() if n.endswith(".audit.json")}
     result = ok(project.run("prune", env=env))
     for old in ids[:3]:
         assert old in result.stdout, shown(result)
-        manifest, artifact = (store(project) / f"{old}.manifest.json",
-                              store(project) / f"{old}.sqlite3.zst")
+        manifest, artifact = (project.store() / f"{old}.manifest.json",
+                              project.store() / f"{old}.sqlite3.zst")
         assert not manifest.exists() and not artifact.exists()
     for kept in ids[3:]:
         for path in files_of(project, kept):
             assert_as_before(path, before)
     assert listed_ids(project) == ids[:2:-1]
-    after = snapshot(project)
+    after = store_files(project.store())
     # Only the three backups' files went: the audit trail is not retention's business.
     assert set(before) - set(after) == {f"{i}.manifest.json" for i in ids[:3]} | \
         {f"{i}.sqlite3.zst" for i in ids[:3]}
     assert {n: b for n, b in after.items() if n.endswith(".audit.json")} == audit_files
 
     # Applying the same retention again has nothing left to do.
-    again = snapshot(project)
+    again = store_files(project.store())
     ok(project.run("prune", env=env))
-    assert snapshot(project) == again
+    assert store_files(project.store()) == again
 
 
 def test_keep_last_keeps_the_newest_verified_even_beyond_the_count(migrated):
@@ -126,7 +109,7 @@ def test_keep_last_keeps_the_newest_verified_even_beyond_the_count(migrated):
     ok(project.run("prune", env={"BACKUP_KEEP_LAST": "2"}))
     assert listed_ids(project) == [ids[3], ids[2], ids[1]]
     for gone in ids[:1]:
-        assert not (store(project) / f"{gone}.manifest.json").exists()
+        assert not (project.store() / f"{gone}.manifest.json").exists()
 
 
 # -- BACKUP_KEEP_DAYS ------------------------------------------------------------------------
@@ -135,17 +118,17 @@ def test_keep_days_deletes_only_what_is_older(migrated):
     old40, old10, fresh = take_backups(project, 3)
     edit_manifest(project, old40, created_at=days_ago(40))
     edit_manifest(project, old10, created_at=days_ago(10))
-    before = snapshot(project)
+    before = store_files(project.store())
 
     dry = ok(project.run("prune", "--dry-run", env={"BACKUP_KEEP_DAYS": "30"}))
     assert old40 in dry.stdout and old10 not in dry.stdout and fresh not in dry.stdout
-    assert snapshot(project) == before
+    assert store_files(project.store()) == before
 
     ok(project.run("prune", env={"BACKUP_KEEP_DAYS": "30"}))
     assert listed_ids(project) == [fresh, old10]
-    manifest40 = store(project) / f"{old40}.manifest.json"
+    manifest40 = project.store() / f"{old40}.manifest.json"
     assert not manifest40.exists()
-    assert not (store(project) / f"{old40}.sqlite3.zst").exists()
+    assert not (project.store() / f"{old40}.sqlite3.zst").exists()
     for kept in (old10, fresh):
         for path in files_of(project, kept):
             assert_as_before(path, before)
@@ -158,15 +141,15 @@ def test_keep_days_never_deletes_the_newest_verified_backup(migrated):
     edit_manifest(project, middle, created_at=days_ago(20))
     edit_manifest(project, newest, created_at=days_ago(10), verified=False,
                   verify_error="failed verification")
-    before = snapshot(project)
+    before = store_files(project.store())
 
     ok(project.run("prune", env={"BACKUP_KEEP_DAYS": "1"}))
     assert listed_ids(project) == [middle]
     for path in files_of(project, middle):
         assert_as_before(path, before)
     for gone in (oldest, newest):
-        assert not (store(project) / f"{gone}.manifest.json").exists()
-        assert not (store(project) / f"{gone}.sqlite3.zst").exists()
+        assert not (project.store() / f"{gone}.manifest.json").exists()
+        assert not (project.store() / f"{gone}.sqlite3.zst").exists()
 
 
 def test_keep_days_with_everything_old_keeps_only_the_newest(migrated):
@@ -197,19 +180,19 @@ def test_keep_last_and_keep_days_together_keep_either(migrated):
 def test_an_invalid_retention_setting_is_bad_input_and_deletes_nothing(migrated, setting, value):
     project = migrated
     take_backups(project, 2)
-    before = snapshot(project)
+    before = store_files(project.store())
     for args in (("prune",), ("prune", "--dry-run")):
         failed(project.run(*args, env={setting: value}), 2, setting)
-        assert snapshot(project) == before
+        assert store_files(project.store()) == before
 
 
 def test_an_invalid_retention_setting_in_the_env_file_is_bad_input(migrated):
     project = migrated
     take_backups(project, 2)
     project.env_file("dev", BACKUP_KEEP_LAST="abc")
-    before = snapshot(project)
+    before = store_files(project.store())
     failed(project.run("prune"), 2, "BACKUP_KEEP_LAST", "abc")
-    assert snapshot(project) == before
+    assert store_files(project.store()) == before
 
 
 def test_no_retention_configured_deletes_nothing(migrated):
@@ -217,16 +200,16 @@ def test_no_retention_configured_deletes_nothing(migrated):
     ids = take_backups(project, 3)
     for backup_id in ids:
         edit_manifest(project, backup_id, created_at=days_ago(400))
-    before = snapshot(project)
+    before = store_files(project.store())
     result = ok(project.run("prune"))
     assert "no retention configured" in result.stdout
-    assert snapshot(project) == before
+    assert store_files(project.store()) == before
     assert sorted(listed_ids(project)) == sorted(ids)
 
 
 def test_prune_with_no_backups_is_nothing_to_do(project):
     ok(project.run("prune", env={"BACKUP_KEEP_LAST": "1"}))
-    assert snapshot(project) == {}
+    assert store_files(project.store()) == {}
 
 
 # -- never a side effect ---------------------------------------------------------------------
@@ -286,10 +269,10 @@ def test_prune_deletes_nothing_when_no_backup_verifies(migrated):
     ids = take_backups(project, 3)
     for backup_id in ids:
         edit_manifest(project, backup_id, verified=False, verify_error="damaged")
-    before = snapshot(project)
+    before = store_files(project.store())
     failed(project.run("prune", env={"BACKUP_KEEP_LAST": "1"}), 4, "no backup that verifies",
            "deleted nothing")
-    assert snapshot(project) == before
+    assert store_files(project.store()) == before
 
 
 def test_when_every_read_back_fails_prune_deletes_nothing(migrated):
@@ -313,9 +296,9 @@ def test_when_every_read_back_fails_prune_deletes_nothing(migrated):
 
 def forge(project, template_id: str, backup_id: str, **changes) -> Path:
     """A manifest written by hand into the store: a copy of a real one with `changes`."""
-    data = json.loads((store(project) / f"{template_id}.manifest.json").read_text())
+    data = json.loads((project.store() / f"{template_id}.manifest.json").read_text())
     data.update(id=backup_id, **changes)
-    path = store(project) / f"{backup_id}.manifest.json"
+    path = project.store() / f"{backup_id}.manifest.json"
     path.write_text(json.dumps(data))
     return path
 
@@ -354,6 +337,6 @@ def test_an_invalid_manifest_is_skipped_with_a_warning_naming_it(migrated, chang
 def test_keep_days_that_is_not_a_number_of_days_is_refused(migrated, value):
     project = migrated
     take_backups(project, 2)
-    before = snapshot(project)
+    before = store_files(project.store())
     failed(project.run("prune", env={"BACKUP_KEEP_DAYS": value}), 2, "BACKUP_KEEP_DAYS")
-    assert snapshot(project) == before
+    assert store_files(project.store()) == before

@@ -10,10 +10,10 @@ import os
 import pytest
 
 from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
-from helpers import (audit_events, failed, insert_users, ok, pg_env, pg_state, sealed, shown)
+from helpers import (AGE_MAGIC, audit_events, failed, insert_users, ok, pg_env, pg_state, sealed,
+                     shown)
 
 pytestmark = pytest.mark.postgres
-AGE_HEADER = b"age-encryption.org/v1\n"
 
 
 def both_identities(tmp_path, *keys) -> str:
@@ -58,7 +58,7 @@ def assert_all_at(project, db, states, key, tmp, stale):
         assert item["rekeyed_at"]
     stored = artifacts(project)
     assert len(stored) == len(states), sorted(stored)   # no orphan left
-    assert all(data.startswith(AGE_HEADER) for data in stored.values())
+    assert all(data.startswith(AGE_MAGIC) for data in stored.values())
     assert list(tmp.iterdir()) == []
     for backup_id in states:
         for old in stale:
@@ -135,8 +135,8 @@ def test_rekey_without_the_old_key_leaves_each_backup_as_it_was(project, pgdb, k
     failed(result, 2, "2 backup(s) not re-keyed", "cannot be decrypted")
     after = artifacts(project)
     # The plaintext one is re-keyed; the two under the old key are untouched.
-    assert {n: d for n, d in after.items() if n in before and d.startswith(AGE_HEADER)} == \
-        {n: d for n, d in before.items() if d.startswith(AGE_HEADER)}
+    assert {n: d for n, d in after.items() if n in before and d.startswith(AGE_MAGIC)} == \
+        {n: d for n, d in before.items() if d.startswith(AGE_MAGIC)}
     assert len(after) == 3
     assert len(states) == 3
 

@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import time
 from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, pool, text
-from sqlalchemy.engine import make_url
 
 from conftest import PgDatabase
-from fake_tools import ended_afterwards, fake_pg_bin, started_and_parked
-from helpers import (AWKWARD_PASSWORD, HEAD, admin_sql, audit_events, db_properties,
-                     derived_databases, failed, insert_users, migrated_with_backup, ok, pg_env,
-                     pg_state, shown, wait_until_no_sessions)
-from pgbackrest_cluster import PG_BIN, as_owner
+from fake_tools import ended_afterwards, fake_pg_bin, started_and_parked, unnamed_files
+from clusters import PG_BIN, as_owner
+from helpers import (HEAD, admin_sql, audit_events, db_properties, derived_databases, failed,
+                     insert_users, migrated_with_backup, ok, pg_env, pg_state, restore_events,
+                     shown, wait_until_no_sessions)
 
 pytestmark = pytest.mark.postgres
 INTENT_SUFFIX = ".restore-intent.json"
@@ -45,15 +43,8 @@ def cluster(plain_cluster):
 @pytest.fixture
 def cluster_db(cluster):
     """A database of the throwaway cluster owned by a non-superuser role of its own."""
-    admin = create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{cluster.port}/postgres",
-                          poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
-    suffix = secrets.token_hex(4)
-    role, name = f"mida_owner_{suffix}", f"mida_test_{suffix}"
-    admin_sql(admin, f'CREATE ROLE "{role}" LOGIN CREATEDB PASSWORD \'x\'')
-    admin_sql(admin, f'CREATE DATABASE "{name}" OWNER "{role}"')
-    url = make_url(f"postgresql+psycopg2://127.0.0.1:{cluster.port}/{name}").set(
-        username=role, password=AWKWARD_PASSWORD)
-    yield PgDatabase(url, name, role, admin)
+    admin = cluster.admin_engine()
+    yield cluster.owned_database(admin)
     admin.dispose()
 
 
@@ -69,10 +60,6 @@ def rows_in(db: PgDatabase, database: str, statement: str):
             return [tuple(r) for r in conn.execute(text(statement)).fetchall()]
     finally:
         engine.dispose()
-
-
-def restore_events(project) -> list[dict]:
-    return [e for e in audit_events(project.store("pgtest")) if e["action"] == "restore"]
 
 
 def leftovers_in_store(project) -> list[str]:
@@ -153,6 +140,8 @@ exec "$REAL" "$@"
         check = project.run("check", "--json", env=env)
         state = {c["name"]: c for c in json.loads(check.stdout)["checks"]}["interrupted_restore"]
         assert state["state"] == "OK" and "in progress" in state["detail"], state
+        # The safety backup being written: open in the store's folder, under no name.
+        assert len(unnamed_files(run.pid, project.store("pgtest"))) == 1
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
     wait_until_no_sessions(pg_admin, db.name)

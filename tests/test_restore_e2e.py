@@ -22,21 +22,19 @@ import pytest
 from sqlalchemy import create_engine, pool, text
 
 from conftest import make_project, owned_database
-from fake_tools import ended_afterwards, fake_pg_bin, fifo_pair, started_and_parked
+from fake_tools import (ended_afterwards, fake_pg_bin, fifo_pair, size_of_handed_file,
+                        started_and_parked)
 from helpers import (FIRST, HEAD, SAFETY_PREFIX, Untouched, add_revision, admin_sql,
                      assert_no_password, audit_events, db_properties, derived_databases,
-                     drop_derived, failed, ids, insert_users, migrated_with_backup, ok, pg_env,
-                     pg_state, safety_id_from, shown, sql_in, take_backup, wait_until_no_sessions,
+                     drop_derived, edit_manifest, failed, flip_middle_bit, ids, insert_users,
+                     migrated_with_backup, ok, pg_env, pg_state, restore_events, safety_id_from,
+                     shown, sql_in, sqlite_rows, take_backup, wait_until_no_sessions,
                      without_audit)
 
 REPORTS_REV = "5e1ea5e0c0de"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def restore_events(project, env_name: str) -> list[dict]:
-    return [e for e in audit_events(project.store(env_name)) if e["action"] == "restore"]
-
-
 def add_reports_revision(project) -> None:
     """A release's revision after HEAD: a `reports` table with a FOREIGN KEY to users.id."""
     add_revision(project, REPORTS_REV, HEAD, '''
@@ -121,9 +119,9 @@ def release(project, db, env: dict) -> None:
     assert "reports" in db.tables()
 
 
-def undo_a_release(project, db, reader: str) -> SimpleNamespace:
-    """Backup, release, restore of that backup; everything the tests look at afterwards is read
-    here, before any of them runs."""
+def undo_a_release(project, db, reader: str, folder: Path) -> SimpleNamespace:
+    """Backup, release, restore of that backup (its pg_restore logging what it was asked to
+    `folder`); everything the tests look at afterwards is read here, before any of them runs."""
     env = pg_env(db)
     ok(project.run("migrate", env=env))
     insert_users(db, ("ada@example.org", "+44 20 7946 0000"), ("grace@example.org", None),
@@ -140,9 +138,15 @@ def undo_a_release(project, db, reader: str) -> SimpleNamespace:
     release(project, db, env)
     backups_before = ids(project.backups("pgtest", env=env))
 
-    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+    log = folder / "pg_restore.log"
+    bin_dir = restore_bin(folder, f"""printf '%s\\n' "$*" >> '{log}'
+exec "$REAL" "$@"
+""")
+    result = ok(project.run("restore", "--yes", f"--backup={backup['id']}",
+                            env={**env, "PG_BIN_DIR": str(bin_dir)}))
     run = SimpleNamespace(
         db=db, backup=backup, at_backup=at_backup, props=props, result=result,
+        loaded_into=[a for a in log.read_text().split() if a.startswith("--dbname=")],
         backups_before=backups_before, after=pg_state(db),
         props_after=db_properties(db.admin, db.name),
         kept=derived_databases(db.admin, db.name, "__pre_restore_"),
@@ -162,9 +166,10 @@ def undo_a_release(project, db, reader: str) -> SimpleNamespace:
 @pytest.fixture(scope="class")
 def undone(pg_admin, tmp_path_factory):
     """One release undone by restore (undo_a_release), shared by the tests of its class."""
-    project = make_project(tmp_path_factory.mktemp("undone") / "project")
+    folder = tmp_path_factory.mktemp("undone")
+    project = make_project(folder / "project")
     with owned_database(pg_admin) as db, quoted_role(pg_admin, db) as reader:
-        yield undo_a_release(project, db, reader)
+        yield undo_a_release(project, db, reader, folder)
 
 
 @pytest.mark.postgres
@@ -201,6 +206,10 @@ class TestRestoreUndoesARelease:
         assert undone.kept_revisions == [[(REPORTS_REV,)]]
 
     def test_nothing_half_built_is_left(self, undone):
+        # The restore did build a copy beside the live database: pg_restore loaded it...
+        [loaded] = undone.loaded_into
+        assert loaded.startswith(f"--dbname={undone.db.name}__restoring_"), loaded
+        # ...and no such copy is left: the one it built became the live database.
         assert undone.restoring == []
 
     def test_the_safety_backup_is_named_listed_and_holds_the_release(self, undone):
@@ -238,12 +247,6 @@ def test_restore_without_yes_and_without_a_terminal_is_refused(project, pgdb, pg
 
 
 # == 3. a corrupt backup is refused before anything is touched =================================
-def flip_middle_bit(artifact: Path) -> None:
-    data = bytearray(artifact.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    artifact.write_bytes(bytes(data))
-
-
 def backup_files(artifact: Path) -> set[str]:
     """The names beside a backup's artifact, audit records aside."""
     return without_audit(p.name for p in artifact.parent.iterdir())
@@ -433,16 +436,6 @@ def test_two_restores_in_a_row_choose_the_same_backup_not_the_safety_backup(proj
 
 
 # == 6. SQLite, with a reader at work ==========================================================
-def sqlite_rows(path: Path) -> dict:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        tables = sorted(r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
-        return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
-    finally:
-        conn.close()
-
-
 class Reader(threading.Thread):
     """Reads the users count and the revision in one read transaction, over and over, on a
     connection opened before the restore, until told to stop; records every answer and error."""
@@ -731,15 +724,6 @@ def test_every_database_setting_survives_a_restore(project, pgdb, pg_admin, sett
 
 
 # == 10. a backup whose manifest names another revision than its data holds ===================
-def claim_revision(project, env_name: str, backup_id: str, revision: str) -> None:
-    """Edit only the manifest's `revision`: checksum, sizes and artifact stay true, so the
-    backup verifies, and only the revision checks can tell."""
-    path = project.root / "backups" / env_name / f"{backup_id}.manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["revision"] = revision
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
 def test_sqlite_restore_ending_at_another_revision_than_the_backups_fails_and_is_audited(
         project):
     path = project.root / "dev.db"
@@ -751,7 +735,7 @@ def test_sqlite_restore_ending_at_another_revision_than_the_backups_fails_and_is
     conn.close()
     backup = take_backup(project, "dev")
     assert backup["revision"] == HEAD
-    claim_revision(project, "dev", backup["id"], FIRST)
+    edit_manifest(project, backup["id"], "dev", revision=FIRST)
     ok(project.run("rollback"))
     listed = ids(project.backups("dev"))
 
@@ -778,7 +762,7 @@ def test_a_copy_at_another_revision_than_the_backups_is_never_swapped_in(
         project, changed_since_backup):
     db, backup = changed_since_backup.db, changed_since_backup.backup
     assert backup["revision"] == HEAD
-    claim_revision(project, "pgtest", backup["id"], FIRST)
+    edit_manifest(project, backup["id"], "pgtest", revision=FIRST)
 
     result = project.run("restore", "--yes", f"--backup={backup['id']}",
                          env=changed_since_backup.env)
@@ -1084,7 +1068,7 @@ for arg in "$@"; do
   case "$arg" in
     --dbname=*)
       printf '%s\\n' "$*" > '{args}'
-      echo started > '{started}'
+      echo $$ > '{started}'
       read -r _ < '{go}' ;;
   esac
 done
@@ -1093,19 +1077,21 @@ exec "$REAL" "$@"
     env = {**pg_env(db, PG_BIN_DIR=str(bin_dir)), "TMPDIR": str(tmp)}
     argv = (*command, f"--backup={backup['id']}")
 
-    # Killed while pg_restore holds the archive open.
-    first, _ = started_and_parked(project, started, *argv, env=env)
+    # Killed while pg_restore holds the archive open: the extract, in TMPDIR under no name.
+    first, said = started_and_parked(project, started, *argv, env=env)
     with ended_afterwards(first):
         run.while_read, run.handed = files_on_disk(tmp, store), args.read_text()
+        run.held = size_of_handed_file(int(said.split()[0]), run.handed, tmp)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
     run.after_kill = files_on_disk(tmp, store)
     wait_until_no_sessions(db.admin, db.name)
 
     # The next run reads the archive through that path, in parallel, and succeeds.
-    second, _ = started_and_parked(project, started, *argv, env=env)
+    second, said = started_and_parked(project, started, *argv, env=env)
     try:
         run.while_read_again = files_on_disk(tmp, store)
+        run.held_again = size_of_handed_file(int(said.split()[0]), args.read_text(), tmp)
         fd = os.open(go, os.O_WRONLY)
         os.write(fd, b"go\n")
         os.close(fd)
@@ -1135,6 +1121,9 @@ class TestTheExtractedArchiveNeverHasAName:
 
     def test_no_file_is_on_disk_while_pg_restore_reads_it(self, killed_reading):
         _, run = killed_reading
+        # The extract exists, not empty, in TMPDIR: pg_restore holds it open...
+        assert (run.held or 0) > 0 and (run.held_again or 0) > 0, (run.held, run.held_again)
+        # ...under no name.
         assert run.while_read == []
         assert run.while_read_again == []
 
@@ -1145,11 +1134,13 @@ class TestTheExtractedArchiveNeverHasAName:
 
     def test_a_kill_leaves_nothing_behind(self, killed_reading):
         _, run = killed_reading
+        assert (run.held or 0) > 0, run.held  # the extract, in TMPDIR, at the kill
         assert run.after_kill == []
 
     def test_the_next_run_succeeds_and_leaves_nothing(self, killed_reading):
         command, run = killed_reading
         assert run.returncode == 0, (run.out, run.err)
+        assert (run.held_again or 0) > 0, run.held_again
         assert run.after_run == []
         if command[0] == "restore":
             assert run.state == run.at_backup

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from fake_tools import ended_afterwards, fake_pg_bin, gone, started_and_parked
+from fake_tools import ended_afterwards, fake_pg_bin, gone, size_of_handed_file, started_and_parked
 from helpers import (audit_events, db_properties, derived_databases, failed, insert_users,
                      migrated_with_backup, pg_env, pg_state, wait_until_no_sessions)
 
@@ -27,7 +27,7 @@ def test_sigterm_halfway_through_pg_restore_cleans_up_and_audits(project, pgdb, 
     bin_dir = fake_pg_bin(tmp_path / "bin", pg_restore=f"""
 for arg in "$@"; do
   case "$arg" in
-    --dbname=*) echo $$ > '{said}'; exec sleep 600 ;;
+    --dbname=*) echo "$$ ${{!#}}" > '{said}'; exec sleep 600 ;;   # its pid, the archive
   esac
 done
 exec "$REAL" "$@"
@@ -39,6 +39,11 @@ exec "$REAL" "$@"
         env=pg_env(db, PG_BIN_DIR=str(bin_dir), TMPDIR=str(scratch_tmp)))
     with ended_afterwards(run):
         pg_restore_pid = int(said_line.split()[0])
+        # What the stop must clean up is there: the copy being loaded, and the extract that
+        # pg_restore was handed, in TMPDIR under no name.
+        assert len(derived_databases(pg_admin, db.name, "__restoring_")) == 1
+        extract = size_of_handed_file(pg_restore_pid, said_line.decode(), scratch_tmp)
+        assert (extract or 0) > 0, (extract, said_line)
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=120)
     result = type("Result", (), {"returncode": run.returncode, "stdout": out, "stderr": err})

@@ -21,12 +21,11 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import S3_PREFIX, Bucket, bucket_and_project, s3_client
-from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, sealed,
-                     shown, sqlite_state, without_audit)
+from helpers import (AGE_MAGIC, FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env,
+                     sealed, shown, sqlite_state, without_audit)
 from tcp_proxy import Connection, ForwardingProxy, reset
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
-AGE_MAGIC = b"age-encryption.org/v1"
 MiB = 1 << 20
 
 
@@ -130,7 +129,12 @@ class TestSqliteReleaseCycleKeepsEveryBackupInS3:
             assert head["ServerSideEncryption"] == "AES256", name
 
     def test_nothing_goes_to_local_disk(self, cycle):
-        _, run = cycle
+        bucket, run = cycle
+        # The rollback did write a backup, whole, and to the bucket...
+        [taken] = run.after_back.listed
+        artifact = taken["location"][len(f"s3://{bucket.name}/"):]
+        assert taken["size"] > 0 and bucket.head(artifact)["ContentLength"] == taken["size"]
+        # ...and none of it to the local store.
         assert run.after_back.local == set()
 
     def test_the_next_migrate_lists_both_backups_newest_first(self, cycle):

@@ -22,7 +22,7 @@ from app.ops.storage.s3 import S3Storage
 from app.settings import Settings
 from conftest import S3_PREFIX, Bucket, bucket_and_project
 from helpers import (FIRST, HEAD, backup_id_of, dev_db, failed, listed, ok, pg_env, shown,
-                     sqlite_query, sqlite_state)
+                     sqlite_rows, sqlite_state)
 from tcp_proxy import Connection, ForwardingProxy, reset
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
@@ -88,11 +88,6 @@ def fill_sqlite(path: Path, mib: int) -> None:
         conn.executemany("INSERT INTO scans (image) VALUES (?)",
                          [(os.urandom(MiB),) for _ in range(mib)])
     conn.close()
-
-
-def sqlite_rows(path: Path) -> list[tuple]:
-    return sqlite_query(path, "SELECT id, length(image), hex(substr(image, 1, 16)) FROM scans "
-                              "ORDER BY id")
 
 
 def record_folder(project, env_name: str = "dev") -> Path:

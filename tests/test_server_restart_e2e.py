@@ -1,5 +1,5 @@
 """A server restart in the middle of a run, on a throwaway cluster of the test's own
-(tests/plain_cluster.py): the shared server is never restarted.
+(conftest's plain_cluster, tests/clusters.py): the shared server is never restarted.
 
 The restart lands while pg_dump starts (a PG_BIN_DIR wrapper says so on a FIFO and waits for
 the test's word), so the backup's own sessions die under it: one sentence, exit 4, nothing
@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from fake_tools import ended_afterwards, fifo_pair, started_and_parked, wrapped_pg_dump
+from fake_tools import (ended_afterwards, fifo_pair, started_and_parked, unnamed_files,
+                        wrapped_pg_dump)
 from helpers import FIRST, failed, last_audit, ok, without_audit
 
 pytestmark = pytest.mark.postgres
@@ -28,7 +29,7 @@ def test_a_server_restart_while_pg_dump_starts_is_one_sentence_and_exit_4(projec
                                                                           tmp_path, action):
     cluster = plain_cluster
     database = f"mida_restart_{secrets.token_hex(4)}"
-    env = cluster.database(database)
+    env = cluster.create_database(database)
     ok(project.run("migrate", f"--revision={FIRST}", env=env))
     backups_before = project.backups("pgtest", env=env)
     files_before = without_audit(project.backup_files("pgtest"))
@@ -37,6 +38,9 @@ def test_a_server_restart_while_pg_dump_starts_is_one_sentence_and_exit_4(projec
                                         'exec "$REAL" "$@"\n')
     run, _ = started_and_parked(project, started, action, env=dict(env, PG_BIN_DIR=str(bin_dir)))
     with ended_afterwards(run):
+        # The backup's artifact is open in the store, under no name: what the failure must
+        # leave no trace of.
+        assert len(unnamed_files(run.pid, project.store("pgtest"))) == 1
         cluster.restart()  # every session of the run's is ended, the snapshot's among them
         with open(go, "w") as word:
             word.write("go\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from helpers import (FIRST, HEAD, add_revision, audit_events, dev_db, failed, ok,
+from helpers import (FIRST, HEAD, add_revision, audit_events, dev_db, failed, ok, prod_at,
                      sqlite_state)
 
 CONTRACT_TASKS = ("status", "migrate", "rollback", "backup", "backups", "restore", "verify",
@@ -55,16 +55,6 @@ def versions(project) -> set[str]:
 def env_window(start: datetime, end: datetime) -> str:
     """A one-off MAINTENANCE_WINDOW entry; an end before its start crosses midnight."""
     return f"{start:%Y-%m-%d %H:%M}-{end:%H:%M}"
-
-
-def prod_project(project, **settings: str) -> Path:
-    """`.env.prod` on SQLite file prod.db, set up at FIRST outside any guard (via env dev)."""
-    # Plaintext backups allowed: these tests are about the window (encryption: its own tests).
-    project.env_file("prod", USE_SQLITE="True", BACKUP_ENCRYPTION="optional", **settings)
-    migrated(project, FIRST, env={"SQLITE_PATH": "prod.db"})
-    path = project.root / "prod.db"
-    assert sqlite_state(path)["revision"] == FIRST
-    return path
 
 
 
@@ -323,7 +313,7 @@ def test_list_shows_every_task(project):
 
 # -- production guard ------------------------------------------------------------------------
 def test_production_without_a_window_is_refused(project):
-    path = prod_project(project)
+    path = prod_at(project, FIRST)
     before = sqlite_state(path)
     failed(project.run("migrate", "--env=prod"), 3, "MAINTENANCE_WINDOW")
     assert sqlite_state(path) == before
@@ -333,7 +323,7 @@ def test_production_without_a_window_is_refused(project):
 
 def test_production_inside_a_one_off_window_migrates(project):
     now = datetime.now(UTC)
-    path = prod_project(project, MAINTENANCE_WINDOW=env_window(now - timedelta(hours=1),
+    path = prod_at(project, FIRST, MAINTENANCE_WINDOW=env_window(now - timedelta(hours=1),
                                                                 now + timedelta(hours=1)))
     ok(project.run("migrate", "--env=prod"))
     assert sqlite_state(path)["revision"] == HEAD
@@ -343,7 +333,7 @@ def test_production_inside_a_one_off_window_migrates(project):
 
 def test_production_after_its_window_is_refused_saying_when(project):
     past = datetime.now(UTC) - timedelta(days=3)
-    path = prod_project(project, MAINTENANCE_WINDOW=env_window(
+    path = prod_at(project, FIRST, MAINTENANCE_WINDOW=env_window(
         past.replace(hour=10, minute=0), past.replace(hour=11, minute=0)))
     before = sqlite_state(path)
     failed(project.run("migrate", "--env=prod"), 3, "next opens")
@@ -352,7 +342,7 @@ def test_production_after_its_window_is_refused_saying_when(project):
 
 
 def test_production_with_a_malformed_window_is_bad_input(project):
-    path = prod_project(project, MAINTENANCE_WINDOW="Someday 25:00-26:00")
+    path = prod_at(project, FIRST, MAINTENANCE_WINDOW="Someday 25:00-26:00")
     before = sqlite_state(path)
     failed(project.run("migrate", "--env=prod"), 2, "Someday")
     assert sqlite_state(path) == before
@@ -361,7 +351,7 @@ def test_production_with_a_malformed_window_is_bad_input(project):
 
 def test_break_glass_runs_outside_the_window_and_is_audited(project):
     past = datetime.now(UTC) - timedelta(days=3)
-    path = prod_project(project, MAINTENANCE_WINDOW=env_window(
+    path = prod_at(project, FIRST, MAINTENANCE_WINDOW=env_window(
         past.replace(hour=10, minute=0), past.replace(hour=11, minute=0)))
     result = ok(project.run("migrate", "--env=prod", "--break-glass", "INC-1 reason"))
     assert "BREAK GLASS" in result.stderr

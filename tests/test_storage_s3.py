@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 
 import pytest
 
@@ -24,18 +23,12 @@ from app.ops.storage.s3 import MAX_PARTS, PART_SIZE, S3Storage, part_size_for
 from app.ops.target import open_target
 from app.settings import Settings, load_settings
 from conftest import s3_client
+from helpers import T0, free_port
 
 MiB = 1 << 20
 PART = 5 * MiB  # S3's smallest part size: keeps the multipart tests quick
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -480,17 +473,17 @@ def test_sqlite_backup_list_and_verify_through_s3(aws, s3, tmp_path):
     from app.ops.methods.registry import verify_backup
 
     settings = sqlite_target(aws, tmp_path)
-    manifest = take_backup(settings, reason="test", revision=None, now=NOW)
+    manifest = take_backup(settings, reason="test", revision=None, now=T0)
     bucket = aws["BACKUP_S3_BUCKET"]
     assert manifest.location == f"s3://{bucket}/mida/dev/{manifest.artifact}"
     body = s3.get_object(Bucket=bucket, Key=f"mida/dev/{manifest.artifact}")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == manifest.sha256
     [listed] = list_backups(settings)
     assert listed.id == manifest.id and listed.location == manifest.location
-    assert verify_backup(settings, listed, now=NOW).verified
+    assert verify_backup(settings, listed, now=T0).verified
     for key in (f"mida/dev/{manifest.artifact}", f"mida/dev/{manifest.id}.manifest.json"):
         assert s3.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
-    audit.record(settings, action="migrate", now=NOW, outcome="succeeded")
+    audit.record(settings, action="migrate", now=T0, outcome="succeeded")
     assert [e["action"] for e in audit.read_events(settings)] == ["migrate"]
 
 
@@ -500,13 +493,13 @@ def test_verify_finds_a_corrupted_s3_backup(aws, s3, tmp_path):
     from app.ops.methods.registry import verify_backup
 
     settings = sqlite_target(aws, tmp_path)
-    manifest = take_backup(settings, reason="test", revision=None, now=NOW)
+    manifest = take_backup(settings, reason="test", revision=None, now=T0)
     key = f"mida/dev/{manifest.artifact}"
     body = bytearray(s3.get_object(Bucket=aws["BACKUP_S3_BUCKET"], Key=key)["Body"].read())
     body[len(body) // 2] ^= 0xFF
     s3.put_object(Bucket=aws["BACKUP_S3_BUCKET"], Key=key, Body=bytes(body))
     with pytest.raises(BackupFailed, match=manifest.id):
-        verify_backup(settings, list_backups(settings)[0], now=NOW)
+        verify_backup(settings, list_backups(settings)[0], now=T0)
     assert not list_backups(settings)[0].verified
 
 
@@ -515,7 +508,7 @@ def test_backup_to_a_missing_bucket_stores_nothing(aws, tmp_path):
 
     settings = sqlite_target({**aws, "BACKUP_S3_BUCKET": "no-such-bucket-here"}, tmp_path)
     with pytest.raises(ConfigError, match="'no-such-bucket-here' does not exist"):
-        take_backup(settings, reason="test", revision=None, now=NOW)
+        take_backup(settings, reason="test", revision=None, now=T0)
 
 
 @pytest.mark.postgres
@@ -529,11 +522,11 @@ def test_postgres_backup_through_s3(aws, s3, pg_database, tmp_path):
     settings = open_target(load_settings("dev", environ={
         **aws, "BACKUP_STORAGE": "s3", "BACKUP_S3_SSE": "AES256",
         "DATABASE_URL": pg_database.url.render_as_string(hide_password=False)}, root=tmp_path))
-    manifest = take_backup(settings, reason="test", revision=None, now=NOW)
+    manifest = take_backup(settings, reason="test", revision=None, now=T0)
     assert manifest.engine == "postgresql"
     assert manifest.location == f"s3://{aws['BACKUP_S3_BUCKET']}/dev/{manifest.artifact}"
     [listed] = list_backups(settings)
-    assert verify_backup(settings, listed, now=NOW).verified
+    assert verify_backup(settings, listed, now=T0).verified
     assert "p@ss" not in s3.get_object(Bucket=aws["BACKUP_S3_BUCKET"],
                                        Key=f"dev/{manifest.id}.manifest.json")["Body"].read().decode()
 

@@ -1,5 +1,5 @@
 """`invoke watch` and `--watch` on migrate and rollback, end to end, against a throwaway cluster
-with pg_stat_statements preloaded (tests/watch_cluster.py), under a steady load that looks users
+with pg_stat_statements preloaded (tests/clusters.py), under a steady load that looks users
 up by their indexed email. Short WATCH_BASELINE and WATCH_INTERVAL keep each run to seconds;
 the verdicts do not depend on timing: a dropped index multiplies the rows read by sequential
 scans by thousands, and a lock is held until the test ends it.
@@ -16,7 +16,7 @@ import time
 import pytest
 
 from helpers import FIRST, HEAD, add_revision, audit_events, failed, ok, shown
-from watch_cluster import Load, build_watch_cluster, fill_users, remove_watch_cluster
+from clusters import Load, fill_users, throwaway
 
 ROWS = 60_000
 BENIGN, DROP_INDEX, HOLD_LOCK = "c0ffee000001", "c0ffee000002", "c0ffee000003"
@@ -28,15 +28,7 @@ REGRESSION = 6
 
 @pytest.fixture(scope="module")
 def cluster():
-    from pgbackrest_cluster import ClusterUnavailable
-    try:
-        built = build_watch_cluster()
-    except (ClusterUnavailable, RuntimeError, OSError) as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"cannot build the watch's throwaway cluster: {exc}")
-        pytest.skip(f"cannot build the watch's throwaway cluster: {exc}")
-    yield built
-    remove_watch_cluster(built)
+    yield from throwaway("the watch's throwaway cluster", prefix="watch-cluster-", statements=True)
 
 
 def env_of(url, **extra) -> dict:
