@@ -3,7 +3,7 @@
     python bench/pgbackrest_bench.py [--rounds 3] [--scale 1] [--reference-sql FILE]
 
 Builds a throwaway PostgreSQL 15 cluster archiving to a local pgBackRest repository (the test
-suite's tests/pgbackrest_cluster.py: initdb as `postgres`, fsync=off, a free port), loads
+suite's tests/clusters.py: initdb as `postgres`, fsync=off, a free port), loads
 reference_db.sql into `bench_ref` there, stamps it at head and takes a full pgBackRest backup.
 Then, alternating, each round timed:
 - `invoke backup` with BACKUP_METHOD=dump (pg_dump, zstd, read-back) and with pgbackrest
@@ -35,7 +35,7 @@ from benchlib.rounds import Case, Outcome, run_rounds
 
 sys.path.insert(0, str(PROJECT_ROOT / "tests"))
 
-from pgbackrest_cluster import PG_BIN, build_cluster, remove_cluster  # noqa: E402
+from clusters import PG_BIN, build_cluster  # noqa: E402
 
 BACKUP_RATIO_TARGET = 0.3
 RESTORE_RATIO_TARGET = 0.4
@@ -60,13 +60,13 @@ def main() -> int:
     sql = args.reference_sql or REFERENCE_SQL
     if not sql.is_file():
         raise SystemExit("reference_db.sql not found: give --reference-sql")
-    cluster = build_cluster()
+    cluster = build_cluster("pgbackrest-cluster-", archiving=True)
     work = Path(tempfile.mkdtemp(prefix="pgbackrest-bench-"))
     try:
         prepare(args, cluster, sql, work)
         results = run_rounds(cases(cluster, work), args.rounds, work)
     finally:
-        remove_cluster(cluster)
+        cluster.remove()
         shutil.rmtree(work, ignore_errors=True)
     return report(results)
 

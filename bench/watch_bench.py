@@ -2,7 +2,7 @@
 
     python bench/watch_bench.py [--rounds 3] [--rows 60000]
 
-Builds the watch tests' throwaway cluster (tests/watch_cluster.py: initdb as `postgres`,
+Builds the watch tests' throwaway cluster (tests/clusters.py: initdb as `postgres`,
 pg_stat_statements preloaded, a free port), a `users` table of --rows rows with its email index,
 and the tests' steady load (one client looking users up by email as fast as it can). Then:
 - the sampler's own queries: how long one sample takes (median, p95, max of 30), i.e. the
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from watch_cluster import Load, build_watch_cluster, remove_watch_cluster  # noqa: E402
+from clusters import Load, build_cluster  # noqa: E402
 
 USERS = ("CREATE TABLE users (id serial PRIMARY KEY, email varchar(255) NOT NULL, "
          "full_name varchar(255), hashed_password varchar(255) NOT NULL)")
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=60_000)
     args = parser.parse_args()
-    cluster = build_watch_cluster()
+    cluster = build_cluster("watch-cluster-", statements=True)
     try:
         with cluster.database() as url, tempfile.TemporaryDirectory() as store:
             cluster.admin_sql(USERS, database=url.database)
@@ -147,7 +147,7 @@ def main() -> None:
                           f"{statistics.median(times):.1f} s after the drop (rounds: "
                           + ", ".join(f"{t:.1f}" for t in times) + ")")
     finally:
-        remove_watch_cluster(cluster)
+        cluster.remove()
 
 
 if __name__ == "__main__":

@@ -420,9 +420,13 @@ def wait_until_no_sessions(admin, *databases: str, timeout: float = 30) -> None:
     dead client asynchronously); a condition, not a fixed sleep."""
     deadline = time.monotonic() + timeout
     while True:
+        # The run's lock session is on the maintenance database, under the role that owns the
+        # first database: another suite's runs on the same server are not this run's.
         rows = admin_sql(admin, "SELECT datname, application_name FROM pg_stat_activity "
-                                "WHERE (datname = ANY(:d) OR application_name LIKE 'mida %') "
-                                "AND pid <> pg_backend_pid()", d=list(databases))
+                                "WHERE (datname = ANY(:d) OR (application_name LIKE 'mida %' "
+                                "AND usename = (SELECT pg_get_userbyid(datdba) FROM pg_database "
+                                "WHERE datname = :first))) AND pid <> pg_backend_pid()",
+                         d=list(databases), first=databases[0])
         if not rows:
             return
         assert time.monotonic() < deadline, f"sessions of the killed run linger: {rows}"

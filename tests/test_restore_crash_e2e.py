@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, pool, text
 from conftest import PgDatabase
 from fake_tools import ended_afterwards, fake_pg_bin, started_and_parked, unnamed_files
 from clusters import PG_BIN, as_owner
-from helpers import (HEAD, admin_sql, audit_events, db_properties, derived_databases, failed,
+from helpers import (HEAD, admin_sql, db_properties, derived_databases, failed,
                      insert_users, migrated_with_backup, ok, pg_env, pg_state, restore_events,
                      shown, wait_until_no_sessions)
 

@@ -25,7 +25,7 @@ from conftest import make_project, owned_database
 from fake_tools import (ended_afterwards, fake_pg_bin, fifo_pair, size_of_handed_file,
                         started_and_parked)
 from helpers import (FIRST, HEAD, SAFETY_PREFIX, Untouched, add_revision, admin_sql,
-                     assert_no_password, audit_events, db_properties, derived_databases,
+                     assert_no_password, db_properties, derived_databases,
                      drop_derived, edit_manifest, failed, flip_middle_bit, ids, insert_users,
                      migrated_with_backup, ok, pg_env, pg_state, restore_events, safety_id_from,
                      shown, sql_in, sqlite_rows, take_backup, wait_until_no_sessions,

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import sys
 import threading
 import time
 
 import pytest
 
-from helpers import FIRST, HEAD, add_revision, audit_events, failed, ok, shown
+from helpers import HEAD, add_revision, audit_events, failed, ok, shown
 from clusters import Load, fill_users, throwaway
 
 ROWS = 60_000
