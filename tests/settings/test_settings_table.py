@@ -18,7 +18,7 @@ from app.settings.doc import COMMAND, render
 from app.settings.table import NAMES, undeclared
 from helpers import write_dotenv
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def of(**environ: str) -> Settings:

@@ -11,7 +11,7 @@ import pytest
 
 from app.ops.schema.review import Finding, downgrade_does_nothing, risky_operations
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VERSIONS = REPO / "alembic" / "versions"
 REV = "0123456789ab"
 

@@ -107,6 +107,6 @@ def test_without_o_tmpfile_the_unnamed_file_loses_its_name_at_once(tmp_path):
             file.seek(0)
             assert file.read() == b"patient data"
             print(sorted(os.listdir(folder)))
-        """, cwd=Path(__file__).resolve().parent.parent)
+        """, cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip() == "[]", result.stdout
     assert list(folder.iterdir()) == []

@@ -447,7 +447,7 @@ def test_importing_the_store_does_not_import_boto3():
     code = ("import sys, app.ops.storage, app.ops.storage.s3; "
             "sys.exit('boto3' in sys.modules or 'botocore' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(
-        os.path.dirname(os.path.abspath(__file__)))).returncode == 0
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))))).returncode == 0
 
 
 # -- through the backup code -----------------------------------------------------------------
