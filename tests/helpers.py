@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import textwrap
@@ -512,3 +513,12 @@ def sqlite_query(path: Path, statement: str) -> list[tuple]:
         return conn.execute(statement).fetchall()
     finally:
         conn.close()
+
+
+def prod_at_first(project, **settings: str):
+    """`.env.prod` on SQLite prod.db at FIRST (brought there as env dev, outside any guard)."""
+    project.env_file("prod", USE_SQLITE="True", MAINTENANCE_WINDOW=open_window(), **settings)
+    ok(project.run("migrate", f"--revision={FIRST}", env={"SQLITE_PATH": "prod.db"}))
+    shutil.rmtree(project.store("dev"), ignore_errors=True)
+    (project.root / "prod.db.lock").unlink()  # so a refused run can be seen not to take it
+    return project.root / "prod.db"

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from check_output import CRITICAL, OK, UNKNOWN, WARNING, backed_up, checked, line_of, state_of
 from conftest import Bucket
-from helpers import (FIRST, HEAD, add_revision, assert_no_password, audit_events, edit_manifest,
+from helpers import (FIRST, HEAD, add_revision, audit_events, edit_manifest,
                      free_port, pg_env, read_manifest, shown)
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
-STATES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
 FAILING = "0badc0ffee01"   # a revision after HEAD whose upgrade fails
 
@@ -36,36 +35,6 @@ def add_failing_revision(project):
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def checked(result, code: int) -> list[str]:
-    """Exit `code`, the plugin's first line for that state, no traceback, no password;
-    returns the output's lines."""
-    assert result.returncode == code, shown(result)
-    assert "Traceback" not in result.stdout + result.stderr, shown(result)
-    assert_no_password(result.stdout, result.stderr)
-    lines = result.stdout.splitlines()
-    assert lines and lines[0].startswith(f"{STATES[code]}: "), shown(result)
-    return lines
-
-
-def line_of(lines: list[str], name: str) -> str:
-    """The output line of one check: `STATE name: detail`."""
-    found = [line for line in lines[1:] if line.split()[1:2] == [f"{name}:"]]
-    assert len(found) == 1, "\n".join(lines)
-    return found[0]
-
-
-def state_of(lines: list[str], name: str) -> str:
-    return line_of(lines, name).split()[0]
-
-
-def backed_up(project, env: dict | None = None, env_name: str = "dev") -> dict:
-    """A migrated database and one verified backup of it; returns the backup's item."""
-    assert project.run("migrate", f"--env={env_name}", env=env).returncode == 0
-    result = project.run("backup", f"--env={env_name}", env=env)
-    assert result.returncode == 0, shown(result)
-    return project.backups(env_name, env=env)[0]
 
 
 def age_manifest(project, item: dict, age: timedelta, env_name: str = "dev") -> str:

@@ -5,21 +5,11 @@ way to encrypt its safety backup it writes none and keeps the old database inste
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from helpers import (FIRST, HEAD, audit_events, derived_databases, failed, insert_users, ok,
+from helpers import (FIRST, prod_at_first, HEAD, audit_events, derived_databases, failed, insert_users, ok,
                      open_window, pg_env, pg_state, sealed, shown, sql_in, sqlite_state)
-
-
-def prod_at_first(project, **settings: str):
-    """`.env.prod` on SQLite prod.db at FIRST (brought there as env dev, outside any guard)."""
-    project.env_file("prod", USE_SQLITE="True", MAINTENANCE_WINDOW=open_window(), **settings)
-    ok(project.run("migrate", f"--revision={FIRST}", env={"SQLITE_PATH": "prod.db"}))
-    shutil.rmtree(project.store("dev"), ignore_errors=True)
-    (project.root / "prod.db.lock").unlink()  # so a refused run can be seen not to take it
-    return project.root / "prod.db"
 
 
 def test_production_without_encryption_refuses_migrate_before_anything(project):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 
-from helpers import ok, sealed, shown
-from test_encryption_policy_e2e import prod_at_first
+from helpers import prod_at_first, ok, sealed, shown
 
 
 def encryption_line(result) -> str:

@@ -9,10 +9,10 @@ import json
 import secrets
 import subprocess
 import time
-from dataclasses import dataclass
 
 import pytest
 
+from clusters import ClusterDatabase
 from conftest import Project
 from helpers import AWKWARD_PASSWORD, HEAD, add_revision, failed, ok, read_manifest, shown
 
@@ -31,37 +31,6 @@ def test_the_throwaway_cluster_archives_and_has_a_full_backup(archiving_cluster)
     assert archived >= segment
     assert cluster.psql("SHOW fsync") == "off"
     assert cluster.data.stat().st_uid != 0 and cluster.repo.stat().st_uid != 0
-
-
-@dataclass
-class ClusterDatabase:
-    """A database in the throwaway cluster owned by its own non-superuser role, as the
-    application's owner role would be, with the grants the README asks a DBA for."""
-    cluster: object
-    name: str
-    role: str
-
-    def sql(self, statement: str) -> str:
-        return self.cluster.psql(statement, database=self.name)
-
-    def env(self, **extra: str) -> dict:
-        return {"APP_ENV": "pgtest", "POSTGRES_SERVER": "127.0.0.1",
-                "POSTGRES_PORT": str(self.cluster.port), "POSTGRES_USER": self.role,
-                "POSTGRES_PASSWORD": AWKWARD_PASSWORD, "POSTGRES_DB": self.name,
-                **self.cluster.settings, **extra}
-
-    def revision(self) -> str:
-        return self.sql("SELECT version_num FROM alembic_version") if "alembic_version" in \
-            self.tables() else ""
-
-    def tables(self) -> list[str]:
-        return self.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                        "ORDER BY 1").split()
-
-    def schema(self) -> str:
-        return self.sql("SELECT string_agg(table_name || '.' || column_name || ':' || data_type, "
-                        "',' ORDER BY table_name, column_name) FROM information_schema.columns "
-                        "WHERE table_schema = 'public'")
 
 
 @pytest.fixture

@@ -14,9 +14,8 @@ import subprocess
 import time
 
 import pytest
-from test_pgbackrest_e2e import ClusterDatabase
 
-from clusters import throwaway
+from clusters import ClusterDatabase, throwaway
 from conftest import s3_client
 from helpers import AWKWARD_PASSWORD, failed, ok, shown, unavailable
 from pgbackrest_s3 import REPO_PATH, S3_SECRET, Moto, Stunnel, s3_repository

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from helpers import HEAD, ok, shown
-from test_check import WARNING, backed_up, checked, line_of
+from check_output import WARNING, backed_up, checked, line_of
 
 pytestmark = pytest.mark.usefixtures("no_ambient_aws")
 
