@@ -1,11 +1,13 @@
-"""The env's database, one class per kind: `PostgresDatabase` (postgres.py) and
-`SqliteDatabase` (sqlite.py).
+"""The env's database, one class per kind: `PostgresDatabase` (postgres/database.py) and
+`SqliteDatabase` (sqlite/database.py); `connection` (the tool's own sessions) and `lock` (an
+advisory lock, an flock) serve both.
 
 `open_database(settings)` decides the kind once, from the settings' URL; everything below asks the
 object and never the URL's scheme: whether the database exists, its facts (size, server
-version), its tools (checked once), a dumper for it, its one-at-a-time lock, its row counts, a
-scratch copy of a backup, and restoring a verified backup over it. A restore's previous database
-or a scratch copy is another object of the same class (`at`), sharing the tools' check.
+version), its tools (checked once), a dumper for it, its one-at-a-time lock, its row counts, and
+the steps a restore is made of (the dump method orders them: app/ops/methods/dump/). A restore's
+previous database or a scratch copy is another object of the same class (`at`), sharing the
+tools' check. Adapters: they never import the catalog, a method or a workflow.
 """
 from __future__ import annotations
 
