@@ -10,8 +10,9 @@ import secrets
 import pytest
 from sqlalchemy import create_engine, pool, text
 
+from check_output import WARNING, checked, line_of
 from helpers import (HEAD, SAFETY_PREFIX, Untouched, admin_url, drop_derived, failed,
-                     insert_users, ok, pg_env, shown, take_backup)
+                     insert_users, ok, pg_env, read_manifest, shown, take_backup)
 
 CATALOG_GRANT = ("GRANT EXECUTE ON FUNCTION pg_catalog.pg_create_restore_point(text), "
                  "pg_catalog.pg_switch_wal() TO {role}")
@@ -97,16 +98,26 @@ def test_a_table_of_another_role_is_restored_with_its_owner_and_grants(project, 
 def test_a_backup_whose_owner_role_the_app_role_cannot_use_is_refused_naming_the_grant(
         project, other_owner_db, reports_role):
     db, env, backup, before = other_owner_db
+    # The dump recorded, in its own snapshot, whose objects it holds.
+    assert read_manifest(project, backup["id"], "pgtest")["owners"] == [reports_role]
     as_admin_in(db, f'REVOKE "{reports_role}" FROM "{db.role}"')
+    grant = f'GRANT "{reports_role}" TO "{db.role}"'
+    # `invoke check` does not call the newest backup restorable any more.
+    lines = checked(project.run("check", env=env), WARNING)
+    assert grant in line_of(lines, "restorable") and backup["id"] in line_of(lines, "restorable")
     untouched = Untouched(project, db, db.admin, env)
+    verified_at = read_manifest(project, backup["id"], "pgtest")["verified_at"]
 
     failed(project.run("restore", "--yes", f"--backup={backup['id']}", env=env), 3,
-           reports_role, f'GRANT "{reports_role}" TO "{db.role}"', "not changed")
+           reports_role, grant, "refused before any work", "not changed")
     untouched.check()
     failed(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env), 3,
-           f'GRANT "{reports_role}" TO "{db.role}"')
+           grant, "refused before any work")
+    # Before any work: neither run verified (so read or extracted) the backup.
+    assert read_manifest(project, backup["id"], "pgtest")["verified_at"] == verified_at
 
-    as_admin_in(db, f'GRANT "{reports_role}" TO "{db.role}"')  # what the message says
+    as_admin_in(db, grant)  # what the message says
+    assert "restorable" not in project.run("check", env=env).stdout
     ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
     assert grants_and_owners(db) == before
 
@@ -131,3 +142,21 @@ def test_grants_on_pg_catalog_functions_are_left_out_and_named(project, pgdb):
         assert statement in result.stdout or statement.replace('"', '') in result.stdout, \
             shown(result)
     ok(project.run("verify", "--restore-test", f"--backup={backup['id']}", env=env))
+
+
+@pytest.mark.postgres
+def test_an_extensions_objects_are_not_counted_as_another_roles(project, pgdb):
+    """hstore (a trusted extension) created by the server's admin: its functions and types
+    belong to the admin but are the extension's (pg_dump lists only the extension), so the
+    backup records no other owner and the owner role restores it: no false refusal."""
+    db = pgdb
+    env = pg_env(db)
+    ok(project.run("migrate", env=env))
+    as_admin_in(db, "CREATE EXTENSION hstore SCHEMA public")
+    assert as_admin_in(db, "SELECT count(*) FROM pg_proc WHERE pronamespace = "
+                           "'public'::regnamespace AND proowner <> "
+                           f"'{db.role}'::regrole")[0][0] > 0  # the admin's, in public
+    backup = take_backup(project, "pgtest", env)
+    assert read_manifest(project, backup["id"], "pgtest")["owners"] == []
+    ok(project.run("restore", "--yes", f"--backup={backup['id']}", env=env))
+    assert db.sql("SELECT extname FROM pg_extension WHERE extname = 'hstore'") == [("hstore",)]

@@ -42,6 +42,9 @@ class BackupManifest:
     duration_seconds: float | None = None
     database_size: int | None = None
     row_counts: dict | None = None
+    # PostgreSQL: the other roles that own objects in it (a restore by the owner role must be
+    # able to give them theirs back: app/ops/databases/postgres/owners.py); None: not recorded.
+    owners: list | None = None
     encryption: str | None = None
     recipients: list | None = None
     rekeyed_at: str | None = None   # when `invoke rekey` last re-encrypted it (app/ops/commands/rekey.py)
@@ -133,7 +136,7 @@ class BackupManifest:
 
 _OPTIONAL = {"stored_size", "tool", "versions", "verified", "verified_at", "verify_error",
              "label", "duration_seconds", "database_size", "row_counts", "encryption",
-             "recipients", "method", "pgbackrest", "rekeyed_at"}
+             "recipients", "method", "pgbackrest", "rekeyed_at", "owners"}
 _FIELD_TYPES = {
     **{name: (str,) for name in ("id", "env", "engine", "database", "created_at", "sha256",
                                  "artifact", "location", "format", "reason", "tool")},
@@ -141,7 +144,7 @@ _FIELD_TYPES = {
                                       "encryption", "rekeyed_at")},
     "size": (int,), "raw_size": (int,), "database_size": (int, None),
     "duration_seconds": (int, float, None), "row_counts": (dict, None),
-    "recipients": (list, None), "versions": (dict,), "verified": (bool,),
+    "recipients": (list, None), "owners": (list, None), "versions": (dict,), "verified": (bool,),
     "method": (str,), "pgbackrest": (dict, None),
 }
 

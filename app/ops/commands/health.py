@@ -116,6 +116,8 @@ class Facts:
     lock_held: bool = False  # PostgreSQL: a migrate, rollback or restore holds the env's lock
     key_warnings: list[str] = field(default_factory=list)  # app/ops/commands/key_health.py
     unknown_keys: list[str] = field(default_factory=list)  # .env keys that are no setting
+    # Why the env's role could not restore the newest verified backup (other roles' objects)
+    owners_refusal: str | None = None
 
 
 @dataclass
@@ -190,7 +192,22 @@ def gather(target, now: datetime | None = None) -> Facts:
             facts.pending_error = str(exc)
     _read_store(facts, target, now)
     _read_keys(facts, target)
+    _read_owners(facts, target.database)
     return facts
+
+
+def _read_owners(facts: Facts, database) -> None:
+    """Could this role restore the newest verified backup, owners and all? (A restore of it
+    would refuse before any work: app/ops/databases/postgres/owners.py.)"""
+    from sqlalchemy.exc import DBAPIError
+
+    newest = facts.newest_verified
+    if not facts.reachable or newest is None or not newest.owners:
+        return
+    try:
+        facts.owners_refusal = database.owners_refusal(newest.owners)
+    except (OpsError, DBAPIError):
+        pass  # the database check reports a server that cannot be read
 
 
 def _read_keys(facts: Facts, target) -> None:
@@ -328,6 +345,10 @@ def evaluate(facts: Facts, limits: Limits, now: datetime) -> HealthReport:
               _interrupted_restore(facts), _keys(facts)]
     if facts.maintenance or facts.maintenance_error:
         checks.insert(1, _maintenance(facts))
+    if facts.owners_refusal:  # only then, as for the settings below
+        checks.append(Check("restorable", State.WARNING,
+                            f"backup {facts.newest_verified.id} could not be restored by this "
+                            f"env's role, so a restore of it is refused: {facts.owners_refusal}"))
     if facts.unknown_keys:  # only then: the checks of a sound env are as they always were
         checks.append(Check("settings", State.WARNING, "; ".join(facts.unknown_keys)))
     state = worst(c.state for c in checks)

@@ -101,6 +101,23 @@ class PostgresDatabase:
                                f"database as it is now could not be taken: "
                                f"{room.advice(self.name)}; nothing was changed")
 
+    def owners_refusal(self, owners) -> str | None:
+        """Why this database's role could not restore a backup whose objects belong to
+        `owners` (the manifest's), with the grants that would let it; None if it could."""
+        from app.ops.databases.postgres.owners import owners_refusal
+        if not owners:
+            return None
+        with connect(self.url) as conn:
+            return owners_refusal(conn, owners)
+
+    def check_owners(self, owners) -> None:
+        """Refuse, before any work, a backup this role could not bring every owner back from."""
+        from app.ops.errors import GuardRefused
+        why = self.owners_refusal(owners)
+        if why:
+            raise GuardRefused(f"refused before any work: {why}, then run it again; the "
+                               "database was not changed")
+
     def dumper(self):
         """A dumper for one dump or read-back, knowing the tools' versions checked so far."""
         dumper = self._new_dumper()

@@ -17,6 +17,7 @@ from typing import Callable
 
 from app.ops.databases.connection import maintenance_options, revision_of
 from app.ops.databases.postgres.locks import lock_room, out_of_locks
+from app.ops.databases.postgres.owners import owners_in, owners_refusal
 from app.ops.databases.postgres.toc import grant_statements, list_text, parse_toc, plan_passes
 from app.ops.leftovers import child_path
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
@@ -38,6 +39,7 @@ class PostgresDumper:
         self.lock_timeout = lock_timeout
         self.versions: dict[str, str] = {}
         self.row_counts: dict[str, int] | None = None
+        self.owners: list[str] | None = None  # other roles owning objects (owners.py)
         self.revision: str | None = None
         self.revision_read = False  # True once dump() read the revision in its snapshot
 
@@ -103,10 +105,13 @@ class PostgresDumper:
         revision is read (`revision`: what the archive holds, even if a migrate commits while
         the backup starts) and every table's rows are counted: `row_counts` then describes
         exactly what the archive holds, which `invoke verify --restore-test` compares a restored
-        copy against."""
+        copy against; `owners` are the other roles that own its objects (owners.py)."""
         with exported_snapshot(self.url, self.lock_timeout) as (snapshot, conn):
             self.revision = revision_of(conn)
             self.revision_read = True
+            # Recorded in the manifest: a restore refuses, before any work, a backup whose
+            # owners the restoring role may not give objects to.
+            self.owners = owners_in(conn)
             room = lock_room(conn)
             if not room.enough:
                 raise BackupFailed(f"pg_dump would run out of locks: "
@@ -179,7 +184,7 @@ class PostgresDumper:
         listing = self._pg_restore(["--list", archive_path], database, env, pass_fds)
         user, superuser = self._restoring_role(database)
         plan = plan_passes(parse_toc(listing), user, superuser)
-        self._check_owners(database, user, plan.owners)
+        self._check_owners(database, plan.owners)
         notes = self._skipped_grants(archive_path, database, env, pass_fds, plan.skipped)
         # Settings a database owner may set for its own sessions; they speed up index builds.
         env["PGOPTIONS"] += " -c maintenance_work_mem=256MB -c synchronous_commit=off"
@@ -220,33 +225,16 @@ class PostgresDumper:
                                     "WHERE rolname = current_user")).one()
         return row[0], bool(row[1])
 
-    def _check_owners(self, database: str, user: str, owners: set[str]) -> None:
-        """Refuse, before pg_restore runs, an archive whose objects go to roles `user` may not
-        give them to (a role missing here, or one `user` is no member of)."""
-        from sqlalchemy import text
-
+    def _check_owners(self, database: str, owners: set[str]) -> None:
+        """Refuse, before pg_restore runs, an archive whose objects go to roles the restoring
+        role may not give them to (owners.py)."""
         from app.ops.databases.connection import connect
         if not owners:
             return
         with connect(self.url.set(database=database)) as conn:
-            rows = conn.execute(text(
-                "SELECT o.name, r.oid IS NOT NULL, r.oid IS NOT NULL "
-                "AND pg_has_role(current_user, r.oid, 'MEMBER') "
-                "FROM unnest(CAST(:names AS text[])) o(name) "
-                "LEFT JOIN pg_roles r ON r.rolname = o.name ORDER BY 1"),
-                {"names": sorted(owners)}).all()
-        missing = [name for name, exists, _ in rows if not exists]
-        barred = [name for name, exists, member in rows if exists and not member]
-        if not (missing or barred):
-            return
-        fixes = [f"CREATE ROLE {_ident(name)}; GRANT {_ident(name)} TO {_ident(user)}"
-                 for name in missing] + [f"GRANT {_ident(name)} TO {_ident(user)}"
-                                         for name in barred]
-        raise GuardRefused(
-            f"the backup holds objects owned by {', '.join(sorted(owners))}, and {user} may "
-            f"not give objects to {', '.join(missing + barred)} "
-            f"({'missing on this server' if missing else 'not a member'}): as a superuser, "
-            f"{'; '.join(fixes)}, then run it again; the live database was not changed")
+            why = owners_refusal(conn, owners)
+        if why:
+            raise GuardRefused(f"{why}, then run it again; the live database was not changed")
 
     def _skipped_grants(self, archive_path: str, database: str, env: dict,
                         pass_fds: tuple[int, ...], skipped: list) -> list[str]:
@@ -264,10 +252,6 @@ class PostgresDumper:
                 f"({', '.join(e.name for e in skipped)}) were left out, as only a superuser "
                 f"may give them: a superuser gives them back in the restored database with: "
                 f"{' '.join(statements)}"]
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @contextlib.contextmanager

@@ -70,6 +70,12 @@ class SqliteDatabase:
     def check_tools(self) -> None:
         pass  # the sqlite3 module is the tool, and it is always there
 
+    def owners_refusal(self, owners) -> str | None:
+        return None  # SQLite has no roles
+
+    def check_owners(self, owners) -> None:
+        pass
+
     def dumper(self):
         from app.ops.databases.sqlite.dumper import SqliteDumper
         return SqliteDumper(self.path)

@@ -29,6 +29,7 @@ class SqliteDumper:
         self.path = path
         self.versions = {"sqlite": sqlite3.sqlite_version}
         self.row_counts: dict[str, int] | None = None
+        self.owners: list[str] | None = None  # SQLite has no roles
 
     def check_tools(self, server_version_num: int | None = None) -> None:
         pass  # the sqlite3 module is the tool, and it is always there

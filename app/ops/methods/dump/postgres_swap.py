@@ -56,6 +56,7 @@ def restore(target, plan: RestorePlan, *, now: datetime, reporter, disconnect: b
         plan.current = database.revision()
     props = server.properties()
     server.check_can_swap(_current_user(database), props, disconnect)
+    database.check_owners(plan.backup.owners)
     database.check_lock_room()
     database.check_tools()
     for stale in server.drop_stale():
@@ -275,6 +276,7 @@ def scratch_copy(target, backup: BackupManifest, now: datetime) -> Iterator[obje
     a file without a name (app/ops/leftovers.py); always dropped, and one a killed run
     left is dropped by the next. Yields the target of the copy."""
     database = target.database
+    database.check_owners(backup.owners)
     with private_folder("scratch") as folder, unnamed_file(folder) as archive:
         verify_dump(target, backup, now=now, extract_to=archive)
         server = database.server()

@@ -59,7 +59,7 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
         sha256=hashed.sha256.hexdigest(), artifact=artifact, location=storage.location(artifact),
         format=dumper.format, reason=reason, label=label,
         duration_seconds=round(time.monotonic() - started, 3), versions=dict(dumper.versions),
-        database_size=database_size, row_counts=dumper.row_counts,
+        database_size=database_size, row_counts=dumper.row_counts, owners=dumper.owners,
         encryption="age" if seal.sealed else None,
         recipients=list(seal.encryption.recipients) if seal.sealed else None,
         verified=True, verified_at=iso(now))
