@@ -364,3 +364,23 @@ class ClusterDatabase:
         return self.sql("SELECT string_agg(table_name || '.' || column_name || ':' || data_type, "
                         "',' ORDER BY table_name, column_name) FROM information_schema.columns "
                         "WHERE table_schema = 'public'")
+
+
+def owned_cluster_database(cluster, *grants: str):
+    """For a fixture: `yield from owned_cluster_database(cluster)` yields a ClusterDatabase of
+    its own, owned by its own login role, with the restore-point grants the README asks a DBA
+    for (function privileges live in each database's catalog) and any further `grants`
+    statements (`{role}` is the role); dropped afterwards unless the cluster is in recovery."""
+    suffix = secrets.token_hex(4)
+    role, name = f"mida_owner_{suffix}", f"mida_test_{suffix}"
+    password = AWKWARD_PASSWORD.replace("'", "''")
+    cluster.psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    cluster.psql(f"CREATE DATABASE {name} OWNER {role}")
+    cluster.psql(f"GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() "
+                 f"TO {role}", database=name)
+    for grant in grants:
+        cluster.psql(grant.format(role=role))
+    yield ClusterDatabase(cluster, name, role)
+    if cluster.psql("SELECT pg_is_in_recovery()") == "f":
+        cluster.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cluster.psql(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")

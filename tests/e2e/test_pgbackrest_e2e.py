@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from clusters import ClusterDatabase
+from clusters import ClusterDatabase, owned_cluster_database
 from conftest import Project
-from helpers import AWKWARD_PASSWORD, HEAD, add_revision, failed, ok, read_manifest, shown
+from helpers import HEAD, add_revision, failed, ok, read_manifest, shown
 
 
 def test_the_throwaway_cluster_archives_and_has_a_full_backup(archiving_cluster):
@@ -35,19 +35,7 @@ def test_the_throwaway_cluster_archives_and_has_a_full_backup(archiving_cluster)
 
 @pytest.fixture
 def cluster_db(archiving_cluster):
-    cluster = archiving_cluster
-    suffix = secrets.token_hex(4)
-    role, name = f"mida_owner_{suffix}", f"mida_test_{suffix}"
-    password = AWKWARD_PASSWORD.replace("'", "''")
-    cluster.psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-    cluster.psql(f"CREATE DATABASE {name} OWNER {role}")
-    # Function privileges live in each database's catalog: granted in the app's database.
-    cluster.psql(f"GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() "
-                 f"TO {role}", database=name)
-    yield ClusterDatabase(cluster, name, role)
-    if cluster.psql("SELECT pg_is_in_recovery()") == "f":
-        cluster.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        cluster.psql(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+    yield from owned_cluster_database(archiving_cluster)
 
 
 def wait_archived(cluster) -> None:

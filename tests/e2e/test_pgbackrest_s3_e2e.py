@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from clusters import ClusterDatabase, throwaway
+from clusters import owned_cluster_database, throwaway
 from conftest import s3_client
-from helpers import AWKWARD_PASSWORD, failed, ok, shown, unavailable
+from helpers import failed, ok, shown, unavailable
 from pgbackrest_s3 import REPO_PATH, S3_SECRET, Moto, Stunnel, s3_repository
 
 STANZA_PREFIX = f"{REPO_PATH.strip('/')}/"   # the repository's keys in the bucket
@@ -80,19 +80,9 @@ def s3_db(s3_cluster, s3_endpoint):
     cluster = s3_cluster
     if not s3_endpoint.stunnel.running:   # a test that stopped it failed before its finally
         s3_endpoint.stunnel.start()
-    suffix = secrets.token_hex(4)
-    role, name = f"mida_owner_{suffix}", f"mida_test_{suffix}"
-    password = AWKWARD_PASSWORD.replace("'", "''")
-    cluster.psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-    cluster.psql(f"CREATE DATABASE {name} OWNER {role}")
-    cluster.psql(f"GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() "
-                 f"TO {role}", database=name)
-    cluster.psql(f"GRANT ALTER SYSTEM ON PARAMETER recovery_target_lsn, recovery_target_action, "
-                 f"recovery_target_timeline TO {role}")
-    yield ClusterDatabase(cluster, name, role)
-    if cluster.psql("SELECT pg_is_in_recovery()") == "f":
-        cluster.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        cluster.psql(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+    yield from owned_cluster_database(
+        cluster, "GRANT ALTER SYSTEM ON PARAMETER recovery_target_lsn, recovery_target_action, "
+                 "recovery_target_timeline TO {role}")
 
 
 def no_secret(result) -> None:
