@@ -3,7 +3,7 @@
 
 Part 1 (PostgreSQL backup), alternating in one process, --rounds N times:
     bare `pg_dump -Fc -f FILE`   |   `invoke backup`   |   `pg_dump -Fc -Z0 | zstd -1` (reference)
-  Targets: invoke backup's median time <= 0.5x bare pg_dump -Fc's; its archive no larger than
+  Targets: invoke backup's median time <= 0.40x bare pg_dump -Fc's; its archive no larger than
   pg_dump -Fc's file; the biggest process of invoke's process tree peaks under 200 MiB RSS.
 
 Part 2 (start-up cost, SQLite default in a fresh copy of the project), --status-runs N times:
@@ -19,7 +19,7 @@ it as a template), alternating in one process, --rounds N times:
       reconnecting on failure (verify, swap and the safety backup after it included)
     `createdb` + `pg_restore -j2 -d DB FILE` (reference only)
   Targets: time to service (start of `invoke restore` to the application's first write served by
-  the restored database) <= 0.95x bare single-job pg_restore; the whole command <= 1.5x; the
+  the restored database) <= 0.80x bare single-job pg_restore (medians of at least 3 rounds); the whole command <= 1.5x; the
   application's downtime (its last write on the old database to its first on the new) <= 2 s;
   acknowledged writes lost (not in the kept old database, or not counted by the safety backup):
   0; the biggest process of invoke's tree peaks under 200 MiB RSS.

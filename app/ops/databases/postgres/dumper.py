@@ -18,6 +18,7 @@ from typing import Callable
 from app.ops.databases.connection import maintenance_options, revision_of
 from app.ops.databases.postgres.locks import lock_room, out_of_locks
 from app.ops.databases.postgres.owners import owners_in, owners_refusal
+from app.ops.databases.postgres.restore_settings import restore_options
 from app.ops.databases.postgres.toc import grant_statements, list_text, parse_toc, plan_passes
 from app.ops.leftovers import child_path
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
@@ -186,8 +187,9 @@ class PostgresDumper:
         plan = plan_passes(parse_toc(listing), user, superuser)
         self._check_owners(database, plan.owners)
         notes = self._skipped_grants(archive_path, database, env, pass_fds, plan.skipped)
-        # Settings a database owner may set for its own sessions; they speed up index builds.
-        env["PGOPTIONS"] += " -c maintenance_work_mem=256MB -c synchronous_commit=off"
+        # The copy is the tool's own until the swap: its sessions are tuned as for a restore,
+        # with settings any role may set for its own sessions, after the URL's and ours.
+        env["PGOPTIONS"] += restore_options(jobs)
         restore = ["--exit-on-error", f"--jobs={max(1, jobs)}", f"--dbname={database}"]
         if not plan.passes:
             self._pg_restore([*restore, archive_path], database, env, pass_fds)
