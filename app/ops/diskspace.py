@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from app.ops.errors import NoRoom
+from app.ops.units import human_size
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 TEMP_ADVICE = "free space there or point TMPDIR at a larger folder"
@@ -52,7 +53,6 @@ def no_room(folder: Path, what: str, needed: int, *, advice: str,
             more_than: bool = False) -> NoRoom:
     """The one sentence. `what` is an infinitive ("extract backup X"); `needed` in bytes, or
     with `more_than` what had been written when the disk filled."""
-    from app.ops.units import human_size
 
     return NoRoom(f"not enough space in {folder} to {what}: {'more than ' if more_than else ''}"
                   f"{human_size(needed)} needed, {human_size(free_bytes(folder))} free; {advice}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.ops.errors import ConfigError
+from app.ops.errors import BackupFailed
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,6 @@ def decrypting(source, identities, backup_id: str):
 def _raise_cause(error: BaseException | None, backup_id: str) -> None:
     import pyrage
 
-    from app.ops.errors import BackupFailed
 
     if error is None or isinstance(error, BrokenPipeError) or \
             getattr(error, "errno", None) == errno.EPIPE:

@@ -8,6 +8,10 @@ previous database and a scratch copy are targets too (`at`): another database, t
 from __future__ import annotations
 
 from functools import cached_property
+from app.ops.databases import open_database
+from app.ops.methods.registry import configured_method
+from app.ops.storage import open_storage
+from app.settings import load_settings
 
 
 class Target:
@@ -21,13 +25,11 @@ class Target:
     def storage(self):
         """Opened on first use: `migrate --sql` never needs one, and a bad store setting is
         reported by the step that needs the store."""
-        from app.ops.storage import open_storage
         return open_storage(self.settings)
 
     @cached_property
     def method(self):
         """BACKUP_METHOD's object (app/ops/methods/registry.py): how this env's backups are taken."""
-        from app.ops.methods.registry import configured_method
         return configured_method(self.settings)
 
     @property
@@ -41,10 +43,8 @@ class Target:
     def for_env(self, env: str) -> "Target":
         """Another env of the same project (REQUIRE_STAGING_FIRST reads staging's revision),
         from its own files only: this process's environment is this env's."""
-        from app.settings import load_settings
         return open_target(load_settings(env, environ=None, root=self.settings.root))
 
 
 def open_target(settings) -> Target:
-    from app.ops.databases import open_database
     return Target(settings, open_database(settings))

@@ -12,12 +12,12 @@ from datetime import datetime, timezone
 from app.ops.catalog import records
 from app.ops.catalog.audit_chain import AUDIT_SUFFIX, PREVIOUS, canonical_bytes, link
 from app.ops.run_identity import RUN_ID, who  # noqa: F401  (audit.RUN_ID names this run)
+from app.ops.errors import OpsError
 
 def record(target, *, action: str, now: datetime, outcome: str, reporter=None,
            **details) -> dict:
     """Write one event. A store that fails here must not hide what the run itself did (it may
     have migrated, or be failing for a reason of its own): it is reported, never raised."""
-    from app.ops.errors import OpsError
 
     event = {"action": action, "env": target.env, "database": target.database.masked_url,
              "at": now.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from app.ops.catalog import records
 from app.ops.catalog.manifest import iso
+from app.ops.errors import OpsError
 
 DRILL_SUFFIX = ".drill.json"
 KINDS = ("restore-test", "rehearse", "restore")
@@ -73,7 +74,6 @@ def save(storage, record: DrillRecord, now: datetime) -> None:
 def keep(target, record: DrillRecord, now: datetime, reporter=None) -> None:
     """A drill's record is evidence, but the drill's own outcome is what the user must see: a
     store that cannot take the record (full, say) does not replace it; `reporter` is told."""
-    from app.ops.errors import OpsError
     try:
         save(target.storage, record, now)
     except (OpsError, OSError) as exc:

@@ -24,6 +24,7 @@ from app.ops.methods.registry import method_of
 from app.ops.schema.migrations import Migrations
 from app.ops.report import Reporter
 from app.ops.databases.postgres.sequences import sequences_behind
+from app.ops.commands.restore import plan_restore
 
 REHEARSAL_SUFFIX = ".rehearsal.json"
 
@@ -123,8 +124,6 @@ class Rehearsal:
 
 
 def rehearse(target, *, now: datetime, reporter: Reporter = Reporter()) -> Rehearsal:
-    from app.ops.commands.restore import plan_restore
-
     plan = plan_restore(target, None, now)
     for note in plan.passed_over:
         reporter.warn(note)

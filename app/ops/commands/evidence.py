@@ -25,6 +25,7 @@ from app.ops.catalog.manifest import iso
 from app.ops.commands.status import backup_item
 from app.ops.methods.registry import method_of
 from app.settings import TARGET_UNITS, parse_duration
+from app.ops.catalog.audit import read_events
 
 DEFAULT_SINCE = "90d"
 CHANGE_ACTIONS = ("migrate", "rollback", "restore", "stamp", "watch", "rekey", "break-glass")
@@ -155,8 +156,6 @@ def is_change(event: dict) -> bool:
 
 def build_report(target, *, now: datetime, since: str | None = None, warn=None) -> dict:
     """The report as `invoke report --json` prints it."""
-    from app.ops.catalog.audit import read_events
-
     settings = target.settings
     start = period_start(since, now)
     backups = list_backups(target, warn)

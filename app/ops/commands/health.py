@@ -26,6 +26,11 @@ from app.ops.commands.status import backup_item
 from app.ops.methods.registry import method_of
 from app.ops.storage import unaborted_uploads
 from app.settings import AGE_UNITS
+from app.ops.commands.evidence import longest_stretch
+from app.ops.commands.key_health import key_findings
+from app.ops.databases.connection import first_line, revision_of
+from app.ops.databases.lock import advisory_key
+from app.ops.schema.migrations import Migrations
 
 UNIT_SECONDS = AGE_UNITS  # what CHECK_BACKUP_MAX_AGE and CHECK_VERIFY_MAX_AGE accept
 AUDITED_RUNS = ("migrate", "rollback", "restore")
@@ -170,8 +175,6 @@ def run_check(target, now: datetime) -> HealthReport:
 
 def gather(target, now: datetime | None = None) -> Facts:
     """`now`: a backup dated later than it never counts as the newest (app/ops/catalog/dates.py)."""
-    from app.ops.schema.migrations import Migrations
-
     # Settings first: a bad one is the check's UNKNOWN, not a finding.
     settings = target.settings
     target.storage  # opened first too: a bad store setting is the check's UNKNOWN
@@ -211,8 +214,6 @@ def _read_owners(facts: Facts, database) -> None:
 
 
 def _read_keys(facts: Facts, target) -> None:
-    from app.ops.commands.key_health import key_findings
-
     newest = facts.backups[0] if facts.backups else None
     try:
         facts.key_warnings = key_findings(target.settings, target.storage, newest)
@@ -227,7 +228,6 @@ def _read_database(facts: Facts, database) -> None:
     connection. An SQLite file that is not there is not created to find that out."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.databases.connection import first_line, revision_of
 
     if not database.exists():
         facts.database_error = f"SQLite database {database.url.database} does not exist"
@@ -261,7 +261,6 @@ def _lock_held(conn, database) -> bool:
     in progress, not one left unfinished."""
     from sqlalchemy import text
 
-    from app.ops.databases.lock import advisory_key
     if database.kind != "postgresql":
         return False
     return bool(conn.execute(text(
@@ -645,7 +644,6 @@ def _drill_gauges(gauge, env: str, facts: Facts, now: datetime | None) -> None:
         gauge("last_drill_seconds", "how long it took to bring the data back (0: none)").labels(
             env).set(newest.rto_seconds if newest else 0)
     if facts.backups is not None and now is not None:
-        from app.ops.commands.evidence import longest_stretch
         first = min([m.created for m in facts.backups]
                     + ([facts.first_event_at] if facts.first_event_at else []), default=None)
         gauge("rpo_achieved_seconds", "longest stretch of the report period (90 days) without "

@@ -21,6 +21,7 @@ from app.ops.catalog.backups import BackupManifest, delete_backup, list_backups
 from app.ops.catalog.dates import dated_in_future, in_the_present
 from app.ops.errors import BackupFailed
 from app.ops.methods.registry import verify_backup
+from app.ops.catalog.manifest import MANIFEST_SUFFIX
 
 
 @dataclass
@@ -67,7 +68,6 @@ def _retained(storage, due: list[BackupManifest], now: datetime) -> list:
     retention, with the date it ends: never tried (the next prune after it deletes them)."""
     if storage.object_lock is None:
         return []
-    from app.ops.catalog.manifest import MANIFEST_SUFFIX
 
     found = []
     for manifest in due:

@@ -33,7 +33,8 @@ from app.ops.methods.contract import RestorePlan, RestoreResult, is_safety_backu
 from app.ops.commands.run_scaffold import FAILED, Run, locked_run
 from app.ops.methods.registry import method_of
 from app.ops.report import Reporter
-from app.ops.catalog.restore_intent import NOT_SWAPPED, SWAPPED, clear_intent, swap_state, undo_unswapped
+from app.ops.catalog.restore_intent import (NOT_SWAPPED, SWAPPED, clear_intent, swap_state,
+                                            undo_unswapped)
 
 def plan_restore(target, backup_id: str | None, now: datetime | None = None) -> RestorePlan:
     """`now` dates the default's choice: a backup dated later than it is passed over (without

@@ -9,6 +9,8 @@ from functools import cached_property
 
 from app.ops.catalog.backups import list_backups
 from app.ops.guards.preflight import load_window
+from app.ops.commands.drills import past_rehearsals
+from app.ops.schema.migrations import Migrations
 
 
 class RunFacts:
@@ -51,10 +53,8 @@ class RunFacts:
 
     @cached_property
     def rehearsals(self) -> list:
-        from app.ops.commands.drills import past_rehearsals
         return past_rehearsals(self.target)
 
     def revision_of_env(self, env: str) -> str | None:
         """Where another env's database is (REQUIRE_STAGING_FIRST); OpsError if unreadable."""
-        from app.ops.schema.migrations import Migrations
         return Migrations(self.target.for_env(env)).current()

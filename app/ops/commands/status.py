@@ -11,6 +11,9 @@ from app.ops.catalog.dates import dated_in_future, in_the_present, is_future
 from app.ops.errors import DatabaseUnreachable
 from app.ops.schema.migrations import Migrations, UnknownRevision, UnloadableRevisionFile
 from app.ops.storage import unaborted_uploads
+from app.ops.catalog.restore_intent import pending_intents
+from app.ops.commands.watch.records import last_verdict
+from app.ops.guards.preflight import load_window
 
 
 def backup_item(manifest: BackupManifest, now: datetime | None = None) -> dict:
@@ -43,7 +46,6 @@ def window_status(settings, now: datetime) -> dict | None:
     spec = settings.MAINTENANCE_WINDOW
     if not spec:
         return None
-    from app.ops.guards.preflight import load_window
     window = load_window(settings)
     next_open = window.next_open(now)
     closes = window.current_close(now)
@@ -105,7 +107,6 @@ def collect_status(target, now: datetime, warn=None) -> dict:
 
 def last_watch(target) -> dict | None:
     """The env's newest watch verdict, as the audit recorded it (None: never watched)."""
-    from app.ops.commands.watch.records import last_verdict
     event = last_verdict(target.storage)
     if event is None:
         return None
@@ -115,6 +116,5 @@ def last_watch(target) -> dict | None:
 
 def interrupted_restores(target) -> list[dict]:
     """The env's restores cut short at their swap (app/ops/catalog/restore_intent.py), as JSON."""
-    from app.ops.catalog.restore_intent import pending_intents
     return [{**intent.as_json(), "describe": intent.describe()}
             for intent in pending_intents(target)]

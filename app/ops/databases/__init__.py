@@ -11,23 +11,13 @@ tools' check. Adapters: they never import the catalog, a method or a workflow.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class DatabaseFacts:
-    """What a run reads of its database once: a backup's estimate, the guards and the manifest
-    use the same values."""
-    exists: bool
-    server_version_num: int | None  # None for SQLite
-    size: int | None                # bytes; None while an SQLite file does not exist
+from app.ops.databases.facts import DatabaseFacts  # noqa: F401  (handed on)
+from app.ops.databases.postgres.database import PostgresDatabase
+from app.ops.databases.sqlite.database import SqliteDatabase
+from app.settings import engine_kind
 
 
 def open_database(settings):
-    from app.settings import engine_kind
-
     if engine_kind(settings.database_url) == "sqlite":
-        from app.ops.databases.sqlite.database import SqliteDatabase
         return SqliteDatabase(settings.database_url, settings.env)
-    from app.ops.databases.postgres.database import PostgresDatabase
     return PostgresDatabase.from_settings(settings)

@@ -28,6 +28,7 @@ from app.ops.run_identity import who
 # The default; app/ops/databases/postgres/maintenance.py decides which one a run uses.
 from app.ops.databases.postgres.maintenance import DEFAULT as MAINTENANCE_DATABASE
 from app.ops.errors import GuardRefused, LockLost
+from app.ops.databases.postgres.maintenance import MaintenanceDatabase
 
 
 def advisory_key(database_name: str) -> int:
@@ -51,7 +52,6 @@ class HeldLock:
 
     def check(self) -> None:
         """An flock cannot be taken away from its holder: nothing to ask."""
-
 
 class _AdvisoryLock(HeldLock):
     def __init__(self, description: str, conn, key: int):
@@ -101,7 +101,6 @@ def advisory_lock(url, action: str, now: datetime, env: str,
     """PostgreSQL's: `database.lock(action, now)` of app/ops/databases/postgres/database.py."""
     from sqlalchemy import text
 
-    from app.ops.databases.postgres.maintenance import MaintenanceDatabase
 
     identity = f"mida {action} {holder_text(now)}"[:63]
     key = advisory_key(url.database)

@@ -19,11 +19,14 @@ from datetime import datetime
 from app.ops.errors import ConfigError, GuardRefused
 from app.ops.guards.confirmation import typed_confirmation
 from app.ops.report import Reporter
+from app.ops.errors import OpsError
+from app.ops.guards.window import describe, MaintenanceWindow, WindowError
+from app.ops.schema.review import (data_dropped_by_downgrade, downgrade_does_nothing,
+                                   risky_operations)
+from app.ops.units import human_size
 
 
 def load_window(settings):
-    from app.ops.guards.window import MaintenanceWindow, WindowError
-
     try:
         return MaintenanceWindow.parse(settings.MAINTENANCE_WINDOW or "",
                                        settings.MAINTENANCE_TIMEZONE)
@@ -45,7 +48,6 @@ def check_window(settings, facts, *, action: str, now: datetime,
         raise GuardRefused(f"{action} on production env '{settings.env}' is refused: no "
                            "MAINTENANCE_WINDOW is configured; set one, or use "
                            "--break-glass REASON in an emergency")
-    from app.ops.guards.window import describe
 
     window = facts.window
     if window.is_open(now):
@@ -64,7 +66,6 @@ def review_pending(settings, steps, *, action: str, break_glass: str | None,
                    reporter: Reporter) -> None:
     """Warn about risky operations; a pending migration whose downgrade() does nothing is
     refused in production (there would be no rollback plan) unless break-glass."""
-    from app.ops.schema.review import downgrade_does_nothing, risky_operations
 
     if action != "migrate":
         return
@@ -84,8 +85,6 @@ def review_pending(settings, steps, *, action: str, break_glass: str | None,
 def confirm_data_loss(settings, steps, *, yes: bool, ask, reporter: Reporter) -> None:
     """A rollback whose downgrades drop tables or columns deletes data (the backup keeps it).
     In production that needs --yes or the env's name typed on a terminal; elsewhere a warning."""
-    from app.ops.schema.review import data_dropped_by_downgrade
-
     findings = [f for step in steps for f in data_dropped_by_downgrade(step.path, step.id)]
     if not findings:
         return
@@ -106,7 +105,6 @@ def check_staging_first(settings, goal: str | None, migrations, facts) -> None:
     staging_env = settings.REQUIRE_STAGING_FIRST
     if not (settings.production and staging_env) or goal is None:
         return
-    from app.ops.errors import OpsError
 
     try:
         reached = facts.revision_of_env(staging_env)
@@ -129,7 +127,6 @@ def check_free_disk(facts, reporter: Reporter) -> None:
         return
     folder, free = room
     if free < needed:
-        from app.ops.units import human_size
         raise GuardRefused(f"not enough free disk for the backup: about {human_size(needed)} "
                            f"needed, {human_size(free)} free at {folder}; free some space or "
                            "prune old backups")
@@ -170,7 +167,6 @@ def check_fit(settings, facts, steps, *, now: datetime, break_glass: str | None,
         return
     from datetime import timedelta
 
-    from app.ops.guards.window import describe
 
     close = facts.window.current_close(now)
     seconds, how = estimate_run(facts, steps)

@@ -16,6 +16,8 @@ from app.ops.databases.connection import first_line
 from app.ops.errors import ConfigError, MigrationFailed, OpsError
 from app.ops.report import Reporter
 from app.settings import PROJECT_ROOT
+from app.ops.databases.postgres.server_settings import applied_setting
+from app.ops.interruptible import cancellable_statements
 
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 RELATIVE_RE = re.compile(r"^-(\d+)$")
@@ -331,7 +333,6 @@ class Migrations:
         waiting until it ends (app/ops/interruptible.py)."""
         if self.database.kind != "postgresql":
             return contextlib.nullcontext()
-        from app.ops.interruptible import cancellable_statements
         return cancellable_statements()
 
     def _failed(self, exc, target: str, verb: str) -> MigrationFailed:
@@ -351,7 +352,6 @@ class Migrations:
         ours = self.config.attributes["postgres_timeouts"].get("statement_timeout")
         if ours:
             return f"the {verb} ran longer than MIGRATION_STATEMENT_TIMEOUT ({ours}), {running}"
-        from app.ops.databases.postgres.server_settings import applied_setting
 
         applied = applied_setting(self.database.url, "statement_timeout") or "statement_timeout"
         return (f"the {verb} ran longer than {applied}, {running}; MIGRATION_STATEMENT_TIMEOUT "

@@ -4,6 +4,9 @@
 keeps one environment's backups under its own folder or prefix.
 """
 from __future__ import annotations
+from app.ops.errors import ConfigError
+from app.ops.storage.local import LocalStorage
+from app.ops.storage.s3 import read_unaborted, S3Storage
 
 UNABORTED_FOLDER = ".unaborted-uploads"  # under BACKUP_DIR, one subfolder per env: see s3.py
 
@@ -11,10 +14,7 @@ UNABORTED_FOLDER = ".unaborted-uploads"  # under BACKUP_DIR, one subfolder per e
 def open_storage(settings):
     kind = settings.backup_storage
     if kind == "local":
-        from app.ops.storage.local import LocalStorage
         return LocalStorage(settings.backup_dir / settings.env)
-    from app.ops.errors import ConfigError
-    from app.ops.storage.s3 import S3Storage
     bucket = settings.BACKUP_S3_BUCKET
     if not bucket:
         raise ConfigError(f"BACKUP_STORAGE=s3 needs BACKUP_S3_BUCKET for env '{settings.env}': "
@@ -36,7 +36,6 @@ def unaborted_uploads(settings) -> list[dict]:
         return []
     from datetime import datetime, timezone
 
-    from app.ops.storage.s3 import read_unaborted
     items = []
     for path, record in read_unaborted(folder):
         recorded = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from app.ops.leftovers import hold, link_unnamed, open_unnamed, remove_abandoned
+from app.ops.leftovers import unheld
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -57,8 +58,6 @@ class LocalStorage:
     def remove_unheld_partials(self, stem: str) -> None:
         """The half-written objects named for `stem` whose writer is gone, whatever their
         age (a restore cut short knows its safety backup's id)."""
-        from app.ops.leftovers import unheld
-
         if not self.folder.is_dir():
             return
         for path in self.folder.glob(f".{stem}*.partial"):

@@ -39,6 +39,8 @@ from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
 
 from app.ops.errors import BackupFailed, ConfigError, OpsError, TransferFailed
+from app.ops.storage.object_lock import ObjectLock, Retained
+from app.settings import Settings
 
 PART_SIZE = 16 << 20   # 16 MiB: S3's minimum is 5 MiB; 10,000 parts of this hold ~156 GiB
 MIN_PART_SIZE = 5 << 20
@@ -95,11 +97,9 @@ class S3Storage:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         self.bucket, self.folder, self.part_size = bucket, prefix_folder.strip("/"), part_size
         if settings is None:
-            from app.settings import Settings
             settings = Settings(env="", values={})
         self.settings = settings
         self._sse = self._sse_arguments()  # checked now, so a bad value fails before any work
-        from app.ops.storage.object_lock import ObjectLock
         self.object_lock = ObjectLock.from_settings(settings)  # BACKUP_S3_OBJECT_LOCK
         self._config = dict(retries={"mode": "standard", "max_attempts": max_attempts},
                             connect_timeout=connect_timeout, read_timeout=read_timeout)
@@ -280,7 +280,6 @@ class S3Storage:
         Retained, and nothing is deleted)."""
         from datetime import datetime, timezone
 
-        from app.ops.storage.object_lock import Retained
         key = self.key(name)
         until = None
         with contextlib.suppress(FileNotFoundError):

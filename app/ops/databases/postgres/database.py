@@ -11,9 +11,16 @@ import re
 from datetime import datetime
 
 from app.ops.databases.connection import connect, revision_of
-from app.ops.databases import DatabaseFacts
+from app.ops.databases.facts import DatabaseFacts
 from app.ops.databases.postgres.row_counts import postgres_row_counts
 from app.settings import mask_url
+from app.ops.databases.lock import advisory_lock
+from app.ops.databases.postgres.dumper import PostgresDumper
+from app.ops.databases.postgres.locks import lock_room
+from app.ops.databases.postgres.maintenance import MaintenanceDatabase
+from app.ops.databases.postgres.owners import owners_refusal
+from app.ops.databases.postgres.server import CLIENTS, derived_name, PostgresServer
+from app.ops.errors import GuardRefused, OpsError
 
 SCRATCH = "__scratch_"
 STAMPED_DATABASE = re.compile(
@@ -26,7 +33,6 @@ class PostgresDatabase:
     def __init__(self, url, env: str, *, bin_dir: str | None = None,
                  lock_timeout: str | None = None, tools: dict | None = None,
                  maintenance=None):
-        from app.ops.databases.postgres.maintenance import MaintenanceDatabase
 
         self.url, self.env = url, env
         # Shared with `at`'s databases: one run's sessions all meet in the same one.
@@ -41,7 +47,6 @@ class PostgresDatabase:
     def from_settings(cls, settings) -> "PostgresDatabase":
         # lock_timeout: a backup must not queue forever behind a session holding an exclusive
         # table lock.
-        from app.ops.databases.postgres.maintenance import MaintenanceDatabase
         return cls(settings.database_url, settings.env, bin_dir=settings.pg_bin_dir,
                    lock_timeout=settings.MIGRATION_LOCK_TIMEOUT.text,
                    maintenance=MaintenanceDatabase(settings.maintenance_database))
@@ -92,8 +97,6 @@ class PostgresDatabase:
     def check_lock_room(self) -> None:
         """Refuse a restore, before any work, whose safety backup (a dump of this database,
         taken after the swap) would run the server's lock table out."""
-        from app.ops.databases.postgres.locks import lock_room
-        from app.ops.errors import GuardRefused
         with connect(self.url) as conn:
             room = lock_room(conn)
         if not room.enough:
@@ -104,7 +107,6 @@ class PostgresDatabase:
     def owners_refusal(self, owners) -> str | None:
         """Why this database's role could not restore a backup whose objects belong to
         `owners` (the manifest's), with the grants that would let it; None if it could."""
-        from app.ops.databases.postgres.owners import owners_refusal
         if not owners:
             return None
         with connect(self.url) as conn:
@@ -112,7 +114,6 @@ class PostgresDatabase:
 
     def check_owners(self, owners) -> None:
         """Refuse, before any work, a backup this role could not bring every owner back from."""
-        from app.ops.errors import GuardRefused
         why = self.owners_refusal(owners)
         if why:
             raise GuardRefused(f"refused before any work: {why}, then run it again; the "
@@ -125,11 +126,9 @@ class PostgresDatabase:
         return dumper
 
     def _new_dumper(self):
-        from app.ops.databases.postgres.dumper import PostgresDumper
         return PostgresDumper(self.url, self.bin_dir, lock_timeout=self.lock_timeout)
 
     def lock(self, action: str, now: datetime):
-        from app.ops.databases.lock import advisory_lock
         return advisory_lock(self.url, action, now, self.env, maintenance=self.maintenance)
 
     def row_counts(self) -> dict[str, int]:
@@ -142,7 +141,6 @@ class PostgresDatabase:
         connection to this database: pg_database is a shared catalog."""
         from sqlalchemy import text
 
-        from app.ops.databases.postgres.server import CLIENTS, derived_name
 
         rows = conn.execute(text(
             "SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a "
@@ -160,12 +158,10 @@ class PostgresDatabase:
         return found
 
     def server(self):
-        from app.ops.databases.postgres.server import PostgresServer
         return PostgresServer(self.url, self.maintenance)
 
     def is_closed(self) -> bool:
         """Closed to connections, by a restore killed during its swap."""
-        from app.ops.errors import OpsError
         try:
             return self.server().is_closed()
         except OpsError:

@@ -24,6 +24,8 @@ from app.ops.leftovers import child_path
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.ops.signals import spawn
 from app.ops.streams import CHUNK
+from app.ops.databases.connection import connect
+from app.ops.databases.postgres.row_counts import count_in_batches, user_tables
 
 VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
@@ -221,7 +223,6 @@ class PostgresDumper:
     def _restoring_role(self, database: str) -> tuple[str, bool]:
         from sqlalchemy import text
 
-        from app.ops.databases.connection import connect
         with connect(self.url.set(database=database)) as conn:
             row = conn.execute(text("SELECT current_user, rolsuper FROM pg_roles "
                                     "WHERE rolname = current_user")).one()
@@ -230,7 +231,6 @@ class PostgresDumper:
     def _check_owners(self, database: str, owners: set[str]) -> None:
         """Refuse, before pg_restore runs, an archive whose objects go to roles the restoring
         role may not give them to (owners.py)."""
-        from app.ops.databases.connection import connect
         if not owners:
             return
         with connect(self.url.set(database=database)) as conn:
@@ -262,7 +262,6 @@ def exported_snapshot(url, lock_timeout: str | None):
     from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
 
-    from app.ops.databases.connection import connect
 
     with connect(url) as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
@@ -309,9 +308,6 @@ class RowCounter(threading.Thread):
         self._cancel_query = None
 
     def run(self) -> None:
-        from app.ops.databases.connection import connect
-        from app.ops.databases.postgres.row_counts import count_in_batches, user_tables
-
         try:
             with connect(self.url) as conn:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")

@@ -13,6 +13,7 @@ import contextlib
 from typing import Iterator
 
 from app.ops.errors import DatabaseUnreachable
+from app.ops.databases.connection import connect
 
 DEFAULT = "postgres"
 FALLBACK = "template1"
@@ -31,8 +32,6 @@ class MaintenanceDatabase:
     def connect(self, url) -> Iterator[object]:
         """A connection (app/ops/databases/connection.py's) to the maintenance database of `url`'s server,
         with `url`'s role, password and query (application_name and all)."""
-        from app.ops.databases.connection import connect
-
         with contextlib.ExitStack() as stack:
             conn = self._open(stack, url, connect)
             yield conn

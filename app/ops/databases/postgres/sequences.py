@@ -8,6 +8,7 @@ beyond the largest in the table itself (and AUTOINCREMENT's sqlite_sequence beyo
 ever), so it has nothing that can fall behind.
 """
 from __future__ import annotations
+from app.ops.databases.connection import connect
 
 OWNED_SEQUENCES = """
 SELECT format('%I.%I', sn.nspname, s.relname), format('%I.%I', tn.nspname, t.relname),
@@ -31,7 +32,6 @@ def sequences_behind(database) -> tuple[int, list[str]]:
         return 0, []
     from sqlalchemy import text
 
-    from app.ops.databases.connection import connect
 
     behind = []
     with connect(database.url) as conn:

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 
 from app.ops.databases.postgres.maintenance import MaintenanceDatabase
 from app.ops.errors import BackupFailed, GuardRefused
+from app.ops.databases.connection import first_line
 
 RESTORING = "__restoring_"
 KEPT = "__pre_restore_"
@@ -74,7 +75,6 @@ class PostgresServer:
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        from app.ops.databases.connection import first_line
 
         with self.maintenance.connect(self.url) as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -150,7 +150,6 @@ class PostgresServer:
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        from app.ops.databases.connection import first_line
 
         refused = []
         with self.maintenance.connect(self.url) as conn:

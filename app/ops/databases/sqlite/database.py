@@ -12,8 +12,12 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 
-from app.ops.databases import DatabaseFacts
+from app.ops.databases.facts import DatabaseFacts
 from app.settings import mask_url
+from app.ops.databases.connection import open_session, revision_of
+from app.ops.databases.lock import file_lock
+from app.ops.databases.sqlite.dumper import count_rows, SqliteDumper
+from app.ops.errors import BackupFailed, DatabaseUnreachable
 
 
 class SqliteDatabase:
@@ -52,9 +56,6 @@ class SqliteDatabase:
     def connect(self):
         """A short-lived connection; never creates the file when it is not there (connecting
         would)."""
-        from app.ops.databases.connection import open_session
-        from app.ops.errors import DatabaseUnreachable
-
         if not (self.url.database and self.path.is_file()):
             raise DatabaseUnreachable(f"SQLite database {self.url.database} does not exist yet: "
                                       "run `invoke migrate` to create it")
@@ -63,7 +64,6 @@ class SqliteDatabase:
     def revision(self) -> str | None:
         if not self.exists():
             return None
-        from app.ops.databases.connection import revision_of
         with self.connect() as conn:
             return revision_of(conn)
 
@@ -77,15 +77,12 @@ class SqliteDatabase:
         pass
 
     def dumper(self):
-        from app.ops.databases.sqlite.dumper import SqliteDumper
         return SqliteDumper(self.path)
 
     def lock(self, action: str, now: datetime):
-        from app.ops.databases.lock import file_lock
         return file_lock(self.path, action, now, self.env)
 
     def row_counts(self) -> dict[str, int]:
-        from app.ops.databases.sqlite.dumper import count_rows
         return count_rows(self.path)
 
     def leftover_copies(self, conn) -> list[tuple[str, int]]:
@@ -98,8 +95,6 @@ class SqliteDatabase:
         """Copy the SQLite file `copy` over this database with SQLite's backup API, under its
         own locking: readers see the old database or the new one, and WAL and journal files
         stay consistent."""
-        from app.ops.errors import BackupFailed
-
         source = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
         live = sqlite3.connect(self.path, timeout=60)
         try:

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.settings import Settings
+from app.ops.databases.connection import connect, first_line
 
 SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
 POLL_SECONDS = 0.05
@@ -75,7 +76,6 @@ def count_ready(conn) -> tuple[int | None, str | None]:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.databases.connection import first_line
 
     try:
         return conn.execute(text("SELECT count(*) FROM pg_ls_archive_statusdir() "
@@ -132,7 +132,6 @@ def archiver_facts(url) -> dict:
     (None, with the reason, when the role may not count it)."""
     from sqlalchemy import text
 
-    from app.ops.databases.connection import connect
 
     with connect(url) as conn:
         archiver = read_archiver(conn)

@@ -24,6 +24,9 @@ from app.ops.methods.pgbackrest.archiver import (SEGMENT_RE, archiver_facts, che
                               wait_archived)
 from app.ops.errors import BackupFailed, ConfigError
 from app.ops.signals import spawn
+from app.ops.catalog.manifest import BackupManifest, iso, MANIFEST_SUFFIX, new_backup_id, TOOL_NAME
+from app.ops.databases.connection import connect, first_line
+from app.ops.errors import OpsError
 
 METHOD = "pgbackrest"
 FORMAT = "pgbackrest-restore-point"
@@ -223,9 +226,6 @@ def take_restore_point(target, *, reason: str, revision: str | None, now: dateti
     the server is a standby, or the current timeline has no backup."""
     from sqlalchemy import text
 
-    from app.ops.databases.connection import connect
-    from app.ops.catalog.manifest import (MANIFEST_SUFFIX, TOOL_NAME, BackupManifest, iso,
-                                  new_backup_id)
 
     pgbackrest = PgBackRest.from_settings(target.settings)
     max_ready = max_ready_of(target.settings)
@@ -294,7 +294,6 @@ def _create_restore_point(conn, name: str) -> tuple[str, str]:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.databases.connection import first_line
 
     try:
         lsn = conn.execute(text("SELECT pg_create_restore_point(:n)::text"), {"n": name}).scalar()
@@ -315,8 +314,6 @@ def status_facts(target) -> dict:
     """For `invoke status`: pgBackRest's version, the stanza's newest backups and archive range
     (`pgbackrest info`), and how far the server's archiver is behind. A failure is reported in
     the dict, not raised: status must show everything else."""
-    from app.ops.errors import OpsError
-
     facts: dict = {"stanza": target.settings.PGBACKREST_STANZA}
     try:
         facts.update(_stanza_facts(target.settings))

@@ -22,6 +22,8 @@ from app.ops.methods.pgbackrest.archiver import (POLL_SECONDS, check_primary, re
                               wait_archived)
 from app.ops.methods.pgbackrest.command import PgBackRest, run_bounded
 from app.ops.methods.pgbackrest.verify import check_reachable
+from app.ops.databases.connection import connect
+from app.ops.errors import DatabaseUnreachable
 
 # What this restore asks pgBackRest to write (--type=lsn, --target-action, --target-timeline).
 RECOVERY_SETTINGS = ("recovery_target_lsn", "recovery_target_action", "recovery_target_timeline")
@@ -118,7 +120,6 @@ def _archive_old_timeline(target, manifest, pgbackrest, whole_cluster: bool,
     anything stops. Returns the old timeline's end LSN and the timeline."""
     from sqlalchemy import text
 
-    from app.ops.databases.connection import connect
 
     record = manifest.pgbackrest
     with connect(target.database.url) as conn:
@@ -199,8 +200,6 @@ def _wait_promoted(url, timeout: float) -> None:
     """Until the server takes connections and is out of recovery (promoted)."""
     from sqlalchemy import text
 
-    from app.ops.databases.connection import connect
-    from app.ops.errors import DatabaseUnreachable
 
     started, last = time.monotonic(), "not reachable"
     while time.monotonic() - started < timeout:
@@ -222,7 +221,6 @@ def _clear_recovery_settings(url) -> str:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from app.ops.databases.connection import connect
 
     failed = []
     with connect(url) as conn:
