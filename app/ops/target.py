@@ -42,7 +42,8 @@ class Target:
 
     def for_env(self, env: str) -> "Target":
         """Another env of the same project (REQUIRE_STAGING_FIRST reads staging's revision),
-        from its own files only: this process's environment is this env's."""
+        its settings layered as any env's: the process environment, then `.env.NAME` and
+        `.env` (so a DATABASE_URL exported for this run is staging's too, as it always was)."""
         return open_target(load_settings(env, environ=None, root=self.settings.root))
 
 

@@ -2,7 +2,7 @@
 
     python -m app.settings.doc > docs/settings.md
 
-tests/test_settings_table.py fails when the file is not what this prints.
+tests/settings/test_settings_table.py fails when the file is not what this prints.
 """
 from __future__ import annotations
 

@@ -37,13 +37,16 @@ def parse_duration(value: str, units: Mapping[str, float]) -> float | None:
 
 
 class Duration(float):
-    """A duration setting's value: seconds (a float), and `.text`, the setting as written
-    (PostgreSQL's without spaces, as `SET lock_timeout` takes it)."""
+    """A duration setting's value: seconds (a float), `.seconds`, the same number as its units
+    give it (an int for whole units: what JSON output shows, `86400` and not `86400.0`), and
+    `.text`, the setting as written (PostgreSQL's without spaces, as `SET lock_timeout` takes
+    it)."""
     text: str
+    seconds: float | int
 
-    def __new__(cls, seconds: float, text: str) -> "Duration":
+    def __new__(cls, seconds: float | int, text: str) -> "Duration":
         value = super().__new__(cls, seconds)
-        value.text = text
+        value.text, value.seconds = text, seconds
         return value
 
 

@@ -4,7 +4,7 @@ Each is a `Setting` on `Declared` (which `Settings` extends), named exactly as i
 files: code reads `settings.BACKUP_KEEP_LAST` and gets the typed value (an int, or None when
 unset), parsed on first read (a bad value is a ConfigError from the step that needs it, not
 from loading the settings). `.env.example` and `docs/settings.md` are checked against this
-table (tests/test_settings_table.py); docs/settings.md is generated from it:
+table (tests/settings/test_settings_table.py); docs/settings.md is generated from it:
 `python -m app.settings.doc > docs/settings.md`.
 """
 from __future__ import annotations

@@ -42,8 +42,8 @@ class BackupManifest:
     duration_seconds: float | None = None
     database_size: int | None = None
     row_counts: dict | None = None
-    # PostgreSQL: the other roles that own objects in it (a restore by the owner role must be
-    # able to give them theirs back: app/ops/databases/postgres/owners.py); None: not recorded.
+    # PostgreSQL: the roles that own objects in it (a restore by the owner role must be able
+    # to give them theirs back: app/ops/databases/postgres/owners.py); None: not recorded.
     owners: list | None = None
     encryption: str | None = None
     recipients: list | None = None

@@ -41,7 +41,7 @@ def backup_before_change(target, facts=None, *, now: datetime, revision: str | N
                          reason: str, reporter: Reporter,
                          label: str | None = None) -> BackupManifest | None:
     """The backup a run takes before it changes anything (None: no database yet). `facts`: the
-    run's RunFacts (app/ops/guards/preflight.py), so nothing is read twice."""
+    run's RunFacts (app/ops/commands/run_facts.py), so nothing is read twice."""
     facts = facts or RunFacts(target)
     if not facts.database.exists:
         reporter.info(f"database {target.database.masked_url} does not exist yet: "

@@ -100,13 +100,13 @@ def _rpo(settings, stretches: list[Stretch]) -> dict:
                 f"({'backup ' + longest.after if longest.after else 'start of the period'}) to "
                 f"{iso(longest.end)} "
                 f"({'backup ' + longest.before if longest.before else 'now'})")
-    return _target("rpo", float(settings.RPO_TARGET), round(longest.seconds, 3),
+    return _target("rpo", settings.RPO_TARGET.seconds, round(longest.seconds, 3),
                    evidence)
 
 
 def _rto(settings, drills: list[DrillRecord]) -> dict:
     done = [d for d in drills if d.succeeded]
-    target = float(settings.RTO_TARGET)
+    target = settings.RTO_TARGET.seconds
     if not done:
         return _target("rto", target, None, "no successful restore drill in the period: run "
                        "`invoke verify --restore-test`")
@@ -117,7 +117,7 @@ def _rto(settings, drills: list[DrillRecord]) -> dict:
 
 
 def _drill_age(settings, newest: DrillRecord | None, now: datetime) -> dict:
-    target = float(settings.DRILL_MAX_AGE)
+    target = settings.DRILL_MAX_AGE.seconds
     if newest is None:
         return _target("drill_age", target, None, "no successful restore drill on record")
     age = max(0.0, (now - newest.started).total_seconds())

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.ops.errors import ConfigError, OpsError
-from app.settings import AGE_UNITS
 
-UNITS = AGE_UNITS
 DEFAULT_MODE = "GOVERNANCE"
 
 
@@ -39,7 +37,7 @@ class ObjectLock:
         value = settings.BACKUP_S3_OBJECT_LOCK  # a Duration: not one is a ConfigError
         if value is None:
             return None
-        return cls(value.text.strip(), float(value))
+        return cls(value.text.strip(), value.seconds)
 
     def read_mode(self, client, bucket: str) -> str:
         """The bucket's default mode; ConfigError when the bucket has no Object Lock."""

@@ -18,7 +18,6 @@ from typing import Callable
 from app.ops.databases.connection import maintenance_options, revision_of
 from app.ops.databases.postgres.locks import lock_room, out_of_locks
 from app.ops.databases.postgres.owners import owners_in, owners_refusal
-from app.ops.databases.postgres.restore_settings import restore_options
 from app.ops.databases.postgres.toc import grant_statements, list_text, parse_toc, plan_passes
 from app.ops.leftovers import child_path
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
@@ -108,7 +107,7 @@ class PostgresDumper:
         revision is read (`revision`: what the archive holds, even if a migrate commits while
         the backup starts) and every table's rows are counted: `row_counts` then describes
         exactly what the archive holds, which `invoke verify --restore-test` compares a restored
-        copy against; `owners` are the other roles that own its objects (owners.py)."""
+        copy against; `owners` are the roles that own its objects (owners.py)."""
         with exported_snapshot(self.url, self.lock_timeout) as (snapshot, conn):
             self.revision = revision_of(conn)
             self.revision_read = True
@@ -181,7 +180,7 @@ class PostgresDumper:
         parallel workers, stopping at the first error; the notes the engineer must read
         afterwards. `pass_fds`: descriptors pg_restore inherits, for an archive without a name
         given as `/proc/self/fd/N` (each worker reopens the archive by that path, and finds
-        the same file). Objects of other roles get their owners back (postgres_toc.py)."""
+        the same file). Objects of other roles get their owners back (toc.py, owners.py)."""
         env = self.environment()
         env["PGDATABASE"] = database
         listing = self._pg_restore(["--list", archive_path], database, env, pass_fds)
@@ -189,9 +188,9 @@ class PostgresDumper:
         plan = plan_passes(parse_toc(listing), user, superuser)
         self._check_owners(database, plan.owners)
         notes = self._skipped_grants(archive_path, database, env, pass_fds, plan.skipped)
-        # The copy is the tool's own until the swap: its sessions are tuned as for a restore,
-        # with settings any role may set for its own sessions, after the URL's and ours.
-        env["PGOPTIONS"] += restore_options(jobs)
+        # Settings a database owner may set for its own sessions; they speed up index builds.
+        # The copy is the tool's own until the swap: a crash only loses a copy that is dropped.
+        env["PGOPTIONS"] += " -c maintenance_work_mem=256MB -c synchronous_commit=off"
         restore = ["--exit-on-error", f"--jobs={max(1, jobs)}", f"--dbname={database}"]
         if not plan.passes:
             self._pg_restore([*restore, archive_path], database, env, pass_fds)

@@ -1,5 +1,4 @@
-"""The roles, other than the database's owner, that own objects in a database, and whether a
-role may give objects to them: what a restore by the owner role (not a superuser) needs in
+"""The roles that own objects in a database, and whether a role may give objects to them: what a restore by the owner role (not a superuser) needs in
 order to bring every object's owner back (toc.py plans the passes; this decides, before any
 work, whether they can succeed).
 
@@ -20,7 +19,10 @@ WITH user_namespaces AS (
 ), members AS (
     SELECT objid FROM pg_depend WHERE deptype IN ('e', 'i')
 ), owned(owner) AS (
+    -- `public` owned by the bootstrap superuser is PostgreSQL 14's default (and a pg_upgrade'd
+    -- cluster's): pg_dump gives it no owner there; any other owner of it is dumped.
     SELECT nspowner FROM user_namespaces WHERE oid NOT IN (SELECT objid FROM members)
+        AND NOT (oid = 'public'::regnamespace AND nspowner = 10)
     UNION SELECT relowner FROM pg_class WHERE relnamespace IN (SELECT oid FROM user_namespaces)
         AND oid NOT IN (SELECT objid FROM members)
     UNION SELECT proowner FROM pg_proc WHERE pronamespace IN (SELECT oid FROM user_namespaces)
@@ -30,7 +32,7 @@ WITH user_namespaces AS (
     UNION SELECT lomowner FROM pg_largeobject_metadata
 )
 SELECT DISTINCT r.rolname FROM owned JOIN pg_roles r ON r.oid = owned.owner
-WHERE r.rolname NOT IN (current_user, 'pg_database_owner') ORDER BY 1
+WHERE r.rolname <> 'pg_database_owner' ORDER BY 1
 """
 
 MEMBERSHIP_SQL = ("SELECT o.name, r.oid IS NOT NULL, r.oid IS NOT NULL "
@@ -40,7 +42,8 @@ MEMBERSHIP_SQL = ("SELECT o.name, r.oid IS NOT NULL, r.oid IS NOT NULL "
 
 
 def owners_in(conn) -> list[str]:
-    """The other roles that own objects in conn's database, in conn's snapshot."""
+    """The roles that own objects in conn's database, in conn's snapshot (the dumping role
+    among them: another role may restore the backup)."""
     from sqlalchemy import text
     return list(conn.execute(text(OWNERS_SQL)).scalars())
 
@@ -50,10 +53,11 @@ def owners_refusal(conn, owners) -> str | None:
     server, or one it is no member of), with the grants that would let it; None if it may."""
     from sqlalchemy import text
 
+    user = conn.execute(text("SELECT current_user")).scalar()
+    owners = sorted(set(owners or ()) - {user})  # its own objects any role may create
     if not owners:
         return None
-    user = conn.execute(text("SELECT current_user")).scalar()
-    rows = conn.execute(text(MEMBERSHIP_SQL), {"names": sorted(owners)}).all()
+    rows = conn.execute(text(MEMBERSHIP_SQL), {"names": owners}).all()
     missing = [name for name, exists, _ in rows if not exists]
     barred = [name for name, exists, member in rows if exists and not member]
     if not (missing or barred):

@@ -1,7 +1,7 @@
 """A PostgreSQL server's databases, as a restore and a scratch copy need them: a database's
 properties, creating one like it, copying its grants and settings, its sessions, and the swap.
 
-Restoring by swap (postgres_restore.py) builds the restored copy beside the live database and
+Restoring by swap (app/ops/methods/dump/postgres_swap.py) builds the restored copy beside the live database and
 swaps names in one transaction. Until the swap the application may keep using the live database
 (`--disconnect`): the swap closes it to new connections, ends its other sessions, renames, and
 lets connections in again, so the application's downtime is that of the swap alone. Without

@@ -303,7 +303,7 @@ def _create_restore_point(conn, name: str) -> tuple[str, str]:
     except DBAPIError as exc:
         why = first_line(exc.orig)
         advice = ("the role needs EXECUTE on pg_create_restore_point(text) and "
-                  "pg_switch_wal() in this database (see the README)"
+                  "pg_switch_wal() in this database (see docs/pgbackrest.md)"
                   if "permission denied" in why else "see the server's log")
         raise BackupFailed(f"cannot create restore point {name}: {why}; {advice}; nothing "
                            "was changed") from None

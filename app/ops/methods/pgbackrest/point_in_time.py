@@ -232,5 +232,5 @@ def _clear_recovery_settings(url) -> str:
                 failed.append(name)
     if failed:
         return (f"WARNING: remove {', '.join(failed)} from postgresql.auto.conf by hand (the role "
-                "may not ALTER SYSTEM them; see the README).")
+                "may not ALTER SYSTEM them; see docs/pgbackrest.md).")
     return "the recovery target settings were removed from postgresql.auto.conf."
