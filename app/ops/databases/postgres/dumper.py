@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import shutil
 import subprocess
 import tempfile
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 from app.ops.databases.connection import maintenance_options, revision_of
 from app.ops.databases.postgres.locks import lock_room, out_of_locks
@@ -128,7 +129,7 @@ class PostgresDumper:
                                         env=self.environment())
                 counter.start()
                 try:
-                    while chunk := proc.stdout.read(CHUNK):
+                    for chunk in _chunks_of(proc.stdout):
                         sink.write(chunk)
                 except BaseException:
                     proc.kill()
@@ -253,6 +254,22 @@ class PostgresDumper:
                 f"({', '.join(e.name for e in skipped)}) were left out, as only a superuser "
                 f"may give them: a superuser gives them back in the restored database with: "
                 f"{' '.join(statements)}"]
+
+
+def _chunks_of(pipe) -> Iterator[bytes]:
+    """What pg_dump writes, as it comes, waking each second even when nothing comes: a SIGTERM
+    the kernel hands to another thread of this process (the read-back's) only trips a flag,
+    which the main thread acts on (app/ops/signals.py) between two Python steps, never inside
+    a read that blocks (a pg_dump stuck on a lock writes nothing for minutes)."""
+    fd = pipe.fileno()
+    while True:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        chunk = os.read(fd, CHUNK)
+        if not chunk:
+            return
+        yield chunk
 
 
 @contextlib.contextmanager
