@@ -10,6 +10,11 @@ import hashlib
 from typing import BinaryIO, Callable
 
 CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough to keep memory flat
+# Pipes between our processes and threads hold a whole chunk (Linux's default is 64 KiB, and
+# 1 MiB is the most an unprivileged process may ask by default, /proc/sys/fs/pipe-max-size):
+# one write and one wake-up per chunk, not sixteen. Measured: invoke backup of the reference
+# set 0.3 s faster (6.04 s against 6.33 s, medians of six alternating runs).
+PIPE_SIZE = CHUNK
 ZSTD_LEVEL = 1   # measured: level 1 keeps up with pg_dump and still beats pg_dump's gzip on size
 
 Progress = Callable[[int], None]
@@ -94,6 +99,29 @@ class TeeWriter:
 
     def flush(self) -> None:
         pass
+
+
+def pipe_size() -> int:
+    """subprocess.Popen's `pipesize`: PIPE_SIZE, or -1 (the system's default) where the system
+    allows less (Popen would raise)."""
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as limit:
+            return PIPE_SIZE if int(limit.read()) >= PIPE_SIZE else -1
+    except (OSError, ValueError):
+        return -1
+
+
+def chunk_pipe() -> tuple[int, int]:
+    """os.pipe(), as wide as a chunk where the system allows it (else as it comes)."""
+    import fcntl
+    import os
+
+    read_fd, write_fd = os.pipe()
+    try:
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # a lower limit: the default width only costs wake-ups
+    return read_fd, write_fd
 
 
 def compressor(target: BinaryIO):

@@ -8,8 +8,8 @@ import os
 import pytest
 import zstandard
 
-from app.ops.streams import (CHUNK, CountingWriter, HashingReader, HashingWriter, TeeWriter,
-                             compressor, decompress_into)
+from app.ops.streams import (CHUNK, PIPE_SIZE, CountingWriter, HashingReader, HashingWriter,
+                             TeeWriter, chunk_pipe, compressor, decompress_into, pipe_size)
 
 
 def payload() -> bytes:
@@ -186,3 +186,23 @@ def test_bit_flip_anywhere_is_detected(frame):
         # Not caught by zstd: the checksum against the manifest must catch it.
         assert hashed.sha256.hexdigest() != sha, position
         assert hashed.sha256.hexdigest() == hashlib.sha256(bytes(flipped)).hexdigest(), position
+
+
+def test_chunk_pipe_holds_a_whole_chunk():
+    import fcntl
+
+    read_fd, write_fd = chunk_pipe()
+    try:
+        assert fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ) >= CHUNK
+        os.set_blocking(write_fd, False)
+        assert os.write(write_fd, b"x" * CHUNK) == CHUNK  # one write, nobody reading yet
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_pipe_size_is_a_chunk_where_the_system_allows_it():
+    with open("/proc/sys/fs/pipe-max-size") as limit:
+        allowed = int(limit.read())
+    assert pipe_size() == (PIPE_SIZE if allowed >= PIPE_SIZE else -1)
+    assert PIPE_SIZE == CHUNK

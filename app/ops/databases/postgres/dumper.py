@@ -23,7 +23,7 @@ from app.ops.databases.postgres.toc import grant_statements, list_text, parse_to
 from app.ops.leftovers import child_path
 from app.ops.errors import BackupFailed, ConfigError, GuardRefused
 from app.ops.signals import spawn
-from app.ops.streams import CHUNK
+from app.ops.streams import CHUNK, pipe_size
 from app.ops.databases.connection import connect
 from app.ops.databases.postgres.row_counts import count_in_batches, user_tables
 
@@ -126,7 +126,7 @@ class PostgresDumper:
             counter = RowCounter(self.url, snapshot, self.lock_timeout)
             with tempfile.TemporaryFile() as errors:
                 proc = spawn(argv, stdout=subprocess.PIPE, stderr=errors,
-                                        env=self.environment())
+                             env=self.environment(), pipesize=pipe_size())
                 counter.start()
                 try:
                     for chunk in _chunks_of(proc.stdout):
@@ -159,7 +159,7 @@ class PostgresDumper:
         argv = [self.tool("pg_restore"), "--file", os.devnull]
         with tempfile.TemporaryFile() as errors:
             proc = spawn(argv, stdin=subprocess.PIPE, stderr=errors,
-                                    env=self.environment())
+                         env=self.environment(), pipesize=pipe_size())
             try:
                 feed(proc.stdin)
                 proc.stdin.close()

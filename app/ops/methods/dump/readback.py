@@ -17,7 +17,8 @@ from typing import Callable
 from app.ops.diskspace import TEMP_ADVICE, is_full, no_room, temp_folder
 from app.ops.encryption import decrypting
 from app.ops.errors import BackupFailed, ConfigError
-from app.ops.streams import CountingWriter, HashingReader, TeeWriter, decompress_into
+from app.ops.streams import (CountingWriter, HashingReader, TeeWriter, chunk_pipe,
+                             decompress_into)
 
 Progress = Callable[[int], None]
 
@@ -105,7 +106,7 @@ class InlineReadBack:
     checker. If the checker stops early, writes are dropped and `finish` reports why."""
 
     def __init__(self, dumper, identities, name: str):
-        read_fd, write_fd = os.pipe()
+        read_fd, write_fd = chunk_pipe()
         self._reader = os.fdopen(read_fd, "rb")
         self._writer = os.fdopen(write_fd, "wb")
         self._dumper, self._identities, self._name = dumper, identities, name
