@@ -7,7 +7,7 @@ import pytest
 
 from app.ops.catalog.drill_records import DrillRecord
 from app.ops.errors import ConfigError
-from app.ops.commands.evidence import _rto, period_start, rpo_stretches
+from app.ops.commands.evidence import _rto, encryption_of, period_start, rpo_stretches
 from app.ops.catalog.manifest import BackupManifest, iso
 from app.settings import load_settings
 
@@ -50,3 +50,20 @@ def test_no_successful_drill_is_no_rto_evidence():
     done = DrillRecord("restore", "dev", iso(NOW), "b", 9.0, "succeeded", [], 2.0)
     verdict = _rto(settings, [failed, done])
     assert verdict["met"] is True and verdict["achieved_seconds"] == 2.0  # to service
+
+
+@pytest.mark.parametrize("recorded, location, setting, expected", [
+    ("AES256", "s3://b/dev/a", None, "sse"),        # what S3 reported, whatever the setting now
+    ("aws:kms", "s3://b/dev/a", None, "sse"),
+    ("none", "s3://b/dev/a", "AES256", "none"),     # stored before SSE was set: not encrypted
+    (None, "s3://b/dev/a", "AES256", "sse"),        # a manifest from before the record
+    (None, "s3://b/dev/a", None, "none"),
+    (None, "/backups/dev/a", "AES256", "none"),     # a local file
+])
+def test_encryption_is_what_the_manifest_recorded_from_s3(recorded, location, setting, expected):
+    m = manifest(NOW)
+    m.location, m.sse = location, recorded
+    environ = {"BACKUP_S3_SSE": setting} if setting else {}
+    assert encryption_of(m, load_settings("dev", environ=environ)) == expected
+    m.encryption = "age"  # client-side encryption is named first
+    assert encryption_of(m, load_settings("dev", environ=environ)) == "age"

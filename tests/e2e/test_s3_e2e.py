@@ -168,6 +168,36 @@ class TestSqliteReleaseCycleKeepsEveryBackupInS3:
         assert run.audit[1]["backup_id"] == run.after_back.listed[0]["id"]
 
 
+def test_the_report_gives_the_encryption_s3_reported_when_storing_not_todays_setting(
+        project, bucket):
+    """An auditor's evidence: each manifest records the server-side encryption S3 said it
+    applied to the artifact (the upload's response), so a backup stored before BACKUP_S3_SSE
+    was set is not called encrypted because it is set now. A manifest from before that record
+    falls back to the setting, the only evidence it has."""
+    plain, sealed = bucket.env(BACKUP_S3_SSE=""), bucket.env()
+    ok(project.run("migrate", env=plain))
+    before = backup_id_of(ok(project.run("backup", env=plain)))
+    after = backup_id_of(ok(project.run("backup", env=sealed)))
+
+    manifests = {i: bucket.manifest("dev", i) for i in (before, after)}
+    assert {i: m["sse"] for i, m in manifests.items()} == {before: "none", after: "AES256"}
+    heads = {i: bucket.head(bucket.key("dev", m["artifact"])) for i, m in manifests.items()}
+    assert "ServerSideEncryption" not in heads[before]  # what S3 itself says of the objects
+    assert heads[after]["ServerSideEncryption"] == "AES256"
+    assert {i["id"]: i["sse"] for i in listed(project, bucket)} == {before: "none",
+                                                                     after: "AES256"}
+
+    def reported() -> dict:
+        report = json.loads(ok(project.run("report", "--json", env=sealed)).stdout)
+        return {b["id"]: b["encryption"] for b in report["backups"]}
+
+    assert reported() == {before: "none", after: "sse"}
+    old = dict(manifests[before])
+    del old["sse"]  # as a manifest written before the field was
+    bucket.put_manifest("dev", old)
+    assert reported() == {before: "sse", after: "sse"}
+
+
 # == 2. PostgreSQL ============================================================================
 @pytest.mark.postgres
 def test_postgres_round_trip_restore_and_restore_test_from_s3(project, pgdb, bucket):

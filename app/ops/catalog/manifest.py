@@ -47,6 +47,10 @@ class BackupManifest:
     owners: list | None = None
     encryption: str | None = None
     recipients: list | None = None
+    # S3: the server-side encryption S3 reported applying when the artifact was stored
+    # (AES256, aws:kms, aws:kms:dsse, or "none"); None: a local store, or not recorded (a
+    # backup taken before this field, or a pgBackRest restore point).
+    sse: str | None = None
     rekeyed_at: str | None = None   # when `invoke rekey` last re-encrypted it (app/ops/commands/rekey.py)
     tool: str = TOOL_NAME
     versions: dict = field(default_factory=dict)
@@ -136,12 +140,12 @@ class BackupManifest:
 
 _OPTIONAL = {"stored_size", "tool", "versions", "verified", "verified_at", "verify_error",
              "label", "duration_seconds", "database_size", "row_counts", "encryption",
-             "recipients", "method", "pgbackrest", "rekeyed_at", "owners"}
+             "recipients", "method", "pgbackrest", "rekeyed_at", "owners", "sse"}
 _FIELD_TYPES = {
     **{name: (str,) for name in ("id", "env", "engine", "database", "created_at", "sha256",
                                  "artifact", "location", "format", "reason", "tool")},
     **{name: (str, None) for name in ("revision", "label", "verified_at", "verify_error",
-                                      "encryption", "rekeyed_at")},
+                                      "encryption", "rekeyed_at", "sse")},
     "size": (int,), "raw_size": (int,), "database_size": (int, None),
     "duration_seconds": (int, float, None), "row_counts": (dict, None),
     "recipients": (list, None), "owners": (list, None), "versions": (dict,), "verified": (bool,),

@@ -64,12 +64,17 @@ def period_start(since: str | None, now: datetime) -> datetime:
 
 def encryption_of(manifest: BackupManifest, settings) -> str:
     """age (client side, recorded in the manifest), pgbackrest (a restore point: the
-    repository's own cipher), sse (an S3 object while BACKUP_S3_SSE is set: the manifest does
-    not record it, so this is the store's setting now), or none."""
+    repository's own cipher), sse (an S3 object that S3 reported encrypting when it was
+    stored, as its manifest records), or none. A manifest from before that record: sse while
+    BACKUP_S3_SSE is set now, the only evidence there is (the README says so)."""
     at_rest = method_of(manifest).encryption_of(manifest)
-    if at_rest == "none" and manifest.location.startswith("s3://") and settings.BACKUP_S3_SSE:
+    if at_rest != "none":
+        return at_rest
+    if manifest.sse is not None:
+        return "none" if manifest.sse == "none" else "sse"
+    if manifest.location.startswith("s3://") and settings.BACKUP_S3_SSE:
         return "sse"
-    return at_rest
+    return "none"
 
 
 def rpo_stretches(backups: list[BackupManifest], start: datetime,

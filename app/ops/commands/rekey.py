@@ -144,6 +144,7 @@ def rekey_one(target, manifest: BackupManifest, encryption: Encryption, recipien
     manifest.artifact, manifest.location = new_name, storage.location(new_name)
     manifest.sha256, manifest.size = sha256, size
     manifest.encryption, manifest.recipients = "age", list(encryption.recipients)
+    manifest.sse = storage.encryption_applied(new_name)
     manifest.rekeyed_at = manifest.verified_at = iso(now)
     manifest.verified, manifest.verify_error = True, None
     storage.put_bytes(manifest.id + MANIFEST_SUFFIX, manifest.to_json().encode())

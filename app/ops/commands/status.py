@@ -30,7 +30,7 @@ def backup_item(manifest: BackupManifest, now: datetime | None = None) -> dict:
         "method": manifest.method, "pgbackrest": manifest.pgbackrest,
         "future": is_future(manifest, now),
         "encryption": manifest.encryption, "recipients": manifest.recipients,
-        "rekeyed_at": manifest.rekeyed_at,
+        "rekeyed_at": manifest.rekeyed_at, "sse": manifest.sse,
     }
 
 

@@ -82,6 +82,11 @@ class LocalStorage:
         """A file's size needs no planning (S3's parts do: see s3.py)."""
         return False
 
+    def encryption_applied(self, name: str) -> str | None:
+        """A folder applies no encryption of its own (a file system's, if any, is not the
+        store's to report): None, as for an object this store did not write."""
+        return None
+
     @contextlib.contextmanager
     def writer(self, name: str, expected_size: int | None = None) -> Iterator[BinaryIO]:
         """Yields a binary file; the object appears under `name` only if the block succeeds.

@@ -101,6 +101,7 @@ class S3Storage:
         self.settings = settings
         self._sse = self._sse_arguments()  # checked now, so a bad value fails before any work
         self.object_lock = ObjectLock.from_settings(settings)  # BACKUP_S3_OBJECT_LOCK
+        self._applied: dict[str, str] = {}  # name -> the encryption S3 reported (encryption_applied)
         self._config = dict(retries={"mode": "standard", "max_attempts": max_attempts},
                             connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._abort_config = dict(
@@ -226,7 +227,13 @@ class S3Storage:
             if left_behind and isinstance(exc, OpsError):
                 exc.args = (f"{exc}; {left_behind}",)
             raise
+        self._applied[name] = upload.server_side_encryption
         self.abort_recorded_uploads()
+
+    def encryption_applied(self, name: str) -> str | None:
+        """The server-side encryption S3 reported for the object this store wrote as `name`
+        (AES256, aws:kms, aws:kms:dsse, or "none"); None if this store did not write it."""
+        return self._applied.get(name)
 
     def put_bytes(self, name: str, data: bytes) -> None:
         with self.writer(name) as out:
@@ -471,6 +478,7 @@ class _Upload(io.RawIOBase):
         self.broken: BaseException | None = None
         self._sender = None     # one worker thread, made with the first part
         self._in_flight = None  # the Future of the part being sent
+        self.server_side_encryption: str | None = None  # what S3 reported, once finished
 
     def writable(self) -> bool:
         return True
@@ -537,13 +545,17 @@ class _Upload(io.RawIOBase):
 
     def finish(self) -> None:
         if self.upload_id is None:
-            self._call("put_object", Body=bytes(self.buffer), **self.store.put_arguments())
+            done = self._call("put_object", Body=bytes(self.buffer),
+                              **self.store.put_arguments())
         else:
             if self.buffer:
                 self._send_part()
             self._wait_for_part()
-            self._call("complete_multipart_upload", UploadId=self.upload_id,
-                       MultipartUpload={"Parts": self.parts})
+            done = self._call("complete_multipart_upload", UploadId=self.upload_id,
+                              MultipartUpload={"Parts": self.parts})
+        # What S3 says it applied, not what was asked: a bucket's default encryption applies
+        # without being asked (SSE-S3 on every new AWS object since 2023).
+        self.server_side_encryption = done.get("ServerSideEncryption") or "none"
         self._stop_sender()
         self.buffer = bytearray()
         self.close()

@@ -62,6 +62,7 @@ def take_backup(target, *, reason: str, revision: str | None, now: datetime,
         database_size=database_size, row_counts=dumper.row_counts, owners=dumper.owners,
         encryption="age" if seal.sealed else None,
         recipients=list(seal.encryption.recipients) if seal.sealed else None,
+        sse=storage.encryption_applied(artifact),
         verified=True, verified_at=iso(now))
     _store_manifest(storage, manifest, _folder_of(storage, artifact))
     return manifest
