@@ -66,7 +66,7 @@ def encryption_of(manifest: BackupManifest, settings) -> str:
     """age (client side, recorded in the manifest), pgbackrest (a restore point: the
     repository's own cipher), sse (an S3 object that S3 reported encrypting when it was
     stored, as its manifest records), or none. A manifest from before that record: sse while
-    BACKUP_S3_SSE is set now, the only evidence there is (the README says so)."""
+    BACKUP_S3_SSE is set now, the only evidence there is (docs/auditor.md says so)."""
     at_rest = method_of(manifest).encryption_of(manifest)
     if at_rest != "none":
         return at_rest
