@@ -164,6 +164,26 @@ def test_production_refuses_when_the_staging_env_cannot_be_read(project):
     assert project.backups("prod") == []
 
 
+def test_production_refuses_when_staging_resolves_to_its_own_database(project):
+    """A database setting in the process environment outranks every env's files, so staging's
+    revision would be read from production's own database: refused, saying why, instead of
+    "has not reached staging" about a staging that has."""
+    prod = prod_at(project, FIRST, REQUIRE_STAGING_FIRST="staging",
+                   MAINTENANCE_WINDOW=open_window())
+    project.env_file("staging", USE_SQLITE="True", SQLITE_PATH="staging.db")
+    ok(project.run("migrate", "--env=staging"))
+    assert sqlite_state(project.root / "staging.db")["revision"] == HEAD
+    before = sqlite_state(prod)
+    error = failed(project.run("migrate", "--env=prod", env={"SQLITE_PATH": "prod.db"}), 3,
+                   "env 'staging' resolves to the same database as env 'prod'", "prod.db",
+                   "process environment")
+    assert "has not reached" not in error
+    assert sqlite_state(prod) == before
+    assert project.backups("prod") == []
+    ok(project.run("migrate", "--env=prod"))  # each env's own file: staging is there
+    assert sqlite_state(prod)["revision"] == HEAD
+
+
 # -- will it fit in the window? --------------------------------------------------------------
 def test_a_run_that_would_not_fit_the_window_is_refused_unless_break_glass(project):
     prod = prod_at(project, FIRST, MAINTENANCE_WINDOW=open_window())

@@ -10,6 +10,7 @@ from functools import cached_property
 from app.ops.catalog.backups import list_backups
 from app.ops.guards.preflight import load_window
 from app.ops.commands.drills import past_rehearsals
+from app.ops.errors import ConfigError
 from app.ops.schema.migrations import Migrations
 
 
@@ -56,5 +57,15 @@ class RunFacts:
         return past_rehearsals(self.target)
 
     def revision_of_env(self, env: str) -> str | None:
-        """Where another env's database is (REQUIRE_STAGING_FIRST); OpsError if unreadable."""
-        return Migrations(self.target.for_env(env)).current()
+        """Where another env's database is (REQUIRE_STAGING_FIRST); OpsError if unreadable, or
+        if it is this env's own database: a DATABASE_URL or SQLITE_PATH in the process
+        environment outranks every env's files, so it names the same database for both, and
+        this env's revision would be read as the other's."""
+        other = self.target.for_env(env)
+        if other.database.masked_url == self.target.database.masked_url:
+            raise ConfigError(
+                f"env '{env}' resolves to the same database as env '{self.target.env}' "
+                f"({self.target.database.masked_url}), so its revision cannot be told apart: "
+                "a database setting in the process environment (DATABASE_URL, SQLITE_PATH, "
+                "POSTGRES_*) applies to every env; put it in each env's .env.NAME instead")
+        return Migrations(other).current()
