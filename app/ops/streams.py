@@ -101,6 +101,52 @@ class TeeWriter:
         pass
 
 
+class BackgroundWriter:
+    """A writer whose writes go to `target` on a thread of its own, so that the caller makes its
+    next chunk while this one goes to disk (zstd, age and write(2) all let go of the GIL):
+    a restore's extract, 1.0 s instead of 1.26 s for the reference set's 688 MiB. At most
+    `depth` chunks wait (about 12 MiB of decompressed data). A failure of the target (a full
+    disk) is raised, as it was raised there, by the next `write` or by leaving the block; a
+    block left by an exception of its own waits for the thread and keeps that exception."""
+
+    def __init__(self, target, depth: int = 8):
+        import queue
+        import threading
+
+        self.target = target
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "BackgroundWriter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if exc_type is None and self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            while (chunk := self._queue.get()) is not None:
+                self.target.write(chunk)
+        except BaseException as exc:  # raised in the caller's thread
+            self._error = exc
+            while self._queue.get() is not None:
+                pass  # what is still sent is dropped, so that the caller never waits
+
+    def write(self, data) -> int:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(bytes(data))  # the caller may reuse its buffer
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def pipe_size() -> int:
     """subprocess.Popen's `pipesize`: PIPE_SIZE, or -1 (the system's default) where the system
     allows less (Popen would raise)."""

@@ -8,8 +8,9 @@ import os
 import pytest
 import zstandard
 
-from app.ops.streams import (CHUNK, PIPE_SIZE, CountingWriter, HashingReader, HashingWriter,
-                             TeeWriter, chunk_pipe, compressor, decompress_into, pipe_size)
+from app.ops.streams import (CHUNK, PIPE_SIZE, BackgroundWriter, CountingWriter, HashingReader,
+                             HashingWriter, TeeWriter, chunk_pipe, compressor, decompress_into,
+                             pipe_size)
 
 
 def payload() -> bytes:
@@ -206,3 +207,42 @@ def test_pipe_size_is_a_chunk_where_the_system_allows_it():
         allowed = int(limit.read())
     assert pipe_size() == (PIPE_SIZE if allowed >= PIPE_SIZE else -1)
     assert PIPE_SIZE == CHUNK
+
+
+def test_background_writer_writes_everything_in_order():
+    out = io.BytesIO()
+    chunks = [os.urandom(n) for n in (1, 1000, CHUNK, 7, 0, 3 * CHUNK)]
+    buffer = bytearray()
+    with BackgroundWriter(out, depth=2) as writer:
+        for chunk in chunks:
+            buffer[:] = chunk  # the caller reuses its buffer: what was written stays written
+            assert writer.write(buffer) == len(chunk)
+    assert out.getvalue() == b"".join(chunks)
+
+
+class _FullDisk:
+    def __init__(self, room: int):
+        self.room, self.written = room, 0
+
+    def write(self, data) -> int:
+        if self.written + len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.written += len(data)
+        return len(data)
+
+
+def test_background_writer_raises_the_targets_failure_in_the_callers_thread():
+    with pytest.raises(OSError) as raised:
+        with BackgroundWriter(_FullDisk(room=10), depth=1) as writer:
+            for _ in range(1000):  # never blocks for good: the failed thread drops the rest
+                writer.write(b"x" * 4)
+    assert raised.value.errno == 28
+
+
+def test_background_writer_keeps_the_blocks_own_exception_and_ends_its_thread():
+    writer = BackgroundWriter(_FullDisk(room=0))
+    with pytest.raises(KeyError):
+        with writer:
+            writer.write(b"x")
+            raise KeyError("the caller's own failure")
+    assert not writer._thread.is_alive()

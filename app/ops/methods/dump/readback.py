@@ -10,6 +10,7 @@ the bytes that were checked.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Callable
@@ -17,8 +18,8 @@ from typing import Callable
 from app.ops.diskspace import TEMP_ADVICE, is_full, no_room, temp_folder
 from app.ops.encryption import decrypting
 from app.ops.errors import BackupFailed, ConfigError
-from app.ops.streams import (CountingWriter, HashingReader, TeeWriter, chunk_pipe,
-                             decompress_into)
+from app.ops.streams import (BackgroundWriter, CountingWriter, HashingReader, TeeWriter,
+                             chunk_pipe, decompress_into)
 
 Progress = Callable[[int], None]
 
@@ -58,10 +59,15 @@ def read_back_stored(storage, dumper, artifact: str, sha256: str, raw_size: int,
 
     def feed(sink) -> None:
         # sink: the dumper's reader, or None when only the copy in extract_to is wanted.
-        if sink is None or extract_to is None:
-            counted = CountingWriter(sink or extract_to)
+        with (BackgroundWriter(extract_to) if extract_to is not None
+              else contextlib.nullcontext()) as extract:
+            _feed(sink, extract)
+
+    def _feed(sink, extract) -> None:
+        if sink is None or extract is None:
+            counted = CountingWriter(sink or extract)
         else:
-            counted = CountingWriter(TeeWriter(sink, extract_to))
+            counted = CountingWriter(TeeWriter(sink, extract))
         with storage.reader(artifact) as source:
             hashed = HashingReader(source, progress or _no_progress)
             try:
