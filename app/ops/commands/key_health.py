@@ -9,7 +9,7 @@ read, or from being private, before an incident finds out.
 - the newest backup is encrypted to none of the current BACKUP_ENCRYPTION_RECIPIENTS (a key
   was rotated and `invoke rekey` has not run).
 
-Each finding is one sentence; health.py makes them WARNINGs. Nothing here writes anything.
+Each finding is one sentence; health/checks.py makes them WARNINGs. Nothing here writes anything.
 """
 from __future__ import annotations
 
