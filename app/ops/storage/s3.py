@@ -101,7 +101,7 @@ class S3Storage:
         self.settings = settings
         self._sse = self._sse_arguments()  # checked now, so a bad value fails before any work
         self.object_lock = ObjectLock.from_settings(settings)  # BACKUP_S3_OBJECT_LOCK
-        self._applied: dict[str, str] = {}  # name -> the encryption S3 reported (encryption_applied)
+        self._applied: dict[str, str] = {}  # name -> what S3 reported (encryption_applied)
         self._config = dict(retries={"mode": "standard", "max_attempts": max_attempts},
                             connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._abort_config = dict(
