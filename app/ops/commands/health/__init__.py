@@ -5,8 +5,9 @@ node_exporter's textfile collector reads.
 (Alembic's scripts, one connection to the database, the backup store, the audit trail);
 `evaluate` (checks.py) turns them into checks, each OK, WARNING, CRITICAL or UNKNOWN with a
 short reason. Nothing here writes to the database or the store: no connection creates an
-SQLite file, no manifest or audit event is written. A problem the check finds is a check's state; only the check's own settings (an
-unknown env, a malformed CHECK_* duration) raise ConfigError, which the caller reports UNKNOWN.
+SQLite file, no manifest or audit event is written. A problem the check finds is a check's
+state; only the check's own settings (an unknown env, a malformed CHECK_* duration) raise
+ConfigError, which the caller reports UNKNOWN.
 The plugin's lines and JSON are report.py's; the Prometheus textfile is textfile.py's.
 """
 from __future__ import annotations
